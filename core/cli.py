@@ -1,0 +1,289 @@
+"""The headless face of Nibble: `python main.py <command>` over the same core as the window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from core.errors import NibbleError, SettingsError
+from core.settings import (
+    EDITABLE_FIELDS,
+    PRESETS,
+    GenerationSettings,
+    LoadOptions,
+    QuantSettings,
+    preset,
+)
+from core.units import format_bytes
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+# -- shared argument groups --
+
+
+def add_quant_args(parser: argparse.ArgumentParser) -> None:
+    """--quant PRESET, --set FIELD=VALUE and the LoadOptions flags."""
+    group = parser.add_argument_group("quantization and loading")
+    group.add_argument(
+        "--quant",
+        default=None,
+        metavar="PRESET",
+        help=f"start from a preset: {', '.join(PRESETS)} (default: none, full precision)",
+    )
+    fields = ", ".join(["mode", *(f.name for f in EDITABLE_FIELDS), "quantize_lm_head"])
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"set a BitsAndBytesConfig field (repeatable): {fields}",
+    )
+    group.add_argument("--device-map", default="auto", help="auto, cpu or cuda:N")
+    group.add_argument(
+        "--max-memory", default="", help="per device caps, e.g. 0=6GiB,cpu=20GiB"
+    )
+    group.add_argument(
+        "--dtype",
+        default=None,
+        help="dtype of unquantized parts: auto, float32, bfloat16, float16",
+    )
+    group.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model's own Python code",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[QuantSettings, LoadOptions]:
+    """QuantSettings + LoadOptions from --quant, --set and the loading flags."""
+    quant, dtype = QuantSettings(), "auto"
+    if args.quant:
+        chosen = preset(args.quant)
+        quant, dtype = chosen.quant, chosen.dtype
+    values: dict[str, str] = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(
+                f"--set {item!r} has no '='", "write it as --set FIELD=VALUE"
+            )
+        values[name.strip()] = value
+    quant = quant.with_values(values)
+    options = LoadOptions(
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        dtype=args.dtype or dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return quant, options
+
+
+def add_generation_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    defaults = GenerationSettings()
+    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    group.add_argument("--temperature", type=float, default=defaults.temperature)
+    group.add_argument("--top-p", type=float, default=defaults.top_p)
+    group.add_argument("--top-k", type=int, default=defaults.top_k)
+    group.add_argument(
+        "--repetition-penalty", type=float, default=defaults.repetition_penalty
+    )
+    group.add_argument("--seed", type=int, default=None)
+    group.add_argument(
+        "--greedy", action="store_true", help="always pick the likeliest token"
+    )
+
+
+def generation_from_args(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        greedy=args.greedy,
+    )
+
+
+def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
+    """A progress printer for interactive terminals."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    last = {"message": ""}
+
+    def show(done: int, total: int, message: str) -> None:
+        text = f"{message} {done}/{total}" if total else message
+        if text != last["message"]:
+            last["message"] = text
+            print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+# -- commands --
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models Nibble can open: the default and the HF cache."""
+    from core import catalog
+
+    refs = [catalog.default_ref(), *catalog.scan_cache()]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in refs], indent=2))
+        return EXIT_OK
+    for ref in refs:
+        badge = f"  [{ref.quantized}]" if ref.quantized else ""
+        size = format_bytes(ref.size_bytes) if ref.size_bytes else "not converted yet"
+        print(f"{ref.kind:8} {ref.name:48} {size:>12}{badge}")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Load a model and stream one answer."""
+    from core import catalog, generation, loader
+
+    quant, options = settings_from_args(args)
+    gen = generation_from_args(args)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise NibbleError("the prompt is empty", 'pass --prompt "..." or pipe text in')
+    messages: Any = prompt
+    if args.system and not args.raw:
+        messages = [
+            {"role": "system", "content": args.system},
+            {"role": "user", "content": prompt},
+        ]
+    ref = catalog.resolve(args.model)
+    show = stderr_progress(args.json)
+    loaded = loader.load(ref, quant, options, progress=show)
+    if show:
+        print("\r\033[K", end="", file=sys.stderr)
+    stop = threading.Event()
+    chunks: list[str] = []
+    stats = None
+    try:
+        for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
+            if isinstance(item, generation.GenerationStats):
+                stats = item
+            else:
+                chunks.append(item)
+                if not args.json:
+                    print(item, end="", flush=True)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        report = loaded.report
+        loader.unload(loaded)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "text": "".join(chunks),
+                    "stats": stats.to_dict() if stats else None,
+                    "report": report.to_dict(),
+                    "settings": quant.to_dict(),
+                    "options": options.to_dict(),
+                    "generation": gen.to_dict(),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print()
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if stats:
+            print(
+                f"[{report.model} · {quant.label()} · {format_bytes(report.true_bytes)} · "
+                f"loaded in {report.load_s:.1f} s] {stats.summary()}",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
+def cmd_snippet(args: argparse.Namespace) -> int:
+    """Print the Python code that loads a model with these settings."""
+    quant, options = settings_from_args(args)
+    print(quant.to_python(args.model, options), end="")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nibble",
+        description="Run Hugging Face language models in 4-bit and 8-bit with bitsandbytes. "
+        "With no command, opens the window.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logs"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the default model and your HF cache")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("generate", help="load a model and stream an answer")
+    p.add_argument("model", help="'default', a local folder, or a hub id")
+    p.add_argument("--prompt", "-p", default=None, help="the question (default: stdin)")
+    p.add_argument("--system", default=None, help="a system prompt")
+    p.add_argument(
+        "--raw", action="store_true", help="plain completion, no chat template"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object at the end"
+    )
+    add_quant_args(p)
+    add_generation_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("snippet", help="print the Python code for these settings")
+    p.add_argument("model", nargs="?", default="your-model-name")
+    add_quant_args(p)
+    p.set_defaults(func=cmd_snippet)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the command, map errors to exit codes."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except NibbleError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}".splitlines()[0],
+            file=sys.stderr,
+        )
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print("hint: run again with --debug for the traceback", file=sys.stderr)
+        return EXIT_UNEXPECTED

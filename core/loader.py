@@ -1,0 +1,447 @@
+"""Load a causal LM with QuantSettings + LoadOptions and report what it really costs."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.catalog import ModelRef
+from core.errors import CancelledError, LoadError, NibbleError
+from core.settings import LoadOptions, QuantSettings, check_compatible
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+Cancel = threading.Event | Callable[[], bool] | None
+_hook_lock = threading.Lock()
+
+
+@dataclass
+class LoadReport:
+    """What a load took and what the model really occupies."""
+
+    model: str
+    load_s: float
+    true_bytes: int
+    footprint_bytes: int
+    device: str
+    device_map: dict[str, str]
+    quantized_linear_modules: dict[str, int]
+    dtypes: dict[str, int]
+    settings: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def quantized_count(self) -> int:
+        return sum(self.quantized_linear_modules.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "load_s": round(self.load_s, 3),
+            "true_bytes": self.true_bytes,
+            "footprint_bytes": self.footprint_bytes,
+            "device": self.device,
+            "device_map": self.device_map,
+            "quantized_linear_modules": self.quantized_linear_modules,
+            "dtypes": self.dtypes,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer ready to generate, with the report of their load."""
+
+    model: Any
+    tokenizer: Any
+    report: LoadReport
+    ref: ModelRef
+    quant: QuantSettings
+    options: LoadOptions
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+
+def quiet_libraries() -> None:
+    """Silence log lines that mean nothing to our users (FACTS.md)."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for name in ("bitsandbytes.cextension", "bitsandbytes.autograd._functions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
+    warnings.filterwarnings("ignore", message=r".*gemm_4bit_forward.*")
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+
+
+def _is_cancelled(cancel: Cancel) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+class _ProgressBar:
+    """A stand-in for transformers' tqdm that reports n/N and honours cancel."""
+
+    def __init__(
+        self, iterable: Any, total: int | None, desc: str, owner: _Reporter
+    ) -> None:
+        self.iterable = iterable
+        self.total = total if total is not None else _len(iterable)
+        self.desc = desc or "Loading"
+        self.n = 0
+        self.owner = owner
+
+    def __iter__(self) -> Iterator[Any]:
+        self.owner.emit(0, self.total or 0, self.desc)
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.owner.emit(self.n, self.total or 0, self.desc)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *a, **k: None  # set_description, refresh, ...
+
+
+def _len(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
+class _Reporter:
+    def __init__(self, progress: Progress | None, cancel: Cancel) -> None:
+        self.progress = progress
+        self.cancel = cancel
+        self.thread = threading.get_ident()
+
+    def emit(self, done: int, total: int, message: str) -> None:
+        # The hook is global: bars opened by other threads are not ours to report.
+        if threading.get_ident() != self.thread:
+            return
+        if _is_cancelled(self.cancel):
+            raise CancelledError("Load cancelled")
+        if self.progress is not None:
+            self.progress(done, total, message)
+
+
+@contextlib.contextmanager
+def _progress_hook(reporter: _Reporter) -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if threading.get_ident() != reporter.thread:
+            return factory(*args, **kwargs)
+        iterable = args[0] if args else kwargs.get("iterable")
+        return _ProgressBar(
+            iterable, kwargs.get("total"), kwargs.get("desc", ""), reporter
+        )
+
+    with _hook_lock:
+        previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        with _hook_lock:
+            hf_logging.set_tqdm_hook(previous)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device_map(options: LoadOptions) -> str | dict[str, str]:
+    """device_map for from_pretrained; 'auto' means the CPU when there is no CUDA device."""
+    has_cuda = cuda_available()
+    if options.device_map.startswith("cuda") and not has_cuda:
+        raise LoadError(
+            f"device {options.device_map} asked for, but no CUDA GPU is available",
+            "choose device map 'cpu' or 'auto'",
+        )
+    if options.device_map == "auto" and not has_cuda:
+        return {"": "cpu"}
+    return options.device_map_value()
+
+
+def resolve_dtype(options: LoadOptions, config: Any, on_gpu: bool) -> Any:
+    """The torch dtype of unquantized parts: fp32 on the CPU, the config's on a GPU."""
+    import torch
+
+    if options.dtype != "auto":
+        return getattr(torch, options.dtype)
+    if not on_gpu:
+        return torch.float32
+    wanted = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(wanted, str):
+        wanted = getattr(torch, wanted, None)
+    return wanted if wanted in (torch.float16, torch.bfloat16) else torch.float16
+
+
+def load(
+    ref: ModelRef,
+    quant: QuantSettings | None = None,
+    options: LoadOptions | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel = None,
+) -> LoadedModel:
+    """Load `ref` with these settings.
+
+    Parameters
+    ----------
+    ref
+        What to load (see core.catalog.resolve).
+    quant, options
+        Quantization and placement; defaults are full precision on the best device.
+    progress
+        Called with (done, total, message) from the loading thread.
+    cancel
+        An Event (or callable) checked at every weight; a load that cannot be
+        interrupted is freed as soon as it returns and CancelledError is raised.
+    """
+    quant = quant or QuantSettings()
+    options = options or LoadOptions()
+    check_compatible(quant, options)
+    reporter = _Reporter(progress, cancel)
+    started = time.perf_counter()
+    reporter.emit(0, 0, f"Preparing {ref.name}")
+    path = _local_path(ref, reporter)
+    quiet_libraries()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = str(path) if path else ref.repo_id
+    try:
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=options.trust_remote_code
+        )
+    except Exception as exc:
+        raise _explain(exc, ref) from exc
+    if getattr(config, "quantization_config", None) is not None and quant.quantized:
+        raise LoadError(
+            f"{ref.name} is already quantized; it cannot be quantized again",
+            "set the mode to none to load it as it is",
+        )
+    device_map = resolve_device_map(options)
+    on_gpu = device_map != {"": "cpu"}
+    dtype = resolve_dtype(options, config, on_gpu)
+    reporter.emit(0, 0, "Loading tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=options.trust_remote_code
+        )
+    except Exception as exc:
+        raise LoadError(
+            f"no usable tokenizer for {ref.name}: {_first_line(exc)}",
+            "the folder needs tokenizer.json or tokenizer_config.json and its vocab",
+        ) from exc
+    kwargs: dict[str, Any] = {
+        "device_map": device_map,
+        "dtype": dtype,
+        "trust_remote_code": options.trust_remote_code,
+    }
+    if quant.quantized:
+        kwargs["quantization_config"] = quant.to_bnb_config()
+    if options.max_memory:
+        kwargs["max_memory"] = options.max_memory_value()
+    if options.attn_implementation != "auto":
+        kwargs["attn_implementation"] = options.attn_implementation
+    model = None
+    try:
+        with _progress_hook(reporter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model.eval()
+        if _is_cancelled(cancel):
+            raise CancelledError("Load cancelled")
+    except CancelledError:
+        del model
+        free_memory()
+        raise
+    except Exception as exc:
+        del model
+        free_memory()
+        raise _explain(exc, ref) from exc
+    elapsed = time.perf_counter() - started
+    report = make_report(model, ref, quant, options, elapsed)
+    if quant.quantized and report.quantized_count == 0:
+        report.warnings.append(
+            f"asked for {quant.label()} but no Linear layer was quantized: "
+            "the model runs in full precision"
+        )
+    report.warnings[:0] = ref.warnings
+    reporter.emit(1, 1, "Loaded")
+    logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
+    del torch
+    return LoadedModel(model, tokenizer, report, ref, quant, options)
+
+
+def _local_path(ref: ModelRef, reporter: _Reporter) -> Any:
+    if ref.kind == "default":
+        from core import default_model
+
+        return default_model.ensure(reporter.emit)
+    return ref.path
+
+
+def make_report(
+    model: Any,
+    ref: ModelRef,
+    quant: QuantSettings,
+    options: LoadOptions,
+    seconds: float,
+) -> LoadReport:
+    """Measure a loaded model: true bytes, placement, quantized modules, dtypes."""
+    device_map = getattr(model, "hf_device_map", None) or {"": str(model.device)}
+    devices = sorted({str(v) for v in device_map.values()})
+    dtypes: Counter[str] = Counter()
+    for p in model.parameters():
+        dtypes[str(p.dtype).removeprefix("torch.")] += p.numel()
+    return LoadReport(
+        model=ref.name,
+        load_s=seconds,
+        true_bytes=true_bytes(model),
+        footprint_bytes=int(model.get_memory_footprint()),
+        device=",".join(devices),
+        device_map={k or "(all)": str(v) for k, v in device_map.items()},
+        quantized_linear_modules=count_quantized(model),
+        dtypes=dict(dtypes),
+        settings=quant.to_dict(),
+        options=options.to_dict(),
+    )
+
+
+def count_quantized(model: Any) -> dict[str, int]:
+    """How many Linear4bit and Linear8bitLt modules the model holds."""
+    counts = {"Linear4bit": 0, "Linear8bitLt": 0}
+    for module in model.modules():
+        name = type(module).__name__
+        if name in counts:
+            counts[name] += 1
+    return counts
+
+
+def true_bytes(model: Any) -> int:
+    """Parameters + buffers + bitsandbytes quantization state, each tensor counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(tensor: Any) -> None:
+        nonlocal total
+        if tensor is None or not hasattr(tensor, "untyped_storage"):
+            return
+        key = (tensor.untyped_storage().data_ptr(), tensor.nbytes)
+        if tensor.device.type != "meta" and key in seen:
+            return
+        seen.add(key)
+        total += tensor.nbytes
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        add(tensor)
+        state = getattr(tensor, "quant_state", None)
+        while state is not None:
+            for name in ("absmax", "code", "offset"):
+                add(getattr(state, name, None))
+            state = getattr(state, "state2", None)
+        add(getattr(tensor, "SCB", None))
+    return total
+
+
+def unload(loaded: LoadedModel | None) -> None:
+    """Drop a model and give its memory back to the system."""
+    if loaded is None:
+        return
+    loaded.model = None
+    loaded.tokenizer = None
+    free_memory()
+
+
+def free_memory() -> None:
+    """Collect garbage, empty the CUDA cache and return freed heap pages to the OS."""
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _explain(exc: Exception, ref: ModelRef) -> NibbleError:
+    """Turn a library exception into a message and hint the user can act on."""
+    if isinstance(exc, NibbleError):
+        return exc
+    text = str(exc)
+    name = type(exc).__name__
+    if "OutOfMemory" in name or "out of memory" in text.lower():
+        return LoadError(
+            f"{ref.name} does not fit in memory with these settings",
+            "pick a smaller preset (nf4), set max memory, or enable fp32 CPU offload",
+        )
+    if "deserializ" in text.lower() or (
+        "header" in text.lower() and "safetensors" in text
+    ):
+        return LoadError(
+            f"the weights of {ref.name} are damaged ({_first_line(exc)})",
+            "download or save the model again",
+        )
+    if (
+        "dispatched on the CPU or the disk" in text
+        or "llm_int8_enable_fp32_cpu_offload" in text
+    ):
+        return LoadError(
+            "the model does not fit on the GPU and would be split onto the CPU",
+            "turn on llm_int8_enable_fp32_cpu_offload, or free GPU memory",
+        )
+    if "trust_remote_code" in text:
+        return LoadError(
+            f"{ref.name} needs its own code to load",
+            "turn on trust_remote_code only if you trust this model's authors",
+        )
+    if (
+        "Unrecognized configuration class" in text
+        or "does not recognize this architecture" in text
+    ):
+        return LoadError(
+            f"{ref.name} is not a causal language model transformers knows",
+            "update transformers or pick a text-generation model",
+        )
+    return LoadError(
+        f"loading {ref.name} failed: {_first_line(exc)}", "see Details for more"
+    )

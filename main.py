@@ -1,0 +1,20 @@
+"""Nibble: with no arguments opens the window; with a command runs it headless."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("--gui",):
+        from gui.app import run_app
+
+        return run_app(argv[1:])
+    from core.cli import run
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
