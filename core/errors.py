@@ -44,3 +44,7 @@ class CancelledError(NibbleError):
 
     def __init__(self, message: str = "Cancelled", hint: str = "") -> None:
         super().__init__(message, hint)
+
+
+class ExportError(NibbleError):
+    """Saving a quantized model failed or was refused; nothing was left behind."""
