@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -110,3 +111,145 @@ def _alive(thread: QThread) -> bool:
         return thread.isRunning()
     except RuntimeError:  # the C++ object is already deleted
         return False
+
+
+class SamplerWorker(Worker):
+    """Takes a memory sample every `interval` seconds on its own thread until cancelled.
+
+    NVML calls can take milliseconds per GPU, so they never run on the UI thread.
+    The worker owns `sampler` and closes it when it ends.
+    """
+
+    sampled = Signal(object)
+
+    def __init__(self, sampler: Any, interval: float) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.interval = interval
+        self._wake = threading.Event()
+
+    def set_interval(self, seconds: float) -> None:
+        """Sample every `seconds` from now on, starting with one sample now."""
+        self.interval = seconds
+        self._wake.set()
+
+    def sample_now(self) -> None:
+        """Take the next sample at once (an event marker wants its numbers)."""
+        self._wake.set()
+
+    def cancel(self) -> None:
+        super().cancel()
+        self._wake.set()
+
+    def work(self) -> None:
+        try:
+            while not self.cancelled:
+                started = time.monotonic()
+                self.sampled.emit(self.sampler.sample())
+                self._wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
+                self._wake.clear()
+        finally:
+            self.sampler.close()
+
+
+# -- the window's workers --
+
+
+class ImportWorker(Worker):
+    """Import torch, transformers and bitsandbytes after the window has painted.
+
+    Returns a short description of the compute devices ("CPU" or "CUDA: <name>").
+    """
+
+    def work(self) -> str:
+        import torch
+        import transformers  # noqa: F401
+
+        from core import generation, loader
+
+        loader.quiet_libraries()
+        import bitsandbytes  # noqa: F401
+
+        # Touch the lazy classes so the first load does not pay for their import.
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+        del generation
+        if torch.cuda.is_available():
+            return f"CUDA: {torch.cuda.get_device_name(0)}"
+        return "CPU"
+
+
+class CatalogWorker(Worker):
+    """Scan the Hugging Face cache and check the embedded default, off the UI thread.
+
+    Returns ``(default_ref, cache_refs)``.
+    """
+
+    def work(self) -> tuple[Any, list[Any]]:
+        from core import catalog
+
+        return catalog.default_ref(), catalog.scan_cache()
+
+
+class LoadWorker(Worker):
+    """Load a model; `progressed(done, total, message)` per weight, cancel stops it."""
+
+    def __init__(self, ref: Any, quant: Any, options: Any) -> None:
+        super().__init__()
+        self.ref = ref
+        self.quant = quant
+        self.options = options
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.progressed.emit(done, total, message)
+
+    def work(self) -> Any:
+        from core import loader
+
+        loaded = loader.load(
+            self.ref,
+            self.quant,
+            self.options,
+            progress=self._progress,
+            cancel=self.cancel_event,
+        )
+        if self.cancelled:  # finished just as the user cancelled: drop it
+            loader.unload(loaded)
+        return loaded
+
+
+class GenerateWorker(Worker):
+    """Stream one answer: `yielded(chunk)` per piece of text, then `returned(stats)`.
+
+    `stop()` ends the answer within one token and still returns its stats (stop reason
+    "stopped"); `cancel()` (closing the window) also stops it but emits `aborted`.
+    If generation fails after some text, `stats` holds the numbers of the partial run.
+    """
+
+    def __init__(self, loaded: Any, messages: Any, settings: Any, raw: bool) -> None:
+        super().__init__()
+        self.loaded = loaded
+        self.messages = messages
+        self.settings = settings
+        self.raw = raw
+        self.stop_event = threading.Event()
+        self.stats: Any = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def cancel(self) -> None:
+        self.stop_event.set()
+        super().cancel()
+
+    def work(self) -> Any:
+        from core import generation
+
+        for item in generation.stream(
+            self.loaded, self.messages, self.settings, self.stop_event, raw=self.raw
+        ):
+            if isinstance(item, generation.GenerationStats):
+                self.stats = item
+            elif not self.cancelled:
+                self.yielded.emit(item)
+        return self.stats
