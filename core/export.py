@@ -1,0 +1,503 @@
+"""Save a quantized model with its tokenizer, verified, atomically, with a model card.
+
+bitsandbytes 0.50.2 corrupts a 4-bit model saved on a CPU after it has run a forward
+(FACTS.md), so an export never saves the model the user has been chatting with: it loads
+a fresh copy with the same settings, saves it before any forward, then reloads the saved
+folder and compares logits on a fixed input with the model that was saved. Everything is
+written into a hidden temporary folder beside the target and renamed into place only
+once it is verified, so a failed or cancelled export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.catalog import ModelRef, folder_size
+from core.errors import CancelledError, ExportError, NibbleError
+from core.settings import LoadOptions, QuantSettings, py_literal
+from core.units import format_bytes
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+FreeBytes = Callable[[Path], int]
+
+CARD = "README.md"
+RECORD = "nibble-export.json"
+RECORD_VERSION = 1
+# The fixed input whose logits must match after the round trip.
+PROBE_TEXT = "The capital of France is Paris. The quick brown fox jumps over"
+# Head room on top of the measured size: filesystem blocks, the card, JSON files.
+SPACE_MARGIN = 16 * 1024 * 1024
+STEPS = 6
+
+
+@dataclass
+class Verification:
+    """How the reloaded folder compares with the model that was saved."""
+
+    identical: bool
+    max_abs_diff: float
+    tokens: int
+    same_argmax: bool
+
+    def summary(self) -> str:
+        if self.identical:
+            return f"identical logits on {self.tokens} tokens after reload"
+        return (
+            f"logits differ after reload (max |diff| {self.max_abs_diff:.3g} "
+            f"on {self.tokens} tokens)"
+        )
+
+
+@dataclass
+class ExportResult:
+    """What was written where, how big it is and whether it reloads identically."""
+
+    path: Path
+    source: str
+    label: str
+    settings: dict[str, Any]
+    options: dict[str, Any]
+    files: dict[str, int]
+    size_bytes: int
+    true_bytes: int
+    verification: Verification
+    seconds: float
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record_version": RECORD_VERSION,
+            "path": str(self.path),
+            "source": self.source,
+            "label": self.label,
+            "settings": self.settings,
+            "options": self.options,
+            "files": self.files,
+            "size_bytes": self.size_bytes,
+            "true_bytes": self.true_bytes,
+            "verification": {
+                "identical": self.verification.identical,
+                "max_abs_diff": self.verification.max_abs_diff,
+                "tokens": self.verification.tokens,
+                "same_argmax": self.verification.same_argmax,
+                "probe_text": PROBE_TEXT,
+            },
+            "seconds": round(self.seconds, 2),
+            "environment": self.environment,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"saved {self.label} to {self.path} ({format_bytes(self.size_bytes)}); "
+            f"{self.verification.summary()}"
+        )
+
+
+def free_space(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path`."""
+    return shutil.disk_usage(path).free
+
+
+def check_target(out: Path, force: bool = False) -> Path:
+    """Refuse a target that is a file or a non-empty folder (unless forced).
+
+    Returns the existing folder the export will be written beside.
+    """
+    out = Path(out).expanduser()
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise ExportError(
+            f"{out} is a file, not a folder",
+            "choose a new folder name for the saved model",
+        )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(
+            f"{out} is not empty",
+            "choose a new folder, or overwrite it (--force / Overwrite)",
+        )
+    parent = out.parent
+    if not parent.exists():
+        raise ExportError(
+            f"the folder {parent} does not exist", "create it first or pick another"
+        )
+    if not parent.is_dir():
+        raise ExportError(f"{parent} is not a folder", "pick a folder to save into")
+    if source_inside(out):
+        raise ExportError(
+            "the target is the model's own folder", "save into a new folder"
+        )
+    return parent
+
+
+def source_inside(out: Path) -> bool:
+    """Whether `out` is a folder Nibble manages itself (the converted default model)."""
+    from core import default_model
+
+    try:
+        return out.resolve() == default_model.model_dir().resolve()
+    except OSError:
+        return False
+
+
+def export(
+    ref: ModelRef,
+    quant: QuantSettings,
+    out: Path | str,
+    options: LoadOptions | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    free_bytes: FreeBytes = free_space,
+) -> ExportResult:
+    """Load `ref` fresh with `quant`, save it to `out`, verify it, write a model card.
+
+    Parameters
+    ----------
+    ref, quant, options
+        The model and the settings to quantize it with (4-bit or 8-bit).
+    out
+        The folder to create. An existing empty folder is used; a non-empty one is
+        replaced only with `force`.
+    progress
+        Called with (done, total, message).
+    cancel
+        Set it to stop; the target is left as it was.
+    free_bytes
+        How much space the target's filesystem has (a parameter so that a full
+        disk can be simulated).
+
+    Raises
+    ------
+    ExportError
+        Refused (not quantized, bad target, too little space) or failed.
+    CancelledError
+        `cancel` was set.
+    """
+    from core import loader
+
+    options = options or LoadOptions()
+    report = progress or (lambda done, total, msg: None)
+    started = time.perf_counter()
+    if not quant.quantized:
+        raise ExportError(
+            f"{ref.name} would be saved unquantized: there is nothing to export",
+            "pick a 4-bit or 8-bit preset (nf4, nf4-dq, fp4, int8) first",
+        )
+    if ref.quantized:
+        raise ExportError(
+            f"{ref.name} is already quantized ({ref.quantized})",
+            "it is saved already: copy its folder instead",
+        )
+    out = Path(out).expanduser().absolute()
+    parent = check_target(out, force)
+    tmp = parent / f".{out.name}.nibble-tmp-{os.getpid()}"
+    _probe_writable(parent, tmp)
+    loaded = None
+    try:
+        report(0, STEPS, f"Loading {ref.name} ({quant.label()})")
+
+        def load_progress(done: int, total: int, message: str) -> None:
+            if total:
+                report(0, STEPS, f"{message} {done}/{total}")
+
+        # Fresh, never-run copy: saving after a forward corrupts 4-bit on the CPU.
+        loaded = loader.load(ref, quant, options, load_progress, cancel)
+        _check_cancel(cancel)
+        needed = loaded.report.true_bytes + _tokenizer_bytes(ref) + SPACE_MARGIN
+        available = free_bytes(parent)
+        if available < needed:
+            raise ExportError(
+                f"not enough disk space in {parent}: needs {format_bytes(needed)}, "
+                f"{format_bytes(available)} free",
+                "free some space or save to another disk",
+            )
+        report(1, STEPS, "Saving weights and tokenizer")
+        _save(loaded, tmp, lambda d, n, m: report(1, STEPS, f"Saving weights {d}/{n}"))
+        _check_cancel(cancel)
+        report(2, STEPS, "Computing reference logits")
+        saved_dtype = _unquantized_dtype(loaded.model)
+        expected, tokens = probe_logits(loaded.model, loaded.tokenizer)
+        true_bytes = loaded.report.true_bytes
+        loader.unload(loaded)
+        loaded = None
+        _check_cancel(cancel)
+        report(3, STEPS, "Reloading the saved folder")
+        reload_options = LoadOptions.from_dict(
+            {**options.to_dict(), "dtype": saved_dtype}
+        )
+        verification = verify(tmp, expected, tokens, reload_options, cancel)
+        if not verification.identical:
+            raise ExportError(
+                f"the saved model does not reload identically: {verification.summary()}",
+                "report this with `python main.py report`; nothing was written",
+            )
+        report(4, STEPS, "Writing the model card")
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        from core.report import environment
+
+        result = ExportResult(
+            path=out,
+            source=ref.repo_id or (str(ref.path) if ref.path else ref.name),
+            label=quant.label(),
+            settings=quant.to_dict(),
+            options=reload_options.to_dict(),
+            files=files,
+            size_bytes=sum(files.values()),
+            true_bytes=true_bytes,
+            verification=verification,
+            seconds=0.0,
+            environment=environment(),
+        )
+        result.seconds = time.perf_counter() - started
+        (tmp / CARD).write_text(model_card(result, ref, quant), encoding="utf-8")
+        (tmp / RECORD).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        _check_cancel(cancel)
+        report(5, STEPS, "Moving into place")
+        _move_into_place(tmp, out)
+    except NibbleError:
+        raise
+    except OSError as exc:
+        raise _os_error(exc, parent) from exc
+    finally:
+        if loaded is not None:
+            loader.unload(loaded)
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.size_bytes = folder_size(out)
+    report(STEPS, STEPS, f"Saved to {out}")
+    logger.info("%s", result.summary())
+    return result
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("Export cancelled")
+
+
+def _probe_writable(parent: Path, tmp: Path) -> None:
+    """Create the temporary folder now, so a read-only target fails before loading."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        (tmp / ".probe").write_bytes(b"")
+        (tmp / ".probe").unlink()
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _os_error(exc, parent) from exc
+
+
+def _os_error(exc: OSError, parent: Path) -> ExportError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ExportError(
+            f"cannot write to {parent}: it is read-only",
+            "choose a folder you can write to",
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ExportError(
+            f"the disk holding {parent} ran full while saving",
+            "free some space or save to another disk; nothing was kept",
+        )
+    return ExportError(
+        f"saving to {parent} failed: {exc.strerror or exc}", "see Details for more"
+    )
+
+
+def _tokenizer_bytes(ref: ModelRef) -> int:
+    if ref.path is None or not ref.path.is_dir():
+        return 0
+    return sum(
+        p.stat().st_size
+        for p in ref.path.iterdir()
+        if p.is_file() and not p.name.endswith((".safetensors", ".bin"))
+    )
+
+
+def _save(loaded: Any, tmp: Path, progress: Progress) -> None:
+    import warnings
+
+    from core.loader import _progress_hook, _Reporter
+
+    # The shard bar goes to our progress instead of the terminal.
+    with _progress_hook(_Reporter(progress, None)), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded.model.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+    # safetensors writes its file 0600; a saved model is meant to be shared.
+    mode = 0o666 & ~_umask()
+    for file in tmp.iterdir():
+        if file.is_file():
+            file.chmod(mode)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def _unquantized_dtype(model: Any) -> str:
+    """The dtype the unquantized parts were loaded in ('float32', ...)."""
+    import torch
+
+    for p in model.parameters():
+        if p.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return str(p.dtype).removeprefix("torch.")
+    return "float32"
+
+
+def probe_logits(model: Any, tokenizer: Any) -> tuple[Any, int]:
+    """Logits of the fixed probe text, on the CPU, and how many tokens it has."""
+    import torch
+
+    ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"].to(model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits.float().cpu()
+    return logits, int(ids.shape[1])
+
+
+def verify(
+    folder: Path,
+    expected: Any,
+    tokens: int,
+    options: LoadOptions,
+    cancel: threading.Event | None = None,
+) -> Verification:
+    """Reload `folder` as it is (already quantized) and compare logits with `expected`."""
+    import torch
+
+    from core import catalog, loader
+
+    ref = catalog.folder_ref(folder, name=folder.name)
+    reloaded = loader.load(ref, QuantSettings(), options, cancel=cancel)
+    try:
+        if reloaded.report.quantized_count == 0:
+            raise ExportError(
+                "the saved folder reloads without any quantized layer",
+                "report this with `python main.py report`; nothing was written",
+            )
+        got, _ = probe_logits(reloaded.model, reloaded.tokenizer)
+    finally:
+        loader.unload(reloaded)
+    diff = float((got - expected).abs().max()) if got.shape == expected.shape else 1e9
+    return Verification(
+        identical=bool(got.shape == expected.shape and torch.equal(got, expected)),
+        max_abs_diff=diff,
+        tokens=tokens,
+        same_argmax=bool(
+            got.shape == expected.shape
+            and torch.equal(got.argmax(-1), expected.argmax(-1))
+        ),
+    )
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is swapped out first, then removed."""
+    old = out.parent / f".{out.name}.nibble-old-{os.getpid()}"
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_code(path: Path, options: dict[str, Any]) -> str:
+    """The exact Python that loads an exported folder (its config holds the settings)."""
+    opts = LoadOptions.from_dict(options)
+    return QuantSettings().to_python(str(path), opts)
+
+
+def model_card(result: ExportResult, ref: ModelRef, quant: QuantSettings) -> str:
+    """A short README.md: source, settings, environment, true size, code to load it."""
+    env = result.environment
+    packages = env.get("packages", {})
+    from core.report import HUB_IDS
+
+    base = HUB_IDS.get(ref.name) if ref.kind == "default" else ref.repo_id
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    if base:
+        front.append(f"base_model: {base}")
+    front += ["tags:", "- bitsandbytes", f"- {quant.label()}", "- nibble", "---", ""]
+    bits = "4-bit" if quant.load_in_4bit else "8-bit"
+    lines = [
+        *front,
+        f"# {ref.name} · {quant.label()}",
+        "",
+        f"{ref.name} quantized to {bits} ({quant.label()}) with bitsandbytes and saved "
+        "by Nibble.",
+        "",
+        "## Source",
+        "",
+        f"- Model: {base or ref.name}",
+        f"- From: {result.source}",
+        "",
+        "## Settings",
+        "",
+        "```python",
+        "BitsAndBytesConfig(",
+        *[f"    {line}" for line in quant.python_lines()],
+        ")",
+        "```",
+        "",
+        f"Unquantized parts are stored as {result.options.get('dtype', 'float32')}.",
+        "",
+        "## Size",
+        "",
+        f"- In memory: {format_bytes(result.true_bytes)} ({result.true_bytes:,} bytes, "
+        "weights, buffers and quantization state)",
+        f"- On disk: {format_bytes(result.size_bytes)} ({result.size_bytes:,} bytes, "
+        "weights and tokenizer)",
+        "",
+        "## Verified",
+        "",
+        f"Reloaded after saving: {result.verification.summary()} "
+        f"(probe text {py_literal(PROBE_TEXT)}).",
+        "",
+        "## Load it",
+        "",
+        "The quantization settings are stored in `config.json`, so no "
+        "`BitsAndBytesConfig` is needed:",
+        "",
+        "```python",
+        load_code(result.path, result.options).rstrip(),
+        "```",
+        "",
+        "Or in Nibble: `python main.py generate "
+        f"{py_literal(str(result.path))} --prompt 'Hello'`.",
+        "",
+        "## Environment",
+        "",
+        f"- Python {env.get('python', '?')} on {env.get('platform', '?')}",
+        *[f"- {name} {version}" for name, version in packages.items() if version],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The export record of a folder Nibble saved, or None."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((Path(folder) / RECORD).read_text())
+        if isinstance(data, dict):
+            return data
+    return None
