@@ -7,6 +7,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--self-test"]:
+        argv = ["self-test", *argv[1:]]
     if not argv or argv[0] in ("--gui",):
         from gui.app import run_app
 

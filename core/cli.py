@@ -218,6 +218,62 @@ def cmd_snippet(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Save a quantized copy of a model, verified by reloading it."""
+    from core import catalog, export
+
+    quant, options = settings_from_args(args)
+    show = stderr_progress(args.json)
+    result = export.export(
+        catalog.resolve(args.model), quant, args.out, options, args.force, show
+    )
+    if show:
+        print("\r\033[K", end="", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the reproducibility report, loading the model when one is named."""
+    from core import report
+
+    quant, options = settings_from_args(args)
+    load_report = stats = gen = None
+    name = args.model
+    if args.model:
+        from core import catalog, generation, loader
+
+        ref = catalog.resolve(args.model)
+        name = report.model_id(ref)
+        show = stderr_progress(False)
+        loaded = loader.load(ref, quant, options, show)
+        if show:
+            print("\r\033[K", end="", file=sys.stderr)
+        try:
+            load_report = loaded.report
+            if args.prompt:
+                gen = generation_from_args(args)
+                _, stats = generation.generate_text(loaded, args.prompt, gen)
+        finally:
+            loader.unload(loaded)
+    data = report.build(name, quant, options, load_report, None, gen, stats)
+    if args.save:
+        for path in report.save(data, args.save):
+            print(f"wrote {path}", file=sys.stderr)
+    print(report.to_json(data) if args.json else report.to_markdown(data), end="")
+    return EXIT_OK
+
+
+def cmd_self_test(args: argparse.Namespace) -> int:
+    """Load the default model in nf4 and check that it answers Paris."""
+    from core import selftest
+
+    return EXIT_OK if selftest.run() else EXIT_UNEXPECTED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nibble",
@@ -251,6 +307,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="your-model-name")
     add_quant_args(p)
     p.set_defaults(func=cmd_snippet)
+
+    p = sub.add_parser("export", help="save a quantized copy of a model, verified")
+    p.add_argument("model", help="'default', a local folder, or a hub id")
+    p.add_argument("--out", "-o", required=True, help="the folder to create")
+    p.add_argument(
+        "--force", action="store_true", help="replace a non-empty --out folder"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_quant_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "report", help="settings, versions, hardware and measured numbers"
+    )
+    p.add_argument("model", nargs="?", default=None, help="load it to measure it")
+    p.add_argument("--prompt", "-p", default=None, help="also generate an answer")
+    p.add_argument("--json", action="store_true", help="JSON instead of Markdown")
+    p.add_argument("--save", default=None, metavar="PATH", help="write PATH.md + .json")
+    add_quant_args(p)
+    add_generation_args(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "self-test", help="load the default model in nf4 and check it answers"
+    )
+    p.set_defaults(func=cmd_self_test)
     return parser
 
 
