@@ -308,7 +308,8 @@ class QuantSettings:
                 elif mode == ("8bit" if name == "load_in_8bit" else "4bit"):
                     changes["mode"] = mode = "none"
             else:
-                changes[check_field_name(name)] = parse_field(name, raw)
+                check_field_name(name)
+                changes[name] = parse_field(name, raw)
         return self.replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -412,7 +413,11 @@ class QuantSettings:
             out += ["", "bnb_config = BitsAndBytesConfig("]
             out += [f"    {line}" for line in self.python_lines()]
             out.append(")")
-        out += ["", "model = AutoModelForCausalLM.from_pretrained(", f"    {py_literal(model)},"]
+        out += [
+            "",
+            "model = AutoModelForCausalLM.from_pretrained(",
+            f"    {py_literal(model)},",
+        ]
         if self.quantized:
             out.append("    quantization_config=bnb_config,")
         out.append(f"    device_map={py_literal(options.device_map_value())},")
@@ -421,7 +426,9 @@ class QuantSettings:
         if options.max_memory:
             out.append(f"    max_memory={py_literal(options.max_memory_value())},")
         if options.attn_implementation != "auto":
-            out.append(f"    attn_implementation={py_literal(options.attn_implementation)},")
+            out.append(
+                f"    attn_implementation={py_literal(options.attn_implementation)},"
+            )
         if options.trust_remote_code:
             out.append("    trust_remote_code=True,")
         out.append(")")

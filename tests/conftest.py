@@ -1,0 +1,62 @@
+"""Shared fixtures: the embedded default model and tiny models built on the spot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@pytest.fixture(scope="session")
+def default_dir() -> Path:
+    """The converted default model (converted here on first use, ~20 s)."""
+    from core import default_model
+
+    return default_model.ensure()
+
+
+def build_tiny_model(
+    target: Path,
+    default_dir: Path,
+    model_type: str = "llama",
+    **overrides: object,
+) -> Path:
+    """Save a tiny random causal LM with the default model's tokenizer into `target`.
+
+    Dims are multiples of 64 so bitsandbytes' CPU 4-bit kernels accept them.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    params: dict[str, object] = {
+        "vocab_size": 49152,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+    }
+    params.update(overrides)
+    config = AutoConfig.for_model(model_type, **params)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(target)
+    for name in TOKENIZER_FILES:
+        if (default_dir / name).exists():
+            shutil.copy(default_dir / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
+    """A tiny Llama (2 layers, hidden 64) with the default model's tokenizer."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_dir)

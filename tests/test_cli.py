@@ -1,0 +1,106 @@
+"""The headless CLI: what a user types and what they read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def nibble(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def test_generate_json(tiny_dir: Path) -> None:
+    result = nibble(
+        "generate", str(tiny_dir), "--quant", "nf4", "--greedy",
+        "--max-new-tokens", "8", "--prompt", "Hi", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data["stats"]) >= {
+        "prompt_tokens",
+        "new_tokens",
+        "ttft_s",
+        "tokens_per_s",
+    }
+    assert data["stats"]["new_tokens"] == 8
+    assert data["stats"]["stop_reason"] == "max tokens"
+    report = data["report"]
+    assert report["quantized_linear_modules"] == {"Linear4bit": 14, "Linear8bitLt": 0}
+    assert report["device_map"] == {"(all)": "cpu"}
+    assert report["true_bytes"] > report["footprint_bytes"] > 0
+    assert data["settings"]["mode"] == "4bit"
+    assert data["settings"]["bnb_4bit_quant_type"] == "nf4"
+    assert isinstance(data["text"], str)
+
+
+def test_generate_streams_text_and_stats_to_stderr(tiny_dir: Path) -> None:
+    result = nibble(
+        "generate", str(tiny_dir), "--set", "mode=8bit", "--set", "llm_int8_threshold=6",
+        "--greedy", "--max-new-tokens", "4", "--prompt", "Hi",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "tokens · max tokens" in result.stderr
+    assert "int8" in result.stderr
+
+
+@pytest.mark.slow
+def test_generate_default_answers_paris() -> None:
+    result = nibble(
+        "generate", "default", "--quant", "nf4", "--greedy", "--max-new-tokens", "16",
+        "--prompt", "What is the capital of France?",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "/no/such/folder", "--prompt", "hi"], "error: folder not found"),
+        (["generate", "default", "--quant", "nf5", "--prompt", "hi"], "unknown preset"),
+        (
+            ["generate", "default", "--set", "mode=4bit", "--set",
+             "bnb_4bit_quant_type=NF4", "--prompt", "hi"],
+            "must be 'nf4' or 'fp4'",
+        ),
+        (["snippet", "--set", "bnb_8bit_compute_dtype=float16"], "not a BitsAndBytesConfig"),
+        (["snippet", "--set", "threshold"], "has no '='"),
+        (["generate", "default", "--prompt", "  "], "the prompt is empty"),
+        (["generate", "default", "--device-map", "gpu", "--prompt", "hi"], "device map"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_message_and_hint(args: list[str], message: str) -> None:
+    result = nibble(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "hint: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_snippet_prints_runnable_code() -> None:
+    result = nibble("snippet", "org/model", "--quant", "nf4-dq")
+    assert result.returncode == 0
+    assert "bnb_4bit_use_double_quant=True," in result.stdout
+    compile(result.stdout, "snippet", "exec")
+
+
+def test_models_lists_the_default(default_dir: Path) -> None:
+    result = nibble("models", "--json")
+    assert result.returncode == 0
+    models = json.loads(result.stdout)
+    assert models[0]["kind"] == "default"
+    assert models[0]["name"] == "SmolLM2-135M-Instruct"
