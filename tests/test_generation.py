@@ -73,7 +73,7 @@ def test_raw_completion_without_chat_template(tiny) -> None:
     tiny.tokenizer.chat_template = None
     try:
         assert generation.build_prompt(tiny.tokenizer, "The sky is") == "The sky is"
-        chunks, stats = run(tiny, "The sky is")
+        _chunks, stats = run(tiny, "The sky is")
         assert stats.prompt_tokens == len(tiny.tokenizer("The sky is")["input_ids"])
     finally:
         tiny.tokenizer.chat_template = template
