@@ -9,6 +9,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from core.errors import NibbleError, SettingsError
@@ -274,6 +275,70 @@ def cmd_self_test(args: argparse.Namespace) -> int:
     return EXIT_OK if selftest.run() else EXIT_UNEXPECTED
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Measure several settings on one model, one row at a time."""
+    from core import catalog, compare
+
+    common: dict[str, str] = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(
+                f"--set {item!r} has no '='", "write it as --set FIELD=VALUE"
+            )
+        common[name.strip()] = value
+    base = LoadOptions(
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        dtype=args.dtype or "auto",
+        trust_remote_code=args.trust_remote_code,
+    )
+    rows = args.quant if args.quant is not None else ",".join(compare.DEFAULT_ROWS)
+    specs = compare.parse_rows(rows, base, common)
+    eval_text = None
+    if args.eval_file:
+        try:
+            eval_text = Path(args.eval_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NibbleError(
+                f"cannot read {args.eval_file}: {exc}", "pass a UTF-8 text file"
+            ) from exc
+    config = compare.CompareConfig(
+        prompt=args.prompt or compare.DEFAULT_PROMPT,
+        new_tokens=args.tokens,
+        eval_text=eval_text,
+        eval_tokens=args.eval_tokens,
+    )
+    ref = catalog.resolve(args.model)
+    show = stderr_progress(args.json)
+    result = compare.run(ref, specs, config, progress=show)
+    if show:
+        print("\r\033[K", end="", file=sys.stderr)
+    if args.csv:
+        result.save_csv(args.csv)
+    if args.save_json:
+        result.save_json(args.save_json)
+    for row in result.rows:
+        if not row.ok:
+            print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
+    if args.json:
+        print(result.to_json())
+        return EXIT_OK
+    print(compare.format_table(result))
+    print()
+    print(compare.format_seed_table(result))
+    print()
+    for row in result.rows:
+        if row.ok:
+            print(f"{row.name}: {row.answer}")
+    print(
+        f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
+        f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nibble",
@@ -328,6 +393,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_quant_args(p)
     add_generation_args(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "compare", help="measure several quantization settings side by side"
+    )
+    p.add_argument("model", help="'default', a local folder, or a hub id")
+    p.add_argument(
+        "--tokens", type=int, default=32, help="greedy tokens to time per row (32)"
+    )
+    p.add_argument(
+        "--prompt", "-p", default=None, help="the question every row answers"
+    )
+    p.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=None,
+        help="score only the first N tokens of the evaluation text (default: all)",
+    )
+    p.add_argument(
+        "--eval-file",
+        default=None,
+        help="a text file to score instead of the bundled one",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows")
+    p.add_argument("--save-json", default=None, metavar="FILE", help="also write JSON")
+    add_quant_args(p)
+    for action in p._actions:
+        if action.dest == "quant":
+            action.help = (
+                "comma-separated rows, the first being the baseline: presets, "
+                "'baseline', or PRESET+FIELD=VALUE (default: "
+                "baseline,int8,nf4,nf4-dq,fp4)"
+            )
+        elif action.dest == "set":
+            action.help = "set a BitsAndBytesConfig field on every quantized row"
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "self-test", help="load the default model in nf4 and check it answers"

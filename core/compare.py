@@ -1,0 +1,1001 @@
+"""The Compare lab: run a list of settings on one model and measure every row.
+
+Rows run one at a time with an unload between them, so a comparison runs wherever one
+copy of the model fits. Per row: load time, peak memory during the load, true bytes,
+time to first token and decode speed for a fixed number of greedy tokens, perplexity
+on the bundled evaluation text (strided windows), KL divergence and top-1 agreement of
+the next-token distributions against the first (baseline) row, and the answer to a
+fixed prompt.
+
+The baseline's distributions are kept in memory between rows as their top-K log-probs
+plus one bucket for the rest of the vocabulary (about 9 MB for the bundled text), so the
+KL is taken over K + 1 outcomes: a lower bound on the full-vocabulary KL that misses only
+the divergence inside the baseline's unlikely tail.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core import loader
+from core.catalog import ModelRef
+from core.errors import CancelledError, NibbleError, SettingsError
+from core.settings import (
+    EDITABLE_FIELDS,
+    PRESETS,
+    LoadOptions,
+    QuantSettings,
+    preset,
+)
+from core.units import format_bytes
+
+logger = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+EVAL_FILE = RESOURCES / "eval" / "pride_and_prejudice.txt"
+EVAL_SOURCE = "Jane Austen, Pride and Prejudice (1813), chapters 1-3 (public domain)"
+BASELINE = "baseline"
+DEFAULT_ROWS: tuple[str, ...] = (BASELINE, "int8", "nf4", "nf4-dq", "fp4")
+DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
+
+Progress = Callable[[int, int, str], None]
+RowCallback = Callable[["RowResult"], None]
+
+
+# -- what to run --
+
+
+@dataclass
+class RowSpec:
+    """One row of a comparison: a name, quantization settings and load options."""
+
+    name: str
+    quant: QuantSettings
+    options: LoadOptions
+    title: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "settings": self.quant.to_dict(),
+            "options": self.options.to_dict(),
+        }
+
+
+def parse_rows(
+    items: str | Sequence[str | RowSpec] | None,
+    base: LoadOptions | None = None,
+    common: dict[str, str] | None = None,
+) -> list[RowSpec]:
+    """Turn 'baseline,int8,nf4+bnb_4bit_compute_dtype=bfloat16' into row specs.
+
+    Parameters
+    ----------
+    items
+        Comma-separated text or a list. Each item is a preset name (or ``baseline``:
+        unquantized in the model's own dtype, fp32 on the CPU), optionally followed by
+        ``+FIELD=VALUE`` changes to any QuantSettings field, or ``+dtype=...``.
+    base
+        Load options shared by every row (device map, memory caps); a preset's dtype
+        replaces the base dtype.
+    common
+        FIELD=VALUE changes applied to every quantized row.
+    """
+    base = base or LoadOptions()
+    if items is None:
+        items = list(DEFAULT_ROWS)
+    if isinstance(items, str):
+        items = items.split(",")
+    items = [i.strip() if isinstance(i, str) else i for i in items]
+    items = [i for i in items if not (isinstance(i, str) and not i)]
+    if not items:
+        raise SettingsError(
+            "no settings to compare",
+            f"list presets, e.g. {','.join(DEFAULT_ROWS)}",
+        )
+    specs: list[RowSpec] = []
+    seen: set[str] = set()
+    for item in items:
+        spec = item if isinstance(item, RowSpec) else _parse_row(item, base, common)
+        name, n = spec.name, 2
+        while name in seen:
+            name, n = f"{spec.name} ({n})", n + 1
+        spec.name = name
+        seen.add(name)
+        specs.append(spec)
+    return specs
+
+
+def _parse_row(text: str, base: LoadOptions, common: dict[str, str] | None) -> RowSpec:
+    head, *changes = [part.strip() for part in text.split("+")]
+    if head.lower() == BASELINE:
+        quant, dtype, title = QuantSettings(), base.dtype, "Baseline"
+    else:
+        chosen = preset(head)
+        quant, dtype, title = chosen.quant, chosen.dtype, chosen.title
+    values: dict[str, str] = {}
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(
+                f"{change!r} in {text!r} is not FIELD=VALUE",
+                "write a variation as nf4+bnb_4bit_compute_dtype=bfloat16",
+            )
+        values[key.strip()] = value.strip()
+    if quant.quantized and common:
+        values = {**common, **values}
+    dtype = values.pop("dtype", dtype)
+    quant = quant.with_values(values)
+    options = LoadOptions.from_dict({**base.to_dict(), "dtype": dtype})
+    if changes:
+        title = f"{title} ({', '.join(changes)})"
+    return RowSpec(text.lower() if not changes else text, quant, options, title)
+
+
+@dataclass
+class CompareConfig:
+    """What every row is measured on."""
+
+    prompt: str = DEFAULT_PROMPT
+    new_tokens: int = 32
+    eval_text: str | None = None  # None: the bundled text
+    eval_tokens: int | None = None  # cap on the evaluation tokens; None: all
+    window: int = 512
+    stride: int = 256
+    top_k: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise SettingsError("the prompt is empty", "type a prompt for the answers")
+        if self.new_tokens < 2:
+            raise SettingsError(
+                f"tokens must be at least 2, got {self.new_tokens}",
+                "decode speed needs a first token and at least one more",
+            )
+        if self.eval_tokens is not None and self.eval_tokens < 16:
+            raise SettingsError(
+                f"evaluation tokens must be at least 16, got {self.eval_tokens}",
+                "use 16 or more, or leave it empty for the whole text",
+            )
+        if not 0 < self.stride <= self.window:
+            raise SettingsError(
+                f"stride {self.stride} must be between 1 and the window {self.window}",
+                "the usual choice is half the window",
+            )
+        if self.top_k < 1:
+            raise SettingsError("top_k must be at least 1", "256 is the default")
+
+    def text(self) -> str:
+        return self.eval_text if self.eval_text is not None else bundled_text()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("eval_text")
+        data["eval_source"] = "custom" if self.eval_text is not None else EVAL_SOURCE
+        return data
+
+
+def bundled_text() -> str:
+    """The bundled public-domain evaluation text."""
+    return EVAL_FILE.read_text(encoding="utf-8")
+
+
+# -- what comes out --
+
+
+@dataclass
+class RowResult:
+    """The measured numbers of one row; `error` is set when the row failed."""
+
+    name: str
+    title: str
+    settings: dict[str, Any]
+    options: dict[str, Any]
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    hint: str | None = None
+    load_s: float | None = None
+    peak_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    peak_vram_bytes: int | None = None
+    rss_before_bytes: int | None = None
+    true_bytes: int | None = None
+    bits: int | None = None
+    device: str | None = None
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None
+    new_tokens: int | None = None
+    perplexity: float | None = None
+    eval_tokens: int | None = None
+    kl_vs_baseline: float | None = None
+    top1_agreement: float | None = None
+    answer: str | None = None
+    row_s: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RowResult:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+CSV_MEASURES = (
+    "load_s",
+    "peak_bytes",
+    "peak_rss_bytes",
+    "peak_vram_bytes",
+    "true_bytes",
+    "bits",
+    "ttft_s",
+    "tokens_per_s",
+    "new_tokens",
+    "perplexity",
+    "eval_tokens",
+    "kl_vs_baseline",
+    "top1_agreement",
+    "answer",
+    "row_s",
+    "device",
+)
+CSV_ENVIRONMENT = (
+    "torch",
+    "transformers",
+    "bitsandbytes",
+    "cpu",
+    "gpus",
+    "driver",
+    "cuda",
+    "python",
+    "platform",
+)
+
+
+@dataclass
+class CompareResult:
+    """All rows of one comparison, with what they ran on."""
+
+    model: str
+    rows: list[RowResult]
+    environment: dict[str, Any]
+    config: dict[str, Any]
+    total_s: float = 0.0
+    created: str = ""
+
+    @property
+    def baseline(self) -> RowResult | None:
+        """The reference row, when it completed."""
+        return self.rows[0] if self.rows and self.rows[0].ok else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "created": self.created,
+            "total_s": round(self.total_s, 3),
+            "config": self.config,
+            "rows": [r.to_dict() for r in self.rows],
+            "pareto": pareto_front(self.rows),
+            "environment": self.environment,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareResult:
+        return cls(
+            model=data["model"],
+            rows=[RowResult.from_dict(r) for r in data["rows"]],
+            environment=data.get("environment", {}),
+            config=data.get("config", {}),
+            total_s=data.get("total_s", 0.0),
+            created=data.get("created", ""),
+        )
+
+    def to_csv(self) -> str:
+        """One line per row: measures, every setting, load options and environment."""
+        setting_names = ["mode", *(f.name for f in EDITABLE_FIELDS), "quantize_lm_head"]
+        option_names = ["device_map", "max_memory", "dtype", "attn_implementation"]
+        header = [
+            "model",
+            "name",
+            "status",
+            "error",
+            *CSV_MEASURES,
+            *setting_names,
+            *option_names,
+            "eval_source",
+            "prompt",
+            *(f"env_{k}" for k in CSV_ENVIRONMENT),
+        ]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        for row in self.rows:
+            line: list[Any] = [self.model, row.name, row.status, row.error or ""]
+            line += [_csv_value(getattr(row, k)) for k in CSV_MEASURES]
+            line += [_csv_value(row.settings.get(k)) for k in setting_names]
+            line += [_csv_value(row.options.get(k)) for k in option_names]
+            line += [self.config.get("eval_source", ""), self.config.get("prompt", "")]
+            line += [_csv_value(self.environment.get(k)) for k in CSV_ENVIRONMENT]
+            writer.writerow(line)
+        return out.getvalue()
+
+    def save_json(self, path: str | Path) -> Path:
+        return _write(Path(path), self.to_json())
+
+    def save_csv(self, path: str | Path) -> Path:
+        return _write(Path(path), self.to_csv())
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value) if value else ""
+    return value
+
+
+def _write(path: Path, text: str) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise NibbleError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            "pick a folder you can write to",
+        ) from exc
+    return path
+
+
+# -- analysis --
+
+
+def pareto_front(rows: Sequence[RowResult]) -> list[str]:
+    """Names of the rows no other row beats on both memory and perplexity."""
+    done = [r for r in rows if r.ok and r.true_bytes and r.perplexity is not None]
+    front = []
+    for r in done:
+        dominated = any(
+            s is not r
+            and s.true_bytes <= r.true_bytes
+            and s.perplexity <= r.perplexity
+            and (s.true_bytes < r.true_bytes or s.perplexity < r.perplexity)
+            for s in done
+        )
+        if not dominated:
+            front.append(r.name)
+    return front
+
+
+SEED_COLUMNS = ("Method", "Bits", "Memory savings", "Accuracy hit", "Best for")
+
+
+def seed_table(result: CompareResult) -> list[dict[str, str]]:
+    """The seed article's table with this model's measured numbers in every cell."""
+    base = result.baseline
+    done = [r for r in result.rows if r.ok]
+    front = set(pareto_front(result.rows))
+    smallest = min(done, key=lambda r: r.true_bytes or math.inf, default=None)
+    fastest = max(done, key=lambda r: r.tokens_per_s or 0.0, default=None)
+    quantized = [r for r in done if r is not base and r.kl_vs_baseline is not None]
+    closest = min(quantized, key=lambda r: r.kl_vs_baseline or 0.0, default=None)
+    table = []
+    for row in result.rows:
+        cells = {
+            "Method": row.title or row.name,
+            "Bits": str(row.bits) if row.bits else "—",
+        }
+        if not row.ok:
+            cells.update(
+                {
+                    "Memory savings": "—",
+                    "Accuracy hit": "—",
+                    "Best for": f"failed: {row.error}",
+                }
+            )
+            table.append(cells)
+            continue
+        cells["Memory savings"] = _savings(row, base)
+        cells["Accuracy hit"] = _accuracy(row, base)
+        best: list[str] = []
+        if row is base:
+            best.append("the reference: full accuracy")
+        if row is smallest and len(done) > 1:
+            best.append("the smallest memory")
+        if row is fastest and len(done) > 1:
+            best.append("the fastest decode here")
+        if row is closest and len(quantized) > 1:
+            best.append("the closest to the baseline")
+        if not best:
+            if row.name in front:
+                best.append("a balance of memory and accuracy")
+            else:
+                better = _dominator(row, done)
+                best.append(f"nothing here: {better} is smaller and more accurate")
+        text = "; ".join(best)
+        cells["Best for"] = text[0].upper() + text[1:]
+        table.append(cells)
+    return table
+
+
+def _savings(row: RowResult, base: RowResult | None) -> str:
+    if row.true_bytes is None:
+        return "—"
+    if base is None or not base.true_bytes:
+        return format_bytes(row.true_bytes)
+    if row is base:
+        return f"reference ({format_bytes(row.true_bytes)})"
+    saved = 1 - row.true_bytes / base.true_bytes
+    return f"{saved:.0%} ({format_bytes(base.true_bytes)} → {format_bytes(row.true_bytes)})"
+
+
+def _accuracy(row: RowResult, base: RowResult | None) -> str:
+    if row.perplexity is None:
+        return "—"
+    if row is base:
+        return f"none (reference, perplexity {row.perplexity:.2f})"
+    parts = []
+    if base is not None and base.perplexity:
+        change = row.perplexity / base.perplexity - 1
+        parts.append(f"perplexity {change:+.1%}")
+    else:
+        parts.append(f"perplexity {row.perplexity:.2f}")
+    if row.kl_vs_baseline is not None:
+        parts.append(f"KL {row.kl_vs_baseline:.4f}")
+    if row.top1_agreement is not None:
+        parts.append(f"top-1 {row.top1_agreement:.1%}")
+    return " · ".join(parts)
+
+
+def _dominator(row: RowResult, done: Sequence[RowResult]) -> str:
+    for s in done:
+        if (
+            s is not row
+            and s.true_bytes is not None
+            and row.true_bytes is not None
+            and s.perplexity is not None
+            and row.perplexity is not None
+            and s.true_bytes <= row.true_bytes
+            and s.perplexity <= row.perplexity
+        ):
+            return s.name
+    return "another row"
+
+
+def format_table(result: CompareResult) -> str:
+    """A plain-text table of the measured rows for the terminal."""
+    headers = [
+        "name",
+        "load",
+        "peak",
+        "true",
+        "ttft",
+        "tok/s",
+        "ppl",
+        "KL",
+        "top-1",
+    ]
+    lines = []
+    for r in result.rows:
+        if not r.ok:
+            lines.append([r.name, f"failed: {r.error}"])
+            continue
+        lines.append(
+            [
+                r.name,
+                f"{r.load_s:.1f} s",
+                format_bytes(r.peak_bytes),
+                format_bytes(r.true_bytes),
+                f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s is not None else "—",
+                f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "—",
+                f"{r.perplexity:.3f}" if r.perplexity is not None else "—",
+                f"{r.kl_vs_baseline:.5f}" if r.kl_vs_baseline is not None else "—",
+                f"{r.top1_agreement:.1%}" if r.top1_agreement is not None else "—",
+            ]
+        )
+    return _grid(headers, lines)
+
+
+def format_seed_table(result: CompareResult) -> str:
+    rows = [[cells[c] for c in SEED_COLUMNS] for cells in seed_table(result)]
+    return _grid(list(SEED_COLUMNS), rows)
+
+
+def _grid(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if len(row) == len(headers):
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))
+    return "\n".join(line.rstrip() for line in out)
+
+
+# -- measuring --
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, CPU, GPUs and driver: what a row needs to be reproduced."""
+    from importlib import metadata
+
+    import psutil
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": psutil.cpu_count(logical=True),
+        "ram_bytes": psutil.virtual_memory().total,
+    }
+    for name in ("nibble", "torch", "transformers", "bitsandbytes", "accelerate"):
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = None
+    env["cuda"], env["gpus"], env["driver"] = None, [], None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["cuda"] = torch.version.cuda
+            env["gpus"] = [
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ]
+    except Exception as exc:  # a broken CUDA install still gets its row data
+        logger.debug("no CUDA info: %s", exc)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            env["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # no NVIDIA driver: a normal state
+        logger.debug("no NVML: %s", exc)
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class PeakMemory:
+    """Samples the process RSS in a background thread (and CUDA peak) while open."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        import psutil
+
+        self.interval_s = interval_s
+        self.process = psutil.Process()
+        self.before = 0
+        self.peak_rss = 0
+        self.peak_vram: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cuda = False
+
+    def _sample(self) -> None:
+        rss = self.process.memory_info().rss
+        if rss > self.peak_rss:
+            self.peak_rss = rss
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        self._cuda = torch.cuda.is_available()
+        if self._cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.before = self.process.memory_info().rss
+        self.peak_rss = self.before
+        self._thread = threading.Thread(
+            target=self._loop, name="nibble-rss", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        if self._cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak_vram = int(torch.cuda.max_memory_allocated())
+
+
+@dataclass
+class Reference:
+    """The baseline's next-token distributions on the eval text (top-K + rest)."""
+
+    top_logp: Any  # [N, K] float32
+    top_ids: Any  # [N, K] int32
+    rest_logp: Any  # [N] float32, log of the mass outside the top K
+    argmax: Any  # [N] int64
+
+
+def _rest_logp(top_logp: Any) -> Any:
+    import torch
+
+    mass = torch.logsumexp(top_logp, dim=-1).clamp(max=0.0)
+    return torch.log(-torch.expm1(mass))
+
+
+def evaluate(
+    model: Any,
+    input_ids: Any,
+    config: CompareConfig,
+    reference: Reference | None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[float, Reference, float | None, float | None]:
+    """Perplexity over strided windows, and KL / top-1 agreement against `reference`.
+
+    Every token after the first is scored exactly once, with up to `window - stride`
+    tokens of context from the previous window. With no reference, this run's own
+    distributions become it (and its KL is 0 and its agreement 1 by construction).
+
+    Returns
+    -------
+    perplexity, the reference, mean KL(reference || this), top-1 agreement
+    """
+    import torch
+
+    n = int(input_ids.shape[1])
+    limit = _context_length(model)
+    window = min(config.window, limit) if limit else config.window
+    stride = min(config.stride, window)
+    starts = list(range(0, max(n - 1, 1), stride))
+    nll_sum, count = 0.0, 0
+    tops, ids, rests, argmaxes = [], [], [], []
+    kl_sum, agree = 0.0, 0
+    prev_end = 1  # token 0 has nothing before it to predict it from
+    device = model.device
+    for i, begin in enumerate(starts):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("Comparison cancelled")
+        end = min(begin + window, n)
+        if end <= prev_end:
+            break
+        chunk = input_ids[:, begin:end].to(device)
+        with torch.inference_mode():
+            logits = model(chunk).logits[0].float()
+        # logits[t] predicts token begin + t + 1; score only targets not seen yet.
+        first = prev_end - begin - 1
+        logp = torch.log_softmax(logits[first : end - begin - 1], dim=-1).cpu()
+        targets = input_ids[0, prev_end:end]
+        nll_sum -= float(logp.gather(1, targets[:, None]).sum())
+        count += int(targets.numel())
+        top_logp, top_ids = torch.topk(logp, min(config.top_k, logp.shape[-1]), dim=-1)
+        rest = _rest_logp(top_logp).clamp(min=-100.0)
+        top = logp.argmax(dim=-1)
+        if reference is None:
+            p_top, p_ids, p_rest, p_arg = top_logp, top_ids, rest, top
+            tops.append(top_logp)
+            ids.append(top_ids.to(torch.int32))
+            rests.append(rest)
+            argmaxes.append(top)
+        else:
+            sl = slice(count - int(targets.numel()), count)
+            p_top, p_ids = reference.top_logp[sl], reference.top_ids[sl].long()
+            p_rest, p_arg = reference.rest_logp[sl], reference.argmax[sl]
+        q_top = logp.gather(1, p_ids)
+        q_rest = _rest_logp(q_top).clamp(min=-100.0)
+        kl = (p_top.exp() * (p_top - q_top)).sum(-1)
+        p_rest_prob = p_rest.exp()
+        kl += torch.where(
+            p_rest_prob > 0, p_rest_prob * (p_rest - q_rest), torch.zeros_like(kl)
+        )
+        kl_sum += float(kl.sum())
+        agree += int((top == p_arg).sum())
+        prev_end = end
+        del logits, logp
+        if progress is not None:
+            progress(i + 1, len(starts))
+        if end == n:
+            break
+    if count == 0:
+        raise NibbleError(
+            "the evaluation text is too short to score",
+            "use at least 16 tokens of text",
+        )
+    if reference is None:
+        reference = Reference(
+            torch.cat(tops), torch.cat(ids), torch.cat(rests), torch.cat(argmaxes)
+        )
+    elif int(reference.argmax.shape[0]) != count:
+        raise NibbleError(
+            f"this row scored {count} tokens, the baseline {reference.argmax.shape[0]}",
+            "compare settings of one model only: the tokenizer must not change",
+        )
+    perplexity = math.exp(nll_sum / count)
+    return perplexity, reference, max(kl_sum / count, 0.0), agree / count
+
+
+def _context_length(model: Any) -> int | None:
+    from core.generation import context_length
+
+    return context_length(model)
+
+
+def measure_generation(
+    loaded: loader.LoadedModel,
+    prompt: str,
+    new_tokens: int,
+    cancel: threading.Event | None = None,
+) -> tuple[str, float | None, float | None, int]:
+    """Greedy decode exactly `new_tokens` tokens: (answer, TTFT s, tok/s, tokens).
+
+    End-of-sequence does not stop the run, so every row decodes the same count; the
+    answer is the text up to the first end-of-sequence token, as a chat would show it.
+    """
+    import copy
+
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    from core import generation
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    text = generation.build_prompt(tokenizer, prompt)
+    inputs = tokenizer(
+        text,
+        return_tensors="pt",
+        add_special_tokens=not generation.has_chat_template(tokenizer),
+    )
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    prompt_len = int(inputs["input_ids"].shape[1])
+    stamps: list[float] = []
+
+    class _Clock(BaseStreamer):
+        def put(self, value: Any) -> None:
+            stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    class _Cancel(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            flag = cancel is not None and cancel.is_set()
+            return torch.full((input_ids.shape[0],), flag, dtype=torch.bool)
+
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = None
+    config.pad_token_id = tokenizer.pad_token_id or next(iter(eos_ids), 0)
+    config.do_sample = False
+    config.temperature = config.top_p = config.top_k = None
+    config.max_new_tokens = config.min_new_tokens = new_tokens
+    config.max_length = None
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            generation_config=config,
+            streamer=_Clock(),
+            stopping_criteria=StoppingCriteriaList([_Cancel()]),
+        )
+    ended = time.perf_counter()
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("Comparison cancelled")
+    new = out[0, prompt_len:].tolist()
+    cut = next((i for i, t in enumerate(new) if t in eos_ids), len(new))
+    answer = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+    # stamps[0] is the prompt, stamps[1] the first new token.
+    ttft = stamps[1] - started if len(stamps) > 1 else None
+    speed = None
+    if len(stamps) > 2 and ended > stamps[1]:
+        speed = (len(stamps) - 2) / (stamps[-1] - stamps[1])
+    return answer, ttft, speed, len(new)
+
+
+def _bits(spec: RowSpec, report: loader.LoadReport) -> int:
+    if spec.quant.mode == "8bit":
+        return 8
+    if spec.quant.mode == "4bit":
+        return 4
+    floats = {k: v for k, v in report.dtypes.items() if "float" in k}
+    dominant = max(floats, key=floats.get, default="float32")
+    return 16 if dominant in ("float16", "bfloat16") else 32
+
+
+def run_row(
+    ref: ModelRef,
+    spec: RowSpec,
+    config: CompareConfig,
+    reference: Reference | None,
+    progress: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[RowResult, Reference]:
+    """Load, measure and unload one row. Raises on failure; the caller records it.
+
+    With no `reference`, this row's distributions on the evaluation text become it.
+    """
+    say = progress or (lambda message: None)
+    row = RowResult(spec.name, spec.title, spec.quant.to_dict(), spec.options.to_dict())
+    started = time.perf_counter()
+    loaded = None
+
+    def on_load(done: int, total: int, message: str) -> None:
+        say(f"{message} {done}/{total}" if total else message)
+
+    try:
+        with PeakMemory() as peak:
+            loaded = loader.load(ref, spec.quant, spec.options, on_load, cancel)
+        report = loaded.report
+        row.load_s = report.load_s
+        row.rss_before_bytes = peak.before
+        row.peak_rss_bytes = peak.peak_rss
+        row.peak_vram_bytes = peak.peak_vram
+        on_gpu = "cuda" in report.device
+        row.peak_bytes = peak.peak_vram if on_gpu and peak.peak_vram else peak.peak_rss
+        row.true_bytes = report.true_bytes
+        row.device = report.device
+        row.bits = _bits(spec, report)
+        row.warnings = list(report.warnings)
+        say("Answering the prompt")
+        row.answer, row.ttft_s, row.tokens_per_s, row.new_tokens = measure_generation(
+            loaded, config.prompt, config.new_tokens, cancel
+        )
+
+        def on_window(done: int, total: int) -> None:
+            say(f"Perplexity window {done}/{total}")
+
+        input_ids = tokenize_eval(loaded.tokenizer, config)
+        row.perplexity, reference, kl, agree = evaluate(
+            loaded.model, input_ids, config, reference, on_window, cancel
+        )
+        row.eval_tokens = int(reference.argmax.shape[0])
+        row.kl_vs_baseline, row.top1_agreement = kl, agree
+    finally:
+        loader.unload(loaded)
+    row.row_s = time.perf_counter() - started
+    return row, reference
+
+
+def tokenize_eval(tokenizer: Any, config: CompareConfig) -> Any:
+    """The evaluation text as a [1, N] tensor of token ids."""
+    ids = tokenizer(config.text(), return_tensors="pt")["input_ids"]
+    if config.eval_tokens is not None:
+        ids = ids[:, : config.eval_tokens]
+    if ids.shape[1] < 16:
+        raise NibbleError(
+            f"the evaluation text is only {ids.shape[1]} tokens",
+            "use at least 16 tokens of text",
+        )
+    return ids
+
+
+def run(
+    ref: ModelRef,
+    rows: str | Sequence[str | RowSpec] | None = None,
+    config: CompareConfig | None = None,
+    progress: Progress | None = None,
+    on_row: RowCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> CompareResult:
+    """Measure every row on `ref`, one at a time, the first row being the baseline.
+
+    Parameters
+    ----------
+    ref
+        The model.
+    rows
+        Row specs or their text (see `parse_rows`); None: baseline, int8, nf4,
+        nf4-dq, fp4.
+    config
+        Prompt, token count and evaluation text.
+    progress
+        Called with (rows done, rows, message).
+    on_row
+        Called with each finished row, failed rows included.
+    cancel
+        Checked between rows, at every weight while loading, at every perplexity
+        window and every decoded token; raises CancelledError.
+
+    A row that fails (does not fit, a kernel error) is recorded with its error and the
+    next row runs; without a baseline, KL and agreement stay empty.
+    """
+    specs = parse_rows(rows)
+    config = config or CompareConfig()
+    loader.quiet_libraries()
+    started = time.perf_counter()
+    report = progress or (lambda done, total, message: None)
+    n = len(specs)
+    env = environment()
+    results: list[RowResult] = []
+    reference: Reference | None = None
+    for i, spec in enumerate(specs):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("Comparison cancelled")
+
+        def say(message: str, i: int = i, spec: RowSpec = spec) -> None:
+            report(i, n, f"{spec.name}: {message}")
+
+        say("starting")
+        try:
+            row, new_reference = run_row(ref, spec, config, reference, say, cancel)
+            if i == 0:
+                reference = new_reference
+            elif reference is None:
+                row.kl_vs_baseline = row.top1_agreement = None
+                row.warnings.append("no baseline to compare with: the first row failed")
+        except CancelledError:
+            raise
+        except NibbleError as exc:
+            row = _failed(spec, exc.message, exc.hint)
+        except Exception as exc:  # one broken row must not lose the others
+            logger.warning("row %s failed", spec.name, exc_info=True)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            row = _failed(
+                spec, f"{type(exc).__name__}: {text}".rstrip(": "), "see the log"
+            )
+        results.append(row)
+        if on_row is not None:
+            on_row(row)
+    report(n, n, "Done")
+    return CompareResult(
+        model=ref.name,
+        rows=results,
+        environment=env,
+        config={**config.to_dict(), "rows": [s.to_dict() for s in specs]},
+        total_s=time.perf_counter() - started,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+
+
+def _failed(spec: RowSpec, message: str, hint: str | None) -> RowResult:
+    return RowResult(
+        spec.name,
+        spec.title,
+        spec.quant.to_dict(),
+        spec.options.to_dict(),
+        status="failed",
+        error=message,
+        hint=hint or None,
+    )
+
+
+def row_names() -> list[str]:
+    """What the window offers: the baseline and every preset."""
+    return [BASELINE, *PRESETS]
