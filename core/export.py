@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.catalog import ModelRef, folder_size
+from core.catalog import ModelRef
 from core.errors import CancelledError, ExportError, NibbleError
 from core.settings import LoadOptions, QuantSettings, py_literal
 from core.units import format_bytes
@@ -274,7 +274,6 @@ def export(
         if loaded is not None:
             loader.unload(loaded)
         shutil.rmtree(tmp, ignore_errors=True)
-    result.size_bytes = folder_size(out)
     report(STEPS, STEPS, f"Saved to {out}")
     logger.info("%s", result.summary())
     return result
