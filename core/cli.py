@@ -339,6 +339,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Print memory samples (GPUs, host RAM, one process) until time is up or Ctrl+C."""
+    from core import monitor
+
+    interval = monitor.check_interval(args.interval)
+    if args.seconds is not None and args.seconds < interval:
+        raise SettingsError(
+            f"--seconds {args.seconds:g} is shorter than one interval ({interval:g} s)",
+            "pass at least one interval, or leave --seconds out to run until Ctrl+C",
+        )
+    with monitor.Sampler(pid=args.pid) as sampler:
+        try:
+            for sample in monitor.samples(sampler, interval, args.seconds):
+                line = json.dumps(sample.to_dict()) if args.json else sample.summary()
+                print(line, flush=True)
+        except KeyboardInterrupt:  # the usual way to stop watching
+            pass
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nibble",
@@ -434,6 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
         "self-test", help="load the default model in nf4 and check it answers"
     )
     p.set_defaults(func=cmd_self_test)
+    p = sub.add_parser("monitor", help="print GPU, RAM and process memory samples")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="how long to watch (default: until Ctrl+C)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between samples, 0.25-5"
+    )
+    p.add_argument(
+        "--pid", type=int, default=None, help="the process to watch (default: this one)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_monitor)
     return parser
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import SettingsError
+from core.errors import NibbleError, SettingsError
 from core.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ MAX_INTERVAL_S = 5.0
 HISTORY_S = 600.0
 # CPU percentages over less than this are noise (psutil measures since its last call).
 _MIN_CPU_WINDOW_S = 0.05
+
+
+class MonitorError(NibbleError):
+    """The monitor cannot watch what it was asked to."""
 
 
 def check_interval(seconds: float) -> float:
@@ -204,7 +208,13 @@ class Sampler:
         self._nvml_given = nvml
         self.nvml: Any = None
         self.pid = pid if pid is not None else os.getpid()
-        self._process = psutil.Process(self.pid)
+        try:
+            self._process = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            raise MonitorError(
+                f"no process with PID {self.pid}",
+                "pass the PID of a running process (see ps or top)",
+            ) from None
         self._gpus: list[_Gpu] = []
         self._opened = False
         self.gpu_reason: str | None = None
