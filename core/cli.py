@@ -275,6 +275,21 @@ def cmd_self_test(args: argparse.Namespace) -> int:
     return EXIT_OK if selftest.run() else EXIT_UNEXPECTED
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Print the footprint of every preset and the current settings, with verdicts."""
+    from core import estimate
+
+    quant, options = settings_from_args(args)
+    result = estimate.table(
+        args.model, quant, options, context=args.context, batch=args.batch
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(estimate.format_table(result))
+    return EXIT_OK
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Measure several settings on one model, one row at a time."""
     from core import catalog, compare
@@ -387,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_quant_args(p)
     add_generation_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "estimate", help="memory needed per preset and whether it fits, before loading"
+    )
+    p.add_argument("model", help="'default', a folder, a config.json, or a hub id")
+    p.add_argument(
+        "--context", type=int, default=4096, help="tokens in the KV cache (4096)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="sequences at once (1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quant_args(p)
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("snippet", help="print the Python code for these settings")
     p.add_argument("model", nargs="?", default="your-model-name")

@@ -1,0 +1,1015 @@
+"""Know before you load: the exact footprint of a model for given settings, and a verdict.
+
+From config.json alone (never the weights) the model is built on the meta device with
+the dtype the loader would use, and every parameter and buffer is counted. Linear and
+Conv1D layers that bitsandbytes would replace (by transformers' own skip rules) are
+counted with the byte formulas of the packed weight and its quantization state, so
+weights + quantization state equal `core.loader.true_bytes` of the loaded model.
+
+The KV cache follows the config (GQA/MQA heads, sliding windows); activations and the
+CUDA context are a stated allowance (see OVERHEAD_NOTE). The verdict compares the total
+with free VRAM (NVML) or, with no usable GPU, available host RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from core.catalog import ModelRef
+from core.errors import ModelNotFoundError, NibbleError, SettingsError
+from core.settings import PRESETS, LoadOptions, QuantSettings
+from core.units import format_bytes
+
+logger = logging.getLogger(__name__)
+
+# Highest quality first: the recommendation is the first of these that fits.
+QUALITY_ORDER: tuple[str, ...] = (
+    "fp32",
+    "bf16",
+    "fp16",
+    "int8",
+    "nf4",
+    "nf4-dq",
+    "fp4",
+)
+CUDA_CONTEXT_BYTES = 500 * 2**20
+OVERHEAD_NOTE = (
+    "overhead = activations of one prefill (batch × context × (3·hidden + 2·intermediate) "
+    "at the load dtype, fp32 logits of the last token, the largest 4-bit weight "
+    "dequantized for a matmul, and eager attention scores of one layer) + 500 MiB CUDA "
+    "context on a GPU"
+)
+DEFAULT_CONTEXT = 4096
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "uint8": 1, "int8": 1}
+_CORE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+Verdict = Literal["fits", "fits with CPU offload", "does not fit", "unknown"]
+
+
+class EstimateError(NibbleError):
+    """The configuration cannot be read at all."""
+
+
+# -- where the config comes from --
+
+
+@dataclass
+class ConfigSource:
+    """config.json of a model, as a dict, with where it came from."""
+
+    name: str
+    raw: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.raw, sort_keys=True, default=str)
+
+
+ModelSpec = str | Path | ModelRef | ConfigSource | dict[str, Any]
+
+
+def read_source(model: ModelSpec) -> ConfigSource:
+    """config.json for 'default', a folder, a config.json file, a hub id or a ModelRef.
+
+    Only config.json is read (for a hub id not in the cache, only it is downloaded).
+    """
+    from core import catalog, default_model
+
+    if isinstance(model, ConfigSource):
+        return model
+    if isinstance(model, dict):
+        return ConfigSource(str(model.get("_name_or_path") or "config"), dict(model))
+    if isinstance(model, ModelRef):
+        if model.path is not None:
+            return _folder_source(Path(model.path), model.name)
+        return _hub_source(model.repo_id or model.name)
+    text = str(model or "").strip()
+    if not text:
+        raise ModelNotFoundError(
+            "no model given", "use 'default', a folder or a hub id"
+        )
+    if text.lower() == "default":
+        return _folder_source(default_model.model_dir(), default_model.DEFAULT_NAME)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return ConfigSource(path.parent.name, _load_json_file(path), path)
+    if path.exists() or text.startswith((".", "/", "~")):
+        return _folder_source(path, path.name)
+    if catalog._HUB_ID.match(text):
+        return _hub_source(text)
+    return _folder_source(path, path.name)
+
+
+def _folder_source(path: Path, name: str) -> ConfigSource:
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"folder not found: {path}", "check the path, or pick a model from the list"
+        )
+    from core import catalog
+
+    return ConfigSource(name, catalog.read_config(path), path / "config.json")
+
+
+def _load_json_file(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelNotFoundError(
+            f"{file.name} is not a readable JSON config ({exc})".splitlines()[0],
+            "point at a model folder or its config.json",
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelNotFoundError(f"{file.name} is not a JSON object", "re-download it")
+    return data
+
+
+def _hub_source(repo_id: str) -> ConfigSource:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            file = hf_hub_download(repo_id, "config.json", local_files_only=True)
+        except Exception:
+            file = hf_hub_download(repo_id, "config.json", etag_timeout=5)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"config.json of {repo_id} is not in your cache and the hub cannot be reached",
+            "connect once to fetch it (a few KB), or open a local folder",
+        ) from exc
+    return ConfigSource(repo_id, _load_json_file(Path(file)), Path(file))
+
+
+# -- the model's structure, from a meta-device build --
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One parameter or buffer of the meta model."""
+
+    name: str
+    module: str
+    numel: int
+    dtype: str
+    kind: str  # embeddings, norms, lm_head, linear, other, buffers
+    group: str  # the block it belongs to, for offload splits
+
+
+@dataclass
+class KVShape:
+    """What the KV cache needs: per attention layer, kv heads × head dim and a window."""
+
+    layers: list[tuple[int, int, int | None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def bytes(self, tokens: int, batch: int, itemsize: int) -> int:
+        total = 0
+        for kv_heads, head_dim, window in self.layers:
+            # transformers' sliding layers keep the last window - 1 tokens.
+            kept = min(tokens, window - 1) if window else tokens
+            total += 2 * kv_heads * head_dim * kept * batch * itemsize
+        return total
+
+
+@dataclass
+class Structure:
+    """Everything the byte counts need, built once per (config, dtype)."""
+
+    architecture: str
+    params: list[Tensor]
+    buffers: list[Tensor]
+    linears: dict[str, tuple[int, int]]  # module name → (in_features, out_features)
+    default_skips: list[str]
+    keep_in_fp32: list[str]
+    keep_in_fp32_strict: list[str]
+    hidden: int
+    intermediate: int
+    vocab: int
+    heads: int
+
+
+_cache: dict[tuple[str, str, bool], Structure] = {}
+_cache_lock = threading.Lock()
+
+
+def is_cached(
+    source: ConfigSource, dtype: str, trust_remote_code: bool = False
+) -> bool:
+    """Whether `structure` answers without building (the window's fast path)."""
+    return (source.key, dtype, trust_remote_code) in _cache
+
+
+def structure(
+    source: ConfigSource, dtype: str, trust_remote_code: bool = False
+) -> Structure:
+    """Build the model on the meta device with `dtype` and record what it holds."""
+    key = (source.key, dtype, trust_remote_code)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    built = _build(source, dtype, trust_remote_code)
+    with _cache_lock:
+        _cache[key] = built
+    return built
+
+
+def hf_config(source: ConfigSource, trust_remote_code: bool = False) -> Any:
+    """A transformers config from the raw dict; EstimateError when it cannot be made."""
+    from transformers import AutoConfig
+
+    raw = dict(source.raw)
+    model_type = raw.pop("model_type", None)
+    if not model_type:
+        raise EstimateError(
+            f"config.json of {source.name} has no model_type",
+            "add the model_type (e.g. llama) or use the model's original config.json",
+        )
+    if raw.get("auto_map") and trust_remote_code and source.path is not None:
+        return AutoConfig.from_pretrained(
+            str(source.path.parent), trust_remote_code=True
+        )
+    try:
+        return AutoConfig.for_model(model_type, **raw)
+    except Exception as exc:
+        text = str(exc)
+        if "Unrecognized" in text or "model_type" in text:
+            raise EstimateError(
+                f"architecture {model_type!r} is unknown to this transformers",
+                "update transformers; the KV cache is still estimated from the config",
+            ) from None
+        cause = getattr(exc, "__cause__", None) or exc
+        raise EstimateError(
+            f"config.json of {source.name} is invalid: {cause}".splitlines()[0],
+            "fix the config or use the model's original config.json",
+        ) from None
+
+
+def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structure:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    from core.loader import quiet_libraries
+
+    quiet_libraries()
+    config = hf_config(source, trust_remote_code)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config,
+                dtype=getattr(torch, dtype),
+                trust_remote_code=trust_remote_code,
+            )
+    except Exception as exc:
+        raise EstimateError(
+            f"the model cannot be built from config.json: {exc}".splitlines()[0],
+            "check the config's sizes; the KV cache is still estimated from it",
+        ) from None
+    output = model.get_output_embeddings()
+    kinds: dict[str, str] = {}
+    linears: dict[str, tuple[int, int]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Conv1D):
+            in_f, out_f = module.weight.shape
+            linears[name] = (int(in_f), int(out_f))
+            kinds[name] = "linear"
+        elif type(module) is torch.nn.Linear:
+            linears[name] = (module.in_features, module.out_features)
+            kinds[name] = "linear"
+        elif isinstance(module, torch.nn.Embedding):
+            kinds[name] = "embeddings"
+        elif "norm" in type(module).__name__.lower():
+            kinds[name] = "norms"
+        if output is not None and module is output:
+            kinds[name] = "lm_head"
+
+    def tensor(name: str, t: Any, kind: str | None = None) -> Tensor:
+        module = name.rpartition(".")[0]
+        return Tensor(
+            name,
+            module,
+            int(t.numel()),
+            str(t.dtype).removeprefix("torch."),
+            kind or kinds.get(module, "other"),
+            _group(module),
+        )
+
+    params = [tensor(n, p) for n, p in model.named_parameters()]
+    buffers = [tensor(n, b, "buffers") for n, b in model.named_buffers()]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    heads = int(getattr(text, "num_attention_heads", 0) or 0)
+    intermediate = int(
+        getattr(text, "intermediate_size", None)
+        or getattr(text, "n_inner", None)
+        or getattr(text, "ffn_dim", None)
+        or 4 * hidden
+    )
+    return Structure(
+        architecture=type(model).__name__,
+        params=params,
+        buffers=buffers,
+        linears=linears,
+        default_skips=list(get_keys_to_not_convert(model)),
+        keep_in_fp32=sorted(model._keep_in_fp32_modules or []),
+        keep_in_fp32_strict=sorted(model._keep_in_fp32_modules_strict or []),
+        hidden=hidden,
+        intermediate=intermediate,
+        vocab=int(getattr(text, "vocab_size", 0) or 0),
+        heads=heads,
+    )
+
+
+def _group(module: str) -> str:
+    """'model.layers.3.mlp.up_proj' → 'model.layers.3'; 'lm_head' → 'lm_head'."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return module
+
+
+def kv_shape(raw: dict[str, Any]) -> KVShape:
+    """KV heads, head dim and window of every attention layer, from the raw config."""
+    text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    shape = KVShape()
+
+    def first(*names: str) -> Any:
+        for name in names:
+            if text.get(name) is not None:
+                return text[name]
+        return None
+
+    layers = first("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    heads = first("num_attention_heads", "n_head", "num_heads", "n_heads")
+    hidden = first("hidden_size", "n_embd", "d_model", "dim")
+    if not (isinstance(layers, int) and isinstance(heads, int) and heads > 0):
+        shape.notes.append(
+            "KV cache not estimated: config.json lacks the layer or attention head count"
+        )
+        return shape
+    kv_heads = first("num_key_value_heads", "n_head_kv", "num_kv_heads")
+    if kv_heads is None:
+        multi_query = text.get("multi_query") or text.get("multi_query_attention")
+        kv_heads = 1 if multi_query else heads
+    head_dim = first("head_dim")
+    if head_dim is None:
+        if not isinstance(hidden, int):
+            shape.notes.append("KV cache not estimated: config.json lacks hidden_size")
+            return shape
+        head_dim = hidden // heads
+    if text.get("kv_lora_rank"):
+        shape.notes.append(
+            "latent attention (kv_lora_rank) caches less than counted here"
+        )
+    window = text.get("sliding_window")
+    if text.get("use_sliding_window") is False:
+        window = None
+    types = text.get("layer_types")
+    if not isinstance(types, list) or len(types) != layers:
+        types = ["sliding_attention" if window else "full_attention"] * layers
+    skipped = 0
+    for kind in types:
+        if kind == "full_attention":
+            shape.layers.append((int(kv_heads), int(head_dim), None))
+        elif kind in ("sliding_attention", "chunked_attention"):
+            size = (
+                text.get("attention_chunk_size") if kind.startswith("chunk") else None
+            )
+            shape.layers.append((int(kv_heads), int(head_dim), size or window))
+        else:
+            skipped += 1
+    if skipped:
+        shape.notes.append(
+            f"{skipped} layers are not attention layers ({types[0]}…): their state is "
+            "not counted"
+        )
+    return shape
+
+
+# -- the estimate --
+
+
+@dataclass
+class Offload:
+    """A proposed max_memory split that lets a model run with CPU offload."""
+
+    gpu_bytes: int
+    cpu_bytes: int
+    max_memory: dict[str, str]
+
+
+@dataclass
+class Estimate:
+    """The footprint of one model with one set of settings."""
+
+    model: str
+    preset: str
+    label: str
+    dtype: str
+    on_gpu: bool
+    context: int
+    batch: int
+    weights_bytes: int | None
+    quant_state_bytes: int | None
+    kv_cache_bytes: int | None
+    overhead_bytes: int | None
+    quantized_modules: int = 0
+    breakdown: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    verdict: Verdict = "unknown"
+    verdict_text: str = ""
+    offload: Offload | None = None
+    groups: list[tuple[str, int, int]] = field(default_factory=list, repr=False)
+
+    @property
+    def model_bytes(self) -> int | None:
+        """Weights + quantization state: what `loader.true_bytes` measures."""
+        if self.weights_bytes is None or self.quant_state_bytes is None:
+            return None
+        return self.weights_bytes + self.quant_state_bytes
+
+    @property
+    def total_bytes(self) -> int | None:
+        parts = (self.model_bytes, self.kv_cache_bytes, self.overhead_bytes)
+        return None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "label": self.label,
+            "dtype": self.dtype,
+            "weights_bytes": self.weights_bytes,
+            "quant_state_bytes": self.quant_state_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "total_bytes": self.total_bytes,
+            "verdict": self.verdict,
+            "verdict_text": self.verdict_text,
+            "max_memory": self.offload.max_memory if self.offload else None,
+            "quantized_modules": self.quantized_modules,
+            "breakdown": self.breakdown,
+            "notes": self.notes,
+        }
+
+
+def quantized_linear_bytes(
+    n: int, out_features: int, quant: QuantSettings
+) -> tuple[int, int]:
+    """(packed weight, quantization state) bytes of one bitsandbytes layer of n weights."""
+    if quant.mode == "8bit":
+        return n, 4 * out_features
+    size = _DTYPE_BYTES[quant.bnb_4bit_quant_storage or "uint8"]
+    packed = (n + 1) // (2 * size) * size
+    blocks = math.ceil(n / 64)
+    code = 16 * 4
+    if not quant.bnb_4bit_use_double_quant:
+        return packed, 4 * blocks + code
+    nested = 4 * math.ceil(blocks / 256) + 256 * 4 + 4  # absmax, code, offset
+    return packed, blocks + nested + code
+
+
+def skip_list(struct: Structure, quant: QuantSettings, device_map: Any) -> list[str]:
+    """Module patterns transformers keeps unquantized (its get_modules_to_not_convert)."""
+    custom = quant.effective_skip_modules()
+    skips = list(struct.default_skips) if custom is None else []
+    skips += custom or []
+    skips += struct.keep_in_fp32
+    if quant.llm_int8_enable_fp32_cpu_offload and isinstance(device_map, dict):
+        skips += [k for k, v in device_map.items() if v in ("cpu", "disk")]
+    return list(dict.fromkeys(skips))
+
+
+def _converts(module: str, patterns: list[str]) -> bool:
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    return should_convert_module(module, patterns)
+
+
+def _fp32_patterns(struct: Structure, dtype: str) -> list[str]:
+    patterns: list[str] = []
+    if dtype == "float16":
+        patterns += struct.keep_in_fp32
+    if dtype in ("float16", "bfloat16"):
+        patterns += struct.keep_in_fp32_strict
+    return patterns
+
+
+def _matches_any(name: str, patterns: list[str]) -> bool:
+    return any(re.search(rf"(^|\.){p}(\.|$)", name) for p in patterns)
+
+
+def estimate(
+    model: ModelSpec,
+    quant: QuantSettings | None = None,
+    options: LoadOptions | None = None,
+    context: int = DEFAULT_CONTEXT,
+    batch: int = 1,
+    device: DeviceInfo | None = None,
+    preset: str = "current",
+) -> Estimate:
+    """The footprint of `model` with these settings, and its verdict on `device`.
+
+    Parameters
+    ----------
+    model
+        'default', a folder, a config.json, a hub id, a ModelRef or a config dict.
+    quant, options
+        The settings, as the loader would get them.
+    context, batch
+        Tokens (prompt + answer) and sequences held in the KV cache.
+    device
+        What to judge the fit against; probed when None.
+    preset
+        The row's name in tables.
+    """
+    quant = quant or QuantSettings()
+    options = options or LoadOptions()
+    check_sizes(context, batch)
+    source = read_source(model)
+    device = device or probe_device()
+    on_gpu = _targets_gpu(options, device)
+    dtype = _load_dtype(options, source.raw, on_gpu)
+    row = Estimate(
+        model=source.name,
+        preset=preset,
+        label=quant.label() if quant.quantized else dtype,
+        dtype=dtype,
+        on_gpu=on_gpu,
+        context=context,
+        batch=batch,
+        weights_bytes=None,
+        quant_state_bytes=None,
+        kv_cache_bytes=None,
+        overhead_bytes=None,
+    )
+    kv = kv_shape(source.raw)
+    row.notes += kv.notes
+    if kv.layers:
+        row.kv_cache_bytes = kv.bytes(context, batch, _DTYPE_BYTES[dtype])
+    if quant.quantized and source.raw.get("quantization_config"):
+        row.notes.append(
+            "the checkpoint is already quantized; the loader refuses to quantize it again"
+        )
+    try:
+        struct = structure(source, dtype, options.trust_remote_code)
+    except EstimateError as exc:
+        row.notes.insert(0, f"weights not estimated: {exc.message}")
+        judge(row, device)
+        return row
+    row.notes += _missing_fields(source.raw)
+    if source.raw.get("quantization_config") and not quant.quantized:
+        row.notes.append(
+            "the checkpoint is pre-quantized: weights are counted unquantized, an upper bound"
+        )
+    _count(row, struct, quant, options, on_gpu)
+    row.overhead_bytes = _overhead(struct, row, quant, options, on_gpu)
+    judge(row, device)
+    return row
+
+
+def check_sizes(context: int, batch: int) -> None:
+    """Raise a SettingsError unless context and batch are positive token counts."""
+    for name, value in (("context", context), ("batch", batch)):
+        if not isinstance(value, int) or value < 1 or value > 10_000_000:
+            raise SettingsError(
+                f"{name} {value!r} is not valid", "use a whole number of 1 or more"
+            )
+
+
+def _count(
+    row: Estimate,
+    struct: Structure,
+    quant: QuantSettings,
+    options: LoadOptions,
+    on_gpu: bool,
+) -> None:
+    device_map: Any = options.device_map_value() if on_gpu else {"": "cpu"}
+    patterns = skip_list(struct, quant, device_map) if quant.quantized else []
+    converted = (
+        {m for m in struct.linears if _converts(m, patterns)}
+        if quant.quantized
+        else set()
+    )
+    if quant.quantized and quant.llm_int8_enable_fp32_cpu_offload and not on_gpu:
+        row.notes.append(
+            "fp32 CPU offload with everything on the CPU keeps every Linear unquantized"
+        )
+    fp32 = _fp32_patterns(struct, row.dtype)
+    weights = state = 0
+    breakdown: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}
+    for t in [*struct.params, *struct.buffers]:
+        itemsize = _DTYPE_BYTES.get(t.dtype, 4)
+        if fp32 and t.kind != "buffers" and _matches_any(t.name, fp32):
+            itemsize = 4
+        plain = t.numel * itemsize
+        if t.module in converted and t.name.endswith(".weight"):
+            _, out_f = struct.linears[t.module]
+            packed, extra = quantized_linear_bytes(t.numel, out_f, quant)
+            if quant.mode == "8bit" and quant.llm_int8_has_fp16_weight:
+                # The weight stays as loaded; int8 copies appear at the first forward.
+                packed, extra = plain, 0
+            kind = "quantized linear"
+        else:
+            packed, extra = plain, 0
+            kind = t.kind
+        weights += packed
+        state += extra
+        breakdown[kind] = breakdown.get(kind, 0) + packed + extra
+        sizes = groups.setdefault(t.group, [0, 0])
+        sizes[0] += packed + extra
+        sizes[1] += plain
+    row.weights_bytes = weights
+    row.quant_state_bytes = state
+    row.quantized_modules = len(converted)
+    row.breakdown = dict(sorted(breakdown.items(), key=lambda kv: -kv[1]))
+    row.groups = [(name, q, p) for name, (q, p) in groups.items()]
+
+
+def _overhead(
+    struct: Structure,
+    row: Estimate,
+    quant: QuantSettings,
+    options: LoadOptions,
+    on_gpu: bool,
+) -> int:
+    act = _DTYPE_BYTES[row.dtype]
+    tokens = row.batch * row.context
+    activations = tokens * (3 * struct.hidden + 2 * struct.intermediate) * act
+    logits = row.batch * struct.vocab * 4
+    dequant = 0
+    if quant.mode == "4bit" and row.quantized_modules:
+        compute = _DTYPE_BYTES[quant.bnb_4bit_compute_dtype or "float32"]
+        dequant = max(i * o for i, o in struct.linears.values()) * compute
+    scores = 0
+    if options.attn_implementation == "eager":
+        # Without a fused kernel one layer's scores exist at once, in fp32.
+        scores = row.batch * struct.heads * row.context * row.context * 4
+    context = CUDA_CONTEXT_BYTES if on_gpu else 0
+    return activations + logits + dequant + scores + context
+
+
+def _missing_fields(raw: dict[str, Any]) -> list[str]:
+    text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    aliases = {
+        "hidden_size": ("n_embd", "d_model", "dim"),
+        "num_hidden_layers": ("n_layer", "num_layers", "n_layers"),
+        "num_attention_heads": ("n_head", "num_heads", "n_heads"),
+        "vocab_size": (),
+    }
+    missing = [
+        name
+        for name in _CORE_FIELDS
+        if name not in text and not any(a in text for a in aliases[name])
+    ]
+    if not missing:
+        return []
+    return [
+        f"config.json does not give {', '.join(missing)}: the architecture's defaults "
+        "were used, so the numbers may not match the real model"
+    ]
+
+
+def _load_dtype(options: LoadOptions, raw: dict[str, Any], on_gpu: bool) -> str:
+    """The loader's dtype rule (core.loader.resolve_dtype) without importing torch."""
+    if options.dtype != "auto":
+        return options.dtype
+    if not on_gpu:
+        return "float32"
+    wanted = str(raw.get("dtype") or raw.get("torch_dtype") or "").removeprefix(
+        "torch."
+    )
+    return wanted if wanted in ("float16", "bfloat16") else "float16"
+
+
+def _targets_gpu(options: LoadOptions, device: DeviceInfo) -> bool:
+    if options.device_map == "cpu":
+        return False
+    return device.cuda
+
+
+# -- devices and verdicts --
+
+
+@dataclass
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass
+class DeviceInfo:
+    """What memory there is to fit into: GPUs (NVML) and host RAM (psutil)."""
+
+    gpus: list[Gpu]
+    ram_total_bytes: int
+    ram_available_bytes: int
+    cuda: bool  # whether torch can use the GPUs (the loader's choice)
+
+    @property
+    def gpu_free_bytes(self) -> int:
+        return sum(g.free_bytes for g in self.gpus)
+
+    def describe(self) -> str:
+        ram = f"{format_bytes(self.ram_available_bytes)} RAM available"
+        if not self.gpus:
+            return f"No GPU · {ram}"
+        gpus = ", ".join(
+            f"GPU {g.index} {g.name}: {format_bytes(g.free_bytes)} free of "
+            f"{format_bytes(g.total_bytes)}"
+            for g in self.gpus
+        )
+        usable = "" if self.cuda else " (torch has no CUDA: loads go to the CPU)"
+        return f"{gpus} · {ram}{usable}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpus": [g.__dict__ for g in self.gpus],
+            "ram_total_bytes": self.ram_total_bytes,
+            "ram_available_bytes": self.ram_available_bytes,
+            "cuda": self.cuda,
+            "summary": self.describe(),
+        }
+
+
+def probe_device() -> DeviceInfo:
+    """Free VRAM per GPU from NVML and available host RAM from psutil."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    gpus = _nvml_gpus()
+    return DeviceInfo(gpus, int(memory.total), int(memory.available), _cuda(gpus))
+
+
+def _cuda(gpus: list[Gpu]) -> bool:
+    if not gpus:
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _nvml_gpus() -> list[Gpu]:
+    """Free memory per NVIDIA GPU through the monitor's sampler; [] without NVML."""
+    from core.monitor import Sampler
+
+    sampler = Sampler()
+    try:
+        sample = sampler.sample()
+    finally:
+        sampler.close()
+    gpus = []
+    for g in sample.gpus:
+        if g.memory_total is None or g.memory_used is None:
+            continue
+        free = g.memory_total - g.memory_used
+        gpus.append(Gpu(g.index, g.name, g.memory_total, free))
+    return gpus
+
+
+def judge(row: Estimate, device: DeviceInfo) -> None:
+    """Set the row's verdict: fits / fits with CPU offload / does not fit / unknown."""
+    row.offload = None
+    total = row.total_bytes
+    if total is None:
+        row.verdict, row.verdict_text = "unknown", "the weights could not be counted"
+        return
+    if not row.on_gpu:
+        ram = device.ram_available_bytes
+        if total <= ram:
+            row.verdict = "fits"
+            row.verdict_text = f"fits in RAM ({format_bytes(ram - total)} to spare)"
+        else:
+            row.verdict = "does not fit"
+            row.verdict_text = (
+                f"needs {format_bytes(total)}, {format_bytes(ram)} of RAM available"
+            )
+        return
+    free = device.gpu_free_bytes
+    if total <= free:
+        row.verdict = "fits"
+        row.verdict_text = f"fits on the GPU ({format_bytes(free - total)} to spare)"
+        return
+    row.offload = propose_offload(row, device)
+    if row.offload is None:
+        row.verdict = "does not fit"
+        row.verdict_text = (
+            f"needs {format_bytes(total)}: more than {format_bytes(free)} free VRAM "
+            f"+ {format_bytes(device.ram_available_bytes)} RAM"
+        )
+        return
+    row.verdict = "fits with CPU offload"
+    extra = (
+        "; turn on llm_int8_enable_fp32_cpu_offload"
+        if row.label not in ("float32", "bfloat16", "float16")
+        else ""
+    )
+    row.verdict_text = (
+        f"split with max_memory {row.offload.max_memory}: "
+        f"{format_bytes(row.offload.cpu_bytes)} on the CPU{extra}"
+    )
+
+
+def propose_offload(row: Estimate, device: DeviceInfo) -> Offload | None:
+    """Fill the GPU with blocks in order; the rest go to the CPU, unquantized.
+
+    bitsandbytes keeps offloaded modules unquantized (at the load dtype), and the
+    KV cache, activations and one streamed-in block stay on the GPU.
+    """
+    if not row.groups or row.kv_cache_bytes is None or row.overhead_bytes is None:
+        return None
+    streamed = max(p for _, _, p in row.groups)
+    budget = device.gpu_free_bytes - row.kv_cache_bytes - row.overhead_bytes - streamed
+    if budget <= 0:
+        return None
+    gpu = cpu = 0
+    full = False
+    for _, quantized, plain in row.groups:
+        if not full and gpu + quantized <= budget:
+            gpu += quantized
+        else:
+            full = True
+            cpu += plain
+    if cpu > device.ram_available_bytes or gpu == 0:
+        return None
+    max_memory = {"0": _gib(gpu + streamed), "cpu": _gib(cpu)}
+    return Offload(gpu, cpu, max_memory)
+
+
+def _gib(n: int) -> str:
+    return f"{math.ceil(n / 2**30 * 10) / 10:.1f}GiB"
+
+
+# -- every preset at once --
+
+
+@dataclass
+class Table:
+    """Every preset plus the current settings for one model, and the recommendation."""
+
+    model: str
+    rows: list[Estimate]
+    device: DeviceInfo
+    recommended: str | None
+    context: int
+    batch: int
+
+    @property
+    def current(self) -> Estimate:
+        return next(r for r in self.rows if r.preset == "current")
+
+    @property
+    def notes(self) -> list[str]:
+        return list(dict.fromkeys(n for r in self.rows for n in r.notes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "context": self.context,
+            "batch": self.batch,
+            "rows": [r.to_dict() for r in self.rows],
+            "recommended": self.recommended,
+            "device": self.device.to_dict(),
+            "overhead": OVERHEAD_NOTE,
+            "notes": self.notes,
+        }
+
+
+def table(
+    model: ModelSpec,
+    quant: QuantSettings | None = None,
+    options: LoadOptions | None = None,
+    context: int = DEFAULT_CONTEXT,
+    batch: int = 1,
+    device: DeviceInfo | None = None,
+) -> Table:
+    """Estimate the current settings and every preset with the same placement."""
+    options = options or LoadOptions()
+    source = read_source(model)
+    device = device or probe_device()
+    rows = [estimate(source, quant, options, context, batch, device, "current")]
+    for name in QUALITY_ORDER:
+        p = PRESETS[name]
+        rows.append(
+            estimate(
+                source, p.quant, p.load_options(options), context, batch, device, name
+            )
+        )
+    return Table(source.name, rows, device, recommend(rows), context, batch)
+
+
+def recommend(rows: list[Estimate]) -> str | None:
+    """The highest-quality preset that fits; failing that, the best one with offload."""
+    presets = [r for r in rows if r.preset in QUALITY_ORDER]
+    for verdict in ("fits", "fits with CPU offload"):
+        for row in presets:
+            if row.verdict == verdict:
+                return row.preset
+    return None
+
+
+def format_table(result: Table) -> str:
+    """The table as aligned text for a terminal."""
+    head = (
+        "preset",
+        "label",
+        "weights",
+        "quant state",
+        "KV cache",
+        "overhead",
+        "total",
+    )
+    lines = [
+        f"{result.model} · context {result.context} × batch {result.batch}",
+        result.device.describe(),
+        "",
+        f"{head[0]:8} {head[1]:9} {head[2]:>11} {head[3]:>11} {head[4]:>11} "
+        f"{head[5]:>11} {head[6]:>11}  verdict",
+    ]
+    for r in result.rows:
+        sizes = (
+            r.weights_bytes,
+            r.quant_state_bytes,
+            r.kv_cache_bytes,
+            r.overhead_bytes,
+            r.total_bytes,
+        )
+        cells = " ".join(f"{format_bytes(n):>11}" for n in sizes)
+        lines.append(f"{r.preset:8} {r.label:9} {cells}  {r.verdict}")
+    lines.append("")
+    current = result.current
+    lines.append(f"Current: {current.verdict} — {current.verdict_text}")
+    best = result.recommended
+    lines.append(f"Recommended: {best or 'none of the presets fits'}")
+    lines += [f"note: {n}" for n in result.notes]
+    lines.append(f"note: {OVERHEAD_NOTE}")
+    return "\n".join(lines)
+
+
+# -- estimated vs actual --
+
+
+@dataclass
+class Actual:
+    """What a loaded model really takes, beside what was estimated."""
+
+    true_bytes: int
+    estimated_bytes: int | None
+    quantized_modules: int
+    torch_allocated_bytes: int | None = None
+    nvml_process_bytes: int | None = None
+    warning: str = ""
+
+    @property
+    def difference(self) -> int | None:
+        if self.estimated_bytes is None:
+            return None
+        return self.true_bytes - self.estimated_bytes
+
+
+def actual(loaded: Any, estimated: Estimate | None = None) -> Actual:
+    """Measure `loaded` (a LoadedModel): true bytes, torch allocated and NVML usage."""
+    report = loaded.report
+    result = Actual(
+        true_bytes=report.true_bytes,
+        estimated_bytes=estimated.model_bytes if estimated else None,
+        quantized_modules=report.quantized_count,
+    )
+    if loaded.quant.quantized and report.quantized_count == 0:
+        result.warning = (
+            f"You asked for {loaded.quant.label()}, but no Linear layer was quantized: "
+            "the model runs in full precision and takes its full size"
+        )
+    if "cuda" in report.device:
+        import torch
+
+        result.torch_allocated_bytes = int(torch.cuda.memory_allocated())
+        result.nvml_process_bytes = process_gpu_bytes()
+    return result
+
+
+def process_gpu_bytes() -> int | None:
+    """GPU memory NVML reports for this process (None without NVML or on WDDM)."""
+    from core.monitor import Sampler
+
+    sampler = Sampler()
+    try:
+        used = [g.process_memory for g in sampler.sample().gpus]
+    finally:
+        sampler.close()
+    known = [u for u in used if u is not None]
+    return sum(known) if known else None
