@@ -429,6 +429,7 @@ class Estimate:
     verdict_text: str = ""
     offload: Offload | None = None
     groups: list[tuple[str, int, int]] = field(default_factory=list, repr=False)
+    largest_quantized: int = field(default=0, repr=False)
 
     @property
     def model_bytes(self) -> int | None:
@@ -631,6 +632,9 @@ def _count(
     row.weights_bytes = weights
     row.quant_state_bytes = state
     row.quantized_modules = len(converted)
+    row.largest_quantized = max(
+        (struct.linears[m][0] * struct.linears[m][1] for m in converted), default=0
+    )
     row.breakdown = dict(sorted(breakdown.items(), key=lambda kv: -kv[1]))
     row.groups = [(name, q, p) for name, (q, p) in groups.items()]
 
@@ -647,9 +651,9 @@ def _overhead(
     activations = tokens * (3 * struct.hidden + 2 * struct.intermediate) * act
     logits = row.batch * struct.vocab * 4
     dequant = 0
-    if quant.mode == "4bit" and row.quantized_modules:
+    if quant.mode == "4bit":
         compute = _DTYPE_BYTES[quant.bnb_4bit_compute_dtype or "float32"]
-        dequant = max(i * o for i, o in struct.linears.values()) * compute
+        dequant = row.largest_quantized * compute
     scores = 0
     if options.attn_implementation == "eager":
         # Without a fused kernel one layer's scores exist at once, in fp32.
