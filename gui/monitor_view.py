@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
@@ -126,7 +127,7 @@ class Chart(pg.PlotWidget):
             # The hover pen's width sets the line's hit area: a few pixels either side.
             hoverPen=pg.mkPen(MARKER_COLOR, width=10),
             label=label,
-            labelOpts={"position": 0.97, "color": MARKER_COLOR, "rotateAxis": (1, 0)},
+            labelOpts={"position": 0.88, "color": MARKER_COLOR, "rotateAxis": (1, 0)},
         )
         line.setZValue(20)
         self.addItem(line, ignoreBounds=True)
@@ -632,3 +633,45 @@ def _set_bar(bar: QProgressBar, used: float | None, total: float | None) -> None
 def _sum(values: Any) -> float | None:
     items = list(values)
     return None if not items or any(v is None for v in items) else float(sum(items))
+
+
+class _CloseWatcher(QObject):
+    """Stops sampling when the window closes; resumes if the close was refused."""
+
+    def __init__(self, window: QWidget, view: MonitorView) -> None:
+        super().__init__(view)
+        self.window = window
+        self.view = view
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.window and event.type() == QEvent.Type.Close:
+            self.view.stop()
+            QTimer.singleShot(0, self.view, self._resume_if_open)
+        return False
+
+    def _resume_if_open(self) -> None:
+        if self.window.isVisible():
+            self.view.start()
+
+
+def install_monitor(window: Any, interval: float = 1.0) -> MonitorView:
+    """Plug the monitor into Nibble's main window: a Monitor tab, the status-bar
+    gauge, and a marker on every chart for each load, first token, answer and
+    unload. Sampling stops when the window closes."""
+    view = MonitorView(interval=interval)
+    gauge = MemoryGauge()
+    view.sampled.connect(gauge.show_sample)
+    window.add_tab(view, "Monitor")
+    window.add_status_widget(gauge)
+    gauge.clicked.connect(lambda: window.tabs.setCurrentWidget(view))
+    window.load_started.connect(view.mark_load_started)
+    window.model_loaded.connect(view.mark_loaded)
+    window.first_token.connect(view.mark_first_token)
+    window.generation_finished.connect(view.mark_generation_finished)
+    window.model_unloaded.connect(view.mark_unloaded)
+    window.installEventFilter(_CloseWatcher(window, view))
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(view.stop)
+    window.monitor_view, window.memory_gauge = view, gauge
+    return view

@@ -1,0 +1,251 @@
+"""The Monitor tab and the status-bar gauge: samples and markers reach the charts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt, Signal
+from PySide6.QtGui import QHelpEvent
+from PySide6.QtWidgets import QApplication, QMainWindow, QTabWidget, QToolTip
+
+from core.monitor import GpuSample, HostSample, Sample
+from gui import workers
+from gui.monitor_view import (
+    GIB,
+    LOAD_FINISHED,
+    LOAD_STARTED,
+    Chart,
+    MemoryGauge,
+    MonitorView,
+    install_monitor,
+)
+
+MIB = 2**20
+
+
+@pytest.fixture(autouse=True)
+def _no_dangling_threads() -> Iterator[None]:
+    yield
+    assert workers.running_threads() == [], "a sampler thread was left running"
+
+
+def gpu_sample(t: float, ours: int, rss: int, util: float = 40.0) -> Sample:
+    gpu = GpuSample(
+        index=0,
+        name="NVIDIA H100 80GB HBM3",
+        memory_used=ours + 512 * MIB,
+        memory_total=80 * GIB,
+        process_memory=ours,
+        utilization=util,
+        temperature=51.0,
+        power_w=210.0,
+        power_limit_w=700.0,
+        torch_allocated=ours // 2,
+        torch_reserved=ours - 300 * MIB,
+    )
+    host = HostSample(6 * GIB, 32 * GIB, 25.0, rss, 150.0)
+    return Sample(t, (gpu,), host)
+
+
+def host_sample(t: float, rss: int = 200 * MIB) -> Sample:
+    host = HostSample(3 * GIB, 16 * GIB, 12.0, rss, 80.0)
+    return Sample(t, (), host, "No NVIDIA driver found")
+
+
+def last_y(chart: Chart, key: str) -> float:
+    return float(chart.curves[key].getOriginalDataset()[1][-1])
+
+
+def hover_text(chart: Chart, x: float) -> str:
+    """What a tooltip shows when the mouse rests on `chart` at time `x`."""
+    QApplication.processEvents()  # lay the chart and its marker lines out
+    view_box = chart.plot_item.vb
+    y_low, y_high = view_box.viewRange()[1]
+    scene = view_box.mapViewToScene(QPointF(x, (y_low + y_high) / 2))
+    pos = chart.mapFromScene(scene)
+    viewport = chart.viewport()
+    QToolTip.hideText()
+    event = QHelpEvent(QEvent.Type.ToolTip, pos, viewport.mapToGlobal(pos))
+    QApplication.sendEvent(viewport, event)
+    return QToolTip.text()
+
+
+def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.resize(1100, 800)
+    view.show()
+    qtbot.waitExposed(view)
+    t0 = view.t0
+    view.show_sample(gpu_sample(t0 + 1.0, ours=0, rss=300 * MIB))
+    view.add_marker(LOAD_STARTED, at=t0 + 1.5)
+    view.show_sample(gpu_sample(t0 + 1.6, ours=400 * MIB, rss=320 * MIB))
+    view.show_sample(gpu_sample(t0 + 2.6, ours=GIB, rss=800 * MIB))
+    view.add_marker(LOAD_FINISHED, at=t0 + 3.0)
+    assert "arrive with the next sample" in view.markers[1].tooltip
+    view.show_sample(gpu_sample(t0 + 3.2, ours=3 * GIB // 2, rss=900 * MIB, util=95))
+
+    assert view.gpu_stack.currentWidget() is view.gpu_charts
+    x, y = view.vram_chart.curves["gpu0.ours"].getOriginalDataset()
+    assert np.allclose(x, [1.0, 1.6, 2.6, 3.2])
+    assert np.allclose(y, [0, 400 / 1024, 1.0, 1.5])
+    assert last_y(view.vram_chart, "gpu0.total") == 80.0
+    assert last_y(view.vram_chart, "gpu0.used") == pytest.approx(2.0)
+    assert last_y(view.vram_chart, "gpu0.reserved") == pytest.approx(1.5 - 300 / 1024)
+    assert last_y(view.util_chart, "gpu0") == 95.0
+    assert last_y(view.temp_chart, "gpu0") == 51.0
+    assert last_y(view.power_chart, "gpu0.limit") == 700.0
+    assert last_y(view.ram_chart, "rss") == pytest.approx(900 / 1024)
+    assert last_y(view.cpu_chart, "cpu") == 25.0
+    # Process CPU is drawn as a share of all cores, like the machine's.
+    assert last_y(view.cpu_chart, "process") == pytest.approx(150 / view._cpu_count)
+    title = view.vram_chart.plot_item.titleLabel.text
+    assert "GPU0 2.0 GiB / 80.0 GiB (Nibble 1.5 GiB)" in title
+    assert "GPU0 95%" in view.util_chart.plot_item.titleLabel.text
+
+    for chart in view.charts():
+        assert [line.value() for line in chart.marker_lines] == [1.5, 3.0]
+    tip = view.markers[1].tooltip
+    assert tip.splitlines()[:2] == [
+        "Load finished at 3.0 s",
+        "since Load started (1.5 s earlier):",
+    ]
+    # From the sample after "started" (400 MiB, RSS 320) to the one after "finished".
+    assert "GPU0 VRAM (ours) +1.1 GiB" in tip
+    assert "Process RSS +580.0 MiB" in tip
+    assert view.markers[0].tooltip.startswith("Load started at 1.5 s\nGPU0 VRAM (ours)")
+    for chart in (view.vram_chart, view.ram_chart):
+        assert hover_text(chart, 3.0) == tip
+
+    view.clear_markers()
+    assert all(not chart.marker_lines for chart in view.charts())
+
+
+def test_no_gpu_shows_the_reason_and_host_charts_run(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.show()
+    for i in range(3):
+        view.show_sample(host_sample(view.t0 + i, rss=(200 + i) * MIB))
+    assert view.gpu_stack.currentWidget() is view.gpu_reason_label
+    assert "No NVIDIA driver found" in view.gpu_reason_label.text()
+    assert view.gpu_reason_label.isVisible()
+    assert view.vram_chart.curves == {}
+    assert len(view.ram_chart.curves["used"].getOriginalDataset()[0]) == 3
+    assert last_y(view.ram_chart, "rss") == pytest.approx(202 / 1024)
+    view.add_marker("Unloaded", at=view.t0 + 2.5)
+    view.show_sample(host_sample(view.t0 + 3, rss=150 * MIB))
+    assert "Process RSS 150.0 MiB" in view.markers[0].tooltip
+
+
+def test_pause_freezes_the_charts_not_the_history(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.show_sample(host_sample(view.t0 + 1))
+    view.pause_button.click()
+    assert view.paused and view.pause_button.text() == "Resume"
+    view.show_sample(host_sample(view.t0 + 2))
+    view.show_sample(host_sample(view.t0 + 3))
+    assert len(view.history) == 3
+    assert len(view.ram_chart.curves["used"].getOriginalDataset()[0]) == 1
+    view.pause_button.click()
+    assert not view.paused and view.pause_button.text() == "Pause"
+    assert len(view.ram_chart.curves["used"].getOriginalDataset()[0]) == 3
+
+
+def test_history_shows_the_last_ten_minutes(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    for t in range(0, 700, 5):
+        view.show_sample(host_sample(view.t0 + t))
+    x, _ = view.ram_chart.curves["used"].getOriginalDataset()
+    assert x[0] == 95 and x[-1] == 695
+
+
+def test_real_sampling_thread_feeds_view_and_gauge(qtbot) -> None:
+    view = MonitorView(interval=0.25)
+    qtbot.addWidget(view)
+    gauge = MemoryGauge()
+    qtbot.addWidget(gauge)
+    view.sampled.connect(gauge.show_sample)
+    with qtbot.waitSignal(view.sampled, timeout=5000):
+        pass
+    assert view.worker is not None and view.worker.interval == 0.25
+    view.interval_box.setValue(0.5)
+    assert view.worker.interval == 0.5
+    with qtbot.waitSignal(view.sampled, timeout=5000):
+        view.add_marker(LOAD_STARTED)
+    qtbot.waitUntil(lambda: view.markers[0].sample is not None, timeout=5000)
+    assert len(view.history) >= 2
+    assert "/" in gauge.ram_bar.format() and gauge.ram_bar.value() > 0
+    assert "Host RAM" in gauge.toolTip()
+    view.stop()
+    assert view.worker is None
+
+
+def test_gauge_with_and_without_gpu(qtbot) -> None:
+    gauge = MemoryGauge()
+    qtbot.addWidget(gauge)
+    gauge.show()
+    gauge.show_sample(gpu_sample(0.0, ours=GIB, rss=100 * MIB))
+    assert gauge.vram_bar.isVisible() and gauge.vram_label.text() == "VRAM"
+    assert gauge.vram_bar.format() == "1.5/80.0 GiB"
+    assert gauge.vram_bar.value() == round(1.5 / 80 * 1000)
+    assert gauge.ram_bar.format() == "6.0/32.0 GiB"
+    assert gauge.toolTip().startswith("GPU0 NVIDIA H100 80GB HBM3 · VRAM 1.5 GiB")
+    gauge.show_sample(host_sample(1.0))
+    assert not gauge.vram_bar.isVisible() and gauge.vram_label.text() == "No GPU"
+    assert gauge.toolTip().startswith("GPU: No NVIDIA driver found")
+    with qtbot.waitSignal(gauge.clicked, timeout=1000):
+        qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton, pos=QPoint(2, 2))
+
+
+class FakeWindow(QMainWindow):
+    """The main window's plug-in surface: tabs, status bar and its signals."""
+
+    load_started = Signal()
+    model_loaded = Signal(object)
+    model_unloaded = Signal()
+    first_token = Signal()
+    generation_finished = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tabs = QTabWidget()
+        self.setCentralWidget(self.tabs)
+
+    def add_tab(self, widget, title: str) -> int:
+        return self.tabs.addTab(widget, title)
+
+    def add_status_widget(self, widget) -> None:
+        self.statusBar().addPermanentWidget(widget)
+
+
+def test_install_monitor_wires_tab_gauge_markers_and_close(qtbot) -> None:
+    window = FakeWindow()
+    qtbot.addWidget(window)
+    view = install_monitor(window, interval=0.25)
+    window.show()
+    assert window.tabs.tabText(window.tabs.indexOf(view)) == "Monitor"
+    with qtbot.waitSignal(view.sampled, timeout=5000):
+        pass
+    window.load_started.emit()
+    window.model_loaded.emit(object())
+    window.first_token.emit()
+    window.generation_finished.emit(object())
+    window.model_unloaded.emit()
+    labels = [entry.marker.label for entry in view.markers]
+    assert labels == [
+        "Load started",
+        "Load finished",
+        "First token",
+        "Generation finished",
+        "Unloaded",
+    ]
+    assert all(len(chart.marker_lines) == 5 for chart in view.charts())
+    qtbot.mouseClick(window.memory_gauge, Qt.MouseButton.LeftButton)
+    assert window.tabs.currentWidget() is view
+    window.close()
+    assert view.worker is None and workers.running_threads() == []
