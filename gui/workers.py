@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from core.errors import CancelledError
 
@@ -80,7 +80,8 @@ def start(worker: Worker) -> QThread:
     worker.moveToThread(thread)
     worker.thread_ = thread
     thread.started.connect(worker.run)
-    worker.finished.connect(thread.quit)
+    # quit is thread-safe; a queued call would never run while stop_all() waits.
+    worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
     worker.finished.connect(worker.deleteLater)
     thread.finished.connect(thread.deleteLater)
     thread.finished.connect(lambda: _running.discard(thread))
@@ -253,3 +254,77 @@ class GenerateWorker(Worker):
             elif not self.cancelled:
                 self.yielded.emit(item)
         return self.stats
+
+
+class ResolveWorker(Worker):
+    """Check a folder or hub id (a hub id may ask the network); returns a ModelRef."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def work(self) -> Any:
+        from core import catalog
+
+        return catalog.resolve(self.text)
+
+
+class CompareWorker(Worker):
+    """Run a comparison row by row with its own loads (core.compare.run).
+
+    `progressed(rows done, rows, message)` follows each row's stages,
+    `row_finished(RowResult)` carries each row as it lands (failed rows too), and
+    `returned(CompareResult)` the whole table; `cancel()` stops between rows, at the
+    next weight while loading, or at the next token or perplexity window.
+    """
+
+    row_finished = Signal(object)
+
+    def __init__(self, ref: Any, rows: Any, config: Any = None) -> None:
+        super().__init__()
+        self.ref = ref
+        self.rows = rows
+        self.config = config
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.progressed.emit(done, total, message)
+
+    def _row(self, row: Any) -> None:
+        self.row_finished.emit(row)
+
+    def work(self) -> Any:
+        from core import compare
+
+        return compare.run(
+            self.ref,
+            self.rows,
+            self.config,
+            progress=self._progress,
+            on_row=self._row,
+            cancel=self.cancel_event,
+        )
+
+
+class EstimateWorker(Worker):
+    """Estimate every preset for one model from its config.json; returns a core Table.
+
+    The first estimate in a process imports transformers' modeling code (seconds);
+    later ones reuse core.estimate's cache and take milliseconds.
+    """
+
+    def __init__(
+        self, model: Any, quant: Any, options: Any, context: int, device: Any = None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.quant = quant
+        self.options = options
+        self.context = context
+        self.device = device
+
+    def work(self) -> Any:
+        from core import estimate
+
+        return estimate.table(
+            self.model, self.quant, self.options, self.context, device=self.device
+        )

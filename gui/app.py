@@ -1,0 +1,120 @@
+"""The QApplication: theme, icon, the window first, heavy imports after it paints."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
+from PySide6.QtWidgets import QApplication
+
+logger = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+ICON_SVG = RESOURCES / "nibble.svg"
+ICON_PNG = RESOURCES / "nibble.png"
+
+STYLE = """
+QLabel#heading { font-weight: bold; padding: 2px 0 4px 0; }
+QLabel#hint { color: palette(placeholder-text); }
+QLabel#error { color: #d9534f; font-weight: bold; padding: 4px; }
+QLabel#role { font-weight: bold; }
+QFrame#message_user { background: palette(alternate-base); border-radius: 8px; }
+QFrame#message_assistant { background: palette(base); border-radius: 8px; }
+QPushButton#primary { font-weight: bold; min-width: 90px; padding: 5px 14px; }
+QGroupBox { font-weight: bold; margin-top: 6px; }
+QGroupBox QLabel, QGroupBox QCheckBox, QGroupBox QRadioButton { font-weight: normal; }
+QGroupBox QComboBox, QGroupBox QLineEdit, QGroupBox QListWidget { font-weight: normal; }
+QGroupBox QPlainTextEdit, QGroupBox QPushButton, QGroupBox QToolButton,
+QGroupBox QDoubleSpinBox { font-weight: normal; }
+"""
+
+
+def icon() -> QIcon:
+    """Nibble's icon (the SVG where Qt can render it, the PNG otherwise)."""
+    result = QIcon()
+    for path in (ICON_SVG, ICON_PNG):
+        if path.is_file():
+            result.addFile(str(path))
+    return result
+
+
+def dark_palette() -> QPalette:
+    """A dark Fusion palette (used when the system asks for dark, or NIBBLE_THEME)."""
+    p = QPalette()
+    base, window, text = QColor(30, 31, 34), QColor(43, 45, 48), QColor(223, 225, 229)
+    roles = {
+        QPalette.ColorRole.Window: window,
+        QPalette.ColorRole.WindowText: text,
+        QPalette.ColorRole.Base: base,
+        QPalette.ColorRole.AlternateBase: QColor(50, 53, 58),
+        QPalette.ColorRole.ToolTipBase: window,
+        QPalette.ColorRole.ToolTipText: text,
+        QPalette.ColorRole.Text: text,
+        QPalette.ColorRole.Button: QColor(53, 56, 60),
+        QPalette.ColorRole.ButtonText: text,
+        QPalette.ColorRole.BrightText: QColor(255, 90, 90),
+        QPalette.ColorRole.Highlight: QColor(47, 129, 150),
+        QPalette.ColorRole.HighlightedText: QColor(255, 255, 255),
+        QPalette.ColorRole.Link: QColor(86, 182, 194),
+        QPalette.ColorRole.PlaceholderText: QColor(140, 145, 152),
+        QPalette.ColorRole.Mid: QColor(70, 73, 78),
+    }
+    for role, color in roles.items():
+        p.setColor(role, color)
+    for role in (
+        QPalette.ColorRole.WindowText,
+        QPalette.ColorRole.Text,
+        QPalette.ColorRole.ButtonText,
+    ):
+        p.setColor(QPalette.ColorGroup.Disabled, role, QColor(110, 114, 120))
+    return p
+
+
+def apply_theme(app: QApplication) -> None:
+    """Fusion everywhere; dark when the system (or NIBBLE_THEME=dark) asks for it."""
+    app.setStyle("Fusion")
+    theme = os.environ.get("NIBBLE_THEME", "system").lower()
+    scheme = QGuiApplication.styleHints().colorScheme()
+    if theme == "dark" or (theme == "system" and scheme == Qt.ColorScheme.Dark):
+        app.setPalette(dark_palette())
+    app.setStyleSheet(STYLE)
+
+
+def make_app(argv: list[str] | None = None) -> QApplication:
+    """The QApplication with Nibble's name, icon and theme."""
+    app = QApplication.instance() or QApplication(["nibble", *(argv or [])])
+    app.setApplicationName("Nibble")
+    app.setOrganizationName("Nibble")
+    app.setDesktopFileName("nibble")
+    app.setWindowIcon(icon())
+    apply_theme(app)
+    return app
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Open the window on the last session (or the default model) and run."""
+    logging.basicConfig(
+        level=logging.INFO if "--verbose" in (argv or []) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    app = make_app(argv)
+    from core.session import load_session
+    from gui import workers
+    from gui.main_window import MainWindow
+
+    session, notice = load_session()
+    window = MainWindow(session, notice)
+    window.show()
+    code = app.exec()
+    if workers.running_threads():
+        # A worker stuck in a library call must not hang the process or abort it
+        # with "QThread destroyed while running": everything is saved by now.
+        logger.warning("exiting with work still running")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
