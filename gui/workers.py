@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.errors import CancelledError
 
@@ -80,8 +80,7 @@ def start(worker: Worker) -> QThread:
     worker.moveToThread(thread)
     worker.thread_ = thread
     thread.started.connect(worker.run)
-    # quit is thread-safe; a queued call would never run while stop_all() waits.
-    worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+    worker.finished.connect(thread.quit)
     worker.finished.connect(worker.deleteLater)
     thread.finished.connect(thread.deleteLater)
     thread.finished.connect(lambda: _running.discard(thread))
@@ -254,19 +253,6 @@ class GenerateWorker(Worker):
             elif not self.cancelled:
                 self.yielded.emit(item)
         return self.stats
-
-
-class ResolveWorker(Worker):
-    """Check a folder or hub id (a hub id may ask the network); returns a ModelRef."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def work(self) -> Any:
-        from core import catalog
-
-        return catalog.resolve(self.text)
 
 
 class CompareWorker(Worker):

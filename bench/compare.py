@@ -1,0 +1,69 @@
+"""Time the full Compare lab run on the default model: per row and in total.
+
+Usage: .venv/bin/python bench/compare.py [--rows baseline,int8,nf4,nf4-dq,fp4]
+[--tokens 32] [--eval-tokens N] [--save FILE.json]. Prints numbers; never fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core import catalog, compare
+from core.units import format_bytes, format_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", default=",".join(compare.DEFAULT_ROWS))
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--eval-tokens", type=int, default=None)
+    parser.add_argument("--save", default=None)
+    args = parser.parse_args()
+    config = compare.CompareConfig(new_tokens=args.tokens, eval_tokens=args.eval_tokens)
+    last = {"row": -1}
+
+    def progress(done: int, total: int, message: str) -> None:
+        if done != last["row"]:
+            last["row"] = done
+            print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    result = compare.run(catalog.resolve("default"), args.rows, config, progress)
+    wall = time.perf_counter() - started
+    env = result.environment
+    print(f"model: {result.model}")
+    print(
+        f"machine: {env['cpu']} ({env['cpu_count']} threads), torch {env['torch']}, "
+        f"transformers {env['transformers']}, bitsandbytes {env['bitsandbytes']}"
+    )
+    print(
+        f"evaluation: {result.rows[0].eval_tokens} tokens, window "
+        f"{config.window}, stride {config.stride}; {config.new_tokens} greedy tokens"
+    )
+    print()
+    print(compare.format_table(result))
+    print()
+    print(f"{'row':10} {'row time':>10} {'load':>8} {'peak RSS':>10}  answer")
+    for row in result.rows:
+        if row.ok:
+            print(
+                f"{row.name:10} {format_seconds(row.row_s):>10} "
+                f"{format_seconds(row.load_s):>8} {format_bytes(row.peak_rss_bytes):>10}"
+                f"  {row.answer}"
+            )
+        else:
+            print(f"{row.name:10} failed: {row.error}")
+    print()
+    print(compare.format_seed_table(result))
+    print(f"\ntotal: {wall:.1f} s for {len(result.rows)} rows")
+    if args.save:
+        result.save_json(args.save)
+
+
+if __name__ == "__main__":
+    main()

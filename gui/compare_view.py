@@ -1,0 +1,528 @@
+"""The Compare tab: pick rows, run them in a worker, read the table and the charts.
+
+The run loads its own copy of the model for each row, one at a time; the model in the
+chat stays loaded, and the panel says so, since memory then holds both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core import compare
+from core.catalog import ModelRef
+from core.errors import NibbleError
+from core.settings import PRESETS
+from core.units import format_bytes, format_seconds
+from gui import workers
+
+logger = logging.getLogger(__name__)
+
+MEMORY_NOTE = (
+    "Each row loads its own copy of the model, one at a time, and unloads it before "
+    "the next. The model in the chat stays loaded, so memory holds both while this runs."
+)
+TABLE_COLUMNS = (
+    "Row",
+    "Bits",
+    "Load",
+    "Peak during load",
+    "True size",
+    "First token",
+    "Decode",
+    "Perplexity",
+    "KL vs baseline",
+    "Top-1 agreement",
+    "Answer",
+)
+FRONT_BRUSH = pg.mkBrush("#d9534f")
+OTHER_BRUSH = pg.mkBrush("#5b8ff9")
+
+
+class CompareView(QWidget):
+    """Choose presets and variations, run them, and read, chart and export the rows."""
+
+    run_started = Signal()
+    run_finished = Signal(object)  # the CompareResult, or None if cancelled or failed
+
+    def __init__(self, ref: ModelRef | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.ref = ref
+        self.result: compare.CompareResult | None = None
+        self.rows: list[compare.RowResult] = []
+        self.worker: workers.CompareWorker | None = None
+        self.last_error: NibbleError | None = None
+        self._build()
+        self.set_model(ref)
+
+    # -- building --
+    def _build(self) -> None:
+        self.model_label = QLabel()
+        self.model_label.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+        rows_box = QGroupBox("Rows (the first checked is the baseline)")
+        rows_layout = QGridLayout(rows_box)
+        self.row_checks: dict[str, QCheckBox] = {}
+        for i, name in enumerate(compare.row_names()):
+            check = QCheckBox(name)
+            check.setChecked(name in compare.DEFAULT_ROWS)
+            if name == compare.BASELINE:
+                check.setToolTip(
+                    "Unquantized in the model's own dtype (float32 on the CPU): "
+                    "the reference for KL and agreement."
+                )
+            else:
+                check.setToolTip(PRESETS[name].description)
+            rows_layout.addWidget(check, i // 4, i % 4)
+            self.row_checks[name] = check
+        self.variations = QLineEdit()
+        self.variations.setPlaceholderText(
+            "nf4+bnb_4bit_compute_dtype=bfloat16, int8+llm_int8_threshold=4"
+        )
+        self.variations.setToolTip(
+            "Extra rows, comma-separated: a preset, then +FIELD=VALUE for any "
+            "BitsAndBytesConfig field (or +dtype=...)."
+        )
+        self.tokens = QSpinBox()
+        self.tokens.setRange(2, 1024)
+        self.tokens.setValue(32)
+        self.tokens.setSuffix(" tokens")
+        self.eval_tokens = QSpinBox()
+        self.eval_tokens.setRange(0, 100_000)
+        self.eval_tokens.setSingleStep(256)
+        self.eval_tokens.setSpecialValueText("the whole text")
+        self.eval_tokens.setToolTip(compare.EVAL_SOURCE)
+        self.prompt = QLineEdit(compare.DEFAULT_PROMPT)
+        form = QFormLayout()
+        form.addRow("Variations", self.variations)
+        form.addRow("Timed answer", self.tokens)
+        form.addRow("Evaluation text", self.eval_tokens)
+        form.addRow("Prompt", self.prompt)
+        note = QLabel(MEMORY_NOTE)
+        note.setWordWrap(True)
+        note.setObjectName("compareMemoryNote")
+
+        self.run_button = QPushButton("Run comparison")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.status = QLabel("Pick rows and run.")
+        self.status.setWordWrap(True)
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #c0392b;")
+        self.error_label.hide()
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.progress, 1)
+
+        self.table = _table(TABLE_COLUMNS)
+        self.seed = _table(compare.SEED_COLUMNS)
+        self.answers = _table(("Row", "Answer", "Baseline's answer"))
+        self.charts = QWidget()
+        grid = QGridLayout(self.charts)
+        self.memory_plot = _plot("Memory (MiB): true size, peak during load")
+        self.speed_plot = _plot("Decode speed (tokens/s)")
+        self.ppl_plot = _plot("Perplexity (lower is better)")
+        self.scatter_plot = _plot("Memory vs perplexity (red: Pareto front)")
+        self.scatter_plot.setLabel("bottom", "true size (MiB)")
+        self.scatter_plot.setLabel("left", "perplexity")
+        for i, plot in enumerate(
+            (self.memory_plot, self.speed_plot, self.ppl_plot, self.scatter_plot)
+        ):
+            grid.addWidget(plot, i // 2, i % 2)
+        self.results = QTabWidget()
+        self.results.addTab(self.table, "Table")
+        self.results.addTab(self.charts, "Charts")
+        self.results.addTab(self.seed, "Seed table")
+        self.results.addTab(self.answers, "Answers")
+
+        self.export_csv_button = QPushButton("Export CSV…")
+        self.export_json_button = QPushButton("Export JSON…")
+        self.export_png_button = QPushButton("Export charts PNG…")
+        self.export_csv_button.clicked.connect(lambda: self._export("csv"))
+        self.export_json_button.clicked.connect(lambda: self._export("json"))
+        self.export_png_button.clicked.connect(lambda: self._export("png"))
+        exports = QHBoxLayout()
+        exports.addStretch(1)
+        for button in self._export_buttons():
+            button.setEnabled(False)
+            exports.addWidget(button)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_label)
+        layout.addWidget(rows_box)
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.results, 1)
+        layout.addLayout(exports)
+
+    def _export_buttons(self) -> tuple[QPushButton, ...]:
+        return (
+            self.export_csv_button,
+            self.export_json_button,
+            self.export_png_button,
+        )
+
+    # -- inputs --
+    def set_model(self, ref: ModelRef | None) -> None:
+        """Compare settings of this model (from the window's picker)."""
+        self.ref = ref
+        name = ref.name if ref is not None else "no model picked"
+        self.model_label.setText(f"<b>Model:</b> {name}")
+        self._sync_buttons()
+
+    def set_rows(self, names: list[str], variations: str = "") -> None:
+        """Check exactly these rows and set the variations line."""
+        for name, check in self.row_checks.items():
+            check.setChecked(name in names)
+        self.variations.setText(variations)
+
+    def row_items(self) -> list[str]:
+        """The rows to run, in table order: checked presets, then variations."""
+        items = [n for n, check in self.row_checks.items() if check.isChecked()]
+        items += [v.strip() for v in self.variations.text().split(",") if v.strip()]
+        return items
+
+    def config(self) -> compare.CompareConfig:
+        return compare.CompareConfig(
+            prompt=self.prompt.text(),
+            new_tokens=self.tokens.value(),
+            eval_tokens=self.eval_tokens.value() or None,
+        )
+
+    # -- running --
+    def start(self) -> workers.CompareWorker | None:
+        """Check the inputs and start the run; None (and an error shown) if invalid."""
+        if self.running:
+            return self.worker
+        self._show_error(None)
+        try:
+            if self.ref is None:
+                raise NibbleError("no model picked", "pick a model in the list first")
+            specs = compare.parse_rows(self.row_items())
+            config = self.config()
+        except NibbleError as exc:
+            self._show_error(exc)
+            return None
+        self.result = None
+        self.rows = []
+        self._clear()
+        self.progress.setRange(0, len(specs))
+        self.progress.setValue(0)
+        self.progress.setFormat(f"%v of {len(specs)} rows")
+        self.status.setText(f"Starting {len(specs)} rows on {self.ref.name}…")
+        worker = workers.CompareWorker(self.ref, specs, config)
+        worker.progressed.connect(self._on_progress)
+        worker.row_finished.connect(self._on_row)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._sync_buttons()
+        self.run_started.emit()
+        workers.start(worker)
+        return worker
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def cancel(self) -> None:
+        """Stop the run at the next weight, token, window or row."""
+        if self.worker is not None:
+            self.worker.cancel()
+            self.status.setText("Cancelling…")
+            self.cancel_button.setEnabled(False)
+
+    def shutdown(self, timeout_ms: int = 2000) -> bool:
+        """Cancel a running comparison and wait for its thread (window closing)."""
+        if self.worker is None:
+            return True
+        return workers.stop_all([self.worker], timeout_ms)
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.setValue(done)
+        self.status.setText(message)
+
+    def _on_row(self, row: compare.RowResult) -> None:
+        self.rows.append(row)
+        self.progress.setValue(len(self.rows))
+        self._fill_table(self.rows)
+
+    def _on_returned(self, result: compare.CompareResult) -> None:
+        self.result = result
+        self.rows = list(result.rows)
+        self.show_result(result)
+        failed = [r.name for r in result.rows if not r.ok]
+        text = (
+            f"{len(result.rows)} rows in {format_seconds(result.total_s)} on "
+            f"{result.environment.get('cpu') or 'this machine'}"
+        )
+        if result.environment.get("gpus"):
+            text += f" + {', '.join(result.environment['gpus'])}"
+        if failed:
+            text += f"; failed: {', '.join(failed)} (see the table)"
+        self.status.setText(text + ".")
+        self.run_finished.emit(result)
+
+    def _on_errored(self, exc: object) -> None:
+        if not isinstance(exc, NibbleError):
+            exc = NibbleError(
+                f"the comparison failed: {type(exc).__name__}: {exc}",
+                "run it again with --debug from the command line for details",
+            )
+        self._show_error(exc)
+        self.status.setText("The comparison stopped.")
+        self.run_finished.emit(None)
+
+    def _on_aborted(self) -> None:
+        done = len(self.rows)
+        self.status.setText(
+            f"Cancelled after {done} of {self.progress.maximum()} rows; "
+            "export needs a complete run."
+        )
+        if self.rows:
+            self._draw(self.rows)
+        self.run_finished.emit(None)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._sync_buttons()
+
+    def _sync_buttons(self) -> None:
+        running = self.worker is not None
+        self.run_button.setEnabled(not running and self.ref is not None)
+        self.cancel_button.setEnabled(running)
+        for button in self._export_buttons():
+            button.setEnabled(not running and self.result is not None)
+
+    def _show_error(self, exc: NibbleError | None) -> None:
+        self.last_error = exc
+        if exc is None:
+            self.error_label.hide()
+            return
+        text = exc.message + (f"\nHint: {exc.hint}" if exc.hint else "")
+        self.error_label.setText(text)
+        self.error_label.show()
+
+    # -- showing --
+    def show_result(self, result: compare.CompareResult) -> None:
+        """Fill the table, charts, seed table and answers from `result`."""
+        self._fill_table(result.rows)
+        self._draw(result.rows)
+        _fill(self.seed, [list(r.values()) for r in compare.seed_table(result)])
+        base = result.baseline
+        _fill(
+            self.answers,
+            [
+                [r.name, r.answer or f"failed: {r.error}", base.answer if base else "—"]
+                for r in result.rows
+            ],
+        )
+        self._sync_buttons()
+
+    def _clear(self) -> None:
+        for table in (self.table, self.seed, self.answers):
+            table.setRowCount(0)
+        for plot in (self.memory_plot, self.speed_plot, self.ppl_plot):
+            plot.clear()
+        self.scatter_plot.clear()
+
+    def _fill_table(self, rows: list[compare.RowResult]) -> None:
+        cells = []
+        for r in rows:
+            if not r.ok:
+                text = f"failed: {r.error}" + (f" (hint: {r.hint})" if r.hint else "")
+                cells.append([r.name, text])
+                continue
+            cells.append(
+                [
+                    r.name,
+                    str(r.bits or "—"),
+                    format_seconds(r.load_s),
+                    format_bytes(r.peak_bytes),
+                    format_bytes(r.true_bytes),
+                    format_seconds(r.ttft_s),
+                    f"{r.tokens_per_s:.1f} tok/s" if r.tokens_per_s else "—",
+                    _num(r.perplexity, "{:.3f}"),
+                    _num(r.kl_vs_baseline, "{:.5f}"),
+                    _num(r.top1_agreement, "{:.1%}"),
+                    r.answer or "",
+                ]
+            )
+        _fill(self.table, cells)
+
+    def _draw(self, rows: list[compare.RowResult]) -> None:
+        done = [r for r in rows if r.ok]
+        names = [r.name for r in done]
+        mib = 1024 * 1024
+        true = [(r.true_bytes or 0) / mib for r in done]
+        peak = [(r.peak_bytes or 0) / mib for r in done]
+        _bars(self.memory_plot, names, [true, peak], ["#5b8ff9", "#f6bd16"])
+        _bars(self.speed_plot, names, [[r.tokens_per_s or 0 for r in done]], None)
+        ppl = [r.perplexity for r in done]
+        _bars(
+            self.ppl_plot,
+            names,
+            [[p if p is not None and math.isfinite(p) else 0 for p in ppl]],
+            ["#5ad8a6"],
+        )
+        self.scatter_plot.clear()
+        front = set(compare.pareto_front(done))
+        points = [
+            (r.name, (r.true_bytes or 0) / mib, r.perplexity)
+            for r in done
+            if r.perplexity is not None and math.isfinite(r.perplexity)
+        ]
+        if not points:
+            return
+        self.scatter_plot.addItem(
+            pg.ScatterPlotItem(
+                x=[p[1] for p in points],
+                y=[p[2] for p in points],
+                size=12,
+                brush=[FRONT_BRUSH if p[0] in front else OTHER_BRUSH for p in points],
+                pen=None,
+            )
+        )
+        line = sorted((p for p in points if p[0] in front), key=lambda p: p[1])
+        if len(line) > 1:
+            self.scatter_plot.plot(
+                [p[1] for p in line],
+                [p[2] for p in line],
+                pen=pg.mkPen("#d9534f", width=2, style=Qt.PenStyle.DashLine),
+            )
+        for name, x, y in points:
+            label = pg.TextItem(name, anchor=(0, 1), color="#444")
+            label.setPos(x, y)
+            self.scatter_plot.addItem(label)
+
+    # -- exports --
+    def _export(self, kind: str) -> None:
+        filters = {
+            "csv": "CSV (*.csv)",
+            "json": "JSON (*.json)",
+            "png": "PNG image (*.png)",
+        }
+        stem = (self.result.model if self.result else "compare").replace("/", "_")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export", f"{stem}-compare.{kind}", filters[kind]
+        )
+        if not path:
+            return
+        try:
+            self.export(kind, path)
+        except NibbleError as exc:
+            self._show_error(exc)
+        else:
+            self.status.setText(f"Saved {path}")
+
+    def export(self, kind: str, path: str | Path) -> Path:
+        """Write the last result as csv, json, or the charts as png."""
+        if self.result is None:
+            raise NibbleError("nothing to export yet", "run a comparison first")
+        path = Path(path)
+        if kind == "csv":
+            return self.result.save_csv(path)
+        if kind == "json":
+            return self.result.save_json(path)
+        if self.charts.width() < 200 or self.charts.height() < 200:
+            self.charts.resize(1000, 700)
+        if not self.charts.grab().save(str(path), "PNG"):
+            raise NibbleError(f"cannot write {path}", "pick a folder you can write to")
+        return path
+
+
+# -- small helpers --
+
+
+def _table(columns: tuple[str, ...]) -> QTableWidget:
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(list(columns))
+    table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    header = table.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    header.setStretchLastSection(True)
+    table.setWordWrap(True)
+    return table
+
+
+def _fill(table: QTableWidget, rows: list[list[str]]) -> None:
+    table.setRowCount(len(rows))
+    columns = table.columnCount()
+    for i, cells in enumerate(rows):
+        if len(cells) < columns:  # a failed row: its message spans the rest
+            table.setSpan(i, 1, 1, columns - 1)
+        elif table.columnSpan(i, 1) > 1:
+            table.setSpan(i, 1, 1, 1)
+        for j, text in enumerate(cells):
+            item = QTableWidgetItem(str(text))
+            item.setToolTip(str(text))
+            table.setItem(i, j, item)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def _plot(title: str) -> pg.PlotWidget:
+    plot = pg.PlotWidget(title=title)
+    plot.setBackground("w")
+    plot.showGrid(y=True, alpha=0.3)
+    plot.setMouseEnabled(x=False, y=False)
+    plot.setMinimumHeight(180)
+    return plot
+
+
+def _bars(
+    plot: pg.PlotWidget,
+    names: list[str],
+    series: list[list[float]],
+    colors: list[str] | None,
+) -> None:
+    plot.clear()
+    colors = colors or ["#5b8ff9"]
+    width = 0.8 / len(series)
+    for k, values in enumerate(series):
+        x = [i - 0.4 + width * (k + 0.5) for i in range(len(values))]
+        plot.addItem(
+            pg.BarGraphItem(
+                x=x, height=values, width=width * 0.9, brush=colors[k % len(colors)]
+            )
+        )
+    plot.getAxis("bottom").setTicks([list(enumerate(names))])
+    plot.setXRange(-0.6, max(len(names) - 0.4, 0.6), padding=0)

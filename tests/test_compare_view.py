@@ -1,0 +1,175 @@
+"""The Compare tab: inputs, a run through CompareWorker, cancel, failed rows, exports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QImage
+
+from core import catalog, compare
+from core.errors import LoadError
+from gui import workers
+from gui.compare_view import CompareView
+
+LONG = 180_000  # ms: loads are slow on a busy 2-core machine
+
+
+@pytest.fixture(autouse=True)
+def no_dangling_threads() -> Iterator[None]:
+    yield
+    left = workers.running_threads()
+    for thread in left:
+        thread.wait(5000)
+    assert not workers.running_threads(), "a worker thread was left running"
+
+
+@pytest.fixture(scope="module")
+def tiny_ref(tiny_dir: Path) -> catalog.ModelRef:
+    return catalog.resolve(str(tiny_dir))
+
+
+@pytest.fixture
+def view(qtbot, tiny_ref: catalog.ModelRef) -> CompareView:  # type: ignore[no-untyped-def]
+    widget = CompareView(tiny_ref)
+    qtbot.addWidget(widget)
+    widget.set_rows(["baseline", "nf4"])
+    widget.tokens.setValue(3)
+    widget.eval_tokens.setValue(40)
+    return widget
+
+
+def test_defaults_and_the_memory_note(qtbot) -> None:  # type: ignore[no-untyped-def]
+    widget = CompareView(None)
+    qtbot.addWidget(widget)
+    assert widget.row_items() == list(compare.DEFAULT_ROWS)
+    assert "memory holds both" in widget.findChild(object, "compareMemoryNote").text()
+    assert not widget.run_button.isEnabled()
+    assert widget.start() is None
+    assert widget.last_error.message == "no model picked"
+    widget.set_model(catalog.ModelRef("folder", "m", path=Path("/nowhere")))
+    assert widget.run_button.isEnabled()
+    assert "m" in widget.model_label.text()
+
+
+@pytest.mark.parametrize(
+    ("rows", "variations", "message"),
+    [
+        ([], "", "no settings to compare"),
+        (["baseline"], "q3+llm_int8_threshold=4", "unknown preset 'q3'"),
+        (["baseline"], "nf4+bnb_4bit_quant_type=NF4", "must be 'nf4' or 'fp4'"),
+    ],
+)
+def test_bad_rows_show_message_and_hint_without_starting(
+    view: CompareView, rows: list[str], variations: str, message: str
+) -> None:
+    view.set_rows(rows, variations)
+    assert view.start() is None
+    assert not view.running
+    assert message in view.error_label.text()
+    assert "Hint: " in view.error_label.text()
+
+
+def test_a_run_fills_table_charts_seed_table_and_exports(
+    qtbot,  # type: ignore[no-untyped-def]
+    view: CompareView,
+    tmp_path: Path,
+) -> None:
+    view.set_rows(["baseline", "nf4"], "nf4+bnb_4bit_compute_dtype=bfloat16")
+    events: list[str] = []
+    with qtbot.waitSignal(view.run_finished, timeout=LONG) as done:
+        worker = view.start()
+        assert worker is not None and view.running
+        assert not view.run_button.isEnabled() and view.cancel_button.isEnabled()
+        for name in ("started", "row_finished", "returned", "finished"):
+            getattr(worker, name).connect(lambda *a, n=name: events.append(n))
+    qtbot.waitUntil(lambda: not view.running, timeout=LONG)
+    assert [e for e in events if e != "started"] == [
+        "row_finished",
+        "row_finished",
+        "row_finished",
+        "returned",
+        "finished",
+    ]
+    result = done.args[0]
+    assert [r.name for r in result.rows] == [
+        "baseline",
+        "nf4",
+        "nf4+bnb_4bit_compute_dtype=bfloat16",
+    ]
+    assert all(r.ok for r in result.rows)
+    assert view.table.rowCount() == 3
+    assert view.table.item(0, 8).text() == "0.00000"
+    assert view.table.item(1, 1).text() == "4"
+    assert view.seed.rowCount() == 3
+    assert view.seed.item(0, 4).text().startswith("The reference")
+    assert view.answers.item(1, 2).text() == result.rows[0].answer
+    assert view.progress.value() == 3
+    assert view.export_csv_button.isEnabled()
+
+    csv_path = view.export("csv", tmp_path / "r.csv")
+    assert csv_path.read_text().count("\n") == 4
+    json_path = view.export("json", tmp_path / "r.json")
+    saved = compare.CompareResult.from_dict(json.loads(json_path.read_text()))
+    assert saved.rows[2].settings["bnb_4bit_compute_dtype"] == "bfloat16"
+    png = view.export("png", tmp_path / "charts.png")
+    image = QImage(str(png))
+    assert not image.isNull() and image.width() >= 200
+
+
+def test_cancel_stops_the_run_and_keeps_exports_off(
+    qtbot,  # type: ignore[no-untyped-def]
+    view: CompareView,
+) -> None:
+    with qtbot.waitSignal(view.run_finished, timeout=LONG) as done:
+        worker = view.start()
+        worker.progressed.connect(lambda *a: view.cancel())
+    qtbot.waitUntil(lambda: not view.running, timeout=LONG)
+    assert done.args == [None]
+    assert view.status.text().startswith("Cancelled after 0 of 2 rows")
+    assert not view.export_csv_button.isEnabled()
+    assert view.run_button.isEnabled()
+
+
+def test_a_failed_row_is_shown_in_its_row(
+    qtbot,  # type: ignore[no-untyped-def]
+    view: CompareView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = compare.loader.load
+
+    def load(ref, quant=None, options=None, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+        if quant is not None and quant.mode == "4bit":
+            raise LoadError("does not fit", "pick a smaller preset")
+        return real(ref, quant, options, progress, cancel)
+
+    monkeypatch.setattr(compare.loader, "load", load)
+    with qtbot.waitSignal(view.run_finished, timeout=LONG) as done:
+        view.start()
+    qtbot.waitUntil(lambda: not view.running, timeout=LONG)
+    assert done.args[0].rows[1].status == "failed"
+    assert view.table.item(1, 1).text() == (
+        "failed: does not fit (hint: pick a smaller preset)"
+    )
+    assert view.table.columnSpan(1, 1) == view.table.columnCount() - 1
+    assert "failed: nf4" in view.status.text()
+    assert view.seed.item(1, 4).text() == "failed: does not fit"
+
+
+def test_worker_work_runs_without_a_thread(tiny_ref: catalog.ModelRef) -> None:
+    rows: list[str] = []
+    worker = workers.CompareWorker(
+        tiny_ref,
+        "baseline",
+        compare.CompareConfig(new_tokens=2, eval_tokens=24),
+    )
+    worker.row_finished.connect(lambda r: rows.append(r.name))
+    result = worker.work()
+    assert rows == ["baseline"] and result.rows[0].kl_vs_baseline == 0.0
+
+
+def test_export_before_a_run_is_refused(view: CompareView, tmp_path: Path) -> None:
+    with pytest.raises(compare.NibbleError, match="nothing to export"):
+        view.export("csv", tmp_path / "x.csv")
