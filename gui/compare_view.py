@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -464,6 +466,42 @@ class CompareView(QWidget):
         if not self.charts.grab().save(str(path), "PNG"):
             raise NibbleError(f"cannot write {path}", "pick a folder you can write to")
         return path
+
+
+# -- plugging into the window --
+
+
+class _CloseWatcher(QObject):
+    """Cancels a running comparison when the window closes, before it saves."""
+
+    def __init__(self, window: QWidget, view: CompareView) -> None:
+        super().__init__(view)
+        self.window = window
+        self.view = view
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.window and event.type() == QEvent.Type.Close:
+            self.view.shutdown()
+        return False
+
+
+def install_compare(window: Any) -> CompareView:
+    """Add the Compare tab to Nibble's main window and follow its model picker.
+
+    Uses the window's ``add_tab``, ``menu``, ``model_selected`` and
+    ``selected_ref``; the comparison stops when the window closes.
+    """
+    view = CompareView(getattr(window, "selected_ref", None))
+    window.add_tab(view, "Compare")
+    window.model_selected.connect(view.set_model)
+    action = QAction("Compare settings…", window)
+    action.setToolTip("Measure presets side by side on the picked model")
+    action.triggered.connect(lambda: window.tabs.setCurrentWidget(view))
+    window.menu("Model").addAction(action)
+    window.installEventFilter(_CloseWatcher(window, view))
+    window.compare_view = view
+    window.compare_action = action
+    return view
 
 
 # -- small helpers --

@@ -173,3 +173,33 @@ def test_worker_work_runs_without_a_thread(tiny_ref: catalog.ModelRef) -> None:
 def test_export_before_a_run_is_refused(view: CompareView, tmp_path: Path) -> None:
     with pytest.raises(compare.NibbleError, match="nothing to export"):
         view.export("csv", tmp_path / "x.csv")
+
+
+def test_install_compare_adds_the_tab_follows_the_picker_and_stops_on_close(
+    qtbot,  # type: ignore[no-untyped-def]
+    tiny_ref: catalog.ModelRef,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core import session as session_mod
+    from gui.compare_view import install_compare
+    from gui.main_window import MainWindow
+
+    monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
+    window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    view = install_compare(window)
+    assert window.tabs.tabText(window.tabs.indexOf(view)) == "Compare"
+    assert view.ref == window.selected_ref
+    window.model_selected.emit(tiny_ref)
+    assert view.ref is tiny_ref
+    window.compare_action.trigger()
+    assert window.tabs.currentWidget() is view
+    view.set_rows(["baseline", "nf4"])
+    view.eval_tokens.setValue(40)
+    view.tokens.setValue(3)
+    with qtbot.waitSignal(view.run_finished, timeout=LONG) as done:
+        view.start()
+        window.close()
+    assert done.args == [None]
+    assert view.worker is None or not workers.running_threads()
