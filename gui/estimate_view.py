@@ -1,0 +1,332 @@
+"""The memory estimate beside the settings: every preset, the current row, a verdict.
+
+The table is computed by an EstimateWorker (the first one imports transformers); a
+change while one runs is remembered and computed right after, so the table always
+ends on the latest settings. After a load, an "estimated vs actual" line compares the
+estimate with the loaded model's true bytes (and, on a GPU, torch and NVML), and a
+loud warning appears when 4-bit or 8-bit was asked for but nothing was quantized.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.errors import NibbleError
+from core.settings import LoadOptions, QuantSettings, preset_name_for
+from core.units import format_bytes
+from gui import workers
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    "Preset",
+    "Weights",
+    "Quant state",
+    "KV cache",
+    "Overhead",
+    "Total",
+    "Verdict",
+)
+VERDICT_COLORS = {
+    "fits": "#2e7d32",
+    "fits with CPU offload": "#b26a00",
+    "does not fit": "#c62828",
+    "unknown": "#757575",
+}
+DEVICE_MAX_AGE_S = 5.0
+
+
+class EstimateView(QWidget):
+    """A table of every preset's footprint for the selected model, with verdicts.
+
+    Feed it with `set_model`, `set_settings` and `show_loaded` (or `attach` it to the
+    main window, which connects its signals). `estimated(Table)` is emitted each time
+    the table is refreshed; `failed(NibbleError)` when the config cannot be read.
+    """
+
+    estimated = Signal(object)
+    failed = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model: Any = None
+        self.quant = QuantSettings()
+        self.options = LoadOptions()
+        self.table: Any = None
+        self.device: Any = None
+        self._device_at = 0.0
+        self._worker: workers.EstimateWorker | None = None
+        self._pending = False
+        self._loaded: Any = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)  # coalesce changes made in one event-loop turn
+        self._timer.timeout.connect(self._start)
+
+        title = QLabel("<b>Memory estimate</b>")
+        self.context = QSpinBox()
+        self.context.setRange(1, 1_048_576)
+        self.context.setSingleStep(1024)
+        self.context.setValue(4096)
+        self.context.setSuffix(" tokens")
+        self.context.setToolTip("Prompt + answer tokens held in the KV cache")
+        self.context.valueChanged.connect(lambda _: self.refresh())
+        head = QHBoxLayout()
+        head.addWidget(title)
+        head.addStretch(1)
+        head.addWidget(QLabel("Context"))
+        head.addWidget(self.context)
+
+        self.device_label = QLabel("Device: checking…")
+        self.device_label.setWordWrap(True)
+        self.grid = QTableWidget(0, len(COLUMNS))
+        self.grid.setHorizontalHeaderLabels(COLUMNS)
+        self.grid.verticalHeader().hide()
+        self.grid.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.grid.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.grid.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.grid.horizontalHeader().setStretchLastSection(True)
+        self.status = QLabel("Pick a model to see what it needs.")
+        self.status.setWordWrap(True)
+        self.recommended = QLabel()
+        self.actual_label = QLabel()
+        self.actual_label.setWordWrap(True)
+        self.actual_label.hide()
+        self.warning = QLabel()
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet(
+            "QLabel { background: #c62828; color: white; font-weight: bold;"
+            " padding: 6px; border-radius: 4px; }"
+        )
+        self.warning.hide()
+        self.notes = QLabel()
+        self.notes.setWordWrap(True)
+        self.notes.setStyleSheet("QLabel { color: palette(mid); }")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 6, 0, 0)
+        layout.addLayout(head)
+        layout.addWidget(self.device_label)
+        layout.addWidget(self.grid)
+        layout.addWidget(self.recommended)
+        layout.addWidget(self.warning)
+        layout.addWidget(self.actual_label)
+        layout.addWidget(self.status)
+        layout.addWidget(self.notes)
+
+    # -- inputs --
+
+    def set_model(self, model: Any) -> None:
+        """Estimate `model` (a ModelRef, 'default', a folder or a config dict)."""
+        self.model = model
+        self.clear_loaded()
+        self.refresh()
+
+    def set_settings(self, quant: QuantSettings, options: LoadOptions) -> None:
+        self.quant, self.options = quant, options
+        self.refresh()
+
+    def on_settings_changed(self, value: Any) -> None:
+        """Slot for the window's settings_changed((QuantSettings, LoadOptions))."""
+        quant, options = value
+        self.set_settings(quant, options)
+
+    def set_context(self, tokens: int) -> None:
+        self.context.setValue(tokens)
+
+    def refresh(self) -> None:
+        """Recompute soon (changes in the same event-loop turn are computed once)."""
+        if self.model is None:
+            return
+        self._timer.start()
+
+    # -- computing --
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _start(self) -> None:
+        if self._worker is not None:
+            self._pending = True
+            return
+        self._pending = False
+        if time.monotonic() - self._device_at > DEVICE_MAX_AGE_S:
+            self.device = None  # probe free memory again in the worker
+        worker = workers.EstimateWorker(
+            self.model, self.quant, self.options, self.context.value(), self.device
+        )
+        worker.returned.connect(self._on_table)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        if self.table is None:
+            self.status.setText("Estimating (the first estimate imports transformers)…")
+        workers.start(worker)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._pending:
+            self._start()
+
+    def _on_error(self, exc: object) -> None:
+        if isinstance(exc, NibbleError):
+            text = exc.message + (f" — {exc.hint}" if exc.hint else "")
+        else:
+            text = f"The estimate failed: {exc}".splitlines()[0]
+        self.grid.setRowCount(0)
+        self.table = None
+        self.recommended.clear()
+        self.status.setText(text)
+        self.failed.emit(exc)
+
+    def _on_table(self, table: Any) -> None:
+        if self.device is None:
+            self._device_at = time.monotonic()
+        self.device = table.device
+        self.table = table
+        self.device_label.setText(table.device.describe())
+        self._fill(table)
+        best = table.recommended
+        self.recommended.setText(
+            f"Recommended: <b>{best}</b> (the highest quality that fits)"
+            if best
+            else "<b>No preset fits</b> this device at this context length."
+        )
+        current = table.current
+        self.status.setText(f"Current settings: {current.verdict_text}")
+        notes = table.notes
+        self.notes.setText("\n".join(notes))
+        self.notes.setToolTip(table.to_dict()["overhead"])
+        self._update_actual()
+        self.estimated.emit(table)
+
+    def _fill(self, table: Any) -> None:
+        matching = preset_name_for(self.quant, self.options.dtype)
+        self.grid.setRowCount(len(table.rows))
+        bold = QFont(self.font())
+        bold.setBold(True)
+        highlight = QColor(self.palette().highlight().color())
+        highlight.setAlpha(60)
+        for i, row in enumerate(table.rows):
+            name = f"Current ({row.label})" if row.preset == "current" else row.preset
+            if row.preset == table.recommended:
+                name += " ★"
+            sizes = (
+                row.weights_bytes,
+                row.quant_state_bytes,
+                row.kv_cache_bytes,
+                row.overhead_bytes,
+                row.total_bytes,
+            )
+            cells = [name, *(format_bytes(n) for n in sizes), row.verdict]
+            current = row.preset in ("current", matching)
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if 0 < column < len(cells) - 1:
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                item.setToolTip(_tooltip(row))
+                if current:
+                    item.setFont(bold)
+                    item.setBackground(QBrush(highlight))
+                self.grid.setItem(i, column, item)
+            verdict = self.grid.item(i, len(cells) - 1)
+            verdict.setForeground(QBrush(QColor(VERDICT_COLORS[row.verdict])))
+
+    # -- after a load --
+
+    def show_loaded(self, loaded: Any) -> None:
+        """Add the 'estimated vs actual' line for the model that was just loaded."""
+        self._loaded = loaded
+        self.device = None  # free memory just changed
+        self._update_actual()
+        self.refresh()
+
+    def clear_loaded(self) -> None:
+        self._loaded = None
+        self.actual_label.hide()
+        self.warning.hide()
+
+    def _update_actual(self) -> None:
+        loaded = self._loaded
+        if loaded is None:
+            return
+        from core import estimate
+
+        row = self.table.current if self.table is not None else None
+        same = (
+            row is not None
+            and loaded.quant == self.quant
+            and loaded.options == self.options
+        )
+        real = estimate.actual(loaded, row if same else None)
+        parts = [f"<b>Estimated vs actual</b> ({loaded.quant.label()}):"]
+        parts.append(f"true {format_bytes(real.true_bytes)}")
+        if real.estimated_bytes is not None:
+            diff = real.difference or 0
+            verdict = "exact" if diff == 0 else f"off by {diff:+,} B"
+            parts.append(f"estimated {format_bytes(real.estimated_bytes)} ({verdict})")
+        if real.torch_allocated_bytes is not None:
+            parts.append(f"torch allocated {format_bytes(real.torch_allocated_bytes)}")
+        if real.nvml_process_bytes is not None:
+            parts.append(f"NVML process {format_bytes(real.nvml_process_bytes)}")
+        self.actual_label.setText(" · ".join(parts))
+        self.actual_label.show()
+        self.warning.setText(f"⚠ {real.warning}" if real.warning else "")
+        self.warning.setVisible(bool(real.warning))
+
+    # -- wiring --
+
+    @classmethod
+    def attach(cls, window: Any) -> EstimateView:
+        """Create a view, put it under the window's settings and follow its signals."""
+        view = cls()
+        window.model_selected.connect(view.set_model)
+        window.settings_changed.connect(view.on_settings_changed)
+        window.model_loaded.connect(view.show_loaded)
+        window.model_unloaded.connect(view.clear_loaded)
+        current = window.current_settings()
+        if current is not None:
+            view.quant, view.options = current
+        window.set_estimate_widget(view)
+        view.set_model(window.selected_ref)
+        return view
+
+    def shutdown(self, timeout_ms: int = 2000) -> bool:
+        """Wait for a running estimate (they are short and not interruptible)."""
+        self._timer.stop()
+        self._pending = False
+        worker = self._worker
+        return workers.stop_all([worker], timeout_ms) if worker else True
+
+
+def _tooltip(row: Any) -> str:
+    lines = [row.verdict_text]
+    if row.offload is not None:
+        lines.append(f"max_memory = {row.offload.max_memory}")
+    if row.breakdown:
+        lines.append("")
+        lines += [f"{kind}: {format_bytes(n)}" for kind, n in row.breakdown.items()]
+    if row.quantized_modules:
+        lines.append(f"{row.quantized_modules} Linear layers quantized")
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""The estimate table in the window: rows, highlight, refresh off the UI thread."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QFont
+
+from core import catalog, loader
+from core.settings import LoadOptions, QuantSettings, preset
+from gui import workers
+from gui.estimate_view import COLUMNS, EstimateView
+
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "_name_or_path": "tiny-llama",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_dangling_threads() -> Iterator[None]:
+    yield
+    assert workers.running_threads() == [], "an estimate thread was left running"
+
+
+def _view(qtbot) -> EstimateView:
+    view = EstimateView()
+    qtbot.addWidget(view)
+    return view
+
+
+def _cells(view: EstimateView, row: int) -> list[str]:
+    return [view.grid.item(row, c).text() for c in range(len(COLUMNS))]
+
+
+def _wait_table(qtbot, view: EstimateView, action) -> object:
+    with qtbot.waitSignal(view.estimated, timeout=60_000) as blocker:
+        action()
+    qtbot.waitUntil(lambda: not view.busy, timeout=10_000)
+    return blocker.args[0]
+
+
+def test_every_preset_with_the_current_row_highlighted(qtbot) -> None:
+    view = _view(qtbot)
+    view.set_settings(preset("nf4").quant, LoadOptions(device_map="cpu"))
+    table = _wait_table(qtbot, view, lambda: view.set_model(TINY))
+    assert view.grid.rowCount() == 8
+    names = [_cells(view, i)[0].removesuffix(" ★") for i in range(8)]
+    assert names == [
+        "Current (nf4)",
+        "fp32",
+        "bf16",
+        "fp16",
+        "int8",
+        "nf4",
+        "nf4-dq",
+        "fp4",
+    ]
+    current = _cells(view, 0)
+    assert current[-1] == "fits"
+    assert current[5] != "—" and current[2] != "0 B"  # total known, quant state > 0
+    bold = [view.grid.item(i, 0).font().weight() == QFont.Weight.Bold for i in range(8)]
+    # The current row, and the preset row equal to the current settings (nf4).
+    assert bold == [True, False, False, False, False, True, False, False]
+    assert table.recommended == "fp32"
+    assert "★" in _cells(view, 1)[0]
+    assert "Recommended: <b>fp32</b>" in view.recommended.text()
+    assert "RAM" in view.device_label.text()
+    fp32 = preset("fp32")
+    _wait_table(
+        qtbot,
+        view,
+        lambda: view.set_settings(fp32.quant, fp32.load_options(LoadOptions())),
+    )
+    assert view.grid.item(1, 0).font().weight() == QFont.Weight.Bold
+    assert view.grid.item(5, 0).font().weight() != QFont.Weight.Bold
+
+
+def test_changes_refresh_without_blocking_and_end_on_the_latest(qtbot) -> None:
+    view = _view(qtbot)
+    _wait_table(qtbot, view, lambda: view.set_model(TINY))
+    started = time.perf_counter()
+    with qtbot.waitSignal(view.estimated, timeout=10_000):
+        view.set_settings(QuantSettings(mode="8bit"), LoadOptions(device_map="cpu"))
+        view.set_context(2048)
+        view.set_settings(preset("nf4-dq").quant, LoadOptions(device_map="cpu"))
+        # set_* only schedule the work: the UI thread is free at once.
+        assert time.perf_counter() - started < 0.05
+    qtbot.waitUntil(lambda: not view.busy, timeout=10_000)
+    assert view.table.current.label == "nf4-dq"
+    assert view.table.context == 2048
+    assert _cells(view, 0)[0].startswith("Current (nf4-dq)")
+    assert view.table.current.kv_cache_bytes == 2 * 2 * 2 * 16 * 2048 * 4
+
+
+def test_context_spin_box_changes_the_kv_cache(qtbot) -> None:
+    view = _view(qtbot)
+    first = _wait_table(qtbot, view, lambda: view.set_model(TINY))
+    second = _wait_table(qtbot, view, lambda: view.context.setValue(8192))
+    assert second.current.kv_cache_bytes == 2 * first.current.kv_cache_bytes
+
+
+def test_unreadable_model_says_what_and_what_to_do(qtbot, tmp_path: Path) -> None:
+    view = _view(qtbot)
+    with qtbot.waitSignal(view.failed, timeout=60_000):
+        view.set_model(str(tmp_path / "nowhere"))
+    qtbot.waitUntil(lambda: not view.busy, timeout=10_000)
+    assert "folder not found" in view.status.text()
+    assert "check the path" in view.status.text()
+    assert view.grid.rowCount() == 0
+
+
+def test_unknown_architecture_still_shows_the_kv_cache(qtbot) -> None:
+    view = _view(qtbot)
+    config = {**TINY, "model_type": "brand-new-arch"}
+    table = _wait_table(qtbot, view, lambda: view.set_model(config))
+    assert _cells(view, 0)[1] == "—" and _cells(view, 0)[3] != "—"
+    assert _cells(view, 0)[-1] == "unknown"
+    assert "brand-new-arch" in view.notes.text()
+    assert table.recommended is None
+
+
+def test_estimated_vs_actual_and_the_unquantized_warning(qtbot, tiny_dir: Path) -> None:
+    view = _view(qtbot)
+    options = LoadOptions(device_map="cpu")
+    quant = preset("nf4").quant
+    view.set_settings(quant, options)
+    _wait_table(qtbot, view, lambda: view.set_model(catalog.folder_ref(tiny_dir)))
+    loaded = loader.load(catalog.folder_ref(tiny_dir), quant, options)
+    _wait_table(qtbot, view, lambda: view.show_loaded(loaded))
+    text = view.actual_label.text()
+    assert "Estimated vs actual" in text and "(exact)" in text
+    assert view.warning.isHidden()
+    # fp32 CPU offload with everything on the CPU: nothing gets quantized.
+    offload = quant.replace(llm_int8_enable_fp32_cpu_offload=True)
+    _wait_table(qtbot, view, lambda: view.set_settings(offload, options))
+    loaded = loader.load(catalog.folder_ref(tiny_dir), offload, options)
+    _wait_table(qtbot, view, lambda: view.show_loaded(loaded))
+    assert not view.warning.isHidden()
+    assert "no Linear layer was quantized" in view.warning.text()
+    assert "(exact)" in view.actual_label.text()
+    view.clear_loaded()
+    assert view.warning.isHidden() and view.actual_label.isHidden()
+
+
+def test_worker_returns_a_table_directly() -> None:
+    worker = workers.EstimateWorker(TINY, QuantSettings(), LoadOptions("cpu"), 16)
+    table = worker.work()
+    assert table.current.preset == "current"
+    assert table.current.kv_cache_bytes == 2 * 2 * 2 * 16 * 16 * 4
