@@ -143,6 +143,7 @@ def test_no_gpu_shows_the_reason_and_host_charts_run(qtbot) -> None:
 def test_pause_freezes_the_charts_not_the_history(qtbot) -> None:
     view = MonitorView(autostart=False)
     qtbot.addWidget(view)
+    view.show()
     view.show_sample(host_sample(view.t0 + 1))
     view.pause_button.click()
     assert view.paused and view.pause_button.text() == "Resume"
@@ -158,10 +159,21 @@ def test_pause_freezes_the_charts_not_the_history(qtbot) -> None:
 def test_history_shows_the_last_ten_minutes(qtbot) -> None:
     view = MonitorView(autostart=False)
     qtbot.addWidget(view)
+    view.show()
     for t in range(0, 700, 5):
         view.show_sample(host_sample(view.t0 + t))
     x, _ = view.ram_chart.curves["used"].getOriginalDataset()
     assert x[0] == 95 and x[-1] == 695
+
+
+def test_a_hidden_view_redraws_when_shown(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    for t in range(3):
+        view.show_sample(host_sample(view.t0 + t))
+    assert view.ram_chart.curves["used"].getOriginalDataset()[0] is None
+    view.show()
+    assert len(view.ram_chart.curves["used"].getOriginalDataset()[0]) == 3
 
 
 def test_real_sampling_thread_feeds_view_and_gauge(qtbot) -> None:
