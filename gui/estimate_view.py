@@ -330,3 +330,14 @@ def _tooltip(row: Any) -> str:
     if row.quantized_modules:
         lines.append(f"{row.quantized_modules} Linear layers quantized")
     return "\n".join(lines)
+
+
+def install_estimate(window: Any) -> EstimateView:
+    """Put an EstimateView under the window's settings panel (a gui.app panel hook)."""
+    from PySide6.QtWidgets import QApplication
+
+    view = EstimateView.attach(window)
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(view.shutdown)
+    return view

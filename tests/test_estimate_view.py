@@ -157,3 +157,27 @@ def test_worker_returns_a_table_directly() -> None:
     table = worker.work()
     assert table.current.preset == "current"
     assert table.current.kv_cache_bytes == 2 * 2 * 2 * 16 * 16 * 4
+
+
+def test_installed_in_the_window_follows_its_signals(
+    qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
+    from gui.estimate_view import install_estimate
+    from gui.main_window import MainWindow
+
+    window = MainWindow(auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    view = install_estimate(window)
+    assert view.parent() is not None and window.estimate_holder.isVisibleTo(window)
+    qtbot.waitUntil(lambda: view.table is not None and not view.busy, timeout=60_000)
+    assert view.table.model == window.selected_ref.name
+    int8 = preset("int8")
+    _wait_table(
+        qtbot,
+        view,
+        lambda: window.settings_changed.emit((int8.quant, LoadOptions("cpu"))),
+    )
+    assert view.table.current.label == "int8"
+    _wait_table(qtbot, view, lambda: window.model_selected.emit(TINY))
+    assert view.table.model == "tiny-llama"
