@@ -361,7 +361,7 @@ class Sampler:
         try:
             if cuda is None or not cuda.is_initialized():
                 return None, None
-            index = self._torch_indices(cuda).get(gpu.index)
+            index = self.torch_indices(cuda).get(gpu.index)
             if index is None:
                 return None, None
             return int(cuda.memory_allocated(index)), int(cuda.memory_reserved(index))
@@ -369,7 +369,7 @@ class Sampler:
             logger.debug("torch CUDA counters unavailable", exc_info=True)
             return None, None
 
-    def _torch_indices(self, cuda: Any) -> dict[int, int]:
+    def torch_indices(self, cuda: Any) -> dict[int, int]:
         """NVML index → torch device index, matched by UUID (orders can differ)."""
         if self._torch_index is None:
             by_uuid = {_uuid_key(g.uuid): g.index for g in self._gpus if g.uuid}
