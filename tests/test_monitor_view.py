@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QEvent, QPoint, QPointF, Qt, Signal
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QHelpEvent
-from PySide6.QtWidgets import QApplication, QMainWindow, QTabWidget, QToolTip
+from PySide6.QtWidgets import QApplication, QToolTip
 
 from core.monitor import GpuSample, HostSample, Sample
 from gui import workers
@@ -214,35 +214,20 @@ def test_gauge_with_and_without_gpu(qtbot) -> None:
         qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton, pos=QPoint(2, 2))
 
 
-class FakeWindow(QMainWindow):
-    """The main window's plug-in surface: tabs, status bar and its signals."""
+def test_install_monitor_in_the_window(qtbot, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
+    from gui.main_window import MainWindow
 
-    load_started = Signal()
-    model_loaded = Signal(object)
-    model_unloaded = Signal()
-    first_token = Signal()
-    generation_finished = Signal(object)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tabs = QTabWidget()
-        self.setCentralWidget(self.tabs)
-
-    def add_tab(self, widget, title: str) -> int:
-        return self.tabs.addTab(widget, title)
-
-    def add_status_widget(self, widget) -> None:
-        self.statusBar().addPermanentWidget(widget)
-
-
-def test_install_monitor_wires_tab_gauge_markers_and_close(qtbot) -> None:
-    window = FakeWindow()
+    window = MainWindow(auto_start=False, auto_load=False)
     qtbot.addWidget(window)
     view = install_monitor(window, interval=0.25)
     window.show()
     assert window.tabs.tabText(window.tabs.indexOf(view)) == "Monitor"
+    gauge = window.memory_gauge
+    assert gauge.isVisible() and gauge.window() is window
     with qtbot.waitSignal(view.sampled, timeout=5000):
         pass
+    # The window emits these as a load and an answer go by.
     window.load_started.emit()
     window.model_loaded.emit(object())
     window.first_token.emit()
@@ -257,7 +242,9 @@ def test_install_monitor_wires_tab_gauge_markers_and_close(qtbot) -> None:
         "Unloaded",
     ]
     assert all(len(chart.marker_lines) == 5 for chart in view.charts())
-    qtbot.mouseClick(window.memory_gauge, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: view.markers[-1].sample is not None, timeout=5000)
+    assert "since First token" in view.markers[3].tooltip
+    qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton)
     assert window.tabs.currentWidget() is view
     window.close()
     assert view.worker is None and workers.running_threads() == []
