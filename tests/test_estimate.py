@@ -236,13 +236,15 @@ def test_actual_beside_estimate_and_the_unquantized_warning(
 
 def test_fit_verdicts_and_recommendation() -> None:
     source = estimate.read_source("default")
+    # 200 MiB free VRAM is less than the CUDA context alone: nothing can run there.
     gpu = [Gpu(0, "Test GPU", 8 * GiB, 200 * 2**20)]
-    # 200 MiB free VRAM: fp32 (538 MB) cannot fit, but splits onto 32 GiB of RAM.
     device = DeviceInfo(gpu, 64 * GiB, 32 * GiB, cuda=True)
     result = estimate.table(source, context=256, device=device)
     rows = {r.preset: r for r in result.rows}
     assert rows["fp32"].on_gpu and rows["fp32"].dtype == "float32"
-    assert rows["bf16"].verdict == "does not fit" or rows["bf16"].offload
+    assert rows["nf4"].dtype == "float16"  # the loader: a float32 config → fp16 on GPU
+    assert {r.verdict for r in result.rows} == {"does not fit"}
+    assert result.recommended is None
     big = DeviceInfo([Gpu(0, "Big", 80 * GiB, 70 * GiB)], 64 * GiB, 32 * GiB, True)
     assert estimate.table(source, device=big).recommended == "fp32"
     tiny = DeviceInfo([Gpu(0, "Small", 2 * GiB, 900 * 2**20)], 8 * GiB, 4 * GiB, True)
@@ -250,6 +252,8 @@ def test_fit_verdicts_and_recommendation() -> None:
     by = {r.preset: r for r in fitted.rows}
     assert by["fp32"].verdict == "fits with CPU offload"
     assert set(by["fp32"].offload.max_memory) == {"0", "cpu"}
+    assert by["fp32"].offload.cpu_bytes > 0
+    assert "max_memory" in by["fp32"].verdict_text
     assert fitted.recommended in ("bf16", "fp16")
     assert by["nf4"].verdict == "fits"
     none = DeviceInfo([], 1 * GiB, 100 * 2**20, False)
@@ -336,3 +340,18 @@ def test_cli_text_and_errors(
     assert run(["estimate", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "hint: " in err
+
+
+def test_dtype_rule_is_the_loaders() -> None:
+    from types import SimpleNamespace
+
+    for wanted in ("auto", "float32", "bfloat16", "float16"):
+        for config_dtype in (None, "float32", "bfloat16", "float16"):
+            for on_gpu in (False, True):
+                options = LoadOptions(dtype=wanted)
+                config = SimpleNamespace(dtype=config_dtype)
+                expected = str(loader.resolve_dtype(options, config, on_gpu))
+                raw = {"dtype": config_dtype} if config_dtype else {}
+                assert estimate._load_dtype(
+                    options, raw, on_gpu
+                ) == expected.removeprefix("torch.")
