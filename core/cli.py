@@ -242,7 +242,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from core import report
 
     quant, options = settings_from_args(args)
-    load_report = stats = gen = None
+    load_report = stats = gen = estimate = None
     name = args.model
     if args.model:
         from core import catalog, generation, loader
@@ -250,6 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         ref = catalog.resolve(args.model)
         name = report.model_id(ref)
         show = stderr_progress(False)
+        estimate = report.estimate_bytes(ref, quant, options)
         loaded = loader.load(ref, quant, options, show)
         if show:
             print("\r\033[K", end="", file=sys.stderr)
@@ -260,7 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 _, stats = generation.generate_text(loaded, args.prompt, gen)
         finally:
             loader.unload(loaded)
-    data = report.build(name, quant, options, load_report, None, gen, stats)
+    data = report.build(name, quant, options, load_report, estimate, gen, stats)
     if args.save:
         for path in report.save(data, args.save):
             print(f"wrote {path}", file=sys.stderr)

@@ -143,6 +143,20 @@ def hardware() -> dict[str, Any]:
     }
 
 
+def estimate_bytes(
+    ref: Any, quant: QuantSettings, options: LoadOptions | None = None
+) -> int | None:
+    """What core.estimate predicts for weights + quantization state, or None."""
+    from core import estimate
+    from core.errors import NibbleError
+
+    try:
+        return estimate.estimate(ref, quant, options or LoadOptions()).model_bytes
+    except (NibbleError, OSError, ValueError) as exc:
+        logger.debug("no estimate for %s: %s", getattr(ref, "name", ref), exc)
+        return None
+
+
 def build(
     model: str | None = None,
     quant: QuantSettings | None = None,
