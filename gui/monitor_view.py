@@ -108,7 +108,7 @@ class Chart(pg.PlotWidget):
                 "dot": Qt.PenStyle.DotLine,
             }[style],
         )
-        kwargs: dict[str, Any] = {"pen": pen, "name": name, "connect": "finite"}
+        kwargs: dict[str, Any] = {"pen": pen, "name": name}
         if fill:
             kwargs.update(fillLevel=0, brush=pg.mkBrush(color + "40"))
         self.curves[key] = self.plot(**kwargs)
@@ -117,7 +117,10 @@ class Chart(pg.PlotWidget):
     def redraw(self, x: np.ndarray, history: History, first: int) -> None:
         for key, curve in self.curves.items():
             column, scale = self.sources[key]
-            curve.setData(x, history.column(column)[first:] / scale)
+            y = history.column(column)[first:] / scale
+            # A reading that was not available (None) is skipped, not drawn as a gap.
+            known = np.isfinite(y)
+            curve.setData(x[known], y[known])
 
     def add_marker(self, x: float, label: str) -> pg.InfiniteLine:
         line = pg.InfiniteLine(
@@ -203,6 +206,10 @@ class MonitorView(QWidget):
         self.clear_button = QPushButton("Clear markers")
         self.clear_button.clicked.connect(self.clear_markers)
         self.status_label = QLabel("Waiting for the first sample…")
+        # Long status text must not widen the tab beyond the window.
+        self.status_label.setSizePolicy(
+            QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred
+        )
         self.status_label.setTextInteractionFlags(
             Qt.TextInteractionFlag.TextSelectableByMouse
         )
@@ -248,7 +255,7 @@ class MonitorView(QWidget):
         self.ram_chart.add_curve(
             "rss", "Nibble RSS", "process_rss", GIB, COLORS[1], fill=True
         )
-        self.cpu_chart = Chart(f"CPU (% of {self._cpu_count} cores)", "%", y_max=100)
+        self.cpu_chart = Chart("CPU", f"% of {self._cpu_count} cores", y_max=100)
         self.cpu_chart.add_curve("cpu", "machine", "cpu_percent", 1.0, COLORS[0])
         self.cpu_chart.add_curve(
             "process",
@@ -588,6 +595,7 @@ class MemoryGauge(QWidget):
         layout.setSpacing(4)
         for widget in (self.vram_label, self.vram_bar, self.ram_label, self.ram_bar):
             layout.addWidget(widget)
+        self.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self.setToolTip("Memory: waiting for the first sample")
 
