@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from core.errors import CancelledError
 
@@ -80,7 +80,8 @@ def start(worker: Worker) -> QThread:
     worker.moveToThread(thread)
     worker.thread_ = thread
     thread.started.connect(worker.run)
-    worker.finished.connect(thread.quit)
+    # quit is thread-safe; a queued call would never run while stop_all() waits.
+    worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
     worker.finished.connect(worker.deleteLater)
     thread.finished.connect(thread.deleteLater)
     thread.finished.connect(lambda: _running.discard(thread))
@@ -255,6 +256,19 @@ class GenerateWorker(Worker):
         return self.stats
 
 
+class ResolveWorker(Worker):
+    """Check a folder or hub id (a hub id may ask the network); returns a ModelRef."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def work(self) -> Any:
+        from core import catalog
+
+        return catalog.resolve(self.text)
+
+
 class CompareWorker(Worker):
     """Run a comparison row by row with its own loads (core.compare.run).
 
@@ -313,4 +327,38 @@ class EstimateWorker(Worker):
 
         return estimate.table(
             self.model, self.quant, self.options, self.context, device=self.device
+        )
+
+
+class ExportWorker(Worker):
+    """Save a quantized copy of a model (core.export); returns an ExportResult.
+
+    It loads its own fresh copy: the model in the chat has run forwards, and saving
+    such a 4-bit model on a CPU corrupts it (FACTS.md).
+    """
+
+    def __init__(
+        self, ref: Any, quant: Any, options: Any, out: str, force: bool = False
+    ) -> None:
+        super().__init__()
+        self.ref = ref
+        self.quant = quant
+        self.options = options
+        self.out = out
+        self.force = force
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.progressed.emit(done, total, message)
+
+    def work(self) -> Any:
+        from core import export
+
+        return export.export(
+            self.ref,
+            self.quant,
+            self.out,
+            self.options,
+            force=self.force,
+            progress=self._progress,
+            cancel=self.cancel_event,
         )
