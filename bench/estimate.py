@@ -34,7 +34,7 @@ LLAMA_70B = {
 
 def main() -> None:
     from core import estimate
-    from core.estimate import DeviceInfo, Gpu
+    from core.fit import DeviceInfo, Gpu
     from core.units import format_bytes
 
     started = time.perf_counter()

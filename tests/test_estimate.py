@@ -11,7 +11,7 @@ import transformers
 
 from core import catalog, estimate, loader
 from core.cli import run
-from core.estimate import DeviceInfo, Gpu
+from core.fit import DeviceInfo, Gpu
 from core.settings import LoadOptions, QuantSettings, preset
 
 GiB = 2**30
