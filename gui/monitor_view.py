@@ -73,7 +73,9 @@ class Chart(pg.PlotWidget):
         self.setClipToView(True)
         self.setDownsampling(auto=True, mode="peak")
         # Thin pens: a 1.5 px pen doubled the cost of a redraw (bench/monitor.py).
-        self.setMouseEnabled(x=True, y=False)
+        # The charts follow the clock together; Pause freezes them for a closer look.
+        self.setMouseEnabled(x=False, y=False)
+        self.hideButtons()
         self.setMinimumHeight(140)
         self.plot_item = self.getPlotItem()
         self.plot_item.addLegend(
@@ -115,6 +117,7 @@ class Chart(pg.PlotWidget):
         self.sources[key] = (column, scale)
 
     def redraw(self, x: np.ndarray, history: History, first: int) -> None:
+        self.setXRange(x[0], max(x[-1], x[0] + 1.0), padding=0.01)
         for key, curve in self.curves.items():
             column, scale = self.sources[key]
             y = history.column(column)[first:] / scale
@@ -235,9 +238,9 @@ class MonitorView(QWidget):
         )
 
         self.vram_chart = Chart("VRAM", "GiB")
-        self.util_chart = Chart("GPU utilization", "%", y_max=100)
-        self.temp_chart = Chart("GPU temperature", "°C")
-        self.power_chart = Chart("GPU power", "W")
+        self.util_chart = Chart("Utilization", "%", y_max=100)
+        self.temp_chart = Chart("Temperature", "°C")
+        self.power_chart = Chart("Power", "W")
         grid = QGridLayout(self.gpu_charts)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.addWidget(self.vram_chart, 0, 0, 1, 3)
@@ -273,8 +276,6 @@ class MonitorView(QWidget):
         layout.addLayout(bar)
         layout.addWidget(self.gpu_stack, 3)
         layout.addLayout(host, 2)
-        for chart in self.charts()[1:]:
-            chart.setXLink(self.ram_chart)
 
     def charts(self) -> list[Chart]:
         """Every chart, host charts first."""
@@ -344,6 +345,8 @@ class MonitorView(QWidget):
                 color,
                 style="dash",
             )
+        # One legend column per GPU keeps the VRAM legend short.
+        self.vram_chart.plot_item.legend.setColumnCount(len(sample.gpus))
         self.gpu_stack.setCurrentWidget(self.gpu_charts)
 
     # -- sampling --
