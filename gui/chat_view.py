@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -234,14 +234,23 @@ class ChatView(QWidget):
         self.send_button.clicked.connect(self._on_send_clicked)
         row.addWidget(self.send_button)
         layout.addLayout(row)
-        for keys in ("Ctrl+Return", "Ctrl+Enter"):
-            shortcut = QShortcut(QKeySequence(keys), self)
-            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            shortcut.activated.connect(self.send)
+        self.input.installEventFilter(self)
         self.esc = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
         self.esc.setContext(Qt.ShortcutContext.WindowShortcut)
         self.esc.activated.connect(self.stop)
         self._update_buttons()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Ctrl+Enter in the input box sends."""
+        if (
+            watched is self.input
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and event.modifiers() & Qt.KeyboardModifier.ControlModifier
+        ):
+            self.send()
+            return True
+        return super().eventFilter(watched, event)
 
     # -- state --
     def set_ready(self, ready: bool, reason: str = "") -> None:

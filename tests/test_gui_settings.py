@@ -1,0 +1,161 @@
+"""The settings panel maps onto QuantSettings and LoadOptions one to one."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtWidgets import QApplication, QCheckBox, QComboBox, QDoubleSpinBox
+
+from core.settings import (
+    EDITABLE_FIELDS,
+    PRESETS,
+    LoadOptions,
+    QuantSettings,
+)
+from gui.settings_panel import ModuleListEdit, SettingsPanel
+from tests.gui_helpers import no_dangling_qthreads  # noqa: F401
+
+
+def values_for(spec):
+    """Every value worth trying for one field."""
+    if spec.kind == "bool":
+        return [True, False]
+    if spec.kind == "float":
+        return [0.0, 3.5, 6.0, 12.25]
+    if spec.kind == "choice":
+        return list(spec.choices)
+    return [None, ["lm_head"], ["lm_head", "mlp.down_proj"]]
+
+
+@pytest.fixture
+def panel(qtbot):
+    widget = SettingsPanel()
+    qtbot.addWidget(widget)
+    return widget
+
+
+@pytest.mark.parametrize("spec", EDITABLE_FIELDS, ids=lambda s: s.name)
+def test_every_field_round_trips(panel, spec):
+    for mode in ("8bit", "4bit"):
+        for value in values_for(spec):
+            quant = QuantSettings(mode=mode, **{spec.name: value})
+            panel.set_settings(quant, LoadOptions())
+            assert panel.quant_settings() == quant
+            assert getattr(panel.quant_settings(), spec.name) == value
+
+
+def test_widgets_write_quant_settings(panel, qtbot):
+    panel.set_settings(QuantSettings(), LoadOptions())
+    seen = []
+    panel.changed.connect(lambda q, o: seen.append(q))
+    panel.mode_buttons["4bit"].click()
+    combo = panel.editors["bnb_4bit_quant_type"]
+    assert isinstance(combo, QComboBox)
+    combo.setCurrentIndex(combo.findData("nf4"))
+    dq = panel.editors["bnb_4bit_use_double_quant"]
+    assert isinstance(dq, QCheckBox)
+    dq.setChecked(True)
+    dtype = panel.editors["bnb_4bit_compute_dtype"]
+    dtype.setCurrentIndex(dtype.findData("bfloat16"))
+    threshold = panel.editors["llm_int8_threshold"]
+    assert isinstance(threshold, QDoubleSpinBox)
+    threshold.setValue(4.0)
+    skip = panel.editors["llm_int8_skip_modules"]
+    assert isinstance(skip, ModuleListEdit)
+    skip.set_value(["mlp.down_proj"])
+    skip.changed.emit()
+    expected = QuantSettings(
+        mode="4bit",
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype="bfloat16",
+        llm_int8_threshold=4.0,
+        llm_int8_skip_modules=["mlp.down_proj"],
+    )
+    assert seen[-1] == expected
+    assert "bnb_4bit_use_double_quant=True" in panel.python.toPlainText()
+    assert '"mlp.down_proj", "lm_head"' in panel.python.toPlainText()
+
+
+def test_load_options_round_trip(panel):
+    options = LoadOptions(
+        device_map="cpu",
+        max_memory={"cpu": "2GiB"},
+        dtype="bfloat16",
+        attn_implementation="eager",
+    )
+    panel.set_settings(QuantSettings(mode="8bit"), options)
+    assert panel.load_options() == options
+
+
+def test_fields_that_do_not_apply_are_disabled_with_reason(panel):
+    panel.set_settings(QuantSettings(mode="4bit"), LoadOptions())
+    assert panel.groups["4bit"].isEnabled()
+    assert not panel.groups["8bit"].isEnabled()
+    assert panel.group_reasons["8bit"].text() == "Applies to 8-bit only."
+    assert "Applies to 8-bit only." in panel.editors["llm_int8_threshold"].toolTip()
+    panel.set_settings(QuantSettings(), LoadOptions())
+    for applies in ("4bit", "8bit", "both"):
+        assert not panel.groups[applies].isEnabled()
+        assert "without quantization" in panel.group_reasons[applies].text()
+
+
+def test_every_field_has_its_description_as_tooltip(panel):
+    for spec in EDITABLE_FIELDS:
+        assert spec.description in panel.editors[spec.name].toolTip()
+        assert spec.name in panel.labels[spec.name].toolTip()
+
+
+def test_invalid_combination_shown_inline(panel, qtbot):
+    panel.set_settings(QuantSettings(mode="4bit"), LoadOptions())
+    with qtbot.waitSignal(panel.validity_changed) as blocker:
+        panel.max_memory.setText("0=4GiB,cpu=8GiB")
+    assert blocker.args[0] is False
+    assert "llm_int8_enable_fp32_cpu_offload" in blocker.args[1]
+    assert not panel.error_label.isHidden()
+    assert "mixes a GPU with cpu/disk" in panel.error_label.text()
+    panel.editors["llm_int8_enable_fp32_cpu_offload"].setChecked(True)
+    assert panel.error == ""
+    assert panel.error_label.isHidden()
+    panel.max_memory.setText("lots")
+    assert "has no '='" in panel.error
+
+
+def test_bad_module_name_is_invalid(panel):
+    panel.set_settings(QuantSettings(mode="8bit"), LoadOptions())
+    panel.editors["llm_int8_skip_modules"].set_value(["lm head!"])
+    panel.editors["llm_int8_skip_modules"].changed.emit()
+    assert "is not a module name" in panel.error
+
+
+def test_presets_menu_applies_each_preset(panel):
+    for action in panel.presets_menu.actions():
+        action.trigger()
+        p = PRESETS[action.data()]
+        assert panel.quant_settings() == p.quant
+        assert panel.load_options().dtype == p.dtype
+        assert panel.preset_label.text() == f"Preset: {p.title}"
+
+
+def test_trust_remote_code_needs_consent(panel, monkeypatch):
+    panel.set_model_name("someone/odd-model")
+    asked = []
+    monkeypatch.setattr(panel, "ask_trust_consent", lambda: asked.append(1) or False)
+    panel.trust.setChecked(True)
+    assert asked == [1]
+    assert not panel.trust.isChecked()
+    assert panel.load_options().trust_remote_code is False
+    monkeypatch.setattr(panel, "ask_trust_consent", lambda: True)
+    panel.trust.setChecked(True)
+    assert panel.load_options().trust_remote_code is True
+    assert "trust_remote_code=True" in panel.python.toPlainText()
+
+
+def test_python_pane_copies_snippet(panel):
+    panel.set_model_name("org/model")
+    panel.apply_preset("nf4-dq")
+    panel.copy_button.click()
+    text = QApplication.clipboard().text()
+    assert text == QuantSettings(**panel.raw_values()).to_python(
+        "org/model", panel.load_options()
+    )
+    assert 'bnb_4bit_quant_type="nf4"' in text

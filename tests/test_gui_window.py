@@ -1,0 +1,288 @@
+"""The window end to end: loading in a worker, streaming chat, stop, errors, closing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+from PySide6.QtCore import QCoreApplication, Qt
+from PySide6.QtTest import QTest
+
+from core import session as session_mod
+from gui import workers
+from gui.chat_view import ChatView, render_html
+from gui.main_window import MainWindow
+from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads, wait_threads  # noqa: F401
+
+PROMPT = "What is the capital of France?"
+
+
+class Recorder:
+    """Every signal a worker emits, in emission order (recorded on its own thread)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.lock = threading.Lock()
+
+    def attach(self, worker: workers.Worker) -> None:
+        for name in ("started", "progressed", "yielded", "returned", "errored"):
+            getattr(worker, name).connect(
+                lambda *args, n=name: self._add(n, args),
+                Qt.ConnectionType.DirectConnection,
+            )
+        for name in ("aborted", "finished"):
+            getattr(worker, name).connect(
+                lambda n=name: self._add(n, ()), Qt.ConnectionType.DirectConnection
+            )
+
+    def _add(self, name: str, args: tuple) -> None:
+        with self.lock:
+            self.events.append((name, args))
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [n for n, _ in self.events]
+
+    def chunks(self) -> list[str]:
+        with self.lock:
+            return [a[0] for n, a in self.events if n == "yielded"]
+
+
+def wait_for(condition, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        QCoreApplication.processEvents()
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def recorders():
+    """LoadWorker and GenerateWorker subclasses that record their signals."""
+    made: dict[str, list[Recorder]] = {"load": [], "generate": []}
+
+    def recording(base, key):
+        class Recording(base):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made[key].append(Recorder())
+                made[key][-1].attach(self)
+
+        return Recording
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(workers, "LoadWorker", recording(workers.LoadWorker, "load"))
+        mp.setattr(
+            workers, "GenerateWorker", recording(workers.GenerateWorker, "generate")
+        )
+        yield made
+
+
+@pytest.fixture(scope="module")
+def window(qapp, recorders, tmp_path_factory):
+    """A window that loaded the default model in nf4 once for every test here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIBBLE_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+        win = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+        events: list[str] = []
+        win.load_started.connect(lambda: events.append("load_started"))
+        win.model_loaded.connect(lambda m: events.append("model_loaded"))
+        win.libraries_ready.connect(lambda d: events.append("libraries_ready"))
+        win.events = events
+        win.show()
+        win.start_background()
+        wait_for(lambda: win.ready)
+        win.request_load()
+        wait_for(lambda: win.loaded is not None and not win.running_workers())
+        yield win
+        win.close()
+        wait_threads(5.0)
+        win.deleteLater()
+
+
+@pytest.mark.slow
+def test_loading_default_nf4_emits_signals_in_order(window, recorders):
+    names = recorders["load"][0].names()
+    assert names[0] == "started"
+    assert names[-2:] == ["returned", "finished"]
+    assert set(names[1:-2]) == {"progressed"}
+    weights = [a for n, a in recorders["load"][0].events if n == "progressed" and a[1]]
+    assert weights[-1][0] == weights[-1][1]  # n/N reached N
+    assert window.events == ["libraries_ready", "load_started", "model_loaded"]
+    report = window.loaded.report
+    assert report.quantized_count > 0
+    assert window.loaded.quant.bnb_4bit_quant_type == "nf4"
+    assert "SmolLM2-135M-Instruct · nf4" in window.model_status.text()
+    assert window.size_status.text().endswith("MiB")
+    assert window.load_button.isEnabled()
+    assert window.chat.send_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_answer_streams_into_chat(window, recorders, qtbot):
+    chat = window.chat
+    chat.greedy.setChecked(True)
+    chat.max_tokens.setValue(24)
+    chat.input.setPlainText(PROMPT)
+    with (
+        qtbot.waitSignal(window.first_token, timeout=60_000),
+        qtbot.waitSignal(window.generation_finished, timeout=60_000) as done,
+    ):
+        QTest.keyClick(
+            chat.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier
+        )
+    stats = done.args[0]
+    answer = chat.messages_widgets[-1]
+    assert [m.role for m in chat.messages_widgets] == ["user", "assistant"]
+    assert chat.messages_widgets[0].text == PROMPT
+    chunks = recorders["generate"][-1].chunks()
+    assert len(chunks) > 1
+    assert answer.text == "".join(chunks)
+    assert "Paris" in answer.text
+    assert stats.new_tokens > 0
+    assert answer.stats_label.text() == stats.summary()
+    assert "tok/s" in answer.stats_label.text()
+    assert recorders["generate"][-1].names()[-2:] == ["returned", "finished"]
+    assert chat.send_button.text() == "Send"
+
+
+@pytest.mark.slow
+def test_stop_ends_the_answer(window, recorders, qtbot):
+    chat = window.chat
+    chat.greedy.setChecked(True)
+    chat.max_tokens.setValue(300)
+    chat.input.setPlainText("Write a very long story about a dragon and a knight.")
+    window.first_token.connect(chat.stop)
+    try:
+        with qtbot.waitSignal(window.generation_finished, timeout=60_000) as done:
+            chat.send()
+    finally:
+        window.first_token.disconnect(chat.stop)
+    stats = done.args[0]
+    assert stats.stop_reason == "stopped"
+    assert stats.new_tokens < 30
+    assert chat.messages_widgets[-1].stats_label.text().endswith("stopped")
+    assert not chat.busy
+
+
+def test_escape_is_the_stop_key(qtbot):
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    assert chat.esc.key().toString() == "Esc"
+    asked = []
+    chat.stop_requested.connect(lambda: asked.append(1))
+    chat.set_ready(True)
+    chat.begin_answer()
+    chat.esc.activated.emit()
+    assert asked == [1]
+    chat.end_answer()
+
+
+@pytest.mark.slow
+def test_bad_folder_shows_error_and_keeps_model(window, tmp_path, qtbot):
+    before = window.loaded
+    messages = [m.text for m in window.chat.messages_widgets]
+    window.last_error = None
+    window.open_location(str(tmp_path / "no-such-model"))
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=10_000)
+    assert window.last_error.message.startswith("folder not found")
+    assert window.error_box.text() == window.last_error.message
+    assert window.error_box.informativeText().startswith("Hint: ")
+    window.error_box.close()
+    assert window.loaded is before
+    assert [m.text for m in window.chat.messages_widgets] == messages
+
+
+@pytest.mark.slow
+def test_failed_load_keeps_previous_model_and_chat(window, tiny_dir, tmp_path, qtbot):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["hidden_size"] = 128  # the weights no longer fit the architecture
+    (broken / "config.json").write_text(json.dumps(config))
+    before = window.loaded
+    messages = [m.text for m in window.chat.messages_widgets]
+    window.last_error = None
+    window.open_location(str(broken))
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=60_000)
+    wait_for(lambda: not window.running_workers())
+    assert "broken" in window.last_error.message
+    assert "Traceback" in window.error_box.detailedText()
+    assert "Traceback" not in window.error_box.text()
+    window.error_box.close()
+    assert window.loaded is before
+    assert window.loaded.model is not None
+    assert "stays loaded" in window.load_label.text()
+    assert [m.text for m in window.chat.messages_widgets] == messages
+    assert str(broken) in window.session.recent_folders
+
+
+@pytest.mark.slow
+def test_close_during_generation_exits_cleanly(window, qtbot):
+    chat = window.chat
+    chat.max_tokens.setValue(300)
+    chat.input.setPlainText("Tell me everything about the history of Rome.")
+    with qtbot.waitSignal(window.first_token, timeout=60_000):
+        chat.send()
+    started = time.monotonic()
+    window.close()
+    assert time.monotonic() - started < 2.5
+    assert wait_threads(1.0) == []
+
+
+@pytest.mark.slow
+def test_close_during_load_exits_cleanly(qtbot, config_dir):
+    win = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(win)
+    win.show()
+    win.start_background()
+    qtbot.waitUntil(lambda: win.ready and not win.running_workers(), timeout=60_000)
+    progress = []
+    win.request_load()
+    workers_now = win.running_workers()
+    workers_now[0].progressed.connect(lambda d, t, m: progress.append((d, t)))
+    qtbot.waitUntil(lambda: any(t > 0 for _, t in progress), timeout=60_000)
+    started = time.monotonic()
+    win.close()
+    assert time.monotonic() - started < 2.5
+    assert wait_threads(1.0) == []
+    assert win.loaded is None
+
+
+def test_chat_view_appends_streamed_chunks(qtbot):
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    chat.set_ready(True)
+    chat.input.setPlainText("hi")
+    sent = []
+    chat.send_requested.connect(lambda messages, raw: sent.append((messages, raw)))
+    chat.send()
+    assert sent == [([{"role": "user", "content": "hi"}], False)]
+    chat.begin_answer()
+    assert chat.send_button.text() == "Stop"
+    for chunk in ("Here ", "is ", "```python\nprint(1)\n```"):
+        chat.append_chunk(chunk)
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].text.startswith("Here is"))
+    chat.end_answer("12.0 tok/s · 3 tokens · eos")
+    answer = chat.messages_widgets[-1]
+    assert answer.text == "Here is ```python\nprint(1)\n```"
+    assert "<pre style='font-family: monospace" in answer.body.text()
+    assert answer.stats_label.text() == "12.0 tok/s · 3 tokens · eos"
+    chat.system_edit.setPlainText("Be brief.")
+    assert chat.history()[0] == {"role": "system", "content": "Be brief."}
+    chat.regenerate()
+    assert [m.role for m in chat.messages_widgets] == ["user"]
+    assert len(sent) == 2
+    chat.clear()
+    assert chat.messages_widgets == []
+
+
+def test_render_html_escapes_and_monospaces_code():
+    out = render_html("a <b> `x`\n```\n<tag>\n```")
+    assert "&lt;b&gt;" in out
+    assert "<code style='font-family: monospace'>x</code>" in out
+    assert "&lt;tag&gt;" in out and "<pre" in out
