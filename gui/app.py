@@ -24,6 +24,7 @@ PANELS = (
     "gui.monitor_view:install_monitor",
     "gui.compare_view:install_compare",
     "gui.estimate_view:install_estimate",
+    "gui.export_dialog:install_export",
 )
 
 STYLE = """

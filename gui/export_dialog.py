@@ -1,0 +1,376 @@
+"""File ▸ Save quantized model… and Help ▸ Report…: the window's face on core.export.
+
+`install_export(window)` adds both actions to the main window through its public API
+(`menu`, `model_loaded`, `generation_finished`, `current_settings`, `selected_ref`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QEvent, QObject, Qt, QUrl, Signal
+from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core import report
+from core.errors import NibbleError
+from core.settings import LoadOptions, QuantSettings
+from gui import workers
+
+logger = logging.getLogger(__name__)
+
+FRESH_COPY_NOTE = (
+    "Nibble loads a fresh copy to save, so the model in the chat stays as it is; "
+    "it then reloads the saved folder and checks that the logits are identical."
+)
+
+
+def default_folder_name(ref: Any, quant: QuantSettings) -> str:
+    """'SmolLM2-135M-Instruct-nf4' for a model and its settings."""
+    name = Path(str(getattr(ref, "name", "model"))).name.replace("/", "-")
+    return f"{name}-{quant.label()}"
+
+
+class ExportDialog(QDialog):
+    """Pick a folder, save, watch the progress, read the verification result."""
+
+    export_finished = Signal()  # after a result, an error or a cancel is shown
+
+    def __init__(
+        self,
+        ref: Any,
+        quant: QuantSettings,
+        options: LoadOptions,
+        parent: QWidget | None = None,
+        start_dir: Path | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Save quantized model")
+        self.ref, self.quant, self.options = ref, quant, options
+        self.worker: workers.ExportWorker | None = None
+        self.result: Any = None
+        self.error: NibbleError | Exception | None = None
+        start = start_dir or Path.home()
+
+        form = QFormLayout()
+        form.addRow("Model:", QLabel(getattr(ref, "display", str(ref))))
+        form.addRow("Settings:", QLabel(quant.label()))
+        self.folder = QLineEdit(str(start / default_folder_name(ref, quant)))
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.folder, 1)
+        row.addWidget(browse)
+        form.addRow("Save to:", row)
+        self.overwrite = QCheckBox("Replace the folder if it is not empty")
+        form.addRow("", self.overwrite)
+
+        note = QLabel(FRESH_COPY_NOTE)
+        note.setWordWrap(True)
+        note.setObjectName("hint")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+
+        self.buttons = QDialogButtonBox()
+        self.save_button = self.buttons.addButton(
+            "Save", QDialogButtonBox.ButtonRole.AcceptRole
+        )
+        self.save_button.setObjectName("primary")
+        self.open_button = self.buttons.addButton(
+            "Open folder", QDialogButtonBox.ButtonRole.ActionRole
+        )
+        self.open_button.hide()
+        self.close_button = self.buttons.addButton(
+            QDialogButtonBox.StandardButton.Close
+        )
+        self.save_button.clicked.connect(self.start)
+        self.open_button.clicked.connect(self._open_folder)
+        self.close_button.clicked.connect(self.close)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.buttons)
+        self.resize(560, self.sizeHint().height())
+        if not quant.quantized:
+            self.save_button.setEnabled(False)
+            self.status.setText(
+                "These settings load the model unquantized: pick a 4-bit or 8-bit "
+                "preset to save a quantized copy."
+            )
+
+    def _browse(self) -> None:
+        current = Path(self.folder.text()).expanduser()
+        parent = QFileDialog.getExistingDirectory(
+            self, "Save into folder", str(current.parent)
+        )
+        if parent:
+            self.folder.setText(str(Path(parent) / current.name))
+
+    def start(self) -> None:
+        """Start the export in a worker (Save button)."""
+        if self.worker is not None:
+            return
+        self.result = self.error = None
+        self.open_button.hide()
+        self.status.setText("Starting…")
+        self.progress.setRange(0, 0)
+        self.save_button.setEnabled(False)
+        self.folder.setEnabled(False)
+        self.overwrite.setEnabled(False)
+        self.close_button.setText("Cancel")
+        worker = workers.ExportWorker(
+            self.ref,
+            self.quant,
+            self.options,
+            self.folder.text().strip(),
+            self.overwrite.isChecked(),
+        )
+        worker.progressed.connect(self._progressed)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(self._errored)
+        worker.aborted.connect(self._aborted)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        workers.start(worker)
+
+    def _progressed(self, done: int, total: int, message: str) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.status.setText(message)
+
+    def _returned(self, result: Any) -> None:
+        self.result = result
+        self.progress.setValue(self.progress.maximum())
+        self.status.setText(
+            f"Saved to {result.path}.\n{result.verification.summary().capitalize()}; "
+            "a README.md with the code to load it is in the folder."
+        )
+        self.open_button.show()
+
+    def _errored(self, error: Exception) -> None:
+        self.error = error
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        if isinstance(error, NibbleError):
+            text = error.message + (f"\n{error.hint}" if error.hint else "")
+        else:
+            text = f"Saving failed: {type(error).__name__}: {error}"
+        self.status.setText(text)
+
+    def _aborted(self) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status.setText("Cancelled; nothing was written.")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.close_button.setText("Close")
+        self.folder.setEnabled(True)
+        self.overwrite.setEnabled(True)
+        self.save_button.setEnabled(self.result is None)
+        self.export_finished.emit()
+
+    def _open_folder(self) -> None:
+        if self.result is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.result.path)))
+
+    def close(self) -> bool:  # Close / Cancel button and the window's close box
+        if self.worker is not None:
+            self.status.setText("Cancelling…")
+            self.worker.cancel()
+            return False
+        return super().close()
+
+    def reject(self) -> None:  # Escape
+        if not self.close():
+            return
+        super().reject()
+
+    def closeEvent(self, event: Any) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            event.ignore()
+            return
+        super().closeEvent(event)
+
+    def wait(self, timeout_ms: int = 2000) -> bool:
+        """Cancel a running export and wait for its thread (used on quit)."""
+        if self.worker is None:
+            return True
+        return workers.stop_all([self.worker], timeout_ms)
+
+
+class ReportDialog(QDialog):
+    """The reproducibility report, with Copy as Python, Copy Markdown and Save."""
+
+    def __init__(self, data: dict[str, Any], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Nibble report")
+        self.data = data
+        self.markdown = report.to_markdown(data)
+        self.view = QTextBrowser()
+        self.view.setMarkdown(self.markdown)
+        self.view.setOpenExternalLinks(True)
+        buttons = QDialogButtonBox()
+        copy_python = buttons.addButton(
+            "Copy as Python", QDialogButtonBox.ButtonRole.ActionRole
+        )
+        copy_python.setToolTip("The exact from_pretrained call for these settings")
+        copy_md = buttons.addButton(
+            "Copy Markdown", QDialogButtonBox.ButtonRole.ActionRole
+        )
+        save = buttons.addButton("Save…", QDialogButtonBox.ButtonRole.ActionRole)
+        close = buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        copy_python.clicked.connect(self.copy_python)
+        copy_md.clicked.connect(self.copy_markdown)
+        save.clicked.connect(self._save)
+        close.clicked.connect(self.close)
+        self.saved: tuple[Path, Path] | None = None
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.view)
+        layout.addWidget(buttons)
+        self.resize(720, 640)
+
+    def copy_python(self) -> None:
+        QGuiApplication.clipboard().setText(self.data["python"])
+
+    def copy_markdown(self) -> None:
+        QGuiApplication.clipboard().setText(self.markdown)
+
+    def _save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Save report (Markdown and JSON)",
+            str(Path.home() / "nibble-report.md"),
+            "Markdown (*.md)",
+        )
+        if path:
+            self.save_to(Path(path))
+
+    def save_to(self, path: Path) -> tuple[Path, Path]:
+        """Write PATH.md and PATH.json."""
+        self.saved = report.save(self.data, path)
+        return self.saved
+
+
+def report_data(window: Any, stats: Any = None, generation: Any = None) -> dict:
+    """The report for what the window shows now: the loaded model, else the picked one."""
+    loaded = getattr(window, "loaded", None)
+    if loaded is not None:
+        ref, quant, options = loaded.ref, loaded.quant, loaded.options
+        load_report = loaded.report
+        estimate = report.estimate_bytes(ref, quant, options)
+    else:
+        ref = window.selected_ref
+        current = window.current_settings()
+        quant, options = current if current else (QuantSettings(), LoadOptions())
+        load_report = estimate = None
+        stats = generation = None
+    return report.build(
+        report.model_id(ref), quant, options, load_report, estimate, generation, stats
+    )
+
+
+class _CloseGuard(QObject):
+    """Cancels a running export and waits for it when the window closes."""
+
+    def __init__(self, window: QObject, state: dict[str, Any]) -> None:
+        super().__init__(window)
+        self.state = state
+        window.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Close:
+            dialog = self.state.get("dialog")
+            try:
+                if dialog is not None and not dialog.wait():
+                    logger.warning("the export did not stop in time")
+            except RuntimeError:  # the dialog is already deleted
+                pass
+        return False
+
+
+def install_export(window: Any) -> dict[str, QAction]:
+    """Add File ▸ Save quantized model… and Help ▸ Report… to `window`."""
+    state: dict[str, Any] = {"stats": None, "dialog": None}
+    _CloseGuard(window, state)
+
+    def remember(stats: Any) -> None:
+        state["stats"] = stats
+
+    def forget(*_: Any) -> None:
+        state["stats"] = None
+
+    window.generation_finished.connect(remember)
+    window.model_loaded.connect(forget)
+
+    save_action = QAction("Save quantized model…", window)
+    save_action.setShortcut(QKeySequence("Ctrl+Shift+S"))
+    save_action.setStatusTip("Save the selected model, quantized, with a model card")
+
+    def open_export() -> None:
+        current = window.current_settings()
+        if current is None:
+            window.statusBar().showMessage("Fix the settings first", 4000)
+            return
+        quant, options = current
+        dialog = ExportDialog(window.selected_ref, quant, options, window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        state["dialog"] = dialog
+        dialog.show()
+
+    save_action.triggered.connect(open_export)
+    report_action = QAction("Report…", window)
+    report_action.setStatusTip("Settings, versions, hardware and measured numbers")
+
+    def open_report() -> None:
+        generation = None
+        panel = getattr(window, "chat", None)
+        settings = getattr(panel, "generation_settings", None)
+        if callable(settings):
+            try:
+                generation = settings()
+            except NibbleError:
+                generation = None
+        data = report_data(window, state["stats"], generation)
+        dialog = ReportDialog(data, window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+
+    report_action.triggered.connect(open_report)
+    file_menu = window.menu("File")
+    first = file_menu.actions()[0] if file_menu.actions() else None
+    # Before Quit, with the other file actions.
+    quit_action = next(
+        (a for a in file_menu.actions() if a.text().replace("&", "") == "Quit"), None
+    )
+    file_menu.insertAction(quit_action or first, save_action)
+    if quit_action is not None:
+        file_menu.insertSeparator(quit_action)
+    window.menu("Help").addAction(report_action)
+    return {"save": save_action, "report": report_action}
