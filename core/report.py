@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,13 +59,28 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def nibble_version() -> str | None:
+    """Nibble's version: installed metadata, else the pyproject.toml beside the code."""
+    version = package_version("nibble")
+    if version:
+        return version
+    with contextlib.suppress(OSError):
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+        match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        if match:
+            return match.group(1)
+    return None
+
+
 def environment() -> dict[str, Any]:
     """Python, OS and the versions of every library that decides the numbers."""
+    packages = {name: package_version(name) for name in PACKAGES}
+    packages["nibble"] = nibble_version()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "frozen": bool(getattr(sys, "frozen", False)),
-        "packages": {name: package_version(name) for name in PACKAGES},
+        "packages": packages,
     }
 
 
