@@ -1,9 +1,11 @@
 """Every QThread worker of Nibble lives here.
 
 A worker is a QObject moved to its own QThread (wired as superqt's new_worker_qthread):
-thread.started → worker.run, worker.finished → thread.quit, deleteLater on both. `work()`
-runs in the thread; errors cross back as objects through `errored`, cancellation is
-cooperative through `cancel_event`, and `finished` is always emitted last.
+thread.started → worker.run, worker.finished → thread.quit. `work()` runs in the thread;
+errors cross back as objects through `errored`, cancellation is cooperative through
+`cancel_event`, and `finished` is always emitted last. This module keeps every worker and
+its thread alive until the thread has ended, so a view may drop its reference in a
+`finished` slot without freeing an object the thread still uses.
 
 Signal order: started, (progressed | yielded)*, then exactly one of returned / errored /
 aborted, then finished.
@@ -33,6 +35,7 @@ class Worker(QObject):
     errored = Signal(object)
     aborted = Signal()
     finished = Signal()
+    _ended = Signal(object)  # to the keeper, after `finished`
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,13 +71,42 @@ class Worker(QObject):
                 self.returned.emit(result)
         finally:
             self.finished.emit()
+            self._ended.emit(self)
 
 
-_running: set[QThread] = set()
+class _Keeper(QObject):
+    """Owns every started worker and its QThread until the thread has ended.
+
+    Python owns both objects: were the last reference dropped while the thread still
+    runs, the C++ side would be freed under it (a crash, or "QThread: Destroyed while
+    thread is still running"). The keeper lives in the UI thread and lets go only
+    after `QThread.wait()` has returned.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, Worker] = {}
+
+    def keep(self, worker: Worker) -> None:
+        self.live[id(worker)] = worker
+        worker._ended.connect(self.release)
+
+    @Slot(object)
+    def release(self, worker: Worker) -> None:
+        thread = worker.thread_
+        if thread is not None:
+            thread.wait()
+        self.live.pop(id(worker), None)
+
+
+_keeper: _Keeper | None = None
 
 
 def start(worker: Worker) -> QThread:
     """Move `worker` to a new QThread and start it."""
+    global _keeper
+    if _keeper is None:
+        _keeper = _Keeper()
     thread = QThread()
     thread.setObjectName(f"nibble-{type(worker).__name__}")
     worker.moveToThread(thread)
@@ -82,17 +114,15 @@ def start(worker: Worker) -> QThread:
     thread.started.connect(worker.run)
     # quit is thread-safe; a queued call would never run while stop_all() waits.
     worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
-    worker.finished.connect(worker.deleteLater)
-    thread.finished.connect(thread.deleteLater)
-    thread.finished.connect(lambda: _running.discard(thread))
-    _running.add(thread)
+    _keeper.keep(worker)
     thread.start()
     return thread
 
 
 def running_threads() -> list[QThread]:
     """Worker threads that have not finished yet."""
-    return [t for t in list(_running) if _alive(t)]
+    live = list(_keeper.live.values()) if _keeper else []
+    return [w.thread_ for w in live if w.thread_ is not None and _alive(w.thread_)]
 
 
 def stop_all(workers: list[Worker], timeout_ms: int = 2000) -> bool:
