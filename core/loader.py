@@ -254,6 +254,13 @@ def load(
         )
     device_map = resolve_device_map(options)
     on_gpu = device_map != {"": "cpu"}
+    if quant.quantized and quant.llm_int8_enable_fp32_cpu_offload and not on_gpu:
+        # transformers then skips every Linear (the "" device-map key matches them all).
+        raise LoadError(
+            "fp32 CPU offload with the whole model on the CPU would quantize nothing",
+            "turn off llm_int8_enable_fp32_cpu_offload: it is for splitting a model "
+            "between a GPU and the CPU",
+        )
     dtype = resolve_dtype(options, config, on_gpu)
     reporter.emit(0, 0, "Loading tokenizer")
     try:

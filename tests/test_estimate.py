@@ -129,9 +129,8 @@ def test_weights_and_quant_state_equal_true_bytes(
         {"bnb_4bit_quant_storage": "float32", "bnb_4bit_use_double_quant": True},
         {"llm_int8_skip_modules": ["mlp.down_proj"]},
         {"quantize_lm_head": True},
-        {"llm_int8_enable_fp32_cpu_offload": True},
     ],
-    ids=["storage-bf16", "storage-fp32-dq", "skip-down", "lm-head", "cpu-offload"],
+    ids=["storage-bf16", "storage-fp32-dq", "skip-down", "lm-head"],
 )
 def test_settings_that_change_what_is_quantized(
     tiny_models: dict[str, Path], changes: dict[str, object]
@@ -224,8 +223,8 @@ def test_actual_beside_estimate_and_the_unquantized_warning(
     real = estimate.actual(loaded, row)
     assert real.true_bytes == row.model_bytes and real.difference == 0
     assert real.warning == "" and real.torch_allocated_bytes is None
-    # Offload with everything on the CPU: transformers skips every Linear.
-    offload = quant.replace(llm_int8_enable_fp32_cpu_offload=True)
+    # A skip list that names every block: nothing gets quantized.
+    offload = quant.replace(llm_int8_skip_modules=["model.layers"])
     row = estimate.estimate(tiny_models["llama"], offload, options, device=NO_GPU)
     assert row.quantized_modules == 0
     loaded = loader.load(catalog.folder_ref(tiny_models["llama"]), offload, options)

@@ -140,8 +140,8 @@ def test_estimated_vs_actual_and_the_unquantized_warning(qtbot, tiny_dir: Path) 
     text = view.actual_label.text()
     assert "Estimated vs actual" in text and "(exact)" in text
     assert view.warning.isHidden()
-    # fp32 CPU offload with everything on the CPU: nothing gets quantized.
-    offload = quant.replace(llm_int8_enable_fp32_cpu_offload=True)
+    # A skip list that names every block: nothing gets quantized.
+    offload = quant.replace(llm_int8_skip_modules=["model.layers"])
     _wait_table(qtbot, view, lambda: view.set_settings(offload, options))
     loaded = loader.load(catalog.folder_ref(tiny_dir), offload, options)
     _wait_table(qtbot, view, lambda: view.show_loaded(loaded))

@@ -119,6 +119,15 @@ def test_no_cuda_here_is_a_clear_error(tiny_dir: Path) -> None:
         )
 
 
+def test_cpu_offload_on_a_cpu_only_load_is_refused(tiny_dir: Path) -> None:
+    quant = QuantSettings(mode="4bit", llm_int8_enable_fp32_cpu_offload=True)
+    with pytest.raises(LoadError, match="would quantize nothing") as info:
+        loader.load(
+            catalog.resolve(str(tiny_dir)), quant, LoadOptions(device_map="cpu")
+        )
+    assert "llm_int8_enable_fp32_cpu_offload" in info.value.hint
+
+
 def test_already_quantized_model_is_not_quantized_again(
     tmp_path: Path, tiny_dir: Path
 ) -> None:
