@@ -386,9 +386,14 @@ class MainWindow(QMainWindow):
         self.cancel_button.show()
         self.load_label.setText(f"Loading {ref.name} ({quant.label()})…")
         self._update_actions()
-        self.load_started.emit()
         self._tick.start()
+        self.load_started.emit()
         self._track(worker)
+
+    @property
+    def load_worker(self) -> workers.LoadWorker | None:
+        """The LoadWorker of the load in progress, if any."""
+        return self._load_worker
 
     def cancel_load(self) -> None:
         if self._load_worker is not None:

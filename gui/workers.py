@@ -192,19 +192,30 @@ class ImportWorker(Worker):
     Returns a short description of the compute devices ("CPU" or "CUDA: <name>").
     """
 
-    def work(self) -> str:
-        import torch
-        import transformers  # noqa: F401
+    # Modules the first load would otherwise import on the loading thread while the
+    # user waits: every import holds the GIL and stalls the window.
+    MODULES = (
+        "transformers",
+        "bitsandbytes",
+        "accelerate",
+        "safetensors.torch",
+        "transformers.generation",
+        "transformers.modeling_utils",
+    )
 
-        from core import generation, loader
+    def work(self) -> str:
+        import importlib
+
+        import torch
+
+        from core import loader
 
         loader.quiet_libraries()
-        import bitsandbytes  # noqa: F401
+        for name in self.MODULES:
+            importlib.import_module(name)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        # Touch the lazy classes so the first load does not pay for their import.
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-
-        del generation
+        del AutoModelForCausalLM, AutoTokenizer  # resolving them imports their code
         if torch.cuda.is_available():
             return f"CUDA: {torch.cuda.get_device_name(0)}"
         return "CPU"

@@ -1,0 +1,117 @@
+"""Longest gap between event-loop turns while the default model loads and answers.
+
+A 10 ms QTimer probe runs on the UI thread; every gap between two of its ticks
+beyond what was asked is time the window could not repaint or react. Prints max and
+p99 of the tick-to-tick interval for three phases: the background import of torch /
+transformers / bitsandbytes, loading SmolLM2-135M-Instruct in nf4, and a 64-token
+greedy answer streamed into the chat.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROBE_MS = 10
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-bench-")
+    from PySide6.QtCore import QTimer
+
+    from core.session import Session
+    from core.settings import GenerationSettings
+    from gui.app import make_app
+    from gui.main_window import MainWindow
+
+    app = make_app([])
+    window = MainWindow(
+        Session(generation=GenerationSettings(max_new_tokens=64, greedy=True)),
+        auto_start=False,
+        auto_load=False,
+    )
+    gaps: dict[str, list[float]] = {}
+    long_gaps: list[tuple[float, str, str]] = []
+    state = {"phase": "", "last": 0.0, "step": ""}
+
+    def tick() -> None:
+        now = time.perf_counter()
+        if state["phase"]:
+            gap = (now - state["last"]) * 1000
+            gaps.setdefault(state["phase"], []).append(gap)
+            if gap > 50:
+                long_gaps.append((gap, state["phase"], state["step"]))
+        state["last"] = now
+
+    def step(_done: int, _total: int, message: str) -> None:
+        state["step"] = message
+
+    def phase(name: str) -> None:
+        state["phase"] = name
+        state["last"] = time.perf_counter()
+
+    probe = QTimer()
+    probe.setInterval(PROBE_MS)
+    probe.timeout.connect(tick)
+    window.libraries_ready.connect(lambda _d: phase("load"))
+    window.libraries_ready.connect(lambda _d: window.request_load())
+    window.load_started.connect(lambda: window.load_worker.progressed.connect(step))
+
+    def ask(_loaded: object) -> None:
+        phase("generate")
+        state["step"] = ""
+        window.chat.input.setPlainText("What is the capital of France?")
+        window.chat.send()
+
+    window.model_loaded.connect(ask)
+    results: dict[str, object] = {}
+
+    def done(stats: object) -> None:
+        phase("")
+        results["stats"] = stats
+        window.close()
+        app.quit()
+
+    window.generation_finished.connect(done)
+
+    def start() -> None:
+        probe.start()
+        phase("import")
+        window.start_background()
+
+    window.show()
+    QTimer.singleShot(300, start)
+    app.exec()
+    print(f"probe: {PROBE_MS} ms QTimer on the UI thread; interval between ticks")
+    for name in ("import", "load", "generate"):
+        values = gaps.get(name, [])
+        if not values:
+            continue
+        print(
+            f"{name:9} max {max(values):6.1f} ms   p99 {percentile(values, 0.99):6.1f} ms"
+            f"   ({len(values)} ticks)"
+        )
+    for gap, name, where in sorted(long_gaps, reverse=True)[:5]:
+        print(
+            f"  gap over 50 ms: {gap:.0f} ms in {name}"
+            + (f" ({where})" if where else "")
+        )
+    stats = results.get("stats")
+    if stats is not None:
+        print(f"answer: {stats.summary()}")
+
+
+if __name__ == "__main__":
+    main()
