@@ -54,7 +54,7 @@ def main() -> None:
             print(
                 f"{row.name:10} {format_seconds(row.row_s):>10} "
                 f"{format_seconds(row.load_s):>8} {format_bytes(row.peak_rss_bytes):>10}"
-                f"  {row.answer}"
+                f"  {compare.one_line(row.answer)}"
             )
         else:
             print(f"{row.name:10} failed: {row.error}")

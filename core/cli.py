@@ -346,7 +346,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print()
     for row in result.rows:
         if row.ok:
-            print(f"{row.name}: {row.answer}")
+            print(f"{row.name}: {compare.one_line(row.answer)}")
     print(
         f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
         f"{result.rows[0].eval_tokens or 0} evaluation tokens]",

@@ -431,7 +431,9 @@ def seed_table(result: CompareResult) -> list[dict[str, str]]:
                 best.append("a balance of memory and accuracy")
             else:
                 better = _dominator(row, done)
-                best.append(f"nothing here: {better} is smaller and more accurate")
+                best.append(
+                    f"nothing here: {better} has lower perplexity in no more memory"
+                )
         text = "; ".join(best)
         cells["Best for"] = text[0].upper() + text[1:]
         table.append(cells)
@@ -477,9 +479,15 @@ def _dominator(row: RowResult, done: Sequence[RowResult]) -> str:
             and row.perplexity is not None
             and s.true_bytes <= row.true_bytes
             and s.perplexity <= row.perplexity
+            and (s.true_bytes < row.true_bytes or s.perplexity < row.perplexity)
         ):
             return s.name
     return "another row"
+
+
+def one_line(text: str | None) -> str:
+    """An answer on one line, for tables."""
+    return " ".join((text or "").split())
 
 
 def format_table(result: CompareResult) -> str:
@@ -782,6 +790,9 @@ def measure_generation(
     )
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     prompt_len = int(inputs["input_ids"].shape[1])
+    limit = generation.context_length(model)
+    if limit is not None:
+        new_tokens = max(min(new_tokens, limit - prompt_len), 1)
     stamps: list[float] = []
 
     class _Clock(BaseStreamer):
@@ -801,11 +812,12 @@ def measure_generation(
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
     config = copy.deepcopy(model.generation_config)
-    config.eos_token_id = None
+    # None would fall back to the model's own eos; an empty list means none.
+    config.eos_token_id = []
     config.pad_token_id = tokenizer.pad_token_id or next(iter(eos_ids), 0)
     config.do_sample = False
     config.temperature = config.top_p = config.top_k = None
-    config.max_new_tokens = config.min_new_tokens = new_tokens
+    config.max_new_tokens = new_tokens  # with no eos, exactly this many
     config.max_length = None
     started = time.perf_counter()
     with torch.inference_mode():

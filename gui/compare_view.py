@@ -382,7 +382,7 @@ class CompareView(QWidget):
                     _num(r.perplexity, "{:.3f}"),
                     _num(r.kl_vs_baseline, "{:.5f}"),
                     _num(r.top1_agreement, "{:.1%}"),
-                    r.answer or "",
+                    compare.one_line(r.answer),
                 ]
             )
         _fill(self.table, cells)
