@@ -524,6 +524,24 @@ def format_table(result: CompareResult) -> str:
     return _grid(headers, lines)
 
 
+def seed_markdown(result: CompareResult) -> str:
+    """The seed table as Markdown, with the model and the text it was measured on."""
+    lines = [
+        "| " + " | ".join(SEED_COLUMNS) + " |",
+        "|" + "|".join(" --- " for _ in SEED_COLUMNS) + "|",
+    ]
+    for cells in seed_table(result):
+        text = (cells[c].replace("|", "\\|") for c in SEED_COLUMNS)
+        lines.append("| " + " | ".join(text) + " |")
+    source = result.config.get("eval_source", EVAL_SOURCE)
+    lines.append("")
+    lines.append(
+        f"Measured on {result.model}; memory is the model's true size in memory, "
+        f"accuracy is against the first row on {source}."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def format_seed_table(result: CompareResult) -> str:
     rows = [[cells[c] for c in SEED_COLUMNS] for cells in seed_table(result)]
     return _grid(list(SEED_COLUMNS), rows)

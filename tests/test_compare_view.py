@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PySide6.QtGui import QImage
+from PySide6.QtGui import QGuiApplication, QImage
 
 from core import catalog, compare
 from core.errors import LoadError
@@ -106,6 +106,10 @@ def test_a_run_fills_table_charts_seed_table_and_exports(
     assert view.seed.rowCount() == 3
     assert view.seed.item(0, 4).text().startswith("The reference")
     assert view.answers.item(1, 2).text() == result.rows[0].answer
+    markdown = view.copy_seed_markdown()
+    assert markdown.startswith("| Method | Bits | Memory savings |")
+    assert QGuiApplication.clipboard().text() == markdown
+    assert markdown.count("\n| ") == 4
     assert view.progress.value() == 3
     assert view.export_csv_button.isEnabled()
 
