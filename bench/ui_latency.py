@@ -103,11 +103,10 @@ def main() -> None:
             f"{name:9} max {max(values):6.1f} ms   p99 {percentile(values, 0.99):6.1f} ms"
             f"   ({len(values)} ticks)"
         )
-    for gap, name, where in sorted(long_gaps, reverse=True)[:5]:
-        print(
-            f"  gap over 50 ms: {gap:.0f} ms in {name}"
-            + (f" ({where})" if where else "")
-        )
+    for name in ("load", "generate"):
+        over = sorted((g for g in long_gaps if g[1] == name), reverse=True)
+        for gap, _, where in over[:3]:
+            print(f"  {name} gap over 50 ms: {gap:.0f} ms ({where or 'no step'})")
     stats = results.get("stats")
     if stats is not None:
         print(f"answer: {stats.summary()}")

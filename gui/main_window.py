@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPaintEvent
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
@@ -51,7 +51,7 @@ from core.errors import NibbleError
 from core.paths import config_dir
 from core.settings import LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
-from gui import workers
+from gui import dialogs, workers
 from gui.chat_view import ChatView
 from gui.model_picker import ModelPicker
 from gui.settings_panel import SettingsPanel
@@ -104,6 +104,7 @@ class MainWindow(QMainWindow):
         self._menus: dict[str, QMenu] = {}
         self._build()
         self._restore()
+        self.installEventFilter(self)
         if notice:
             QTimer.singleShot(0, self, lambda: self.show_notice(notice))
 
@@ -167,9 +168,18 @@ class MainWindow(QMainWindow):
         self.device_status = QLabel("Loading libraries…")
         self.size_status = QLabel()
         self.speed_status = QLabel()
-        for widget in (self.model_status, self.device_status, self.size_status):
+        self.speed_status.setMinimumWidth(80)
+        self.statusBar().setStyleSheet("QStatusBar::item { border: none; }")
+        for widget in (
+            self.model_status,
+            self.device_status,
+            self.size_status,
+            self.speed_status,
+        ):
+            widget.setContentsMargins(8, 0, 8, 0)
+            if widget is not self.model_status:
+                self.statusBar().addPermanentWidget(_separator())
             self.statusBar().addPermanentWidget(widget)
-        self.statusBar().addPermanentWidget(self.speed_status)
         self._tick = QTimer(self)
         self._tick.setInterval(250)
         self._tick.timeout.connect(self._on_tick)
@@ -243,10 +253,11 @@ class MainWindow(QMainWindow):
         self.estimate_holder.show()
 
     def add_status_widget(self, widget: QWidget) -> None:
-        """Add a permanent widget to the status bar (left of the speed)."""
-        self.statusBar().insertPermanentWidget(
-            self.statusBar().layout().count() - 1, widget
-        )
+        """Add a permanent widget to the status bar, left of the model name."""
+        bar = self.statusBar()
+        index = bar.layout().indexOf(self.model_status)
+        bar.insertPermanentWidget(max(index - 1, 0), widget)
+        bar.insertPermanentWidget(max(index, 0), _separator())
 
     def current_settings(self) -> tuple[QuantSettings, LoadOptions] | None:
         """The panel's settings, or None while they are invalid."""
@@ -278,14 +289,17 @@ class MainWindow(QMainWindow):
             self.splitter.restoreState(splitter)
         self._update_actions()
 
-    def paintEvent(self, event: QPaintEvent) -> None:
-        super().paintEvent(event)
-        if not self._painted:
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # Watches only for the first paint, then removes itself so that no later
+        # paint needs Python (or the GIL a loading thread may hold).
+        if watched is self and event.type() == QEvent.Type.Paint and not self._painted:
             self._painted = True
+            self.removeEventFilter(self)
             self.first_painted.emit()
             if self._auto_start:
                 # Heavy imports only after the window is on screen.
                 QTimer.singleShot(0, self, self.start_background)
+        return super().eventFilter(watched, event)
 
     def start_background(self) -> None:
         """Import the ML libraries and scan the model catalog in worker threads."""
@@ -580,34 +594,13 @@ class MainWindow(QMainWindow):
     # -- errors and notices --
     def show_error(self, exc: BaseException, title: str = "Error") -> None:
         """Message + hint; the traceback only behind Details. Never blocks."""
-        if isinstance(exc, NibbleError):
-            error = exc
-        else:
-            error = NibbleError(
-                f"{type(exc).__name__}: {exc}", "see Details for the traceback"
-            )
-        self.last_error = error
-        logger.info("%s: %s", title, error)
-        box = QMessageBox(self)
-        box.setIcon(QMessageBox.Icon.Warning)
-        box.setWindowTitle(title)
-        box.setText(error.message)
-        if error.hint:
-            box.setInformativeText(f"Hint: {error.hint}")
-        details = "".join(traceback.format_exception(exc)) if exc.__traceback__ else ""
-        if exc.__cause__ is not None and exc.__cause__.__traceback__:
-            details = "".join(traceback.format_exception(exc.__cause__)) + details
-        if details:
-            box.setDetailedText(details)
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.open()
-        self.error_box = box
+        self.last_error = dialogs.as_nibble_error(exc)
+        logger.info("%s: %s", title, self.last_error)
+        self.error_box = dialogs.error_box(self, exc, title)
 
     def show_notice(self, text: str) -> None:
         self.statusBar().showMessage(text, 15000)
-        box = QMessageBox(QMessageBox.Icon.Information, "Nibble", text, parent=self)
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.open()
+        dialogs.notice_box(self, text)
 
     def _about(self) -> None:
         QMessageBox.about(
@@ -656,3 +649,10 @@ class MainWindow(QMainWindow):
             loader.unload(self.loaded)
             self.loaded = None
         event.accept()
+
+
+def _separator() -> QFrame:
+    line = QFrame()
+    line.setFrameShape(QFrame.Shape.VLine)
+    line.setFrameShadow(QFrame.Shadow.Sunken)
+    return line

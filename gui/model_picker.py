@@ -9,6 +9,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -85,7 +86,10 @@ class ModelPicker(QWidget):
         row.addWidget(self.hub_edit, 1)
         row.addWidget(self.hub_button)
         layout.addLayout(row)
-        self.tree.setColumnWidth(0, 190)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
 
     # -- content --
     def _placeholder(self, section: QTreeWidgetItem, text: str) -> None:
