@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtGui import QGuiApplication, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -51,13 +51,25 @@ def render_html(text: str) -> str:
         out.append(_render_prose(text[pos : match.start()]))
         code = html.escape(match.group(1).rstrip("\n"))
         out.append(
-            "<table width='100%' cellpadding='6' class='code'><tr><td>"
-            f"<pre style='font-family: monospace; margin: 0'>{code}</pre>"
+            f"<table width='100%' cellpadding='8' bgcolor='{_code_background()}'>"
+            f"<tr><td><pre style='font-family: monospace; margin: 0'>{code}</pre>"
             "</td></tr></table>"
         )
         pos = match.end()
     out.append(_render_prose(text[pos:]))
     return "".join(out)
+
+
+def _code_background() -> str:
+    """A shade between the window and the base colour, readable in light and dark."""
+    palette = QGuiApplication.palette()
+    base = palette.color(QPalette.ColorRole.Base)
+    window = palette.color(QPalette.ColorRole.Window)
+    mixed = [
+        (a + b) // 2
+        for a, b in zip(base.getRgb()[:3], window.getRgb()[:3], strict=True)
+    ]
+    return "#{:02x}{:02x}{:02x}".format(*mixed)
 
 
 def _render_prose(text: str) -> str:

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -143,8 +143,14 @@ class MainWindow(QMainWindow):
         middle = QWidget()
         column = QVBoxLayout(middle)
         column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(scroll, 1)
-        column.addWidget(self.estimate_holder)
+        # The estimate shares the column with the settings; the user sets the split.
+        self.middle_splitter = QSplitter(Qt.Orientation.Vertical)
+        self.middle_splitter.setChildrenCollapsible(False)
+        self.middle_splitter.addWidget(scroll)
+        self.middle_splitter.addWidget(self.estimate_holder)
+        self.middle_splitter.setStretchFactor(0, 3)
+        self.middle_splitter.setStretchFactor(1, 2)
+        column.addWidget(self.middle_splitter, 1)
         column.addWidget(self.load_label)
         column.addLayout(load_row)
 
@@ -160,7 +166,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 0)
         self.splitter.setStretchFactor(2, 1)
-        self.splitter.setSizes([260, 400, 740])
+        self.splitter.setSizes([280, 430, 690])
         self.splitter.setContentsMargins(6, 6, 6, 0)
         self.setCentralWidget(self.splitter)
 
@@ -284,9 +290,13 @@ class MainWindow(QMainWindow):
         geometry = qs.value("geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
-        splitter = qs.value("splitter")
-        if splitter is not None:
-            self.splitter.restoreState(splitter)
+        for key, splitter in (
+            ("splitter", self.splitter),
+            ("middle_splitter", self.middle_splitter),
+        ):
+            state = qs.value(key)
+            if state is not None:
+                splitter.restoreState(state)
         self._update_actions()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
@@ -637,6 +647,7 @@ class MainWindow(QMainWindow):
         qs = self._qsettings()
         qs.setValue("geometry", self.saveGeometry())
         qs.setValue("splitter", self.splitter.saveState())
+        qs.setValue("middle_splitter", self.middle_splitter.saveState())
         qs.sync()
         self._save_session()
         pending = self.running_workers()
@@ -654,5 +665,6 @@ class MainWindow(QMainWindow):
 def _separator() -> QFrame:
     line = QFrame()
     line.setFrameShape(QFrame.Shape.VLine)
-    line.setFrameShadow(QFrame.Shadow.Sunken)
+    line.setFrameShadow(QFrame.Shadow.Plain)
+    line.setForegroundRole(QPalette.ColorRole.Mid)
     return line

@@ -76,7 +76,7 @@ class ModelPicker(QWidget):
         layout.addWidget(self.open_button)
         row = QHBoxLayout()
         self.hub_edit = QLineEdit()
-        self.hub_edit.setPlaceholderText("Hub id, e.g. Qwen/Qwen2.5-0.5B")
+        self.hub_edit.setPlaceholderText("Hub id: org/name")
         self.hub_edit.setToolTip(
             "A Hugging Face model id; the cached copy is used when there is one"
         )
