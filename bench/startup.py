@@ -71,7 +71,8 @@ def main() -> None:
         )
         one_run(env)  # warm the OS file cache; not counted
         times = [one_run(env) for _ in range(RUNS)]
-    print(f"platform: {env.get('QT_QPA_PLATFORM', 'native display')}")
+    where = env.get("QT_QPA_PLATFORM") or f"X display {env.get('DISPLAY', '')}"
+    print(f"platform: {where}")
     print(
         f"process start → first paint: median {statistics.median(times) * 1000:.0f} ms "
         f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f}, {RUNS} runs)"
