@@ -23,7 +23,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--eval-tokens", type=int, default=None)
     parser.add_argument("--save", default=None)
+    parser.add_argument(
+        "--check-kl",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: compare the top-256 KL with the full-vocabulary KL on N tokens",
+    )
     args = parser.parse_args()
+    if args.check_kl:
+        check_kl(args.check_kl)
+        return
     config = compare.CompareConfig(new_tokens=args.tokens, eval_tokens=args.eval_tokens)
     last = {"row": -1}
 
@@ -63,6 +73,37 @@ def main() -> None:
     print(f"\ntotal: {wall:.1f} s for {len(result.rows)} rows")
     if args.save:
         result.save_json(args.save)
+
+
+def check_kl(tokens: int) -> None:
+    """How far the stored top-256 + rest KL is from the full-vocabulary KL (fp32 → nf4)."""
+    import torch
+
+    from core import loader, measure
+    from core.settings import preset
+
+    ref = catalog.resolve("default")
+    logps, kls = {}, {}
+    reference = None
+    for name in ("fp32", "nf4"):
+        chosen = preset(name)
+        loaded = loader.load(ref, chosen.quant, chosen.load_options())
+        ids = compare.tokenize_eval(
+            loaded.tokenizer, compare.CompareConfig(eval_tokens=tokens)
+        )
+        with torch.inference_mode():
+            logits = loaded.model(ids).logits[0, :-1].float()
+        logps[name] = torch.log_softmax(logits, dim=-1)
+        _, reference, kls[name], _ = measure.evaluate(
+            loaded.model, ids, reference, window=tokens, stride=tokens
+        )
+        loader.unload(loaded)
+    p, q = logps["fp32"], logps["nf4"]
+    full = float((p.exp() * (p - q)).sum(-1).mean())
+    print(
+        f"nf4 vs fp32 on {tokens} tokens: full-vocabulary KL {full:.5f}, "
+        f"top-256 + rest KL {kls['nf4']:.5f} ({kls['nf4'] / full:.2%} of it)"
+    )
 
 
 if __name__ == "__main__":

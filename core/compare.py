@@ -7,10 +7,8 @@ on the bundled evaluation text (strided windows), KL divergence and top-1 agreem
 the next-token distributions against the first (baseline) row, and the answer to a
 fixed prompt.
 
-The baseline's distributions are kept in memory between rows as their top-K log-probs
-plus one bucket for the rest of the vocabulary (about 9 MB for the bundled text), so the
-KL is taken over K + 1 outcomes: a lower bound on the full-vocabulary KL that misses only
-the divergence inside the baseline's unlikely tail.
+The baseline's distributions stay in memory between rows (core.measure says how they
+are kept and what the KL covers).
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import io
 import json
 import logging
 import math
-import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from core import loader
+from core import loader, measure
 from core.catalog import ModelRef
 from core.errors import CancelledError, NibbleError, SettingsError
 from core.settings import (
@@ -559,304 +556,7 @@ def _grid(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in out)
 
 
-# -- measuring --
-
-
-def environment() -> dict[str, Any]:
-    """Library versions, CPU, GPUs and driver: what a row needs to be reproduced."""
-    from importlib import metadata
-
-    import psutil
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": psutil.cpu_count(logical=True),
-        "ram_bytes": psutil.virtual_memory().total,
-    }
-    for name in ("nibble", "torch", "transformers", "bitsandbytes", "accelerate"):
-        try:
-            env[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            env[name] = None
-    env["cuda"], env["gpus"], env["driver"] = None, [], None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            env["cuda"] = torch.version.cuda
-            env["gpus"] = [
-                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
-            ]
-    except Exception as exc:  # a broken CUDA install still gets its row data
-        logger.debug("no CUDA info: %s", exc)
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            env["driver"] = driver.decode() if isinstance(driver, bytes) else driver
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as exc:  # no NVIDIA driver: a normal state
-        logger.debug("no NVML: %s", exc)
-    return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-class PeakMemory:
-    """Samples the process RSS in a background thread (and CUDA peak) while open."""
-
-    def __init__(self, interval_s: float = 0.01) -> None:
-        import psutil
-
-        self.interval_s = interval_s
-        self.process = psutil.Process()
-        self.before = 0
-        self.peak_rss = 0
-        self.peak_vram: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._cuda = False
-
-    def _sample(self) -> None:
-        rss = self.process.memory_info().rss
-        if rss > self.peak_rss:
-            self.peak_rss = rss
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        self._cuda = torch.cuda.is_available()
-        if self._cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        self.before = self.process.memory_info().rss
-        self.peak_rss = self.before
-        self._thread = threading.Thread(
-            target=self._loop, name="nibble-rss", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._sample()
-        if self._cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            self.peak_vram = int(torch.cuda.max_memory_allocated())
-
-
-@dataclass
-class Reference:
-    """The baseline's next-token distributions on the eval text (top-K + rest)."""
-
-    top_logp: Any  # [N, K] float32
-    top_ids: Any  # [N, K] int32
-    rest_logp: Any  # [N] float32, log of the mass outside the top K
-    argmax: Any  # [N] int64
-
-
-def _rest_logp(top_logp: Any) -> Any:
-    import torch
-
-    mass = torch.logsumexp(top_logp, dim=-1).clamp(max=0.0)
-    return torch.log(-torch.expm1(mass))
-
-
-def evaluate(
-    model: Any,
-    input_ids: Any,
-    config: CompareConfig,
-    reference: Reference | None,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> tuple[float, Reference, float | None, float | None]:
-    """Perplexity over strided windows, and KL / top-1 agreement against `reference`.
-
-    Every token after the first is scored exactly once, with up to `window - stride`
-    tokens of context from the previous window. With no reference, this run's own
-    distributions become it (and its KL is 0 and its agreement 1 by construction).
-
-    Returns
-    -------
-    perplexity, the reference, mean KL(reference || this), top-1 agreement
-    """
-    import torch
-
-    n = int(input_ids.shape[1])
-    limit = _context_length(model)
-    window = min(config.window, limit) if limit else config.window
-    stride = min(config.stride, window)
-    starts = list(range(0, max(n - 1, 1), stride))
-    nll_sum, count = 0.0, 0
-    tops, ids, rests, argmaxes = [], [], [], []
-    kl_sum, agree = 0.0, 0
-    prev_end = 1  # token 0 has nothing before it to predict it from
-    device = model.device
-    for i, begin in enumerate(starts):
-        if cancel is not None and cancel.is_set():
-            raise CancelledError("Comparison cancelled")
-        end = min(begin + window, n)
-        if end <= prev_end:
-            break
-        chunk = input_ids[:, begin:end].to(device)
-        with torch.inference_mode():
-            logits = model(chunk).logits[0].float()
-        # logits[t] predicts token begin + t + 1; score only targets not seen yet.
-        first = prev_end - begin - 1
-        logp = torch.log_softmax(logits[first : end - begin - 1], dim=-1).cpu()
-        targets = input_ids[0, prev_end:end]
-        nll_sum -= float(logp.gather(1, targets[:, None]).sum())
-        count += int(targets.numel())
-        top_logp, top_ids = torch.topk(logp, min(config.top_k, logp.shape[-1]), dim=-1)
-        rest = _rest_logp(top_logp).clamp(min=-100.0)
-        top = logp.argmax(dim=-1)
-        if reference is None:
-            p_top, p_ids, p_rest, p_arg = top_logp, top_ids, rest, top
-            tops.append(top_logp)
-            ids.append(top_ids.to(torch.int32))
-            rests.append(rest)
-            argmaxes.append(top)
-        else:
-            sl = slice(count - int(targets.numel()), count)
-            p_top, p_ids = reference.top_logp[sl], reference.top_ids[sl].long()
-            p_rest, p_arg = reference.rest_logp[sl], reference.argmax[sl]
-        q_top = logp.gather(1, p_ids)
-        q_rest = _rest_logp(q_top).clamp(min=-100.0)
-        kl = (p_top.exp() * (p_top - q_top)).sum(-1)
-        p_rest_prob = p_rest.exp()
-        kl += torch.where(
-            p_rest_prob > 0, p_rest_prob * (p_rest - q_rest), torch.zeros_like(kl)
-        )
-        kl_sum += float(kl.sum())
-        agree += int((top == p_arg).sum())
-        prev_end = end
-        del logits, logp
-        if progress is not None:
-            progress(i + 1, len(starts))
-        if end == n:
-            break
-    if count == 0:
-        raise NibbleError(
-            "the evaluation text is too short to score",
-            "use at least 16 tokens of text",
-        )
-    if reference is None:
-        reference = Reference(
-            torch.cat(tops), torch.cat(ids), torch.cat(rests), torch.cat(argmaxes)
-        )
-    elif int(reference.argmax.shape[0]) != count:
-        raise NibbleError(
-            f"this row scored {count} tokens, the baseline {reference.argmax.shape[0]}",
-            "compare settings of one model only: the tokenizer must not change",
-        )
-    perplexity = math.exp(nll_sum / count)
-    return perplexity, reference, max(kl_sum / count, 0.0), agree / count
-
-
-def _context_length(model: Any) -> int | None:
-    from core.generation import context_length
-
-    return context_length(model)
-
-
-def measure_generation(
-    loaded: loader.LoadedModel,
-    prompt: str,
-    new_tokens: int,
-    cancel: threading.Event | None = None,
-) -> tuple[str, float | None, float | None, int]:
-    """Greedy decode exactly `new_tokens` tokens: (answer, TTFT s, tok/s, tokens).
-
-    End-of-sequence does not stop the run, so every row decodes the same count; the
-    answer is the text up to the first end-of-sequence token, as a chat would show it.
-    """
-    import copy
-
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-    from transformers.generation.streamers import BaseStreamer
-
-    from core import generation
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    text = generation.build_prompt(tokenizer, prompt)
-    inputs = tokenizer(
-        text,
-        return_tensors="pt",
-        add_special_tokens=not generation.has_chat_template(tokenizer),
-    )
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
-    prompt_len = int(inputs["input_ids"].shape[1])
-    limit = generation.context_length(model)
-    if limit is not None:
-        new_tokens = max(min(new_tokens, limit - prompt_len), 1)
-    stamps: list[float] = []
-
-    class _Clock(BaseStreamer):
-        def put(self, value: Any) -> None:
-            stamps.append(time.perf_counter())
-
-        def end(self) -> None:
-            pass
-
-    class _Cancel(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            flag = cancel is not None and cancel.is_set()
-            return torch.full((input_ids.shape[0],), flag, dtype=torch.bool)
-
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
-    config = copy.deepcopy(model.generation_config)
-    # None would fall back to the model's own eos; an empty list means none.
-    config.eos_token_id = []
-    config.pad_token_id = tokenizer.pad_token_id or next(iter(eos_ids), 0)
-    config.do_sample = False
-    config.temperature = config.top_p = config.top_k = None
-    config.max_new_tokens = new_tokens  # with no eos, exactly this many
-    config.max_length = None
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(
-            **inputs,
-            generation_config=config,
-            streamer=_Clock(),
-            stopping_criteria=StoppingCriteriaList([_Cancel()]),
-        )
-    ended = time.perf_counter()
-    if cancel is not None and cancel.is_set():
-        raise CancelledError("Comparison cancelled")
-    new = out[0, prompt_len:].tolist()
-    cut = next((i for i, t in enumerate(new) if t in eos_ids), len(new))
-    answer = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
-    # stamps[0] is the prompt, stamps[1] the first new token.
-    ttft = stamps[1] - started if len(stamps) > 1 else None
-    speed = None
-    if len(stamps) > 2 and ended > stamps[1]:
-        speed = (len(stamps) - 2) / (stamps[-1] - stamps[1])
-    return answer, ttft, speed, len(new)
+# -- running --
 
 
 def _bits(spec: RowSpec, report: loader.LoadReport) -> int:
@@ -873,10 +573,10 @@ def run_row(
     ref: ModelRef,
     spec: RowSpec,
     config: CompareConfig,
-    reference: Reference | None,
+    reference: measure.Reference | None,
     progress: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
-) -> tuple[RowResult, Reference]:
+) -> tuple[RowResult, measure.Reference]:
     """Load, measure and unload one row. Raises on failure; the caller records it.
 
     With no `reference`, this row's distributions on the evaluation text become it.
@@ -890,7 +590,7 @@ def run_row(
         say(f"{message} {done}/{total}" if total else message)
 
     try:
-        with PeakMemory() as peak:
+        with measure.PeakMemory() as peak:
             loaded = loader.load(ref, spec.quant, spec.options, on_load, cancel)
         report = loaded.report
         row.load_s = report.load_s
@@ -904,16 +604,23 @@ def run_row(
         row.bits = _bits(spec, report)
         row.warnings = list(report.warnings)
         say("Answering the prompt")
-        row.answer, row.ttft_s, row.tokens_per_s, row.new_tokens = measure_generation(
-            loaded, config.prompt, config.new_tokens, cancel
+        row.answer, row.ttft_s, row.tokens_per_s, row.new_tokens = (
+            measure.measure_generation(loaded, config.prompt, config.new_tokens, cancel)
         )
 
         def on_window(done: int, total: int) -> None:
             say(f"Perplexity window {done}/{total}")
 
         input_ids = tokenize_eval(loaded.tokenizer, config)
-        row.perplexity, reference, kl, agree = evaluate(
-            loaded.model, input_ids, config, reference, on_window, cancel
+        row.perplexity, reference, kl, agree = measure.evaluate(
+            loaded.model,
+            input_ids,
+            reference,
+            config.window,
+            config.stride,
+            config.top_k,
+            on_window,
+            cancel,
         )
         row.eval_tokens = int(reference.argmax.shape[0])
         row.kl_vs_baseline, row.top1_agreement = kl, agree
@@ -972,9 +679,9 @@ def run(
     started = time.perf_counter()
     report = progress or (lambda done, total, message: None)
     n = len(specs)
-    env = environment()
+    env = measure.environment()
     results: list[RowResult] = []
-    reference: Reference | None = None
+    reference: measure.Reference | None = None
     for i, spec in enumerate(specs):
         if cancel is not None and cancel.is_set():
             raise CancelledError("Comparison cancelled")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import catalog, cli, compare, loader
+from core import catalog, cli, compare, loader, measure
 from core.errors import CancelledError, LoadError, SettingsError
 from core.settings import LoadOptions, QuantSettings
 
@@ -128,14 +128,15 @@ def test_strided_perplexity_scores_every_token_once(tiny_ref: catalog.ModelRef) 
     try:
         ids = compare.tokenize_eval(loaded.tokenizer, FAST)
         assert ids.shape[1] == 96
-        whole = compare.CompareConfig(eval_tokens=96, window=128, stride=128)
-        ppl, ref, kl, agree = compare.evaluate(loaded.model, ids, whole, None)
+        ppl, ref, kl, agree = measure.evaluate(
+            loaded.model, ids, window=128, stride=128
+        )
         logp = _log_probs(loaded.model, ids)
         nll = -logp[:-1].gather(1, ids[0, 1:, None]).mean()
         assert ppl == pytest.approx(math.exp(float(nll)), rel=1e-5)
         assert ref.argmax.shape[0] == 95
         assert kl == 0.0 and agree == 1.0
-        strided, ref2, _, _ = compare.evaluate(loaded.model, ids, FAST, None)
+        strided, ref2, _, _ = measure.evaluate(loaded.model, ids, window=64, stride=32)
         assert ref2.argmax.shape[0] == 95
         assert math.isfinite(strided) and strided > 1
     finally:
@@ -149,12 +150,10 @@ def test_kl_matches_the_full_vocabulary_kl_and_bounds_it_from_below(
     try:
         model = loaded.model
         ids = compare.tokenize_eval(loaded.tokenizer, FAST)
-        cfg = compare.CompareConfig(eval_tokens=96, window=128, stride=128)
-        every = compare.CompareConfig(
-            eval_tokens=96, window=128, stride=128, top_k=49152
-        )
-        _, ref_top, _, _ = compare.evaluate(model, ids, cfg, None)
-        _, ref_all, _, _ = compare.evaluate(model, ids, every, None)
+        top = {"window": 128, "stride": 128, "top_k": 256}
+        every = {"window": 128, "stride": 128, "top_k": 49152}
+        _, ref_top, _, _ = measure.evaluate(model, ids, **top)
+        _, ref_all, _, _ = measure.evaluate(model, ids, **every)
         p = _log_probs(model, ids)[:-1]
         with torch.no_grad():
             for param in model.parameters():
@@ -162,8 +161,8 @@ def test_kl_matches_the_full_vocabulary_kl_and_bounds_it_from_below(
         q = _log_probs(model, ids)[:-1]
         full_kl = float((p.exp() * (p - q)).sum(-1).mean())
         agree = float((p.argmax(-1) == q.argmax(-1)).float().mean())
-        _, _, kl_all, agree_all = compare.evaluate(model, ids, every, ref_all)
-        _, _, kl_top, agree_top = compare.evaluate(model, ids, cfg, ref_top)
+        _, _, kl_all, agree_all = measure.evaluate(model, ids, ref_all, **every)
+        _, _, kl_top, agree_top = measure.evaluate(model, ids, ref_top, **top)
         assert kl_all == pytest.approx(full_kl, rel=1e-3)
         assert 0 < kl_top <= kl_all * (1 + 1e-6)
         assert agree_all == pytest.approx(agree) and agree_top == pytest.approx(agree)
