@@ -91,6 +91,8 @@ def apply_theme(app: QApplication) -> None:
     scheme = QGuiApplication.styleHints().colorScheme()
     if theme == "dark" or (theme == "system" and scheme == Qt.ColorScheme.Dark):
         app.setPalette(dark_palette())
+    elif theme == "light":
+        app.setPalette(app.style().standardPalette())
     app.setStyleSheet(STYLE)
 
 

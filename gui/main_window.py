@@ -651,8 +651,13 @@ class MainWindow(QMainWindow):
         qs.sync()
         self._save_session()
         pending = self.running_workers()
-        if pending and not workers.stop_all(pending, CLOSE_WAIT_MS):
-            logger.warning("some work did not stop within %d ms", CLOSE_WAIT_MS)
+        for worker in pending:
+            worker.cancel()
+        deadline = time.monotonic() + CLOSE_WAIT_MS / 1000
+        for worker in pending:  # one deadline for all, not CLOSE_WAIT_MS each
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not workers.stop_all([worker], left_ms):
+                logger.warning("%s did not stop in time", type(worker).__name__)
         self._tick.stop()
         if self.loaded is not None and not pending:
             from core import loader

@@ -146,6 +146,8 @@ def test_answer_streams_into_chat(window, recorders, qtbot):
     assert stats.new_tokens > 0
     assert answer.stats_label.text() == stats.summary()
     assert "tok/s" in answer.stats_label.text()
+    # `finished` comes from the worker thread right after `returned`.
+    qtbot.waitUntil(lambda: "finished" in recorders["generate"][-1].names())
     assert recorders["generate"][-1].names()[-2:] == ["returned", "finished"]
     assert chat.send_button.text() == "Send"
 
