@@ -233,7 +233,7 @@ def test_close_during_generation_exits_cleanly(window, qtbot):
     started = time.monotonic()
     window.close()
     assert time.monotonic() - started < 2.5
-    assert wait_threads(1.0) == []
+    assert wait_threads(10.0) == []  # a token can take seconds on a busy machine
 
 
 @pytest.mark.slow
@@ -251,7 +251,7 @@ def test_close_during_load_exits_cleanly(qtbot, config_dir):
     started = time.monotonic()
     win.close()
     assert time.monotonic() - started < 2.5
-    assert wait_threads(1.0) == []
+    assert wait_threads(10.0) == []  # a token can take seconds on a busy machine
     assert win.loaded is None
 
 
