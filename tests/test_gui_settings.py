@@ -12,7 +12,7 @@ from core.settings import (
     QuantSettings,
 )
 from gui.settings_panel import ModuleListEdit, SettingsPanel
-from tests.gui_helpers import no_dangling_qthreads  # noqa: F401
+from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
 
 def values_for(spec):
@@ -159,3 +159,25 @@ def test_python_pane_copies_snippet(panel):
         "org/model", panel.load_options()
     )
     assert 'bnb_4bit_quant_type="nf4"' in text
+
+
+def test_invalid_settings_disable_load_with_the_reason(qtbot, config_dir):
+    from core.session import Session
+    from gui.main_window import MainWindow
+
+    window = MainWindow(Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    assert not window.load_button.isEnabled()
+    assert "import" in window.load_button.toolTip()
+    window._on_libraries("CPU")
+    assert window.load_button.isEnabled()
+    window.settings_panel.max_memory.setText("0=4GiB,cpu=8GiB")
+    assert not window.load_button.isEnabled()
+    assert not window.load_action.isEnabled()
+    assert "llm_int8_enable_fp32_cpu_offload" in window.load_button.toolTip()
+    assert window.current_settings() is not None  # valid fields, bad combination
+    window.request_load()
+    assert window.load_worker is None
+    assert "mixes a GPU" in window.load_label.text()
+    window.settings_panel.max_memory.setText("")
+    assert window.load_button.isEnabled()
