@@ -28,7 +28,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="N",
-        help="instead: compare the top-256 KL with the full-vocabulary KL on N tokens",
+        help="instead: compare the top-4096 KL with the full-vocabulary KL on N tokens",
     )
     args = parser.parse_args()
     if args.check_kl:
@@ -76,7 +76,7 @@ def main() -> None:
 
 
 def check_kl(tokens: int) -> None:
-    """How far the stored top-256 + rest KL is from the full-vocabulary KL (fp32 → nf4)."""
+    """How far the stored top-4096 + rest KL is from the full-vocabulary KL (fp32 → nf4)."""
     import torch
 
     from core import loader, measure
@@ -102,7 +102,7 @@ def check_kl(tokens: int) -> None:
     full = float((p.exp() * (p - q)).sum(-1).mean())
     print(
         f"nf4 vs fp32 on {tokens} tokens: full-vocabulary KL {full:.5f}, "
-        f"top-256 + rest KL {kls['nf4']:.5f} ({kls['nf4'] / full:.2%} of it)"
+        f"top-4096 + rest KL {kls['nf4']:.5f} ({kls['nf4'] / full:.2%} of it)"
     )
 
 

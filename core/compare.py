@@ -150,7 +150,7 @@ class CompareConfig:
     eval_tokens: int | None = None  # cap on the evaluation tokens; None: all
     window: int = 512
     stride: int = 256
-    top_k: int = 256
+    top_k: int = 4096
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
@@ -171,7 +171,7 @@ class CompareConfig:
                 "the usual choice is half the window",
             )
         if self.top_k < 1:
-            raise SettingsError("top_k must be at least 1", "256 is the default")
+            raise SettingsError("top_k must be at least 1", "4096 is the default")
 
     def text(self) -> str:
         return self.eval_text if self.eval_text is not None else bundled_text()
