@@ -31,13 +31,10 @@ from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QFrame,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMenu,
     QMessageBox,
-    QProgressBar,
-    QPushButton,
     QScrollArea,
     QSplitter,
     QTabWidget,
@@ -53,6 +50,7 @@ from core.settings import LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
 from gui import dialogs, workers
 from gui.chat_view import ChatView
+from gui.load_bar import LoadBar
 from gui.model_picker import ModelPicker
 from gui.settings_panel import SettingsPanel
 
@@ -96,7 +94,6 @@ class MainWindow(QMainWindow):
         self._load_worker: workers.LoadWorker | None = None
         self._gen_worker: workers.GenerateWorker | None = None
         self._others: list[workers.Worker] = []
-        self._load_started_at = 0.0
         self._gen_first_at: float | None = None
         self._closing = False
         self.last_error: NibbleError | None = None
@@ -123,22 +120,11 @@ class MainWindow(QMainWindow):
         self.estimate_holder.layout().setContentsMargins(0, 0, 0, 0)
         self.estimate_holder.hide()
 
-        self.load_button = QPushButton("Load")
-        self.load_button.setObjectName("primary")
+        self.load_bar = LoadBar()
+        self.load_button = self.load_bar.load_button
         self.load_button.clicked.connect(lambda: self.request_load())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_load)
-        self.cancel_button.hide()
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
-        self.progress.hide()
-        self.load_label = QLabel()
-        self.load_label.setObjectName("hint")
-        self.load_label.setWordWrap(True)
-        load_row = QHBoxLayout()
-        load_row.addWidget(self.progress, 1)
-        load_row.addWidget(self.cancel_button)
-        load_row.addWidget(self.load_button)
+        self.load_bar.cancel_button.clicked.connect(self.cancel_load)
+        self.progress, self.load_label = self.load_bar.progress, self.load_bar.label
 
         middle = QWidget()
         column = QVBoxLayout(middle)
@@ -151,8 +137,7 @@ class MainWindow(QMainWindow):
         self.middle_splitter.setStretchFactor(0, 3)
         self.middle_splitter.setStretchFactor(1, 2)
         column.addWidget(self.middle_splitter, 1)
-        column.addWidget(self.load_label)
-        column.addLayout(load_row)
+        column.addWidget(self.load_bar)
 
         self.chat = ChatView()
         self.tabs = QTabWidget()
@@ -186,9 +171,9 @@ class MainWindow(QMainWindow):
             if widget is not self.model_status:
                 self.statusBar().addPermanentWidget(_separator())
             self.statusBar().addPermanentWidget(widget)
-        self._tick = QTimer(self)
-        self._tick.setInterval(250)
-        self._tick.timeout.connect(self._on_tick)
+        self._speed_timer = QTimer(self)
+        self._speed_timer.setInterval(250)
+        self._speed_timer.timeout.connect(self._show_speed)
 
         self._build_menus()
         self.picker.selected.connect(self.select_model)
@@ -385,7 +370,8 @@ class MainWindow(QMainWindow):
     def request_load(self, ref: ModelRef | None = None) -> None:
         """Load `ref` (default: the selected model) with the panel's settings."""
         ref = ref or self.selected_ref
-        if self._load_worker is not None or self._gen_worker is not None:
+        busy = self._load_worker is not None or self._gen_worker is not None
+        if busy or self._closing:
             return
         if not self.ready:
             self._pending_load = True
@@ -398,19 +384,15 @@ class MainWindow(QMainWindow):
             return
         quant, options = settings
         worker = workers.LoadWorker(ref, quant, options)
-        worker.progressed.connect(self._on_load_progress)
+        worker.progressed.connect(self.load_bar.report)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self._on_load_failed)
         worker.aborted.connect(self._on_load_aborted)
         self._load_worker = worker
-        self._load_started_at = time.perf_counter()
-        self.progress.setRange(0, 0)
-        self.progress.setFormat(f"Loading {ref.name}")
-        self.progress.show()
-        self.cancel_button.show()
-        self.load_label.setText(f"Loading {ref.name} ({quant.label()})…")
+        self.load_bar.begin(
+            f"Loading {ref.name}", f"Loading {ref.name} ({quant.label()})…"
+        )
         self._update_actions()
-        self._tick.start()
         self.load_started.emit()
         self._track(worker)
 
@@ -423,17 +405,6 @@ class MainWindow(QMainWindow):
         if self._load_worker is not None:
             self._load_worker.cancel()
             self.load_label.setText("Cancelling…")
-
-    def _on_load_progress(self, done: int, total: int, message: str) -> None:
-        elapsed = format_seconds(time.perf_counter() - self._load_started_at)
-        if total > 0:
-            self.progress.setRange(0, total)
-            self.progress.setValue(done)
-            self.progress.setFormat(f"{message}: {done}/{total} · {elapsed}")
-        else:
-            self.progress.setRange(0, 0)
-            self.progress.setFormat(f"{message} · {elapsed}")
-        self._load_message = message
 
     def _on_loaded(self, loaded: Any) -> None:
         from core import loader
@@ -479,10 +450,7 @@ class MainWindow(QMainWindow):
 
     def _end_load(self) -> None:
         self._load_worker = None
-        self.progress.hide()
-        self.cancel_button.hide()
-        if self._gen_worker is None:
-            self._tick.stop()
+        self.load_bar.end()
         self._update_actions()
 
     def unload(self) -> None:
@@ -519,7 +487,7 @@ class MainWindow(QMainWindow):
         self.chat.begin_answer()
         self.speed_status.setText("Thinking…")
         self._update_actions()
-        self._tick.start()
+        self._speed_timer.start()
         self._track(worker)
 
     def stop_generation(self) -> None:
@@ -554,15 +522,10 @@ class MainWindow(QMainWindow):
 
     def _end_generation(self) -> None:
         self._gen_worker = None
-        if self._load_worker is None:
-            self._tick.stop()
+        self._speed_timer.stop()
         self._update_actions()
 
-    def _on_tick(self) -> None:
-        if self._load_worker is not None and not self.progress.maximum():
-            elapsed = format_seconds(time.perf_counter() - self._load_started_at)
-            message = getattr(self, "_load_message", "Loading")
-            self.progress.setFormat(f"{message} · {elapsed}")
+    def _show_speed(self) -> None:
         if self._gen_worker is not None and self._gen_first_at is not None:
             tokenizer = self.loaded.tokenizer if self.loaded else None
             seconds = time.perf_counter() - self._gen_first_at
@@ -658,7 +621,7 @@ class MainWindow(QMainWindow):
             left_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if not workers.stop_all([worker], left_ms):
                 logger.warning("%s did not stop in time", type(worker).__name__)
-        self._tick.stop()
+        self._speed_timer.stop()
         if self.loaded is not None and not pending:
             from core import loader
 
