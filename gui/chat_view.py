@@ -146,6 +146,7 @@ class ChatView(QWidget):
         self._pending = ""
         self._current: MessageWidget | None = None
         self._busy = False
+        self._raw_choice = False
         self._ready_reason = "Load a model first."
         self._flush = QTimer(self)
         self._flush.setInterval(FLUSH_MS)
@@ -273,11 +274,15 @@ class ChatView(QWidget):
     def set_chat_template(self, available: bool) -> None:
         """Force raw mode for models without a chat template."""
         if available:
+            if not self.raw_check.isEnabled():  # we forced raw for the last model
+                self.raw_check.setChecked(self._raw_choice)
             self.raw_check.setEnabled(True)
             self.raw_check.setToolTip(
                 "Feed your text to the model as it is, without the chat template."
             )
         else:
+            if self.raw_check.isEnabled():
+                self._raw_choice = self.raw_check.isChecked()
             self.raw_check.setChecked(True)
             self.raw_check.setEnabled(False)
             self.raw_check.setToolTip("This model has no chat template: raw only.")

@@ -288,3 +288,42 @@ def test_render_html_escapes_and_monospaces_code():
     assert "&lt;b&gt;" in out
     assert "<code style='font-family: monospace'>x</code>" in out
     assert "&lt;tag&gt;" in out and "<pre" in out
+
+
+def test_raw_mode_is_forced_only_while_there_is_no_chat_template(qtbot):
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    chat.set_chat_template(False)
+    assert chat.raw_check.isChecked() and not chat.raw_check.isEnabled()
+    chat.set_chat_template(True)
+    assert not chat.raw_check.isChecked() and chat.raw_check.isEnabled()
+    chat.raw_check.setChecked(True)
+    chat.set_chat_template(False)
+    chat.set_chat_template(True)
+    assert chat.raw_check.isChecked()
+
+
+def test_picker_lists_cache_with_size_and_quantized_badge(qtbot, tmp_path):
+    from core.catalog import ModelRef
+    from gui.model_picker import ModelPicker
+
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    plain = ModelRef("cache", "org/plain", path=tmp_path, size_bytes=3 * 1024**3)
+    quantized = ModelRef(
+        "cache", "org/q4", path=tmp_path / "q", size_bytes=1024**2, quantized="gptq"
+    )
+    picker.set_cache([plain, quantized])
+    picker.set_recent([str(tmp_path / "mine")])
+    section = picker.sections["cache"]
+    rows = [(section.child(i).text(0), section.child(i).text(1)) for i in range(2)]
+    assert rows == [("org/plain", "3.0 GiB"), ("org/q4  ◆ quantized", "1.0 MiB")]
+    assert "Already quantized: gptq" in section.child(1).toolTip(0)
+    assert [r.name for r in picker.refs()][-3:] == ["mine", "org/plain", "org/q4"]
+    with qtbot.waitSignal(picker.picked) as picked:
+        picker.tree.itemActivated.emit(section.child(1), 0)
+    assert picked.args[0] is quantized
+    with qtbot.waitSignal(picker.hub_id_entered) as entered:
+        picker.hub_edit.setText("Qwen/Qwen2.5-0.5B")
+        picker.hub_button.click()
+    assert entered.args == ["Qwen/Qwen2.5-0.5B"]
