@@ -7,7 +7,9 @@ Other panels plug in without editing this module:
 - ``menu(name) -> QMenu`` returns the File, Model, View or Help menu (or a new one).
 - ``add_status_widget(widget)`` adds a permanent widget to the status bar.
 - ``loaded`` is the current LoadedModel (or None), ``selected_ref`` the picked ModelRef,
-  ``current_settings()`` the panel's (QuantSettings, LoadOptions) or None when invalid.
+  ``current_settings()`` the panel's (QuantSettings, LoadOptions) or None when invalid,
+  ``load_worker`` the LoadWorker of a load in progress (its ``progressed`` signal).
+- ``gui.app.PANELS`` lists the ``install_*(window)`` functions run after the first paint.
 
 Signals, all emitted on the UI thread:
 
@@ -19,6 +21,7 @@ Signals, all emitted on the UI thread:
 - ``first_token()``: the first text of an answer arrived.
 - ``generation_finished(object)``: the GenerationStats of a finished or stopped answer.
 - ``libraries_ready(str)``: torch and friends are imported; the device description.
+- ``first_painted()``: the window is on screen (heavy work may start).
 """
 
 from __future__ import annotations
