@@ -60,6 +60,18 @@ TABLE_COLUMNS = (
     "Top-1 agreement",
     "Answer",
 )
+COLUMN_TIPS = {
+    "Peak during load": "The highest process RSS while loading (on a GPU, the highest "
+    "VRAM allocated). It includes what the process held before the load, such as the "
+    "chat's model.",
+    "True size": "Parameters, buffers and quantization state of the loaded model.",
+    "First token": "Time to the first new token of the prompt's answer.",
+    "Decode": "Tokens per second after the first, over a fixed count of greedy tokens.",
+    "Perplexity": "On the bundled text, strided 512-token windows; lower is better.",
+    "KL vs baseline": "Mean KL divergence of this row's next-token distribution from "
+    "the baseline's on the same text; 0 for the baseline.",
+    "Top-1 agreement": "How often this row's likeliest next token is the baseline's.",
+}
 FRONT_BRUSH = pg.mkBrush("#d9534f")
 OTHER_BRUSH = pg.mkBrush("#5b8ff9")
 
@@ -147,6 +159,8 @@ class CompareView(QWidget):
         buttons.addWidget(self.progress, 1)
 
         self.table = _table(TABLE_COLUMNS)
+        for column, tip in COLUMN_TIPS.items():
+            self.table.horizontalHeaderItem(TABLE_COLUMNS.index(column)).setToolTip(tip)
         self.seed = _table(compare.SEED_COLUMNS)
         self.answers = _table(("Row", "Answer", "Baseline's answer"))
         self.charts = QWidget()

@@ -46,6 +46,7 @@ def test_defaults_and_the_memory_note(qtbot) -> None:  # type: ignore[no-untyped
     qtbot.addWidget(widget)
     assert widget.row_items() == list(compare.DEFAULT_ROWS)
     assert "memory holds both" in widget.findChild(object, "compareMemoryNote").text()
+    assert "process RSS" in widget.table.horizontalHeaderItem(3).toolTip()
     assert not widget.run_button.isEnabled()
     assert widget.start() is None
     assert widget.last_error.message == "no model picked"
