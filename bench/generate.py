@@ -24,6 +24,9 @@ TOKENS = 64
 
 
 def measure_ours(name: str) -> dict[str, float]:
+    # The same imports as the bare run makes before its clock starts.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     from core import catalog, generation, loader
     from core.settings import GenerationSettings, preset
 
