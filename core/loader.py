@@ -13,6 +13,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.catalog import ModelRef
@@ -303,7 +304,7 @@ def _load(
     path = _local_path(ref, reporter)
     quiet_libraries()
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     source = str(path) if path else ref.repo_id
     try:
@@ -329,9 +330,7 @@ def _load(
     dtype = resolve_dtype(options, config, on_gpu)
     reporter.emit(0, 0, "Loading tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=options.trust_remote_code
-        )
+        tokenizer = _tokenizer(source, options.trust_remote_code)
     except Exception as exc:
         raise LoadError(
             f"no usable tokenizer for {ref.name}: {_first_line(exc)}",
@@ -376,6 +375,38 @@ def _load(
     logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
     del torch
     return LoadedModel(model, tokenizer, report, ref, quant, options)
+
+
+_tokenizer_cache: dict[tuple[Any, ...], Any] = {}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+
+
+def _tokenizer(source: str, trust_remote_code: bool) -> Any:
+    """The tokenizer of `source`, reused while its files are unchanged.
+
+    Parsing tokenizer.json holds the GIL for tens of milliseconds (the window's event
+    loop stalls meanwhile); reloading the same model with other settings skips it.
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(source)
+    stamp = None
+    if folder.is_dir():  # every file but the weights
+        stamp = tuple(
+            (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES
+        )
+    key = (str(folder), trust_remote_code, stamp)
+    if stamp is not None and key in _tokenizer_cache:
+        return _tokenizer_cache[key]
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, trust_remote_code=trust_remote_code
+    )
+    if stamp is not None:
+        _tokenizer_cache.clear()  # the last model's only: tokenizers can be large
+        _tokenizer_cache[key] = tokenizer
+    return tokenizer
 
 
 def _local_path(ref: ModelRef, reporter: _Reporter) -> Any:

@@ -172,3 +172,22 @@ def test_unload_gives_memory_back(default_dir: Path) -> None:
     assert after < before * 1.10, (
         f"RSS grew from {before >> 20} MiB to {after >> 20} MiB"
     )
+
+
+def test_reload_reuses_the_tokenizer_until_its_files_change(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_dir, folder)
+    ref = catalog.resolve(str(folder))
+    first = loader.load(ref, preset("nf4").quant)
+    second = loader.load(ref, preset("int8").quant)
+    assert second.tokenizer is first.tokenizer
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 128
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    third = loader.load(ref)
+    assert third.tokenizer is not first.tokenizer
+    assert third.tokenizer.model_max_length == 128
+    for loaded in (first, second, third):
+        loader.unload(loaded)
