@@ -280,8 +280,8 @@ class EstimateView(QWidget):
             and loaded.options == self.options
         )
         real = estimate.actual(loaded, row if same else None)
-        parts = [f"<b>Estimated vs actual</b> ({loaded.quant.label()}):"]
-        parts.append(f"true {format_bytes(real.true_bytes)}")
+        head = f"<b>Estimated vs actual</b> ({loaded.quant.label()}): "
+        parts = [head + f"true {format_bytes(real.true_bytes)}"]
         if real.estimated_bytes is not None:
             diff = real.difference or 0
             verdict = "exact" if diff == 0 else f"off by {diff:+,} B"
