@@ -402,13 +402,13 @@ class MonitorView(QWidget):
             return
         host = sample.host
         self.ram_chart.setTitle(
-            f"Host RAM · {format_bytes(host.ram_used)} / {format_bytes(host.ram_total)}"
-            f" · Nibble {format_bytes(host.process_rss)}",
+            f"RAM · {format_bytes(host.ram_used)} used · Nibble "
+            f"{format_bytes(host.process_rss)}",
             size="9pt",
         )
         if host.cpu_percent is not None and host.process_cpu_percent is not None:
             self.cpu_chart.setTitle(
-                f"{self.cpu_chart.base_title} · machine {host.cpu_percent:.0f}%"
+                f"{self.cpu_chart.base_title} · {host.cpu_percent:.0f}%"
                 f" · Nibble {host.process_cpu_percent / 100:.2f} cores",
                 size="9pt",
             )
@@ -431,9 +431,9 @@ class MonitorView(QWidget):
                     " · ".join([title, *values]) if values else f"{title} · n/a",
                     size="9pt",
                 )
-        state = "paused" if self.paused else f"every {self.interval:g} s"
+        state = "Paused" if self.paused else f"Every {self.interval:g} s"
         self.status_label.setText(
-            f"Sampling {state} · {len(self.history)} samples · ten minutes shown"
+            f"{state} · {len(self.history)} samples · last 10 min"
         )
 
     @Slot(bool)
