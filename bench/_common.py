@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def time_calls(fn: Callable[[], object], n: int) -> dict[str, float]:
+    """Call `fn` n times; median and p99 of wall and CPU (this thread's) time, in ms."""
+    walls, cpus = [], []
+    for _ in range(n):
+        w, c = time.perf_counter(), time.thread_time()
+        fn()
+        cpus.append(time.thread_time() - c)
+        walls.append(time.perf_counter() - w)
+    walls.sort()
+    cpus.sort()
+    p99 = int(0.99 * (n - 1))
+    return {
+        "wall_median_ms": statistics.median(walls) * 1e3,
+        "wall_p99_ms": walls[p99] * 1e3,
+        "cpu_median_ms": statistics.median(cpus) * 1e3,
+        "cpu_p99_ms": cpus[p99] * 1e3,
+    }
 
 
 class PeakRSS:

@@ -12,12 +12,10 @@ says why), 1 when a check fails.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from typing import Any
 
-from _common import ROOT  # noqa: F401  (puts the project on sys.path)
+from _common import time_calls  # also puts the project on sys.path
 
 from core import monitor
 
@@ -34,18 +32,7 @@ def gpu_dict(g: monitor.GpuSample | None) -> dict[str, Any] | None:
 
 
 def sample_cost(sampler: monitor.Sampler, n: int = 200) -> dict[str, float]:
-    walls, cpus = [], []
-    for _ in range(n):
-        w, c = time.perf_counter(), time.thread_time()
-        sampler.sample()
-        cpus.append(time.thread_time() - c)
-        walls.append(time.perf_counter() - w)
-    walls.sort()
-    return {
-        "wall_median_ms": round(statistics.median(walls) * 1e3, 3),
-        "wall_p99_ms": round(walls[int(0.99 * (n - 1))] * 1e3, 3),
-        "cpu_median_ms": round(statistics.median(cpus) * 1e3, 3),
-    }
+    return {k: round(v, 3) for k, v in time_calls(sampler.sample, n).items()}
 
 
 def main() -> int:

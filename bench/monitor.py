@@ -17,7 +17,7 @@ import os
 import statistics
 import time
 
-from _common import ROOT  # noqa: F401  (puts the project on sys.path)
+from _common import time_calls  # also puts the project on sys.path
 
 from core import monitor
 
@@ -25,22 +25,9 @@ from core import monitor
 def per_sample(n: int) -> dict[str, float]:
     sampler = monitor.Sampler()
     sampler.sample()  # opens NVML
-    walls, cpus = [], []
-    for _ in range(n):
-        w, c = time.perf_counter(), time.thread_time()
-        sampler.sample()
-        cpus.append(time.thread_time() - c)
-        walls.append(time.perf_counter() - w)
+    result = time_calls(sampler.sample, n)
     sampler.close()
-    walls.sort()
-    cpus.sort()
-    return {
-        "wall_median_ms": statistics.median(walls) * 1e3,
-        "wall_p99_ms": walls[int(0.99 * (n - 1))] * 1e3,
-        "cpu_median_ms": statistics.median(cpus) * 1e3,
-        "cpu_p99_ms": cpus[int(0.99 * (n - 1))] * 1e3,
-        "gpus": sampler.gpu_count,
-    }
+    return {**result, "gpus": sampler.gpu_count}
 
 
 def at_4hz(seconds: float) -> dict[str, float]:

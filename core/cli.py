@@ -31,14 +31,23 @@ EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
 # -- shared argument groups --
 
 
-def add_quant_args(parser: argparse.ArgumentParser) -> None:
-    """--quant PRESET, --set FIELD=VALUE and the LoadOptions flags."""
+def add_quant_args(
+    parser: argparse.ArgumentParser,
+    quant_help: str | None = None,
+    set_help: str | None = None,
+) -> None:
+    """--quant PRESET, --set FIELD=VALUE and the LoadOptions flags.
+
+    `quant_help` and `set_help` replace the two flags' help where a command reads
+    them differently (compare takes a list of rows).
+    """
     group = parser.add_argument_group("quantization and loading")
     group.add_argument(
         "--quant",
         default=None,
         metavar="PRESET",
-        help=f"start from a preset: {', '.join(PRESETS)} (default: none, full precision)",
+        help=quant_help
+        or f"start from a preset: {', '.join(PRESETS)} (default: none, full precision)",
     )
     fields = ", ".join(["mode", *(f.name for f in EDITABLE_FIELDS), "quantize_lm_head"])
     group.add_argument(
@@ -46,7 +55,7 @@ def add_quant_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help=f"set a BitsAndBytesConfig field (repeatable): {fields}",
+        help=set_help or f"set a BitsAndBytesConfig field (repeatable): {fields}",
     )
     group.add_argument("--device-map", default="auto", help="auto, cpu or cuda:N")
     group.add_argument(
@@ -466,16 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows")
     p.add_argument("--save-json", default=None, metavar="FILE", help="also write JSON")
-    add_quant_args(p)
-    for action in p._actions:
-        if action.dest == "quant":
-            action.help = (
-                "comma-separated rows, the first being the baseline: presets, "
-                "'baseline', or PRESET+FIELD=VALUE (default: "
-                "baseline,int8,nf4,nf4-dq,fp4)"
-            )
-        elif action.dest == "set":
-            action.help = "set a BitsAndBytesConfig field on every quantized row"
+    add_quant_args(
+        p,
+        quant_help="comma-separated rows, the first being the baseline: presets, "
+        "'baseline', or PRESET+FIELD=VALUE (default: baseline,int8,nf4,nf4-dq,fp4)",
+        set_help="set a BitsAndBytesConfig field on every quantized row",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

@@ -158,10 +158,8 @@ def stream(
 
     class _Streamer(TextIteratorStreamer):
         def put(self, value: Any) -> None:
-            if self.skip_prompt and self.next_tokens_are_prompt:
-                super().put(value)
-                return
-            timing.setdefault("first", time.perf_counter())
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                timing.setdefault("first", time.perf_counter())
             super().put(value)
 
     class _Stop(StoppingCriteria):

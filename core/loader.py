@@ -303,7 +303,6 @@ def _load(
     reporter.emit(0, 0, f"Preparing {ref.name}")
     path = _local_path(ref, reporter)
     quiet_libraries()
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = str(path) if path else ref.repo_id
@@ -373,7 +372,6 @@ def _load(
     report.warnings[:0] = ref.warnings
     reporter.emit(1, 1, "Loaded")
     logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
-    del torch
     return LoadedModel(model, tokenizer, report, ref, quant, options)
 
 
