@@ -1,0 +1,64 @@
+"""The ML stack (torch, transformers, bitsandbytes, accelerate), imported once.
+
+transformers resolves its classes lazily, and two threads doing that for the first time
+at once can fail with "cannot import name ..." (docs: the lazy-import fact). Every job
+that needs the stack calls `import_stack()` first: the first caller imports everything
+under a lock, later callers return at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+
+logger = logging.getLogger(__name__)
+
+# What a load, an estimate or an answer reaches for; resolving the classes imports
+# their code, which is what must not happen on two threads at once.
+MODULES = (
+    "torch",
+    "transformers",
+    "bitsandbytes",
+    "accelerate",
+    "safetensors.torch",
+    "transformers.generation",
+    "transformers.modeling_utils",
+)
+NAMES = (
+    ("transformers", "AutoConfig"),
+    ("transformers", "AutoModelForCausalLM"),
+    ("transformers", "AutoTokenizer"),
+    ("transformers", "BitsAndBytesConfig"),
+    ("transformers", "GenerationConfig"),
+    ("transformers", "StoppingCriteria"),
+    ("transformers", "StoppingCriteriaList"),
+    ("transformers", "TextIteratorStreamer"),
+)
+
+_lock = threading.Lock()
+_done = False
+
+
+def import_stack() -> None:
+    """Import the ML stack once, thread-safely; a no-op after the first call."""
+    global _done
+    if _done:
+        return
+    with _lock:
+        if _done:
+            return
+        from core.loader import quiet_libraries
+
+        for name in MODULES:
+            importlib.import_module(name)
+        for module, attr in NAMES:
+            getattr(importlib.import_module(module), attr)
+        quiet_libraries()
+        _done = True
+        logger.debug("ML stack imported")
+
+
+def is_imported() -> bool:
+    """Whether `import_stack()` has finished."""
+    return _done
