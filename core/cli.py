@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from core.errors import NibbleError, SettingsError
+from core import interrupt, textio
+from core.errors import CancelledError, NibbleError, SettingsError, write_error
 from core.settings import (
     EDITABLE_FIELDS,
     PRESETS,
@@ -26,6 +28,8 @@ from core.units import format_bytes
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = interrupt.EXIT_INTERRUPTED
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool ended by SIGPIPE
 
 
 # -- shared argument groups --
@@ -125,11 +129,24 @@ def generation_from_args(args: argparse.Namespace) -> GenerationSettings:
     )
 
 
+_COUNTER = re.compile(r"\s*\d+/\d+$")
+
+
 def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
-    """A progress printer for interactive terminals."""
-    if quiet or not sys.stderr.isatty():
+    """A progress printer: a live line on a terminal, a line per stage elsewhere."""
+    if quiet:
         return None
     last = {"message": ""}
+    if not sys.stderr.isatty():
+
+        def log(done: int, total: int, message: str) -> None:
+            stage = _COUNTER.sub("", message).strip()
+            if stage and stage != last["message"]:
+                last["message"] = stage
+                print(stage, file=sys.stderr, flush=True)
+
+        log.live = False  # type: ignore[attr-defined]
+        return log
 
     def show(done: int, total: int, message: str) -> None:
         text = f"{message} {done}/{total}" if total else message
@@ -137,7 +154,81 @@ def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
             last["message"] = text
             print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
 
+    show.live = True  # type: ignore[attr-defined]
     return show
+
+
+def end_progress(show: Callable[[int, int, str], None] | None) -> None:
+    """Clear a live progress line (a line-per-stage log needs nothing)."""
+    if show is not None and getattr(show, "live", False):
+        print("\r\033[K", end="", file=sys.stderr)
+
+
+def read_prompt(given: str | None) -> str:
+    """--prompt, or stdin when it is not given; bounded, bad UTF-8 replaced."""
+    if given is not None:
+        if len(given.encode("utf-8", "surrogateescape")) > textio.MAX_PROMPT_BYTES:
+            raise NibbleError(
+                "the prompt is too long", "pass a shorter text; no context holds it"
+            )
+        return textio.clean(given)
+    return textio.read_stdin(sys.stdin)
+
+
+def check_settings(ref: Any, quant: QuantSettings, options: LoadOptions) -> list[str]:
+    """Refuse settings the loader would silently ignore; return warnings to print.
+
+    Unknown llm_int8_skip_modules names, and a --max-memory cap that cannot apply
+    because the model loads whole on the CPU.
+    """
+    from core import modules
+
+    if quant.quantized and quant.llm_int8_skip_modules:
+        try:
+            modules.check_skip_modules(
+                ref, quant.llm_int8_skip_modules, "float32", options.trust_remote_code
+            )
+        except SettingsError:
+            raise
+        except NibbleError:
+            pass  # the config cannot be read: the load says why
+    return check_max_memory(ref, quant, options)
+
+
+def memory_amount(text: str) -> int:
+    """'6GiB' → bytes, as accelerate reads it (KB is 10^3, KiB 2^10)."""
+    number, unit = re.match(r"([\d.]+)\s*([A-Za-z]+)", text).groups()  # type: ignore[union-attr]
+    unit = unit.upper()
+    powers = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    powers |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    return int(float(number) * powers[unit])
+
+
+def check_max_memory(ref: Any, quant: QuantSettings, options: LoadOptions) -> list[str]:
+    """A --max-memory on a machine without a GPU: refuse a cap the model exceeds."""
+    if not options.max_memory:
+        return []
+    from core import loader
+
+    device_map = loader.resolve_device_map(options)
+    if device_map != {"": "cpu"} and options.device_map != "cpu":
+        return []
+    cap = options.max_memory.get("cpu")
+    if cap is None:
+        return ["--max-memory has no effect: the model loads whole on the CPU"]
+    from core import estimate
+
+    try:
+        needed = estimate.estimate(ref, quant, options).model_bytes
+    except NibbleError:
+        needed = None
+    if needed is not None and memory_amount(cap) < needed:
+        raise SettingsError(
+            f"--max-memory caps the CPU at {cap}, but the model needs "
+            f"{format_bytes(needed)} there (there is no GPU to put the rest on)",
+            "raise the cpu cap or leave --max-memory out",
+        )
+    return ["--max-memory has no effect: the model loads whole on the CPU"]
 
 
 # -- commands --
@@ -164,33 +255,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     gen = generation_from_args(args)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = read_prompt(args.prompt)
     if not prompt.strip():
         raise NibbleError("the prompt is empty", 'pass --prompt "..." or pipe text in')
     messages: Any = prompt
     if args.system and not args.raw:
         messages = [
-            {"role": "system", "content": args.system},
+            {"role": "system", "content": textio.clean(args.system)},
             {"role": "user", "content": prompt},
         ]
     ref = catalog.resolve(args.model)
+    warnings = check_settings(ref, quant, options)
     show = stderr_progress(args.json)
     loaded = loader.load(ref, quant, options, progress=show)
-    if show:
-        print("\r\033[K", end="", file=sys.stderr)
+    end_progress(show)
     stop = threading.Event()
     chunks: list[str] = []
     stats = None
+    # Ctrl+C and SIGTERM stop the answer as Esc does in the window: what was
+    # written so far and its stats are kept.
     try:
-        for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
-            if isinstance(item, generation.GenerationStats):
-                stats = item
-            else:
-                chunks.append(item)
-                if not args.json:
-                    print(item, end="", flush=True)
-    except KeyboardInterrupt:
-        stop.set()
+        with interrupt.signals_set(stop):
+            for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
+                if isinstance(item, generation.GenerationStats):
+                    stats = item
+                else:
+                    chunks.append(item)
+                    if not args.json:
+                        print(item, end="", flush=True)
     finally:
         report = loaded.report
         loader.unload(loaded)
@@ -209,8 +301,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print()
-        for warning in report.warnings:
+        print(flush=True)
+        for warning in [*warnings, *report.warnings]:
             print(f"warning: {warning}", file=sys.stderr)
         if stats:
             print(
@@ -218,7 +310,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"loaded in {report.load_s:.1f} s] {stats.summary()}",
                 file=sys.stderr,
             )
-    return EXIT_OK
+    return EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
 
 
 def cmd_snippet(args: argparse.Namespace) -> int:
@@ -233,12 +325,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core import catalog, export
 
     quant, options = settings_from_args(args)
+    ref = catalog.resolve(args.model)
+    for warning in check_settings(ref, quant, options):
+        print(f"warning: {warning}", file=sys.stderr)
     show = stderr_progress(args.json)
-    result = export.export(
-        catalog.resolve(args.model), quant, args.out, options, args.force, show
-    )
-    if show:
-        print("\r\033[K", end="", file=sys.stderr)
+    result = export.export(ref, quant, args.out, options, args.force, show)
+    end_progress(show)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -258,16 +350,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         ref = catalog.resolve(args.model)
         name = report.model_id(ref)
+        for warning in check_settings(ref, quant, options):
+            print(f"warning: {warning}", file=sys.stderr)
         show = stderr_progress(False)
         estimate = report.estimate_bytes(ref, quant, options)
         loaded = loader.load(ref, quant, options, show)
-        if show:
-            print("\r\033[K", end="", file=sys.stderr)
+        end_progress(show)
         try:
             load_report = loaded.report
             if args.prompt:
                 gen = generation_from_args(args)
-                _, stats = generation.generate_text(loaded, args.prompt, gen)
+                prompt = read_prompt(args.prompt)
+                _, stats = generation.generate_text(loaded, prompt, gen)
         finally:
             loader.unload(loaded)
     data = report.build(name, quant, options, load_report, estimate, gen, stats)
@@ -320,25 +414,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     rows = args.quant if args.quant is not None else ",".join(compare.DEFAULT_ROWS)
     specs = compare.parse_rows(rows, base, common)
-    eval_text = None
-    if args.eval_file:
-        try:
-            eval_text = Path(args.eval_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NibbleError(
-                f"cannot read {args.eval_file}: {exc}", "pass a UTF-8 text file"
-            ) from exc
+    eval_text = textio.read_file(args.eval_file) if args.eval_file else None
     config = compare.CompareConfig(
-        prompt=args.prompt or compare.DEFAULT_PROMPT,
+        prompt=read_prompt(args.prompt) if args.prompt else compare.DEFAULT_PROMPT,
         new_tokens=args.tokens,
         eval_text=eval_text,
         eval_tokens=args.eval_tokens,
     )
     ref = catalog.resolve(args.model)
     show = stderr_progress(args.json)
-    result = compare.run(ref, specs, config, progress=show)
-    if show:
-        print("\r\033[K", end="", file=sys.stderr)
+    # Ctrl+C stops at the next token; the rows done so far are still printed
+    # and saved.
+    stop = threading.Event()
+    try:
+        with interrupt.signals_set(stop):
+            result = compare.run(ref, specs, config, progress=show, cancel=stop)
+    except CancelledError as exc:
+        result = getattr(exc, "partial", None)
+        if result is None:
+            raise
+    end_progress(show)
+    if stop.is_set():
+        print(
+            f"interrupted: {len(result.rows)} of {len(specs)} rows done",
+            file=sys.stderr,
+        )
+    done = EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
     if args.csv:
         result.save_csv(args.csv)
     if args.save_json:
@@ -348,7 +449,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
     if args.json:
         print(result.to_json())
-        return EXIT_OK
+        return done
+    if not result.rows:
+        return done
     print(compare.format_table(result))
     print()
     print(compare.format_seed_table(result))
@@ -361,11 +464,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
         file=sys.stderr,
     )
-    return EXIT_OK
+    return done
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Print memory samples (GPUs, host RAM, one process) until time is up or Ctrl+C."""
+    import psutil
+
     from core import monitor
 
     interval = monitor.check_interval(args.interval)
@@ -374,6 +479,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             f"--seconds {args.seconds:g} is shorter than one interval ({interval:g} s)",
             "pass at least one interval, or leave --seconds out to run until Ctrl+C",
         )
+    if args.pid is not None and args.pid <= 0:
+        raise SettingsError(
+            f"--pid {args.pid} is not a process ID",
+            "pass the PID of a running process (see ps or top)",
+        )
     with monitor.Sampler(pid=args.pid) as sampler:
         try:
             for sample in monitor.samples(sampler, interval, args.seconds):
@@ -381,6 +491,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 print(line, flush=True)
         except KeyboardInterrupt:  # the usual way to stop watching
             pass
+        except psutil.NoSuchProcess:
+            print(f"process {sampler.pid} has ended", file=sys.stderr)
     return EXIT_OK
 
 
@@ -505,6 +617,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cli_hint(hint: str) -> str:
+    """The window's hints point at its Details button; the CLI has --debug instead."""
+    if re.search(r"\bsee (the )?(details|log)\b", hint, re.IGNORECASE):
+        return "run again with --debug for the details"
+    return hint
+
+
+def print_error(message: str, hint: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, map errors to exit codes."""
     parser = build_parser()
@@ -516,18 +641,30 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    interrupt.handle_sigterm()
     try:
         return args.func(args)
     except NibbleError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        print_error(exc.message, cli_hint(exc.hint))
         if args.debug:
             traceback.print_exc()
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a file or folder the user named, a full disk
+        mapped = write_error(exc, exc.filename or "the disk")
+        print_error(
+            mapped.message if mapped else str(exc), mapped.hint if mapped else ""
+        )
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_BAD_INPUT
     except Exception as exc:
         print(
             f"error: unexpected {type(exc).__name__}: {exc}".splitlines()[0],

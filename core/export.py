@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.catalog import ModelRef
 from core import interrupt
+from core.catalog import ModelRef
 from core.errors import CancelledError, ExportError, NibbleError, write_error
 from core.settings import LoadOptions, QuantSettings, py_literal
 from core.units import format_bytes
