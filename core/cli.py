@@ -133,8 +133,12 @@ _COUNTER = re.compile(r"\s*\d+/\d+$")
 
 
 def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
-    """A progress printer: a live line on a terminal, a line per stage elsewhere."""
-    if quiet:
+    """A progress printer: a live line on a terminal, a line per stage elsewhere.
+
+    `quiet` (--json) silences the live line only: a line per stage on a redirected
+    stderr never mixes with the JSON on stdout, and tells a log where time went.
+    """
+    if quiet and sys.stderr.isatty():
         return None
     last = {"message": ""}
     if not sys.stderr.isatty():
@@ -374,9 +378,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_self_test(args: argparse.Namespace) -> int:
     """Load the default model in nf4 and check that it answers Paris."""
-    from core import selftest
+    from core import default_model, selftest
 
-    return EXIT_OK if selftest.run() else EXIT_UNEXPECTED
+    if args.rebuild:
+        print("rebuilding the default model", file=sys.stderr)
+        default_model.convert(default_model.model_dir(), stderr_progress(False))
+    if selftest.run():
+        return EXIT_OK
+    if not args.rebuild:
+        print(
+            "hint: if the default model is damaged, rebuild it: "
+            "python main.py --self-test --rebuild",
+            file=sys.stderr,
+        )
+    return EXIT_UNEXPECTED
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -597,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "self-test", help="load the default model in nf4 and check it answers"
+    )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="convert the default model again first (a damaged copy)",
     )
     p.set_defaults(func=cmd_self_test)
     p = sub.add_parser("monitor", help="print GPU, RAM and process memory samples")
