@@ -661,9 +661,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    interrupt.handle_sigterm()
     try:
-        return args.func(args)
+        with interrupt.sigterm_as_ctrl_c():
+            return args.func(args)
     except NibbleError as exc:
         print_error(exc.message, cli_hint(exc.hint))
         if args.debug:
