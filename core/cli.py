@@ -437,6 +437,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_tokens=args.eval_tokens,
     )
     ref = catalog.resolve(args.model)
+    warnings: dict[str, None] = {}
+    for spec in specs:
+        warnings |= dict.fromkeys(check_settings(ref, spec.quant, spec.options))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     show = stderr_progress(args.json)
     # Ctrl+C stops at the next token; the rows done so far are still printed
     # and saved.
