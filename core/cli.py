@@ -666,6 +666,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    if not sys.stderr.isatty():
+        # Libraries' own bars (the GGUF conversion's) would fill a log with \r;
+        # tqdm reads this when it is imported, which has not happened yet.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         with interrupt.sigterm_as_ctrl_c():
             return args.func(args)

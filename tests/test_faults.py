@@ -202,6 +202,8 @@ def test_signal_during_first_conversion(tmp_path: Path, sig: signal.Signals) -> 
     assert "interrupted" in child.stderr
     assert "terminate called" not in child.stderr
     assert "Traceback" not in child.stderr
+    assert "\r" not in child.stderr  # the conversion's stages as lines, no bars
+    assert "Writing safetensors\n" in child.stderr
     assert list(models.iterdir()) == []
 
 
