@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core import interrupt, textio
+from core import interrupt, precheck, textio
 from core.errors import CancelledError, NibbleError, SettingsError, write_error
 from core.settings import (
     EDITABLE_FIELDS,
@@ -168,73 +168,6 @@ def end_progress(show: Callable[[int, int, str], None] | None) -> None:
         print("\r\033[K", end="", file=sys.stderr)
 
 
-def read_prompt(given: str | None) -> str:
-    """--prompt, or stdin when it is not given; bounded, bad UTF-8 replaced."""
-    if given is not None:
-        if len(given.encode("utf-8", "surrogateescape")) > textio.MAX_PROMPT_BYTES:
-            raise NibbleError(
-                "the prompt is too long", "pass a shorter text; no context holds it"
-            )
-        return textio.clean(given)
-    return textio.read_stdin(sys.stdin)
-
-
-def check_settings(ref: Any, quant: QuantSettings, options: LoadOptions) -> list[str]:
-    """Refuse settings the loader would silently ignore; return warnings to print.
-
-    Unknown llm_int8_skip_modules names, and a --max-memory cap that cannot apply
-    because the model loads whole on the CPU.
-    """
-    from core import modules
-
-    if quant.quantized and quant.llm_int8_skip_modules:
-        try:
-            modules.check_skip_modules(
-                ref, quant.llm_int8_skip_modules, "float32", options.trust_remote_code
-            )
-        except SettingsError:
-            raise
-        except NibbleError:
-            pass  # the config cannot be read: the load says why
-    return check_max_memory(ref, quant, options)
-
-
-def memory_amount(text: str) -> int:
-    """'6GiB' → bytes, as accelerate reads it (KB is 10^3, KiB 2^10)."""
-    number, unit = re.match(r"([\d.]+)\s*([A-Za-z]+)", text).groups()  # type: ignore[union-attr]
-    unit = unit.upper()
-    powers = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-    powers |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    return int(float(number) * powers[unit])
-
-
-def check_max_memory(ref: Any, quant: QuantSettings, options: LoadOptions) -> list[str]:
-    """A --max-memory on a machine without a GPU: refuse a cap the model exceeds."""
-    if not options.max_memory:
-        return []
-    from core import loader
-
-    device_map = loader.resolve_device_map(options)
-    if device_map != {"": "cpu"} and options.device_map != "cpu":
-        return []
-    cap = options.max_memory.get("cpu")
-    if cap is None:
-        return ["--max-memory has no effect: the model loads whole on the CPU"]
-    from core import estimate
-
-    try:
-        needed = estimate.estimate(ref, quant, options).model_bytes
-    except NibbleError:
-        needed = None
-    if needed is not None and memory_amount(cap) < needed:
-        raise SettingsError(
-            f"--max-memory caps the CPU at {cap}, but the model needs "
-            f"{format_bytes(needed)} there (there is no GPU to put the rest on)",
-            "raise the cpu cap or leave --max-memory out",
-        )
-    return ["--max-memory has no effect: the model loads whole on the CPU"]
-
-
 # -- commands --
 
 
@@ -259,7 +192,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     gen = generation_from_args(args)
-    prompt = read_prompt(args.prompt)
+    prompt = textio.read_prompt(args.prompt, sys.stdin)
     if not prompt.strip():
         raise NibbleError("the prompt is empty", 'pass --prompt "..." or pipe text in')
     messages: Any = prompt
@@ -269,7 +202,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             {"role": "user", "content": prompt},
         ]
     ref = catalog.resolve(args.model)
-    warnings = check_settings(ref, quant, options)
+    warnings = precheck.check_settings(ref, quant, options)
     show = stderr_progress(args.json)
     loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)
@@ -330,7 +263,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     ref = catalog.resolve(args.model)
-    for warning in check_settings(ref, quant, options):
+    for warning in precheck.check_settings(ref, quant, options):
         print(f"warning: {warning}", file=sys.stderr)
     show = stderr_progress(args.json)
     result = export.export(ref, quant, args.out, options, args.force, show)
@@ -354,7 +287,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         ref = catalog.resolve(args.model)
         name = report.model_id(ref)
-        for warning in check_settings(ref, quant, options):
+        for warning in precheck.check_settings(ref, quant, options):
             print(f"warning: {warning}", file=sys.stderr)
         show = stderr_progress(False)
         estimate = report.estimate_bytes(ref, quant, options)
@@ -364,7 +297,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             load_report = loaded.report
             if args.prompt:
                 gen = generation_from_args(args)
-                prompt = read_prompt(args.prompt)
+                prompt = textio.read_prompt(args.prompt, sys.stdin)
                 _, stats = generation.generate_text(loaded, prompt, gen)
         finally:
             loader.unload(loaded)
@@ -431,7 +364,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     specs = compare.parse_rows(rows, base, common)
     eval_text = textio.read_file(args.eval_file) if args.eval_file else None
     config = compare.CompareConfig(
-        prompt=read_prompt(args.prompt) if args.prompt else compare.DEFAULT_PROMPT,
+        prompt=textio.read_prompt(args.prompt, sys.stdin)
+        if args.prompt
+        else compare.DEFAULT_PROMPT,
         new_tokens=args.tokens,
         eval_text=eval_text,
         eval_tokens=args.eval_tokens,
@@ -439,7 +374,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ref = catalog.resolve(args.model)
     warnings: dict[str, None] = {}
     for spec in specs:
-        warnings |= dict.fromkeys(check_settings(ref, spec.quant, spec.options))
+        warnings |= dict.fromkeys(
+            precheck.check_settings(ref, spec.quant, spec.options)
+        )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     show = stderr_progress(args.json)

@@ -39,6 +39,18 @@ def read_bounded(stream: BinaryIO, limit: int, what: str) -> str:
     return data.decode("utf-8", "replace")
 
 
+def read_prompt(given: str | None, stdin: object) -> str:
+    """--prompt, or `stdin` when it is not given; bounded, bad UTF-8 replaced."""
+    if given is not None:
+        if len(given.encode("utf-8", "surrogateescape")) > MAX_PROMPT_BYTES:
+            raise NibbleError(
+                f"the prompt is larger than {format_bytes(MAX_PROMPT_BYTES)}",
+                "pass a shorter text; no model's context holds this much",
+            )
+        return clean(given)
+    return read_stdin(stdin)
+
+
 def read_stdin(stdin: object, limit: int = MAX_PROMPT_BYTES) -> str:
     """The prompt piped in on `stdin` (sys.stdin), bounded."""
     buffer = getattr(stdin, "buffer", None)

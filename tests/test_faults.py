@@ -666,7 +666,7 @@ def test_cpu_cap_below_the_model_is_refused(tiny_dir: Path) -> None:
         "--device-map", "cpu", "--max-memory", "cpu=1KiB",
     )  # fmt: skip
     assert done.returncode == 2
-    assert b"--max-memory caps the CPU at 1KiB, but the model needs" in done.stderr
+    assert b"max memory caps the CPU at 1KiB, but the model needs" in done.stderr
 
 
 def test_progress_is_a_line_per_stage_off_a_terminal(tiny_dir: Path) -> None:
