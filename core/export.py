@@ -146,13 +146,17 @@ def check_target(out: Path, force: bool = False, source: Path | None = None) -> 
 
 def refuse_dangerous(out: Path, source: Path | None = None) -> None:
     """Raise ExportError when replacing `out` would destroy what must be kept."""
-    try:
-        target = out.resolve()
-        keep = [("the current folder", Path.cwd().resolve())]
-        keep.append(("your home folder", Path.home().resolve()))
-        sources = [source.resolve()] if source is not None else []
-    except (OSError, RuntimeError):
-        return
+    target = out.resolve()
+    keep: list[tuple[str, Path]] = []
+    sources = [source.resolve()] if source is not None else []
+    for what, where in (
+        ("the current folder", Path.cwd),
+        ("your home folder", Path.home),
+    ):
+        try:
+            keep.append((what, where().resolve()))
+        except (OSError, RuntimeError):  # no current folder, no HOME: nothing to keep
+            pass
     if target == Path(target.anchor):
         raise ExportError(f"{out} is a filesystem root", "save into a new folder")
     for what, path in keep:

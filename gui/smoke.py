@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
