@@ -20,6 +20,20 @@ $(STAMP): pyproject.toml Makefile
 		[ "$$(id -u)" != 0 ] || apt-get install -y -qq desktop-file-utils >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq desktop-file-utils >/dev/null; } || \
 		echo "note: desktop-file-utils is not installed; the launcher check will skip"
+	# The system libraries Qt's xcb platform needs (a fresh Debian or Ubuntu lacks
+	# some), and Xvfb for the test that opens the window on a real X server.
+	pkgs="$$($(BIN)/python -m core.desktop --missing-packages)"; \
+	command -v Xvfb >/dev/null || pkgs="$$pkgs xvfb"; \
+	pkgs="$$(echo $$pkgs)"; \
+	if [ -z "$$pkgs" ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -qq $$pkgs >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq $$pkgs >/dev/null; } || \
+		echo "note: could not install $$pkgs; the window check will say what is missing"; \
+	else \
+		echo "note: the window needs system packages; install them with:"; \
+		echo "  sudo apt-get install -y $$pkgs"; \
+	fi
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -10,6 +10,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--self-test"]:
         argv = ["self-test", *argv[1:]]
     if not argv or argv[0] in ("--gui",):
+        from core import desktop
+
+        found = desktop.check()
+        if not found.ok:  # Qt would abort the process instead
+            print(f"error: {found.problem}\nhint: {found.hint}", file=sys.stderr)
+            return 2
         from gui.app import run_app
 
         return run_app(argv[1:])
@@ -19,4 +25,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        from core import interrupt
+
+        # An interrupted load may still run in a library thread: leave without the
+        # interpreter's shutdown, which would tear that thread down mid-call.
+        interrupt.exit_now(code)
+    sys.exit(code)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from core.errors import NibbleError, SettingsError
+from core import interrupt, precheck, textio
+from core.errors import CancelledError, NibbleError, SettingsError, write_error
 from core.settings import (
     EDITABLE_FIELDS,
     PRESETS,
@@ -26,6 +28,8 @@ from core.units import format_bytes
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = interrupt.EXIT_INTERRUPTED
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool ended by SIGPIPE
 
 
 # -- shared argument groups --
@@ -125,11 +129,28 @@ def generation_from_args(args: argparse.Namespace) -> GenerationSettings:
     )
 
 
+_COUNTER = re.compile(r"\s*\d+/\d+$")
+
+
 def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
-    """A progress printer for interactive terminals."""
-    if quiet or not sys.stderr.isatty():
+    """A progress printer: a live line on a terminal, a line per stage elsewhere.
+
+    `quiet` (--json) silences the live line only: a line per stage on a redirected
+    stderr never mixes with the JSON on stdout, and tells a log where time went.
+    """
+    if quiet and sys.stderr.isatty():
         return None
     last = {"message": ""}
+    if not sys.stderr.isatty():
+
+        def log(done: int, total: int, message: str) -> None:
+            stage = _COUNTER.sub("", message).strip()
+            if stage and stage != last["message"]:
+                last["message"] = stage
+                print(stage, file=sys.stderr, flush=True)
+
+        log.live = False  # type: ignore[attr-defined]
+        return log
 
     def show(done: int, total: int, message: str) -> None:
         text = f"{message} {done}/{total}" if total else message
@@ -137,7 +158,14 @@ def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
             last["message"] = text
             print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
 
+    show.live = True  # type: ignore[attr-defined]
     return show
+
+
+def end_progress(show: Callable[[int, int, str], None] | None) -> None:
+    """Clear a live progress line (a line-per-stage log needs nothing)."""
+    if show is not None and getattr(show, "live", False):
+        print("\r\033[K", end="", file=sys.stderr)
 
 
 # -- commands --
@@ -164,33 +192,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     gen = generation_from_args(args)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = textio.read_prompt(args.prompt, sys.stdin)
     if not prompt.strip():
         raise NibbleError("the prompt is empty", 'pass --prompt "..." or pipe text in')
     messages: Any = prompt
     if args.system and not args.raw:
         messages = [
-            {"role": "system", "content": args.system},
+            {"role": "system", "content": textio.clean(args.system)},
             {"role": "user", "content": prompt},
         ]
     ref = catalog.resolve(args.model)
+    warnings = precheck.check_settings(ref, quant, options)
     show = stderr_progress(args.json)
     loaded = loader.load(ref, quant, options, progress=show)
-    if show:
-        print("\r\033[K", end="", file=sys.stderr)
+    end_progress(show)
     stop = threading.Event()
     chunks: list[str] = []
     stats = None
+    # Ctrl+C and SIGTERM stop the answer as Esc does in the window: what was
+    # written so far and its stats are kept.
     try:
-        for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
-            if isinstance(item, generation.GenerationStats):
-                stats = item
-            else:
-                chunks.append(item)
-                if not args.json:
-                    print(item, end="", flush=True)
-    except KeyboardInterrupt:
-        stop.set()
+        with interrupt.signals_set(stop):
+            for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
+                if isinstance(item, generation.GenerationStats):
+                    stats = item
+                else:
+                    chunks.append(item)
+                    if not args.json:
+                        print(item, end="", flush=True)
     finally:
         report = loaded.report
         loader.unload(loaded)
@@ -209,8 +238,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print()
-        for warning in report.warnings:
+        print(flush=True)
+        for warning in [*warnings, *report.warnings]:
             print(f"warning: {warning}", file=sys.stderr)
         if stats:
             print(
@@ -218,7 +247,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"loaded in {report.load_s:.1f} s] {stats.summary()}",
                 file=sys.stderr,
             )
-    return EXIT_OK
+    return EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
 
 
 def cmd_snippet(args: argparse.Namespace) -> int:
@@ -233,12 +262,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core import catalog, export
 
     quant, options = settings_from_args(args)
+    ref = catalog.resolve(args.model)
+    for warning in precheck.check_settings(ref, quant, options):
+        print(f"warning: {warning}", file=sys.stderr)
     show = stderr_progress(args.json)
-    result = export.export(
-        catalog.resolve(args.model), quant, args.out, options, args.force, show
-    )
-    if show:
-        print("\r\033[K", end="", file=sys.stderr)
+    result = export.export(ref, quant, args.out, options, args.force, show)
+    end_progress(show)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -258,16 +287,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         ref = catalog.resolve(args.model)
         name = report.model_id(ref)
+        for warning in precheck.check_settings(ref, quant, options):
+            print(f"warning: {warning}", file=sys.stderr)
         show = stderr_progress(False)
         estimate = report.estimate_bytes(ref, quant, options)
         loaded = loader.load(ref, quant, options, show)
-        if show:
-            print("\r\033[K", end="", file=sys.stderr)
+        end_progress(show)
         try:
             load_report = loaded.report
             if args.prompt:
                 gen = generation_from_args(args)
-                _, stats = generation.generate_text(loaded, args.prompt, gen)
+                prompt = textio.read_prompt(args.prompt, sys.stdin)
+                _, stats = generation.generate_text(loaded, prompt, gen)
         finally:
             loader.unload(loaded)
     data = report.build(name, quant, options, load_report, estimate, gen, stats)
@@ -280,9 +311,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_self_test(args: argparse.Namespace) -> int:
     """Load the default model in nf4 and check that it answers Paris."""
-    from core import selftest
+    from core import default_model, selftest
 
-    return EXIT_OK if selftest.run() else EXIT_UNEXPECTED
+    if args.rebuild:
+        print("rebuilding the default model", file=sys.stderr)
+        default_model.convert(default_model.model_dir(), stderr_progress(False))
+    if selftest.run():
+        return EXIT_OK
+    if not args.rebuild:
+        print(
+            "hint: if the default model is damaged, rebuild it: "
+            "python main.py --self-test --rebuild",
+            file=sys.stderr,
+        )
+    return EXIT_UNEXPECTED
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -320,25 +362,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     rows = args.quant if args.quant is not None else ",".join(compare.DEFAULT_ROWS)
     specs = compare.parse_rows(rows, base, common)
-    eval_text = None
-    if args.eval_file:
-        try:
-            eval_text = Path(args.eval_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NibbleError(
-                f"cannot read {args.eval_file}: {exc}", "pass a UTF-8 text file"
-            ) from exc
+    eval_text = textio.read_file(args.eval_file) if args.eval_file else None
     config = compare.CompareConfig(
-        prompt=args.prompt or compare.DEFAULT_PROMPT,
+        prompt=textio.read_prompt(args.prompt, sys.stdin)
+        if args.prompt
+        else compare.DEFAULT_PROMPT,
         new_tokens=args.tokens,
         eval_text=eval_text,
         eval_tokens=args.eval_tokens,
     )
     ref = catalog.resolve(args.model)
+    warnings: dict[str, None] = {}
+    for spec in specs:
+        warnings |= dict.fromkeys(
+            precheck.check_settings(ref, spec.quant, spec.options)
+        )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     show = stderr_progress(args.json)
-    result = compare.run(ref, specs, config, progress=show)
-    if show:
-        print("\r\033[K", end="", file=sys.stderr)
+    # Ctrl+C stops at the next token; the rows done so far are still printed
+    # and saved.
+    stop = threading.Event()
+    try:
+        with interrupt.signals_set(stop):
+            result = compare.run(ref, specs, config, progress=show, cancel=stop)
+    except CancelledError as exc:
+        result = getattr(exc, "partial", None)
+        if result is None:
+            raise
+    end_progress(show)
+    if stop.is_set():
+        print(
+            f"interrupted: {len(result.rows)} of {len(specs)} rows done",
+            file=sys.stderr,
+        )
+    done = EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
     if args.csv:
         result.save_csv(args.csv)
     if args.save_json:
@@ -348,7 +406,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
     if args.json:
         print(result.to_json())
-        return EXIT_OK
+        return done
+    if not result.rows:
+        return done
     print(compare.format_table(result))
     print()
     print(compare.format_seed_table(result))
@@ -361,11 +421,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
         file=sys.stderr,
     )
-    return EXIT_OK
+    return done
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Print memory samples (GPUs, host RAM, one process) until time is up or Ctrl+C."""
+    import psutil
+
     from core import monitor
 
     interval = monitor.check_interval(args.interval)
@@ -374,6 +436,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             f"--seconds {args.seconds:g} is shorter than one interval ({interval:g} s)",
             "pass at least one interval, or leave --seconds out to run until Ctrl+C",
         )
+    if args.pid is not None and args.pid <= 0:
+        raise SettingsError(
+            f"--pid {args.pid} is not a process ID",
+            "pass the PID of a running process (see ps or top)",
+        )
     with monitor.Sampler(pid=args.pid) as sampler:
         try:
             for sample in monitor.samples(sampler, interval, args.seconds):
@@ -381,6 +448,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 print(line, flush=True)
         except KeyboardInterrupt:  # the usual way to stop watching
             pass
+        except psutil.NoSuchProcess:
+            print(f"process {sampler.pid} has ended", file=sys.stderr)
     return EXIT_OK
 
 
@@ -486,6 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "self-test", help="load the default model in nf4 and check it answers"
     )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="convert the default model again first (a damaged copy)",
+    )
     p.set_defaults(func=cmd_self_test)
     p = sub.add_parser("monitor", help="print GPU, RAM and process memory samples")
     p.add_argument(
@@ -505,6 +579,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cli_hint(hint: str) -> str:
+    """The window's hints point at its Details button; the CLI has --debug instead."""
+    if re.search(r"\bsee (the )?(details|log)\b", hint, re.IGNORECASE):
+        return "run again with --debug for the details"
+    return hint
+
+
+def print_error(message: str, hint: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, map errors to exit codes."""
     parser = build_parser()
@@ -516,18 +603,34 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    if not sys.stderr.isatty():
+        # Libraries' own bars (the GGUF conversion's) would fill a log with \r;
+        # tqdm reads this when it is imported, which has not happened yet.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        return args.func(args)
+        with interrupt.sigterm_as_ctrl_c():
+            return args.func(args)
     except NibbleError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        print_error(exc.message, cli_hint(exc.hint))
         if args.debug:
             traceback.print_exc()
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a file or folder the user named, a full disk
+        mapped = write_error(exc, exc.filename or "the disk")
+        print_error(
+            mapped.message if mapped else str(exc), mapped.hint if mapped else ""
+        )
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_BAD_INPUT
     except Exception as exc:
         print(
             f"error: unexpected {type(exc).__name__}: {exc}".splitlines()[0],

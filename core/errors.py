@@ -48,3 +48,47 @@ class CancelledError(NibbleError):
 
 class ExportError(NibbleError):
     """Saving a quantized model failed or was refused; nothing was left behind."""
+
+
+class WriteError(NibbleError):
+    """Files could not be written: the disk is full or the folder is read-only."""
+
+
+_FULL = ("no space left", "storagefull", "disk quota", "code: 28,", "code: 122,")
+_READ_ONLY = ("read-only file system", "readonlyfilesystem", "code: 30,")
+_DENIED = ("permission denied", "permissiondenied", "code: 13,", "code: 1,")
+
+
+def write_error(exc: BaseException, folder: object) -> NibbleError | None:
+    """The message for a failed write into `folder`, or None when `exc` is no such failure.
+
+    Understands OSError and the errors of libraries that wrap it in their own type
+    with the OS error in the text (safetensors' SafetensorError, for one).
+    """
+    import errno
+
+    if isinstance(exc, NibbleError):
+        return exc
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc).lower()
+    if code in (errno.ENOSPC, errno.EDQUOT) or any(s in text for s in _FULL):
+        return WriteError(
+            f"ran out of space while writing to {folder}",
+            "free some disk space or choose another disk; nothing was kept",
+        )
+    if code == errno.EROFS or any(s in text for s in _READ_ONLY):
+        return WriteError(
+            f"cannot write to {folder}: the file system is read-only",
+            "choose a folder you can write to",
+        )
+    if code in (errno.EACCES, errno.EPERM) or any(s in text for s in _DENIED):
+        return WriteError(
+            f"cannot write to {folder}: permission denied",
+            "choose a folder you can write to",
+        )
+    if isinstance(exc, OSError):
+        return WriteError(
+            f"writing to {folder} failed: {exc.strerror or exc}",
+            "check the folder and the disk, or run again with --debug",
+        )
+    return None

@@ -11,7 +11,6 @@ once it is verified, so a failed or cancelled export leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -23,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import interrupt
 from core.catalog import ModelRef
-from core.errors import CancelledError, ExportError, NibbleError
+from core.errors import CancelledError, ExportError, NibbleError, write_error
 from core.settings import LoadOptions, QuantSettings, py_literal
 from core.units import format_bytes
 
@@ -111,12 +111,15 @@ def free_space(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_target(out: Path, force: bool = False) -> Path:
+def check_target(out: Path, force: bool = False, source: Path | None = None) -> Path:
     """Refuse a target that is a file or a non-empty folder (unless forced).
 
+    Never replaced, forced or not: the `source` model's folder or a folder that holds
+    it, the current folder, the home folder and a filesystem root.
     Returns the existing folder the export will be written beside.
     """
     out = Path(out).expanduser()
+    refuse_dangerous(out, source)
     if out.is_file() or (out.exists() and not out.is_dir()):
         raise ExportError(
             f"{out} is a file, not a folder",
@@ -139,6 +142,39 @@ def check_target(out: Path, force: bool = False) -> Path:
             "the target is the model's own folder", "save into a new folder"
         )
     return parent
+
+
+def refuse_dangerous(out: Path, source: Path | None = None) -> None:
+    """Raise ExportError when replacing `out` would destroy what must be kept."""
+    target = out.resolve()
+    keep: list[tuple[str, Path]] = []
+    sources = [source.resolve()] if source is not None else []
+    for what, where in (
+        ("the current folder", Path.cwd),
+        ("your home folder", Path.home),
+    ):
+        try:
+            keep.append((what, where().resolve()))
+        except (OSError, RuntimeError):  # no current folder, no HOME: nothing to keep
+            pass
+    if target == Path(target.anchor):
+        raise ExportError(f"{out} is a filesystem root", "save into a new folder")
+    for what, path in keep:
+        if target == path:
+            raise ExportError(
+                f"{out} is {what}: saving there would replace it",
+                "save into a new folder, e.g. --out ./my-model-nf4",
+            )
+    for path in sources:
+        if target == path:
+            raise ExportError(
+                f"{out} is the model's own folder", "save into a new folder"
+            )
+        if target in path.parents:
+            raise ExportError(
+                f"{out} holds the model being saved ({path})",
+                "save into a new folder outside it",
+            )
 
 
 def source_inside(out: Path) -> bool:
@@ -201,11 +237,14 @@ def export(
             "it is saved already: copy its folder instead",
         )
     out = Path(out).expanduser().absolute()
-    parent = check_target(out, force)
+    parent = check_target(out, force, ref.path)
+    interrupt.sweep_stale(parent)
     tmp = parent / f".{out.name}.nibble-tmp-{os.getpid()}"
-    _probe_writable(parent, tmp)
+    registration = interrupt.temporary(tmp)
+    registration.__enter__()
     loaded = None
     try:
+        _probe_writable(parent, tmp)
         report(0, STEPS, f"Loading {ref.name} ({quant.label()})")
 
         def load_progress(done: int, total: int, message: str) -> None:
@@ -268,12 +307,16 @@ def export(
         _move_into_place(tmp, out)
     except NibbleError:
         raise
-    except OSError as exc:
-        raise _os_error(exc, parent) from exc
+    except Exception as exc:
+        mapped = _os_error(exc, parent)
+        if mapped is None:
+            raise
+        raise mapped from exc
     finally:
         if loaded is not None:
             loader.unload(loaded)
         shutil.rmtree(tmp, ignore_errors=True)
+        registration.__exit__(None, None, None)
     report(STEPS, STEPS, f"Saved to {out}")
     logger.info("%s", result.summary())
     return result
@@ -293,23 +336,29 @@ def _probe_writable(parent: Path, tmp: Path) -> None:
         (tmp / ".probe").unlink()
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _os_error(exc, parent) from exc
+        raise _os_error(exc, parent) or exc from exc
 
 
-def _os_error(exc: OSError, parent: Path) -> ExportError:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ExportError(
-            f"cannot write to {parent}: it is read-only",
-            "choose a folder you can write to",
-        )
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+def _os_error(exc: Exception, parent: Path) -> ExportError | None:
+    """A full disk or an unwritable folder as an ExportError (None: not a write error).
+
+    safetensors reports a failed write as its own error type with the OS error's
+    text, so the text is read too.
+    """
+    mapped = write_error(exc, parent)
+    if mapped is None:
+        return None
+    if "ran out of space" in mapped.message:
         return ExportError(
             f"the disk holding {parent} ran full while saving",
             "free some space or save to another disk; nothing was kept",
         )
-    return ExportError(
-        f"saving to {parent} failed: {exc.strerror or exc}", "see Details for more"
-    )
+    if "permission denied" in mapped.message:
+        return ExportError(
+            f"cannot write to {parent}: it is read-only to you",
+            "choose a folder you can write to",
+        )
+    return ExportError(mapped.message, mapped.hint)
 
 
 def _tokenizer_bytes(ref: ModelRef) -> int:
@@ -406,7 +455,9 @@ def verify(
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; an existing `out` is swapped out first, then removed."""
     old = out.parent / f".{out.name}.nibble-old-{os.getpid()}"
-    if out.exists():
+    if out.is_symlink():
+        out.rename(old)
+    elif out.exists():
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         else:
@@ -414,10 +465,13 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     try:
         tmp.rename(out)
     except OSError:
-        if old.exists() and not out.exists():
+        if (old.exists() or old.is_symlink()) and not out.exists():
             old.rename(out)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():  # a link is replaced by the folder; what it pointed to stays
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_code(path: Path, options: dict[str, Any]) -> str:

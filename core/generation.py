@@ -98,6 +98,25 @@ def context_length(model: Any) -> int | None:
     return None
 
 
+# A token rarely spans more characters than this; a prefix this long tells whether
+# a huge prompt can fit before all of it is tokenized (20 MB took 3.4 GB and 26 s).
+MAX_CHARS_PER_TOKEN = 32
+
+
+def check_length(tokenizer: Any, text: str, limit: int) -> None:
+    """Refuse a prompt longer than the context, tokenizing at most a bounded prefix."""
+    prefix = text[: limit * MAX_CHARS_PER_TOKEN]
+    if len(prefix) == len(text):
+        return  # short enough to tokenize whole; the exact check follows
+    tokens = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    if tokens >= limit:
+        raise GenerationError(
+            f"the prompt is over {limit} tokens ({len(text):,} characters), longer "
+            f"than the model's context of {limit}",
+            "shorten the prompt or clear the chat",
+        )
+
+
 def stream(
     loaded: LoadedModel,
     messages_or_prompt: str | Sequence[Message],
@@ -139,9 +158,11 @@ def stream(
     tokenizer, model = loaded.tokenizer, loaded.model
     text = build_prompt(tokenizer, messages_or_prompt, raw)
     add_special = raw or not has_chat_template(tokenizer)
+    limit = context_length(model)
+    if limit is not None:
+        check_length(tokenizer, text, limit)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=add_special)
     prompt_tokens = int(inputs["input_ids"].shape[1])
-    limit = context_length(model)
     if limit is not None and prompt_tokens >= limit:
         raise GenerationError(
             f"the prompt is {prompt_tokens} tokens, longer than the model's context "

@@ -2,14 +2,19 @@
 
 For installers (the launcher's command must work) and bug reports alike: it prints what
 it checked and exits 0 only when the whole path (default model, bitsandbytes 4-bit,
-generation) works on this machine.
+generation) works on this machine, and the window opens: offscreen always, and on the
+display too when there is one (each in a child process, so a Qt abort is reported).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from core.settings import GenerationSettings, preset
 from core.units import format_bytes
@@ -18,6 +23,49 @@ logger = logging.getLogger(__name__)
 
 QUESTION = "What is the capital of France?"
 EXPECTED = "Paris"
+ROOT = Path(__file__).resolve().parent.parent
+WINDOW_TIMEOUT_S = 120
+
+
+def window_check(say: Callable[[str], None] = print) -> bool:
+    """Open and close the window offscreen and, when there is a display, on it."""
+    from core import desktop
+
+    env = dict(os.environ)
+    runs = [("offscreen", {**env, "QT_QPA_PLATFORM": "offscreen"})]
+    has_display = bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+    if has_display and desktop.platform_name(env) not in desktop.HEADLESS_PLATFORMS:
+        found = desktop.check(env)
+        if not found.ok:
+            say(f"FAIL: {found.problem}")
+            say(f"hint: {found.hint}")
+            return False
+        runs.append(("the display", env))
+    else:
+        say("window: no display here, checked offscreen only")
+    for where, run_env in runs:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "gui.smoke"],
+                cwd=ROOT,
+                env=run_env,
+                capture_output=True,
+                text=True,
+                timeout=WINDOW_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            say(f"FAIL: the window did not open on {where} in {WINDOW_TIMEOUT_S} s")
+            return False
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            why = lines[-1] if lines else f"exit status {done.returncode}"
+            if done.returncode < 0:
+                why = f"Qt ended the process (signal {-done.returncode}): {why}"
+            say(f"FAIL: the window does not open on {where}: {why}")
+            return False
+        say(done.stdout.strip() or f"window opened on {where}")
+    return True
 
 
 def run(say: Callable[[str], None] = print) -> bool:
@@ -57,6 +105,8 @@ def run(say: Callable[[str], None] = print) -> bool:
     say(stats.summary())
     if EXPECTED.lower() not in text.lower():
         say(f"FAIL: the answer does not contain {EXPECTED!r}")
+        return False
+    if not window_check(say):
         return False
     say(f"PASS in {time.perf_counter() - started:.1f} s")
     return True

@@ -1,8 +1,10 @@
 """The window's last session: model, settings and recent folders as versioned JSON.
 
 The file lives in ``core.paths.config_dir()/session.json``. A file that cannot be read
-(bad JSON, wrong types, a newer schema) never stops Nibble: the defaults are used, the
-bad file is kept beside as ``session.json.bak`` and the caller gets a notice to show.
+(bad JSON, wrong types, a newer schema, bad UTF-8, nesting too deep, not a regular file,
+too large) never stops Nibble: the defaults are used, the bad file is set aside as
+``session.json.bak`` and the caller gets a notice to show. Reading never blocks (a
+FIFO is refused, not waited on) and never reads more than MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FILE_NAME = "session.json"
 MAX_RECENT = 8
+# A session is a few KiB; anything much larger is not one.
+MAX_BYTES = 1024 * 1024
 
 
 def default_quant() -> QuantSettings:
@@ -67,9 +72,17 @@ class Session:
             raise ValueError(f"unknown schema version {version!r}")
         model = data.get("model")
         if model is not None and not (
-            isinstance(model, dict) and isinstance(model.get("kind"), str)
+            isinstance(model, dict)
+            and isinstance(model.get("kind"), str)
+            and all(
+                model.get(key) is None or isinstance(model.get(key), str)
+                for key in ("name", "path", "repo_id")
+            )
         ):
             raise ValueError("model entry is not valid")
+        for key in ("quant", "options", "generation"):
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise ValueError(f"{key} is not an object")
         recent = data.get("recent_folders", [])
         if not isinstance(recent, list) or not all(isinstance(r, str) for r in recent):
             raise ValueError("recent_folders is not a list of paths")
@@ -82,7 +95,7 @@ class Session:
             options=LoadOptions.from_dict(data.get("options") or {}),
             generation=GenerationSettings.from_dict(data.get("generation") or {}),
             system_prompt=system_prompt,
-            raw_mode=bool(data.get("raw_mode", False)),
+            raw_mode=_flag(data.get("raw_mode", False), "raw_mode"),
             recent_folders=recent[:MAX_RECENT],
         )
 
@@ -91,6 +104,47 @@ class Session:
         text = str(folder)
         self.recent_folders = [text, *(f for f in self.recent_folders if f != text)]
         del self.recent_folders[MAX_RECENT:]
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A JSON boolean; the strings 'true'/'false' as written by hand, too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{name} is not true or false")
+
+
+def read_bounded(path: Path, limit: int = MAX_BYTES) -> str:
+    """The file's text, refusing anything but a regular UTF-8 file of `limit` bytes.
+
+    Opened without blocking (a FIFO would wait for a writer forever) and read no
+    further than `limit` + 1 bytes (a link to /dev/zero never ends).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("it is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"it is larger than {limit // 1024} KiB")
+    return b"".join(chunks).decode("utf-8")
+
+
+def _parse(text: str) -> Session:
+    data = json.loads(text)
+    # Lone surrogates (\udc80 escapes) would fail at the next save instead.
+    json.dumps(data, ensure_ascii=False).encode("utf-8")
+    session = Session.from_dict(data)
+    ref_from_dict(session.model)  # the window opens this at start
+    return session
 
 
 def session_path() -> Path:
@@ -105,15 +159,20 @@ def load_session(path: Path | None = None) -> tuple[Session, str | None]:
     """
     path = path or session_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        return _parse(read_bounded(path)), None
     except FileNotFoundError:
         return Session(), None
-    except OSError as exc:
-        return Session(), f"Could not read {path}: {exc.strerror}. Using defaults."
-    try:
-        return Session.from_dict(json.loads(text)), None
-    except (ValueError, TypeError, NibbleError) as exc:
-        reason = exc.message if isinstance(exc, NibbleError) else str(exc)
+    except Exception as exc:  # whatever is wrong with it, the window must start
+        if isinstance(exc, NibbleError):
+            reason = exc.message
+        elif isinstance(exc, RecursionError):
+            reason = "it is nested too deeply"
+        elif isinstance(exc, UnicodeError):
+            reason = "it is not valid UTF-8 text"
+        elif isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+        else:
+            reason = str(exc) or type(exc).__name__
         backup = path.with_name(path.name + ".bak")
         try:
             os.replace(path, backup)
@@ -161,7 +220,10 @@ def ref_from_dict(data: dict[str, Any] | None) -> ModelRef:
     kind = data.get("kind")
     if kind not in ("folder", "cache", "hub"):
         return catalog.default_ref()
-    path = Path(data["path"]) if data.get("path") else None
+    raw_path = data.get("path")
+    if raw_path is not None and not isinstance(raw_path, str):
+        raise ValueError("the model's path is not text")
+    path = Path(raw_path) if raw_path else None
     return ModelRef(
         kind,
         str(data.get("name") or (path.name if path else data.get("repo_id"))),

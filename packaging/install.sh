@@ -182,6 +182,22 @@ if ! "$VENV/bin/python" -c "$check"; then
     false
 fi
 
+# -- the window's system libraries, before the menu entry promises a window --
+missing="$("$VENV/bin/python" -c 'import sys; sys.path.insert(0, sys.argv[1])
+from core import desktop; desktop.main(["--missing-packages"])' "$APP")"
+if [ -n "$missing" ]; then
+    missing="$(echo $missing)"
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        say "installing the system libraries the window needs: $missing"
+        apt-get install -y -qq $missing >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq $missing >/dev/null; } \
+            || echo "warning: could not install $missing" >&2
+    else
+        echo "warning: the window will not open until these system packages are installed: $missing" >&2
+        echo "hint: sudo apt-get install -y $missing" >&2
+    fi
+fi
+
 # -- the command the launcher runs --
 printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$VENV/bin/python" "$APP/main.py" >"$VENV/bin/nibble"
 chmod +x "$VENV/bin/nibble"

@@ -1,0 +1,80 @@
+"""Open the window, wait for its first paint, optionally save what is on screen, close.
+
+``python -m gui.smoke [--screenshot FILE] [--timeout S]`` on whatever platform
+QT_QPA_PLATFORM names (the real display when unset). The self-test and the Xvfb test
+run it in a child process, so that a platform plugin that aborts the process (Qt's
+answer to a missing xcb library) is reported, not suffered. It loads no model and
+uses a private config dir, so the user's session is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gui.smoke")
+    parser.add_argument("--screenshot", default=None, metavar="FILE")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-smoke-")
+
+    from core import desktop
+
+    found = desktop.check()
+    if not found.ok:
+        print(f"error: {found.problem}\nhint: {found.hint}", file=sys.stderr)
+        return 2
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtGui import QGuiApplication
+
+    from core.session import Session
+    from gui.app import make_app
+    from gui.main_window import MainWindow
+
+    app = make_app([])
+    window = MainWindow(Session(), auto_load=False)
+    outcome = {"code": EXIT_FAILED}
+
+    def painted() -> None:
+        platform = QGuiApplication.platformName()
+        size = window.size()
+        if args.screenshot:
+            screen = window.screen() or QGuiApplication.primaryScreen()
+            # On a display server, take what the server shows, not a re-render.
+            if platform == "offscreen":
+                image = window.grab()
+            else:
+                image = screen.grabWindow(window.winId())
+            if image.isNull() or not image.save(args.screenshot):
+                print(f"error: could not save {args.screenshot}", file=sys.stderr)
+                window.close()
+                return
+        print(f"window opened on {platform} ({size.width()}x{size.height()})")
+        outcome["code"] = EXIT_OK
+        window.close()
+
+    def timed_out() -> None:
+        print(f"error: the window did not paint in {args.timeout:g} s", file=sys.stderr)
+        window.close()
+        app.quit()
+
+    window.first_painted.connect(lambda: QTimer.singleShot(300, window, painted))
+    window.destroyed.connect(app.quit)
+    QTimer.singleShot(int(args.timeout * 1000), app, timed_out)
+    window.show()
+    app.exec()
+    return outcome["code"]
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # any worker still winding down must not hold the check up
