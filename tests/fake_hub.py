@@ -16,12 +16,19 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+import pytest
+
+REPO = "nibble-test/tiny-llama"
+CHUNK = (
+    1 << 20
+)  # huggingface_hub reads 10 MiB per chunk; 1 MiB gives the tests more steps
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")
 _BLOCK = 64 * 1024
 
@@ -318,3 +325,50 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if self.fake.delay_s:
                     time.sleep(self.fake.delay_s)
+
+
+# -- fixtures (import them into a test module) --
+
+
+@pytest.fixture(scope="module")
+def repo_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
+    """The tiny Llama as a hub repo: safetensors, a .bin duplicate, GGUF and ONNX extras."""
+    from tests.conftest import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("repo") / "tiny", default_dir)
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / "model.gguf").write_bytes(b"GGUF" + b"\0" * 100)
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(b"\0" * 100)
+    (folder / "tf_model.h5").write_bytes(b"\0" * 100)
+    return folder
+
+
+@pytest.fixture
+def fake(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, repo_dir: Path
+) -> Iterator[FakeHub]:
+    """A running fake hub with the tiny repo, and huggingface_hub pointed at it."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _cache_manager
+
+    server = FakeHub()
+    server.add_repo(REPO, repo_dir, downloads=500, likes=7)
+    endpoint = server.start()
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    yield server
+    server.stop()

@@ -6,64 +6,17 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core import hub
 from core.errors import CancelledError
-from tests.fake_hub import FakeHub
+from tests.fake_hub import CHUNK, REPO, FakeHub
 
-REPO = "nibble-test/tiny-llama"
-CHUNK = (
-    1 << 20
-)  # huggingface_hub reads 10 MiB per chunk; 1 MiB gives the test more steps
+pytest_plugins = ["tests.fake_hub"]  # the fake and repo_dir fixtures
+
 TOKEN = "hf_testTOKENdoNotPrint1234567890"
-
-
-@pytest.fixture(scope="module")
-def repo_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
-    """The tiny Llama as a hub repo: safetensors, a .bin duplicate, GGUF and ONNX extras."""
-    from tests.conftest import build_tiny_model
-
-    folder = build_tiny_model(tmp_path_factory.mktemp("repo") / "tiny", default_dir)
-    (folder / "README.md").write_text("# tiny\n")
-    (folder / "model.gguf").write_bytes(b"GGUF" + b"\0" * 100)
-    (folder / "onnx").mkdir()
-    (folder / "onnx" / "model.onnx").write_bytes(b"\0" * 100)
-    (folder / "tf_model.h5").write_bytes(b"\0" * 100)
-    return folder
-
-
-@pytest.fixture
-def fake(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, repo_dir: Path
-) -> Iterator[FakeHub]:
-    """A running fake hub with the tiny repo, and huggingface_hub pointed at it."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import _cache_manager
-
-    server = FakeHub()
-    server.add_repo(REPO, repo_dir, downloads=500, likes=7)
-    endpoint = server.start()
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(
-        constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-    )
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    yield server
-    server.stop()
 
 
 def _weights(fake: FakeHub) -> int:
@@ -168,13 +121,9 @@ def test_download_lands_in_the_hf_cache_and_loads_offline(fake: FakeHub) -> None
     assert "left" in last.text() and "100%" in last.text()
     # The picker's HF cache section lists it, and the id resolves with no network.
     assert REPO in [r.name for r in catalog.scan_cache()]
-    from huggingface_hub import constants
-
     fake.stop()
     ref = catalog.resolve(REPO)
     assert ref.kind == "cache" and ref.path == snapshot
-    assert constants.ENDPOINT  # the server is gone; the cache answered
-    # A plan for a complete download says so.
 
 
 def test_cut_mid_file_resumes_without_refetching(fake: FakeHub) -> None:
