@@ -760,6 +760,14 @@ def _write_ref(plan_: Plan) -> None:
     ref.write_text(plan_.commit)
 
 
+def refresh(plan_: Plan) -> Plan:
+    """Update the plan's cached / partial state from the disk (after a pause)."""
+    for entry in plan_.files:
+        entry.cached = _cached(plan_, entry)
+        entry.partial_bytes = 0 if entry.cached else _partial_size(plan_, entry)
+    return plan_
+
+
 def discard(plan_: Plan) -> int:
     """Delete the plan's partial files (Cancel, not Pause); returns the bytes freed."""
     freed = 0

@@ -69,7 +69,9 @@ def test_pull_plans_then_downloads_and_a_second_pull_has_nothing_to_fetch(
 
 def test_ctrl_c_leaves_a_partial_that_the_next_pull_continues(fake: FakeHub) -> None:
     fake.delay_s = 0.03  # ~2 MB/s: the first 10 MiB chunk lands after a few seconds
-    blobs = Path(os.environ["HF_HUB_CACHE"]) / "models--nibble-test--tiny-llama" / "blobs"
+    blobs = (
+        Path(os.environ["HF_HUB_CACHE"]) / "models--nibble-test--tiny-llama" / "blobs"
+    )
     proc = subprocess.Popen(
         [sys.executable, "main.py", "pull", REPO],
         cwd=ROOT,
