@@ -274,3 +274,32 @@ def test_downloaded_model_loads_in_nf4_and_answers(fake: FakeHub) -> None:
 def test_plan_to_dict_is_json(fake: FakeHub) -> None:
     data = json.loads(json.dumps(hub.plan(REPO).to_dict()))
     assert data["repo_id"] == REPO and data["estimate"]["rows"]
+
+
+@pytest.mark.slow
+def test_default_model_through_the_hub_answers_paris_in_nf4(
+    fake: FakeHub, default_dir: Path
+) -> None:
+    """The real 135M model, served by the local hub, downloaded, loaded in nf4."""
+    from core import catalog, generation, loader
+    from core.settings import GenerationSettings, preset
+
+    fake.add_repo("nibble-test/SmolLM2-135M-Instruct", default_dir)
+    plan = hub.plan("nibble-test/SmolLM2-135M-Instruct")
+    assert plan.total_bytes > 500 * 2**20
+    nf4 = next(r for r in plan.table.rows if r.preset == "nf4")
+    snapshot = hub.download(plan)
+    chosen = preset("nf4")
+    loaded = loader.load(
+        catalog.folder_ref(snapshot), chosen.quant, chosen.load_options()
+    )
+    try:
+        assert loaded.report.true_bytes == nf4.model_bytes
+        text, _ = generation.generate_text(
+            loaded,
+            "What is the capital of France?",
+            GenerationSettings(max_new_tokens=32, greedy=True),
+        )
+    finally:
+        loader.unload(loaded)
+    assert "paris" in text.lower()
