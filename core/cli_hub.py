@@ -125,7 +125,13 @@ def hub_table(
             text, quant=quant, options=options, context=context, batch=batch
         )
     except hub.HubOfflineError:
-        return None
+        config = hub.cached_config(text)
+        if config is None:
+            return None
+        from core import estimate
+
+        source = estimate.ConfigSource(text, json.loads(config.read_text()), config)
+        return estimate.table(source, quant, options, context=context, batch=batch)
     if plan.table is None:
         from core.estimate import EstimateError
 

@@ -630,7 +630,8 @@ def download(
     Partial files are kept when cancelled or cut off and continued by the next call.
     Returns the snapshot folder, ready for `catalog.folder_ref`.
     """
-    _check_online()
+    if not all(_cached(plan_, f) for f in plan_.files):
+        _check_online()
     free = free_disk_bytes(plan_.cache_dir)
     need = sum(
         f.size - _partial_size(plan_, f) for f in plan_.files if not _cached(plan_, f)
@@ -766,6 +767,19 @@ def refresh(plan_: Plan) -> Plan:
         entry.cached = _cached(plan_, entry)
         entry.partial_bytes = 0 if entry.cached else _partial_size(plan_, entry)
     return plan_
+
+
+def cached_config(repo_id: str) -> Path | None:
+    """config.json of `repo_id` from the cache, for offline use: refs/main's snapshot
+    first, else the newest snapshot that has one (a plan fetches it at a commit)."""
+    folder = storage_folder(repo_id)
+    ref = folder / "refs" / "main"
+    if ref.is_file():
+        file = folder / "snapshots" / ref.read_text().strip() / "config.json"
+        if file.is_file():
+            return file
+    found = list(folder.glob("snapshots/*/config.json"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def discard(plan_: Plan) -> int:

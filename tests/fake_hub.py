@@ -130,6 +130,7 @@ class FakeHub:
             str, int
         ] = {}  # file name → cut the next GET after N bytes
         self.delay_s = 0.0  # sleep per 64 KiB block, to slow a download down
+        self.delay_from = 0  # ... once a response has sent this many bytes
         self.granted_tokens: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
 
@@ -323,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                if self.fake.delay_s:
+                if self.fake.delay_s and sent >= self.fake.delay_from:
                     time.sleep(self.fake.delay_s)
 
 

@@ -68,7 +68,8 @@ def test_pull_plans_then_downloads_and_a_second_pull_has_nothing_to_fetch(
 
 
 def test_ctrl_c_leaves_a_partial_that_the_next_pull_continues(fake: FakeHub) -> None:
-    fake.delay_s = 0.03  # ~2 MB/s: the first 10 MiB chunk lands after a few seconds
+    # huggingface_hub writes 10 MiB chunks: the first arrives at once, the rest slowly.
+    fake.delay_from, fake.delay_s = 10 * 2**20, 0.05
     blobs = (
         Path(os.environ["HF_HUB_CACHE"]) / "models--nibble-test--tiny-llama" / "blobs"
     )
@@ -140,3 +141,18 @@ def test_unreachable_hub(fake: FakeHub, command: str) -> None:
     result = _main(command, REPO)
     assert result.returncode == 2
     assert result.stderr.startswith("error: the hub cannot be reached")
+
+
+def test_estimate_hub_id_offline_reads_the_cached_config(
+    fake: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huggingface_hub import constants
+
+    from core import cli, hub
+
+    hub.plan(REPO)  # fetches config.json into the cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    fake.stop()
+    assert cli.run(["estimate", REPO, "--quant", "nf4"]) == 0
+    out = capsys.readouterr()
+    assert "Current:" in out.out and "to fetch" not in out.err

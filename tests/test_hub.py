@@ -86,6 +86,19 @@ def test_plan_picks_files_sizes_and_exact_estimate_before_weights(
         loader.unload(loaded)
 
 
+def test_gguf_only_repo_is_refused_with_a_reason(fake: FakeHub, tmp_path: Path) -> None:
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    (folder / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
+    fake.add_repo("nibble-test/gguf", folder, library_name="gguf")
+
+    with pytest.raises(hub.ModelNotFoundError) as info:
+        hub.plan("nibble-test/gguf")
+
+    assert "has no config.json" in info.value.message
+    assert "GGUF-only" in info.value.message
+
+
 def test_bin_only_repo_warns_about_pickles(fake: FakeHub, tmp_path: Path) -> None:
     folder = tmp_path / "bin-only"
     folder.mkdir()
@@ -104,7 +117,8 @@ def test_download_lands_in_the_hf_cache_and_loads_offline(fake: FakeHub) -> None
     from core import catalog
 
     seen: list[hub.Progress] = []
-    snapshot = hub.download(hub.plan(REPO), progress=seen.append)
+    plan = hub.plan(REPO)
+    snapshot = hub.download(plan, progress=seen.append)
 
     assert snapshot == (
         hub.cache_dir()
@@ -124,6 +138,7 @@ def test_download_lands_in_the_hf_cache_and_loads_offline(fake: FakeHub) -> None
     fake.stop()
     ref = catalog.resolve(REPO)
     assert ref.kind == "cache" and ref.path == snapshot
+    assert hub.download(plan) == snapshot  # complete: no network needed
 
 
 def test_cut_mid_file_resumes_without_refetching(fake: FakeHub) -> None:
