@@ -521,6 +521,7 @@ class _Tracker:
     def __init__(
         self, plan_: Plan, progress: ProgressFn | None, cancel: Cancel
     ) -> None:
+        self.repo_id = plan_.repo_id
         self.total = plan_.total_bytes
         self.done = plan_.cached_bytes
         self.files_total = len(plan_.files)
@@ -675,9 +676,9 @@ def _partial_size(plan_: Plan, entry: PlanFile) -> int:
 
 def _fetch(plan_: Plan, entry: PlanFile, tracker: _Tracker) -> None:
     """Continue (or start) one file with huggingface_hub's http_get, then check it."""
+    from filelock import Timeout
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
     url = hf_hub_url(plan_.repo_id, entry.name, revision=plan_.commit)
     try:
@@ -701,6 +702,33 @@ def _fetch(plan_: Plan, entry: PlanFile, tracker: _Tracker) -> None:
     location = meta.location or url
     if _host(location) != _host(url):
         headers.pop("authorization", None)  # a signed CDN url: the token stays home
+    # huggingface_hub's own lock for this blob: two writers would garble the partial.
+    lock = plan_.cache_dir / ".locks" / blobs.parent.name / f"{etag}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with WeakFileLock(lock, timeout=1):
+            _fetch_locked(location, headers, partial, blob, etag, size, entry, tracker)
+    except Timeout:
+        raise HubError(
+            f"{entry.name} of {plan_.repo_id} is being downloaded by another "
+            "program or window",
+            "wait for that download to end, or stop it, then try again",
+        ) from None
+
+
+def _fetch_locked(
+    location: str,
+    headers: dict[str, str],
+    partial: Path,
+    blob: Path,
+    etag: str,
+    size: int,
+    entry: PlanFile,
+    tracker: _Tracker,
+) -> None:
+    """Append to the partial file from where it ends, verify, move it into blobs/."""
+    from huggingface_hub.file_download import http_get
+
     with partial.open("ab") as fh:
         resume = fh.tell()
         if resume > size:
@@ -720,7 +748,7 @@ def _fetch(plan_: Plan, entry: PlanFile, tracker: _Tracker) -> None:
         except NibbleError:
             raise
         except Exception as exc:
-            raise explain(exc, plan_.repo_id) from None
+            raise explain(exc, tracker.repo_id) from None
     if _SHA256.match(etag) and not _sha256_matches(partial, etag, tracker):
         partial.unlink(missing_ok=True)
         raise HubError(

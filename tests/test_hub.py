@@ -181,6 +181,23 @@ def test_cancel_keeps_the_partial_and_the_next_download_continues(
     assert hub.plan(REPO).complete
 
 
+def test_a_second_writer_is_told_the_file_is_busy(fake: FakeHub) -> None:
+    from huggingface_hub.utils import WeakFileLock
+
+    plan = hub.plan(REPO)
+    weights = next(f for f in plan.files if f.name == "model.safetensors")
+    lock = plan.cache_dir / ".locks" / "models--nibble-test--tiny-llama"
+    lock.mkdir(parents=True, exist_ok=True)
+    with (
+        WeakFileLock(lock / f"{weights.blob}.lock"),
+        pytest.raises(hub.HubError) as info,
+    ):
+        hub.download(plan)
+    assert "is being downloaded by another program" in info.value.message
+    assert fake.served["model.safetensors"] == 0
+    hub.download(plan)  # once the other one let go
+
+
 def test_discard_removes_partials(fake: FakeHub) -> None:
     cancel = threading.Event()
     plan = hub.plan(REPO)
