@@ -80,6 +80,11 @@ def test_pause_keeps_the_partial_and_resume_continues(
     dialog.download_button.click()
     qtbot.waitUntil(lambda: dialog.progress.value() > 0, timeout=60_000)
     qtbot.waitUntil(lambda: "model.safetensors" in dialog.status.text(), timeout=60_000)
+    dialog.close()  # hides it: the download goes on behind the window's tabs
+    window.tabs.setCurrentIndex(window.tabs.count() - 1)
+    assert dialog.downloading and not dialog.isVisible()
+    window.picker.get_button.click()
+    assert dialog.isVisible() and dialog.downloading
     dialog.pause_button.click()
     qtbot.waitUntil(lambda: not dialog.downloading, timeout=30_000)
     assert dialog.status.text().startswith("Paused:")
