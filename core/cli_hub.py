@@ -69,7 +69,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Plan, then download with progress on stderr; Ctrl+C keeps what arrived."""
-    from core import estimate, hub
+    from core import estimate, hub, hub_download
 
     _quiet_hub_logs(args)
     plan = hub.plan(args.model, args.revision, context=args.context)
@@ -87,7 +87,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         return EXIT_OK
     show = _Printer(sys.stderr.isatty())
     try:
-        snapshot = hub.download(plan, progress=show)
+        snapshot = hub_download.download(plan, progress=show)
     except KeyboardInterrupt:
         show.clear()
         kept = hub.plan(args.model, plan.commit, context=args.context)

@@ -336,11 +336,11 @@ class HubDialog(QDialog):
             self._discard()
 
     def _discard(self) -> None:
-        from core import hub
+        from core import hub_download
 
         if self.plan is None:
             return
-        freed = hub.discard(self.plan)
+        freed = hub_download.discard(self.plan)
         self._discard_after_stop = False
         self._fill_files()
         self.progress.setValue(int(self._fraction(self.plan) * 1000))
@@ -356,9 +356,9 @@ class HubDialog(QDialog):
     def _on_paused(self) -> None:
         if self._discard_after_stop:
             return  # _download_ended discards once the worker let go of the files
-        from core import hub
+        from core import hub_download
 
-        plan = hub.refresh(self.plan)
+        plan = hub_download.refresh(self.plan)
         self._fill_files()
         self.status.setText(
             f"Paused: {format_bytes(plan.partial_bytes + plan.cached_bytes)} kept; "

@@ -447,7 +447,9 @@ class HubDownloadWorker(Worker):
         self.plan = plan
 
     def work(self) -> Any:
-        from core import catalog, hub
+        from core import catalog, hub_download
 
-        snapshot = hub.download(self.plan, self.fetched.emit, self.cancel_event)
+        snapshot = hub_download.download(
+            self.plan, self.fetched.emit, self.cancel_event
+        )
         return catalog.folder_ref(snapshot, kind="cache", name=self.plan.repo_id)

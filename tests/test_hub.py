@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core import hub
+from core import hub, hub_download
 from core.errors import CancelledError
 from tests.fake_hub import CHUNK, REPO, FakeHub
 
@@ -75,7 +75,7 @@ def test_plan_picks_files_sizes_and_exact_estimate_before_weights(
 
     # The nf4 row equals what the loaded model really takes.
     nf4 = next(r for r in plan.table.rows if r.preset == "nf4")
-    snapshot = hub.download(plan)
+    snapshot = hub_download.download(plan)
     chosen = preset("nf4")
     loaded = loader.load(
         catalog.folder_ref(snapshot), chosen.quant, chosen.load_options()
@@ -116,9 +116,9 @@ def test_bin_only_repo_warns_about_pickles(fake: FakeHub, tmp_path: Path) -> Non
 def test_download_lands_in_the_hf_cache_and_loads_offline(fake: FakeHub) -> None:
     from core import catalog
 
-    seen: list[hub.Progress] = []
+    seen: list[hub_download.Progress] = []
     plan = hub.plan(REPO)
-    snapshot = hub.download(plan, progress=seen.append)
+    snapshot = hub_download.download(plan, progress=seen.append)
 
     assert snapshot == (
         hub.cache_dir()
@@ -138,14 +138,14 @@ def test_download_lands_in_the_hf_cache_and_loads_offline(fake: FakeHub) -> None
     fake.stop()
     ref = catalog.resolve(REPO)
     assert ref.kind == "cache" and ref.path == snapshot
-    assert hub.download(plan) == snapshot  # complete: no network needed
+    assert hub_download.download(plan) == snapshot  # complete: no network needed
 
 
 def test_cut_mid_file_resumes_without_refetching(fake: FakeHub) -> None:
     size = _weights(fake)
     fake.cut_after["model.safetensors"] = 3 * CHUNK + 12345
 
-    hub.download(hub.plan(REPO))
+    hub_download.download(hub.plan(REPO))
 
     # huggingface_hub writes whole chunks: the three on disk are not fetched again,
     # only the 12345 bytes of the chunk that was cut off before it was written.
@@ -160,13 +160,13 @@ def test_cancel_keeps_the_partial_and_the_next_download_continues(
     size = _weights(fake)
     cancel = threading.Event()
 
-    def stop_after_two_chunks(p: hub.Progress) -> None:
+    def stop_after_two_chunks(p: hub_download.Progress) -> None:
         if p.file == "model.safetensors" and p.done_bytes >= 2 * CHUNK:
             cancel.set()
 
     plan = hub.plan(REPO)
     with pytest.raises(CancelledError):
-        hub.download(plan, progress=stop_after_two_chunks, cancel=cancel)
+        hub_download.download(plan, progress=stop_after_two_chunks, cancel=cancel)
 
     again = hub.plan(REPO)  # as after a restart
     weights = next(f for f in again.files if f.name == "model.safetensors")
@@ -174,7 +174,7 @@ def test_cancel_keeps_the_partial_and_the_next_download_continues(
     assert again.missing_bytes == again.total_bytes - again.cached_bytes - 2 * CHUNK
     served_before = fake.served["model.safetensors"]
 
-    hub.download(again)
+    hub_download.download(again)
 
     assert fake.ranges("model.safetensors")[-1] == f"bytes={2 * CHUNK}-"
     assert fake.served["model.safetensors"] - served_before == size - 2 * CHUNK
@@ -192,18 +192,20 @@ def test_a_second_writer_is_told_the_file_is_busy(fake: FakeHub) -> None:
         WeakFileLock(lock / f"{weights.blob}.lock"),
         pytest.raises(hub.HubError) as info,
     ):
-        hub.download(plan)
+        hub_download.download(plan)
     assert "is being downloaded by another program" in info.value.message
     assert fake.served["model.safetensors"] == 0
-    hub.download(plan)  # once the other one let go
+    hub_download.download(plan)  # once the other one let go
 
 
 def test_discard_removes_partials(fake: FakeHub) -> None:
     cancel = threading.Event()
     plan = hub.plan(REPO)
     with pytest.raises(CancelledError):
-        hub.download(plan, lambda p: p.done_bytes > CHUNK and cancel.set(), cancel)
-    assert hub.discard(plan) >= CHUNK
+        hub_download.download(
+            plan, lambda p: p.done_bytes > CHUNK and cancel.set(), cancel
+        )
+    assert hub_download.discard(plan) >= CHUNK
     assert hub.plan(REPO).partial_bytes == 0
 
 
@@ -214,7 +216,7 @@ def test_full_disk_is_refused_before_downloading(
     monkeypatch.setattr(hub, "free_disk_bytes", lambda path: 1000)
 
     with pytest.raises(hub.DiskFullError) as info:
-        hub.download(plan)
+        hub_download.download(plan)
 
     assert "not enough disk space" in info.value.message
     assert "HF_HUB_CACHE" in info.value.hint
@@ -260,7 +262,7 @@ def test_gated_repo_401_then_403_then_granted(
     assert f"Bearer {TOKEN}" in sent
 
     fake.granted_tokens.add(TOKEN)
-    hub.download(hub.plan("nibble-test/gated"))
+    hub_download.download(hub.plan("nibble-test/gated"))
     out = capsys.readouterr()
     assert TOKEN not in out.out + out.err + caplog.text
     assert TOKEN not in str(info.value) and TOKEN not in info.value.hint
@@ -288,7 +290,7 @@ def test_downloaded_model_loads_in_nf4_and_answers(fake: FakeHub) -> None:
     from core import catalog, generation, loader
     from core.settings import GenerationSettings, preset
 
-    snapshot = hub.download(hub.plan(REPO))
+    snapshot = hub_download.download(hub.plan(REPO))
     chosen = preset("nf4")
     loaded = loader.load(
         catalog.folder_ref(snapshot), chosen.quant, chosen.load_options()
@@ -320,7 +322,7 @@ def test_default_model_through_the_hub_answers_paris_in_nf4(
     plan = hub.plan("nibble-test/SmolLM2-135M-Instruct")
     assert plan.total_bytes > 500 * 2**20
     nf4 = next(r for r in plan.table.rows if r.preset == "nf4")
-    snapshot = hub.download(plan)
+    snapshot = hub_download.download(plan)
     chosen = preset("nf4")
     loaded = loader.load(
         catalog.folder_ref(snapshot), chosen.quant, chosen.load_options()
