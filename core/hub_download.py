@@ -68,7 +68,7 @@ class _Tracker:
     ) -> None:
         self.repo_id = plan_.repo_id
         self.total = plan_.total_bytes
-        self.done = plan_.cached_bytes
+        self.done = 0  # cached files are counted as the loop passes them
         self.files_total = len(plan_.files)
         self.files_done = 0
         self.file = ""
@@ -170,7 +170,6 @@ def download(
             "free some space, or point HF_HUB_CACHE at a larger disk",
         )
     tracker = _Tracker(plan_, progress, cancel)
-    tracker.done = 0
     tracker.emit()
     for entry in plan_.files:
         tracker.file = entry.name
