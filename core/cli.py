@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core import interrupt, precheck, textio
+from core import cli_hub, interrupt, precheck, textio
 from core.errors import CancelledError, NibbleError, SettingsError, write_error
 from core.settings import (
     EDITABLE_FIELDS,
@@ -332,7 +332,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from core import estimate
 
     quant, options = settings_from_args(args)
-    result = estimate.table(
+    result = cli_hub.hub_table(
+        args.model, quant, options, args.context, args.batch, args.json
+    ) or estimate.table(
         args.model, quant, options, context=args.context, batch=args.batch
     )
     if args.json:
@@ -576,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_monitor)
+    cli_hub.add_commands(sub)
     return parser
 
 

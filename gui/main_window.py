@@ -51,7 +51,7 @@ from core.errors import NibbleError
 from core.paths import config_dir
 from core.settings import LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
-from gui import dialogs, workers
+from gui import dialogs, hub_dialog, workers
 from gui.chat_view import ChatView
 from gui.load_bar import LoadBar
 from gui.model_picker import ModelPicker
@@ -183,6 +183,7 @@ class MainWindow(QMainWindow):
         self.picker.picked.connect(self._on_picked)
         self.picker.folder_chosen.connect(self.open_location)
         self.picker.hub_id_entered.connect(self.open_location)
+        self.hub_dialog = hub_dialog.attach(self)
         self.settings_panel.changed.connect(self._on_settings)
         self.settings_panel.validity_changed.connect(lambda *_: self._update_actions())
         self.chat.send_requested.connect(self.start_generation)
@@ -609,6 +610,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         """Stop every worker (at most CLOSE_WAIT_MS), save, then close."""
+        if not self.hub_dialog.confirm_close():  # a download runs: the user may stay
+            event.ignore()
+            return
         self._closing = True
         qs = self._qsettings()
         qs.setValue("geometry", self.saveGeometry())

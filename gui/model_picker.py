@@ -38,6 +38,7 @@ class ModelPicker(QWidget):
     picked = Signal(object)
     folder_chosen = Signal(str)
     hub_id_entered = Signal(str)
+    get_model_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -74,6 +75,12 @@ class ModelPicker(QWidget):
         self.open_button.setToolTip("Load a model from a folder with config.json")
         self.open_button.clicked.connect(self.choose_folder)
         layout.addWidget(self.open_button)
+        self.get_button = QPushButton("Get a model…")
+        self.get_button.setToolTip(
+            "Search the hub, see whether a model fits, and download it"
+        )
+        self.get_button.clicked.connect(lambda: self.get_model_requested.emit())
+        layout.addWidget(self.get_button)
         row = QHBoxLayout()
         self.hub_edit = QLineEdit()
         self.hub_edit.setPlaceholderText("Hub id: org/name")
@@ -168,6 +175,18 @@ class ModelPicker(QWidget):
                 item.setFont(0, font)
                 if same:
                     self.tree.setCurrentItem(item)
+
+    def select(self, ref: ModelRef) -> None:
+        """Make the entry for `ref` (same kind and path) the current one."""
+        for section in self.sections.values():
+            for i in range(section.childCount()):
+                other = section.child(i).data(0, REF_ROLE)
+                if other is not None and (other.kind, other.path) == (
+                    ref.kind,
+                    ref.path,
+                ):
+                    self.tree.setCurrentItem(section.child(i))
+                    return
 
     # -- actions --
     def _on_current(self, item: QTreeWidgetItem | None, _previous: object) -> None:

@@ -403,3 +403,53 @@ class ExportWorker(Worker):
             progress=self._progress,
             cancel=self.cancel_event,
         )
+
+
+class HubSearchWorker(Worker):
+    """Search the hub (core.hub.search); returns a list of SearchResult."""
+
+    def __init__(self, text: str, limit: int = 30) -> None:
+        super().__init__()
+        self.text = text
+        self.limit = limit
+
+    def work(self) -> Any:
+        from core import hub
+
+        return hub.search(self.text, self.limit)
+
+
+class HubPlanWorker(Worker):
+    """Plan a download (core.hub.plan): files, disk, estimate table; returns a Plan."""
+
+    def __init__(self, repo_id: str, revision: str = "main") -> None:
+        super().__init__()
+        self.repo_id = repo_id
+        self.revision = revision
+
+    def work(self) -> Any:
+        from core import hub
+
+        return hub.plan(self.repo_id, self.revision)
+
+
+class HubDownloadWorker(Worker):
+    """Download a Plan into the HF cache; `fetched(Progress)` per chunk on disk.
+
+    Cancelling pauses: what arrived stays in the cache and the next download
+    continues from it. Returns the ModelRef of the finished snapshot.
+    """
+
+    fetched = Signal(object)
+
+    def __init__(self, plan: Any) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def work(self) -> Any:
+        from core import catalog, hub_download
+
+        snapshot = hub_download.download(
+            self.plan, self.fetched.emit, self.cancel_event
+        )
+        return catalog.folder_ref(snapshot, kind="cache", name=self.plan.repo_id)
