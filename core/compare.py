@@ -35,6 +35,7 @@ from core.settings import (
     QuantSettings,
     preset,
 )
+from core.stack import import_stack
 from core.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -675,7 +676,7 @@ def run(
     """
     specs = parse_rows(rows)
     config = config or CompareConfig()
-    loader.quiet_libraries()
+    import_stack()
     started = time.perf_counter()
     report = progress or (lambda done, total, message: None)
     n = len(specs)

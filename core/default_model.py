@@ -104,11 +104,11 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
     started = time.perf_counter()
     try:
         report(0, 4, "Reading the GGUF file")
+        from core.stack import import_stack
+
+        import_stack()
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-        from core.loader import quiet_libraries
-
-        quiet_libraries()
         tokenizer = AutoTokenizer.from_pretrained(
             str(source.parent), gguf_file=source.name
         )

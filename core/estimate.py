@@ -262,22 +262,28 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
     from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.base import get_keys_to_not_convert
 
-    from core.loader import quiet_libraries
+    from core.stack import import_stack
 
-    quiet_libraries()
+    import_stack()
     config = hf_config(source, trust_remote_code)
     try:
-        with torch.device("meta"):
+        # No `dtype` argument: from_config would set torch's process-wide default
+        # dtype, which a load running in another thread sets too (docs/facts.md,
+        # "process-global state"). The thread-local mode below gives every tensor
+        # created without a dtype the load dtype instead, as the loader's default would.
+        with torch.device("meta"), _default_dtype_mode(getattr(torch, dtype)):
             model = AutoModelForCausalLM.from_config(
-                config,
-                dtype=getattr(torch, dtype),
-                trust_remote_code=trust_remote_code,
+                config, dtype=None, trust_remote_code=trust_remote_code
             )
     except Exception as exc:
         raise EstimateError(
             f"the model cannot be built from config.json: {exc}".splitlines()[0],
             "check the config's sizes; the KV cache is still estimated from it",
         ) from None
+    # A concurrent from_pretrained replaces PreTrainedModel.tie_weights with a no-op
+    # while it runs, so the build may come out untied: the tied copies are dropped
+    # from the count by name rather than by relying on tying having happened.
+    tied = set(model.get_expanded_tied_weights_keys(all_submodels=True))
     output = model.get_output_embeddings()
     kinds: dict[str, str] = {}
     linears: dict[str, tuple[int, int]] = {}
@@ -307,7 +313,7 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
             _group(module),
         )
 
-    params = [tensor(n, p) for n, p in model.named_parameters()]
+    params = [tensor(n, p) for n, p in model.named_parameters() if n not in tied]
     buffers = [tensor(n, b, "buffers") for n, b in model.named_buffers()]
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = int(getattr(text, "hidden_size", 0) or 0)
@@ -331,6 +337,38 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
         vocab=int(getattr(text, "vocab_size", 0) or 0),
         heads=heads,
     )
+
+
+def _default_dtype_mode(dtype: Any) -> Any:
+    """A thread-local stand-in for torch.set_default_dtype(dtype) (see _build)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    factories = {
+        torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
+        torch.arange, torch.linspace, torch.logspace, torch.tensor, torch.eye,
+        torch.empty_strided,
+    }  # fmt: skip
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(  # type: ignore[override]
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            result = func(*args, **kwargs)
+            if (
+                func in factories
+                and kwargs.get("dtype") is None
+                and isinstance(result, torch.Tensor)
+                and result.is_floating_point()
+                and result.dtype != dtype
+            ):
+                # Made with the default dtype, which inside from_pretrained is the
+                # load dtype.
+                result = result.to(dtype)
+            return result
+
+    return Mode()
 
 
 def _group(module: str) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 from core.catalog import ModelRef
 from core.errors import CancelledError, LoadError, NibbleError
 from core.settings import LoadOptions, QuantSettings, check_compatible
+from core.stack import import_stack
+from core.stack import quiet_libraries as quiet_libraries  # the window calls it here
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +77,6 @@ class LoadedModel:
     @property
     def device(self) -> Any:
         return self.model.device
-
-
-def quiet_libraries() -> None:
-    """Silence log lines that mean nothing to our users (FACTS.md)."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    for name in ("bitsandbytes.cextension", "bitsandbytes.autograd._functions"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
-    warnings.filterwarnings("ignore", message=r".*gemm_4bit_forward.*")
-    with contextlib.suppress(ImportError):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
 
 
 def _is_cancelled(cancel: Cancel) -> bool:
@@ -302,7 +291,7 @@ def _load(
     started = time.perf_counter()
     reporter.emit(0, 0, f"Preparing {ref.name}")
     path = _local_path(ref, reporter)
-    quiet_libraries()
+    import_stack()
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = str(path) if path else ref.repo_id
