@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import queue
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import memory
 from core.catalog import ModelRef
 from core.errors import CancelledError, LoadError, NibbleError
 from core.settings import LoadOptions, QuantSettings, check_compatible
@@ -41,6 +41,10 @@ class LoadReport:
     device_map: dict[str, str]
     quantized_linear_modules: dict[str, int]
     dtypes: dict[str, int]
+    # Of true_bytes, what stays a mapping of the checkpoint file (an unquantized load
+    # on the CPU keeps its weights there on purpose: no copy, and the OS may drop
+    # and reread the pages); the rest is the process's own memory.
+    mapped_bytes: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -59,6 +63,7 @@ class LoadReport:
             "device_map": self.device_map,
             "quantized_linear_modules": self.quantized_linear_modules,
             "dtypes": self.dtypes,
+            "mapped_bytes": self.mapped_bytes,
             "warnings": self.warnings,
         }
 
@@ -351,6 +356,11 @@ def _load(
         del model
         free_memory()
         raise _explain(exc, ref) from exc
+    if quant.quantized:
+        # Only the unquantized rest (embeddings, norms) still points into the
+        # checkpoint, and through it keeps the whole file mapped and resident.
+        memory.detach_from_checkpoint(model)
+    free_memory()
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
     if quant.quantized and report.quantized_count == 0:
@@ -425,6 +435,7 @@ def make_report(
         device=",".join(devices),
         device_map={k or "(all)": str(v) for k, v in device_map.items()},
         quantized_linear_modules=count_quantized(model),
+        mapped_bytes=memory.mapped_bytes(model),
         dtypes=dict(dtypes),
         settings=quant.to_dict(),
         options=options.to_dict(),
@@ -484,8 +495,7 @@ def free_memory() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    memory.trim_heap()
 
 
 def _first_line(exc: BaseException) -> str:
