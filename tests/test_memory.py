@@ -74,11 +74,12 @@ sys.path.insert(0, {root!r})
 from core.stack import import_stack
 import_stack()
 from core import catalog, default_model, loader, memory
-from core.settings import preset
+from core.settings import LoadOptions, preset
 loader._tokenizer(str(default_model.ensure()), False)
 p = preset({name!r})
 before = memory.process_memory()
-loaded = loader.load(catalog.default_ref(), p.quant, p.load_options())
+options = p.load_options(LoadOptions(device_map="cpu"))
+loaded = loader.load(catalog.default_ref(), p.quant, options)
 after = memory.process_memory()
 print(json.dumps({{"rss": after.rss - before.rss, "true": loaded.report.true_bytes}}))
 """
