@@ -171,7 +171,7 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
     try:
         # No `dtype` argument: from_config would set torch's process-wide default
         # dtype, which a load running in another thread sets too (docs/facts.md,
-        # "process-global state"). The thread-local mode below gives every tensor
+        # "from_pretrained changes process-wide state"). The thread-local mode below gives every tensor
         # created without a dtype the load dtype instead, as the loader's default would.
         with torch.device("meta"), _default_dtype_mode(getattr(torch, dtype)):
             model = AutoModelForCausalLM.from_config(

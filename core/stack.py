@@ -1,7 +1,7 @@
 """The ML stack (torch, transformers, bitsandbytes, accelerate), imported once.
 
 transformers resolves its classes lazily, and two threads doing that for the first time
-at once can fail with "cannot import name ..." (docs: the lazy-import fact). Every job
+at once can fail with "cannot import name ..." (docs/facts.md, "Lazy imports"). Every job
 that needs the stack calls `import_stack()` first: the first caller imports everything
 under a lock, later callers return at once.
 """
