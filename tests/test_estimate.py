@@ -357,3 +357,18 @@ def test_dtype_rule_is_the_loaders() -> None:
                 assert settings.load_dtype(
                     options, config_dtype, on_gpu
                 ) == expected.removeprefix("torch.")
+
+
+def test_the_fit_verdict_is_its_own_result() -> None:
+    from core.fit import Fit, Need, judge
+
+    need = Need(total_bytes=3 * GiB, on_gpu=False, quantized=True)
+    assert judge(need, NO_GPU) == Fit("fits", "fits in RAM (29.0 GiB to spare)")
+    starved = DeviceInfo([], 64 * GiB, 2 * GiB, cuda=False)
+    assert judge(need, starved).verdict == "does not fit"
+    assert judge(Need(None, False, False), NO_GPU).verdict == "unknown"
+    row = estimate.estimate({"model_type": "llama", **SMALL}, device=NO_GPU)
+    assert (row.verdict, row.verdict_text) == (
+        judge(row.need, NO_GPU).verdict,
+        judge(row.need, NO_GPU).text,
+    )
