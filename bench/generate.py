@@ -114,7 +114,7 @@ def measure_bare(name: str) -> dict[str, float]:
 
 
 def child(impl: str, name: str) -> None:
-    from core.loader import quiet_libraries
+    from core.stack import quiet_libraries
 
     quiet_libraries()
     result = (measure_ours if impl == "ours" else measure_bare)(name)

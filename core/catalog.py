@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from core import default_model
 from core.errors import ModelNotFoundError
+from core.files import folder_size, safetensors_whole
 
 logger = logging.getLogger(__name__)
 
@@ -192,36 +192,6 @@ def quantized_label(config: dict[str, Any]) -> str | None:
     return method
 
 
-def safetensors_whole(file: Path) -> bool:
-    """The header parses and the data section ends exactly at the end of the file."""
-    try:
-        size = file.stat().st_size
-        with file.open("rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > size:
-                return False
-            header = json.loads(fh.read(header_len))
-        end = max(
-            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-            default=0,
-        )
-        return 8 + header_len + end == size
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        return False
-
-
-def folder_size(path: Path) -> int:
-    """Bytes on disk under `path` (links followed once, as the HF cache uses them)."""
-    total = 0
-    for file in path.rglob("*"):
-        try:
-            if file.is_file():
-                total += file.stat().st_size
-        except OSError:
-            continue
-    return total
-
-
 def scan_cache() -> list[ModelRef]:
     """Causal LMs in the user's Hugging Face cache, newest first; [] when there is none."""
     try:
@@ -290,3 +260,91 @@ def hub_reachable(repo_id: str, timeout: float = 5.0) -> bool:
     except Exception as exc:
         logger.debug("hub not reachable for %s: %s", repo_id, exc)
         return False
+
+
+# -- where the config comes from --
+
+
+@dataclass
+class ConfigSource:
+    """config.json of a model, as a dict, with where it came from."""
+
+    name: str
+    raw: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.raw, sort_keys=True, default=str)
+
+
+ModelSpec = str | Path | ModelRef | ConfigSource | dict[str, Any]
+
+
+def read_source(model: ModelSpec) -> ConfigSource:
+    """config.json for 'default', a folder, a config.json file, a hub id or a ModelRef.
+
+    Only config.json is read (for a hub id not in the cache, only it is downloaded):
+    what the estimate needs before anything is loaded. `resolve` is the loader's
+    stricter twin, which also wants weights and a tokenizer.
+    """
+    if isinstance(model, ConfigSource):
+        return model
+    if isinstance(model, dict):
+        return ConfigSource(str(model.get("_name_or_path") or "config"), dict(model))
+    if isinstance(model, ModelRef):
+        if model.path is not None:
+            return _folder_source(Path(model.path), model.name)
+        return _hub_source(model.repo_id or model.name)
+    text = str(model or "").strip()
+    if not text:
+        raise ModelNotFoundError(
+            "no model given", "use 'default', a folder or a hub id"
+        )
+    if text.lower() == "default":
+        return _folder_source(default_model.model_dir(), default_model.DEFAULT_NAME)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return ConfigSource(path.parent.name, _load_json_file(path), path)
+    if path.exists() or text.startswith((".", "/", "~")):
+        return _folder_source(path, path.name)
+    if _HUB_ID.match(text):
+        return _hub_source(text)
+    return _folder_source(path, path.name)
+
+
+def _folder_source(path: Path, name: str) -> ConfigSource:
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"folder not found: {path}", "check the path, or pick a model from the list"
+        )
+    return ConfigSource(name, read_config(path), path / "config.json")
+
+
+def _load_json_file(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelNotFoundError(
+            f"{file.name} is not a readable JSON config ({exc})".splitlines()[0],
+            "point at a model folder or its config.json",
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelNotFoundError(f"{file.name} is not a JSON object", "re-download it")
+    return data
+
+
+def _hub_source(repo_id: str) -> ConfigSource:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            file = hf_hub_download(repo_id, "config.json", local_files_only=True)
+        except Exception:
+            file = hf_hub_download(repo_id, "config.json", etag_timeout=5)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"config.json of {repo_id} is not in your cache and the hub cannot be reached",
+            "connect once to fetch it (a few KB), or open a local folder",
+        ) from exc
+    return ConfigSource(repo_id, _load_json_file(Path(file)), Path(file))

@@ -35,6 +35,7 @@ from core.settings import (
     QuantSettings,
     preset,
 )
+from core.stack import import_stack
 from core.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -203,8 +204,11 @@ class RowResult:
     error: str | None = None
     hint: str | None = None
     load_s: float | None = None
+    # The truthful peak: VRAM on a GPU, else anonymous memory where the OS tells it
+    # (core.memory), else RSS.
     peak_bytes: int | None = None
     peak_rss_bytes: int | None = None
+    peak_anon_bytes: int | None = None
     peak_vram_bytes: int | None = None
     rss_before_bytes: int | None = None
     true_bytes: int | None = None
@@ -238,6 +242,7 @@ CSV_MEASURES = (
     "load_s",
     "peak_bytes",
     "peak_rss_bytes",
+    "peak_anon_bytes",
     "peak_vram_bytes",
     "true_bytes",
     "bits",
@@ -493,6 +498,7 @@ def format_table(result: CompareResult) -> str:
         "name",
         "load",
         "peak",
+        "peak RSS",
         "true",
         "ttft",
         "tok/s",
@@ -510,6 +516,7 @@ def format_table(result: CompareResult) -> str:
                 r.name,
                 f"{r.load_s:.1f} s",
                 format_bytes(r.peak_bytes),
+                format_bytes(r.peak_rss_bytes),
                 format_bytes(r.true_bytes),
                 f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s is not None else "—",
                 f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "—",
@@ -518,7 +525,13 @@ def format_table(result: CompareResult) -> str:
                 f"{r.top1_agreement:.1%}" if r.top1_agreement is not None else "—",
             ]
         )
-    return _grid(headers, lines)
+    return _grid(headers, lines) + "\n" + PEAK_NOTE
+
+
+PEAK_NOTE = (
+    "peak: the highest anonymous memory during the load (VRAM on a GPU), what the "
+    "process really holds; peak RSS also counts mapped files the OS can drop"
+)
 
 
 def seed_markdown(result: CompareResult) -> str:
@@ -596,9 +609,13 @@ def run_row(
         row.load_s = report.load_s
         row.rss_before_bytes = peak.before
         row.peak_rss_bytes = peak.peak_rss
+        row.peak_anon_bytes = peak.peak_anon
         row.peak_vram_bytes = peak.peak_vram
         on_gpu = "cuda" in report.device
-        row.peak_bytes = peak.peak_vram if on_gpu and peak.peak_vram else peak.peak_rss
+        if on_gpu and peak.peak_vram:
+            row.peak_bytes = peak.peak_vram
+        else:
+            row.peak_bytes = peak.peak_anon or peak.peak_rss
         row.true_bytes = report.true_bytes
         row.device = report.device
         row.bits = _bits(spec, report)
@@ -676,7 +693,7 @@ def run(
     """
     specs = parse_rows(rows)
     config = config or CompareConfig()
-    loader.quiet_libraries()
+    import_stack()
     started = time.perf_counter()
     report = progress or (lambda done, total, message: None)
     n = len(specs)

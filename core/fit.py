@@ -5,12 +5,9 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from core.units import format_bytes
-
-if TYPE_CHECKING:
-    from core.estimate import Estimate
 
 logger = logging.getLogger(__name__)
 
@@ -107,64 +104,80 @@ def _nvml_gpus() -> list[Gpu]:
     return gpus
 
 
-def judge(row: Estimate, device: DeviceInfo) -> None:
-    """Set the row's verdict: fits / fits with CPU offload / does not fit / unknown."""
-    row.offload = None
-    total = row.total_bytes
+@dataclass(frozen=True)
+class Need:
+    """What a model with given settings needs, as far as the verdict cares.
+
+    `groups` are (block, bytes as loaded, bytes unquantized) in load order: a block
+    offloaded to the CPU stays unquantized there.
+    """
+
+    total_bytes: int | None
+    on_gpu: bool
+    quantized: bool
+    kv_cache_bytes: int | None = None
+    overhead_bytes: int | None = None
+    groups: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The verdict on one Need: its word, a sentence, and the split when offloading."""
+
+    verdict: Verdict
+    text: str
+    offload: Offload | None = None
+
+
+def judge(need: Need, device: DeviceInfo) -> Fit:
+    """fits / fits with CPU offload / does not fit / unknown, with why."""
+    total = need.total_bytes
     if total is None:
-        row.verdict, row.verdict_text = "unknown", "the weights could not be counted"
-        return
-    if not row.on_gpu:
+        return Fit("unknown", "the weights could not be counted")
+    if not need.on_gpu:
         ram = device.ram_available_bytes
         if total <= ram:
-            row.verdict = "fits"
-            row.verdict_text = f"fits in RAM ({format_bytes(ram - total)} to spare)"
-        else:
-            row.verdict = "does not fit"
-            row.verdict_text = (
-                f"needs {format_bytes(total)}, {format_bytes(ram)} of RAM available"
-            )
-        return
+            return Fit("fits", f"fits in RAM ({format_bytes(ram - total)} to spare)")
+        return Fit(
+            "does not fit",
+            f"needs {format_bytes(total)}, {format_bytes(ram)} of RAM available",
+        )
     free = device.gpu_free_bytes
     if total <= free:
-        row.verdict = "fits"
-        row.verdict_text = f"fits on the GPU ({format_bytes(free - total)} to spare)"
-        return
-    row.offload = propose_offload(row, device)
-    if row.offload is None:
-        row.verdict = "does not fit"
-        row.verdict_text = (
+        return Fit("fits", f"fits on the GPU ({format_bytes(free - total)} to spare)")
+    offload = propose_offload(need, device)
+    if offload is None:
+        return Fit(
+            "does not fit",
             f"needs {format_bytes(total)}: more than {format_bytes(free)} free VRAM "
-            f"+ {format_bytes(device.ram_available_bytes)} RAM"
+            f"+ {format_bytes(device.ram_available_bytes)} RAM",
         )
-        return
-    row.verdict = "fits with CPU offload"
-    extra = (
-        "; turn on llm_int8_enable_fp32_cpu_offload"
-        if row.label not in ("float32", "bfloat16", "float16")
-        else ""
-    )
-    row.verdict_text = (
-        f"split with max_memory {row.offload.max_memory}: "
-        f"{format_bytes(row.offload.cpu_bytes)} on the CPU{extra}"
+    extra = "; turn on llm_int8_enable_fp32_cpu_offload" if need.quantized else ""
+    return Fit(
+        "fits with CPU offload",
+        f"split with max_memory {offload.max_memory}: "
+        f"{format_bytes(offload.cpu_bytes)} on the CPU{extra}",
+        offload,
     )
 
 
-def propose_offload(row: Estimate, device: DeviceInfo) -> Offload | None:
+def propose_offload(need: Need, device: DeviceInfo) -> Offload | None:
     """Fill the GPU with blocks in order; the rest go to the CPU, unquantized.
 
     bitsandbytes keeps offloaded modules unquantized (at the load dtype), and the
     KV cache, activations and one streamed-in block stay on the GPU.
     """
-    if not row.groups or row.kv_cache_bytes is None or row.overhead_bytes is None:
+    if not need.groups or need.kv_cache_bytes is None or need.overhead_bytes is None:
         return None
-    streamed = max(p for _, _, p in row.groups)
-    budget = device.gpu_free_bytes - row.kv_cache_bytes - row.overhead_bytes - streamed
+    streamed = max(p for _, _, p in need.groups)
+    budget = (
+        device.gpu_free_bytes - need.kv_cache_bytes - need.overhead_bytes - streamed
+    )
     if budget <= 0:
         return None
     gpu = cpu = 0
     full = False
-    for _, quantized, plain in row.groups:
+    for _, quantized, plain in need.groups:
         if not full and gpu + quantized <= budget:
             gpu += quantized
         else:

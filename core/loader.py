@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import queue
@@ -16,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import memory
 from core.catalog import ModelRef
 from core.errors import CancelledError, LoadError, NibbleError
-from core.settings import LoadOptions, QuantSettings, check_compatible
+from core.settings import LoadOptions, QuantSettings, check_compatible, load_dtype
+from core.stack import import_stack
+from core.stack import quiet_libraries as quiet_libraries  # the window calls it here
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ class LoadReport:
     device_map: dict[str, str]
     quantized_linear_modules: dict[str, int]
     dtypes: dict[str, int]
+    # Of true_bytes, what stays a mapping of the checkpoint file (an unquantized load
+    # on the CPU keeps its weights there on purpose: no copy, and the OS may drop
+    # and reread the pages); the rest is the process's own memory.
+    mapped_bytes: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -57,6 +63,7 @@ class LoadReport:
             "device_map": self.device_map,
             "quantized_linear_modules": self.quantized_linear_modules,
             "dtypes": self.dtypes,
+            "mapped_bytes": self.mapped_bytes,
             "warnings": self.warnings,
         }
 
@@ -75,19 +82,6 @@ class LoadedModel:
     @property
     def device(self) -> Any:
         return self.model.device
-
-
-def quiet_libraries() -> None:
-    """Silence log lines that mean nothing to our users (FACTS.md)."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    for name in ("bitsandbytes.cextension", "bitsandbytes.autograd._functions"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
-    warnings.filterwarnings("ignore", message=r".*gemm_4bit_forward.*")
-    with contextlib.suppress(ImportError):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
 
 
 def _is_cancelled(cancel: Cancel) -> bool:
@@ -197,17 +191,11 @@ def resolve_device_map(options: LoadOptions) -> str | dict[str, str]:
 
 
 def resolve_dtype(options: LoadOptions, config: Any, on_gpu: bool) -> Any:
-    """The torch dtype of unquantized parts: fp32 on the CPU, the config's on a GPU."""
+    """The torch dtype of unquantized parts (core.settings.load_dtype's rule)."""
     import torch
 
-    if options.dtype != "auto":
-        return getattr(torch, options.dtype)
-    if not on_gpu:
-        return torch.float32
     wanted = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(wanted, str):
-        wanted = getattr(torch, wanted, None)
-    return wanted if wanted in (torch.float16, torch.bfloat16) else torch.float16
+    return getattr(torch, load_dtype(options, wanted, on_gpu))
 
 
 def load(
@@ -302,7 +290,7 @@ def _load(
     started = time.perf_counter()
     reporter.emit(0, 0, f"Preparing {ref.name}")
     path = _local_path(ref, reporter)
-    quiet_libraries()
+    import_stack()
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = str(path) if path else ref.repo_id
@@ -362,6 +350,11 @@ def _load(
         del model
         free_memory()
         raise _explain(exc, ref) from exc
+    if quant.quantized:
+        # Only the unquantized rest (embeddings, norms) still points into the
+        # checkpoint, and through it keeps the whole file mapped and resident.
+        memory.detach_from_checkpoint(model)
+    free_memory()
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
     if quant.quantized and report.quantized_count == 0:
@@ -436,6 +429,7 @@ def make_report(
         device=",".join(devices),
         device_map={k or "(all)": str(v) for k, v in device_map.items()},
         quantized_linear_modules=count_quantized(model),
+        mapped_bytes=memory.mapped_bytes(model),
         dtypes=dict(dtypes),
         settings=quant.to_dict(),
         options=options.to_dict(),
@@ -495,8 +489,7 @@ def free_memory() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    memory.trim_heap()
 
 
 def _first_line(exc: BaseException) -> str:

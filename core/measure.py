@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import memory
 from core.errors import CancelledError, NibbleError
 from core.loader import LoadedModel
 
@@ -80,7 +81,11 @@ def _cpu_name() -> str:
 
 
 class PeakMemory:
-    """Samples the process RSS in a background thread (and CUDA peak) while open."""
+    """Samples the process's memory in a background thread (and CUDA peak) while open.
+
+    Both the RSS peak and the anonymous peak (core.memory): on a CPU the RSS counts
+    mapped checkpoint pages the OS can drop, the anonymous memory is what stays.
+    """
 
     def __init__(self, interval_s: float = 0.01) -> None:
         import psutil
@@ -89,15 +94,24 @@ class PeakMemory:
         self.process = psutil.Process()
         self.before = 0
         self.peak_rss = 0
+        self.anon_before: int | None = None
+        self.peak_anon: int | None = None
         self.peak_vram: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cuda = False
 
+    def _read(self) -> tuple[int, int | None]:
+        now = memory.process_memory()
+        if now is None:
+            return int(self.process.memory_info().rss), None
+        return now.rss, now.anon
+
     def _sample(self) -> None:
-        rss = self.process.memory_info().rss
-        if rss > self.peak_rss:
-            self.peak_rss = rss
+        rss, anon = self._read()
+        self.peak_rss = max(self.peak_rss, rss)
+        if anon is not None:
+            self.peak_anon = max(self.peak_anon or 0, anon)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -110,8 +124,8 @@ class PeakMemory:
         if self._cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        self.before = self.process.memory_info().rss
-        self.peak_rss = self.before
+        self.before, self.anon_before = self._read()
+        self.peak_rss, self.peak_anon = self.before, self.anon_before
         self._thread = threading.Thread(
             target=self._loop, name="nibble-rss", daemon=True
         )

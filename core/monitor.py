@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from core import memory
 from core.errors import NibbleError, SettingsError
 from core.units import format_bytes
 
@@ -97,6 +98,10 @@ class HostSample:
     cpu_percent: float | None
     process_rss: int
     process_cpu_percent: float | None
+    # RSS split (core.memory): anonymous stays with the process, file-backed pages
+    # (mapped weights, libraries) the OS can drop. None where /proc has no split.
+    process_anon: int | None = None
+    process_file: int | None = None
 
     def summary(self) -> str:
         cpu = "—" if self.cpu_percent is None else f"{self.cpu_percent:.0f}%"
@@ -105,9 +110,15 @@ class HostSample:
             if self.process_cpu_percent is None
             else f" (ours {self.process_cpu_percent:.0f}%)"
         )
+        split = ""
+        if self.process_anon is not None and self.process_file is not None:
+            split = (
+                f" (anon {format_bytes(self.process_anon)}, "
+                f"file {format_bytes(self.process_file)})"
+            )
         return (
             f"RAM {format_bytes(self.ram_used)} / {format_bytes(self.ram_total)} · "
-            f"RSS {format_bytes(self.process_rss)} · CPU {cpu}{ours}"
+            f"RSS {format_bytes(self.process_rss)}{split} · CPU {cpu}{ours}"
         )
 
 
@@ -142,6 +153,8 @@ class Sample:
             "ram_total": host.ram_total,
             "cpu_percent": host.cpu_percent,
             "process_rss": host.process_rss,
+            "process_anon": host.process_anon,
+            "process_file": host.process_file,
             "process_cpu_percent": host.process_cpu_percent,
         }
         for g in self.gpus:
@@ -295,10 +308,14 @@ class Sampler:
             cpu = psutil.cpu_percent(None)
             process_cpu = self._process.cpu_percent(None)
             self._cpu_since = now
-        try:
-            rss = self._process.memory_info().rss
-        except psutil.Error:
-            rss = 0
+        split = memory.process_memory(self._process.pid)
+        if split is not None:
+            rss = split.rss
+        else:
+            try:
+                rss = self._process.memory_info().rss
+            except psutil.Error:
+                rss = 0
         # "used" as htop and nvitop draw it: what is not available to new programs.
         return HostSample(
             ram_used=int(vm.total - vm.available),
@@ -306,6 +323,8 @@ class Sampler:
             cpu_percent=cpu,
             process_rss=int(rss),
             process_cpu_percent=process_cpu,
+            process_anon=split.anon if split else None,
+            process_file=split.file if split else None,
         )
 
     def _sample_gpu(self, gpu: _Gpu) -> GpuSample:
@@ -458,6 +477,7 @@ class MemoryDelta:
     process_rss: int
     ram_used: int
     gpus: dict[int, dict[str, int | None]] = field(default_factory=dict)
+    process_anon: int | None = None
 
     def lines(self) -> list[str]:
         out = []
@@ -468,6 +488,8 @@ class MemoryDelta:
             if used is not None:
                 out.append(f"GPU{index} VRAM (all) {format_delta(used)}")
         out.append(f"Process RSS {format_delta(self.process_rss)}")
+        if self.process_anon is not None:
+            out.append(f"Process anonymous {format_delta(self.process_anon)}")
         out.append(f"Host RAM used {format_delta(self.ram_used)}")
         return out
 
@@ -489,6 +511,7 @@ def memory_delta(before: Sample, after: Sample) -> MemoryDelta:
         process_rss=after.host.process_rss - before.host.process_rss,
         ram_used=after.host.ram_used - before.host.ram_used,
         gpus=gpus,
+        process_anon=_diff(before.host.process_anon, after.host.process_anon),
     )
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core import default_model
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
 
@@ -39,7 +40,7 @@ PACKAGES = (
 
 
 # The hub id of the embedded default, so a copied snippet runs anywhere.
-HUB_IDS = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_IDS = {default_model.DEFAULT_NAME: default_model.HUB_ID}
 
 
 def model_id(ref: Any) -> str:

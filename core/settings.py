@@ -621,6 +621,22 @@ class LoadOptions:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def load_dtype(options: LoadOptions, config_dtype: Any, on_gpu: bool) -> str:
+    """The dtype of a load's unquantized parts, by name: the one rule for loader and
+    estimate.
+
+    An explicit `options.dtype` wins; "auto" is float32 on the CPU (half precision is
+    slow there) and, on a GPU, the checkpoint's own float16 or bfloat16 (`config_dtype`,
+    a string, a torch dtype or None), else float16.
+    """
+    if options.dtype != "auto":
+        return options.dtype
+    if not on_gpu:
+        return "float32"
+    wanted = str(config_dtype or "").removeprefix("torch.")
+    return wanted if wanted in ("float16", "bfloat16") else "float16"
+
+
 def parse_max_memory(value: Any) -> dict[str, str]:
     """'0=6GiB,cpu=20GiB' or {'0': '6GiB'} → {'0': '6GiB', 'cpu': '20GiB'}."""
     if not value:

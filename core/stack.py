@@ -1,16 +1,18 @@
 """The ML stack (torch, transformers, bitsandbytes, accelerate), imported once.
 
 transformers resolves its classes lazily, and two threads doing that for the first time
-at once can fail with "cannot import name ..." (docs: the lazy-import fact). Every job
+at once can fail with "cannot import name ..." (docs/facts.md, "Lazy imports"). Every job
 that needs the stack calls `import_stack()` first: the first caller imports everything
 under a lock, later callers return at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
+import warnings
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,7 @@ def import_stack() -> None:
     with _lock:
         if _done:
             return
-        from core.loader import quiet_libraries
-
+        quiet_libraries()  # before the imports: bitsandbytes logs while importing
         for name in MODULES:
             importlib.import_module(name)
         for module, attr in NAMES:
@@ -62,3 +63,20 @@ def import_stack() -> None:
 def is_imported() -> bool:
     """Whether `import_stack()` has finished."""
     return _done
+
+
+def quiet_libraries() -> None:
+    """Silence log lines and warnings that mean nothing to our users.
+
+    int8 on the CPU warns "MatMul8bitLt: inputs will be cast" at every call and
+    importing bitsandbytes logs a missing optional kernel (docs/facts.md, "Noise").
+    """
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for name in ("bitsandbytes.cextension", "bitsandbytes.autograd._functions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
+    warnings.filterwarnings("ignore", message=r".*gemm_4bit_forward.*")
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()

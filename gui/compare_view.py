@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core import compare
+from core import compare, memory
 from core.catalog import ModelRef
 from core.errors import NibbleError
 from core.settings import PRESETS
@@ -52,6 +52,7 @@ TABLE_COLUMNS = (
     "Bits",
     "Load",
     "Peak during load",
+    "Peak RSS",
     "True size",
     "First token",
     "Decode",
@@ -61,9 +62,11 @@ TABLE_COLUMNS = (
     "Answer",
 )
 COLUMN_TIPS = {
-    "Peak during load": "The highest process RSS while loading (on a GPU, the highest "
-    "VRAM allocated). It includes what the process held before the load, such as the "
-    "chat's model.",
+    "Peak during load": "The highest anonymous memory of the process while loading "
+    "(on a GPU, the highest VRAM allocated): what it really holds. It includes what "
+    "the process held before the load, such as the chat's model.",
+    "Peak RSS": "The highest process RSS while loading: anonymous memory plus mapped "
+    "files (the checkpoint, libraries) the OS can drop and read again.",
     "True size": "Parameters, buffers and quantization state of the loaded model.",
     "First token": "Time to the first new token of the prompt's answer.",
     "Decode": "Tokens per second after the first, over a fixed count of greedy tokens.",
@@ -136,7 +139,7 @@ class CompareView(QWidget):
         form.addRow("Timed answer", self.tokens)
         form.addRow("Evaluation text", self.eval_tokens)
         form.addRow("Prompt", self.prompt)
-        note = QLabel(MEMORY_NOTE)
+        note = QLabel(f"{MEMORY_NOTE}\nMemory, {memory.MEANING_LINE}.")
         note.setWordWrap(True)
         note.setObjectName("compareMemoryNote")
 
@@ -165,7 +168,7 @@ class CompareView(QWidget):
         self.answers = _table(("Row", "Answer", "Baseline's answer"))
         self.charts = QWidget()
         grid = QGridLayout(self.charts)
-        self.memory_plot = _plot("Memory (MiB): true size, peak during load")
+        self.memory_plot = _plot("Memory (MiB): true size, peak during load, peak RSS")
         self.speed_plot = _plot("Decode speed (tokens/s)")
         self.ppl_plot = _plot("Perplexity (lower is better)")
         self.scatter_plot = _plot("Memory vs perplexity (red: Pareto front)")
@@ -408,6 +411,7 @@ class CompareView(QWidget):
                     str(r.bits or "—"),
                     format_seconds(r.load_s),
                     format_bytes(r.peak_bytes),
+                    format_bytes(r.peak_rss_bytes),
                     format_bytes(r.true_bytes),
                     format_seconds(r.ttft_s),
                     f"{r.tokens_per_s:.1f} tok/s" if r.tokens_per_s else "—",
@@ -425,12 +429,13 @@ class CompareView(QWidget):
         mib = 1024 * 1024
         true = [(r.true_bytes or 0) / mib for r in done]
         peak = [(r.peak_bytes or 0) / mib for r in done]
+        rss = [(r.peak_rss_bytes or 0) / mib for r in done]
         _bars(
             self.memory_plot,
             names,
-            [true, peak],
-            ["#5b8ff9", "#f6bd16"],
-            ["true size", "peak during load"],
+            [true, peak, rss],
+            ["#5b8ff9", "#f6bd16", "#e8684a"],
+            ["true size", "peak during load", "peak RSS"],
         )
         _bars(self.speed_plot, names, [[r.tokens_per_s or 0 for r in done]], None)
         ppl = [r.perplexity for r in done]

@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core import default_model
 from core import session as session_mod
 from core.catalog import ModelRef
 from core.errors import NibbleError
@@ -367,7 +368,7 @@ class MainWindow(QMainWindow):
     @staticmethod
     def _snippet_name(ref: ModelRef) -> str:
         if ref.kind == "default":
-            return "HuggingFaceTB/SmolLM2-135M-Instruct"
+            return default_model.HUB_ID
         return ref.repo_id or str(ref.path or ref.name)
 
     # -- loading --

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core import monitor
+from core import memory, monitor
 from core.monitor import History, Marker, Sample
 from core.units import format_bytes
 from gui import workers
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 GIB = float(2**30)
 COLORS = ("#4C9BE8", "#F28E2B", "#59A14F", "#E15759", "#B07AA1", "#76B7B2")
+MEMORY_MEANING = "\n".join(
+    (memory.ANON_MEANING, memory.FILE_MEANING, memory.RSS_MEANING)
+)
 MARKER_COLOR = "#9A9A9A"
 
 # What the window's signals mean on the time line.
@@ -258,6 +261,13 @@ class MonitorView(QWidget):
         self.ram_chart.add_curve(
             "rss", "Nibble RSS", "process_rss", GIB, COLORS[1], fill=True
         )
+        self.ram_chart.add_curve(
+            "anon", "Nibble anonymous", "process_anon", GIB, COLORS[2]
+        )
+        self.ram_chart.add_curve(
+            "file", "Nibble file-backed", "process_file", GIB, COLORS[2], style="dash"
+        )
+        self.ram_chart.setToolTip(MEMORY_MEANING)
         self.cpu_chart = Chart("CPU", f"% of {self._cpu_count} cores", y_max=100)
         self.cpu_chart.add_curve("cpu", "machine", "cpu_percent", 1.0, COLORS[0])
         self.cpu_chart.add_curve(
@@ -276,6 +286,10 @@ class MonitorView(QWidget):
         layout.addLayout(bar)
         layout.addWidget(self.gpu_stack, 3)
         layout.addLayout(host, 2)
+        self.memory_note = QLabel(memory.MEANING_LINE)
+        self.memory_note.setObjectName("monitorMemoryNote")
+        self.memory_note.setEnabled(False)  # drawn as a quiet caption
+        layout.addWidget(self.memory_note)
 
     def charts(self) -> list[Chart]:
         """Every chart, host charts first."""
@@ -401,9 +415,11 @@ class MonitorView(QWidget):
         if sample is None:
             return
         host = sample.host
+        ours = format_bytes(host.process_rss)
+        if host.process_anon is not None:
+            ours = f"{format_bytes(host.process_anon)} anon of {ours} RSS"
         self.ram_chart.setTitle(
-            f"RAM · {format_bytes(host.ram_used)} used · Nibble "
-            f"{format_bytes(host.process_rss)}",
+            f"RAM · {format_bytes(host.ram_used)} used · Nibble {ours}",
             size="9pt",
         )
         if host.cpu_percent is not None and host.process_cpu_percent is not None:
@@ -610,6 +626,11 @@ class MemoryGauge(QWidget):
             f"Host RAM {format_bytes(host.ram_used)} of {format_bytes(host.ram_total)}"
             f" · Nibble RSS {format_bytes(host.process_rss)}"
         ]
+        if host.process_anon is not None and host.process_file is not None:
+            tips.append(
+                f"Nibble anonymous {format_bytes(host.process_anon)} · file-backed "
+                f"{format_bytes(host.process_file)}"
+            )
         if sample.gpus:
             used = _sum(g.memory_used for g in sample.gpus)
             total = _sum(g.memory_total for g in sample.gpus)

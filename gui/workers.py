@@ -375,7 +375,7 @@ class ExportWorker(Worker):
     """Save a quantized copy of a model (core.export); returns an ExportResult.
 
     It loads its own fresh copy: the model in the chat has run forwards, and saving
-    such a 4-bit model on a CPU corrupts it (FACTS.md).
+    such a 4-bit model on a CPU corrupts it (docs/facts.md, "Save after a forward").
     """
 
     def __init__(

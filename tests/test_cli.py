@@ -25,8 +25,8 @@ def nibble(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[
 
 def test_generate_json(tiny_dir: Path) -> None:
     result = nibble(
-        "generate", str(tiny_dir), "--quant", "nf4", "--greedy",
-        "--max-new-tokens", "8", "--prompt", "Hi", "--json",
+        "generate", str(tiny_dir), "--quant", "nf4", "--greedy", "--device-map",
+        "cpu", "--max-new-tokens", "8", "--prompt", "Hi", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

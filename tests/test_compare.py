@@ -178,7 +178,12 @@ def test_every_row_is_complete_and_the_baseline_is_the_reference(
         assert row.ok, row.error
         assert row.load_s > 0 and row.row_s >= row.load_s
         assert row.peak_rss_bytes >= row.rss_before_bytes > 0
-        assert row.peak_bytes == row.peak_rss_bytes  # no GPU here
+        if "cuda" in (row.device or ""):
+            assert row.peak_bytes == row.peak_vram_bytes
+        elif row.peak_anon_bytes is not None:  # Linux: the anonymous peak
+            assert row.peak_bytes == row.peak_anon_bytes <= row.peak_rss_bytes
+        else:
+            assert row.peak_bytes == row.peak_rss_bytes
         assert row.true_bytes > 0
         assert row.ttft_s > 0 and row.tokens_per_s > 0 and row.new_tokens == 4
         assert math.isfinite(row.perplexity) and row.eval_tokens == 95

@@ -46,7 +46,10 @@ def test_defaults_and_the_memory_note(qtbot) -> None:  # type: ignore[no-untyped
     qtbot.addWidget(widget)
     assert widget.row_items() == list(compare.DEFAULT_ROWS)
     assert "memory holds both" in widget.findChild(object, "compareMemoryNote").text()
-    assert "process RSS" in widget.table.horizontalHeaderItem(3).toolTip()
+    assert "anonymous memory" in widget.table.horizontalHeaderItem(3).toolTip()
+    assert "process RSS" in widget.table.horizontalHeaderItem(4).toolTip()
+    note = widget.findChild(object, "compareMemoryNote").text()
+    assert "anonymous: memory only this process holds" in note
     assert not widget.run_button.isEnabled()
     assert widget.start() is None
     assert widget.last_error.message == "no model picked"
@@ -102,7 +105,7 @@ def test_a_run_fills_table_charts_seed_table_and_exports(
     ]
     assert all(r.ok for r in result.rows)
     assert view.table.rowCount() == 3
-    assert view.table.item(0, 8).text() == "0.00000"
+    assert view.table.item(0, 9).text() == "0.00000"
     assert view.table.item(1, 1).text() == "4"
     assert view.seed.rowCount() == 3
     assert view.seed.item(0, 4).text().startswith("The reference")

@@ -344,13 +344,31 @@ def test_cli_text_and_errors(
 def test_dtype_rule_is_the_loaders() -> None:
     from types import SimpleNamespace
 
+    from core import settings
+
+    # One rule, called by both.
+    assert estimate.load_dtype is settings.load_dtype is loader.load_dtype
     for wanted in ("auto", "float32", "bfloat16", "float16"):
         for config_dtype in (None, "float32", "bfloat16", "float16"):
             for on_gpu in (False, True):
                 options = LoadOptions(dtype=wanted)
                 config = SimpleNamespace(dtype=config_dtype)
                 expected = str(loader.resolve_dtype(options, config, on_gpu))
-                raw = {"dtype": config_dtype} if config_dtype else {}
-                assert estimate._load_dtype(
-                    options, raw, on_gpu
+                assert settings.load_dtype(
+                    options, config_dtype, on_gpu
                 ) == expected.removeprefix("torch.")
+
+
+def test_the_fit_verdict_is_its_own_result() -> None:
+    from core.fit import Fit, Need, judge
+
+    need = Need(total_bytes=3 * GiB, on_gpu=False, quantized=True)
+    assert judge(need, NO_GPU) == Fit("fits", "fits in RAM (29.0 GiB to spare)")
+    starved = DeviceInfo([], 64 * GiB, 2 * GiB, cuda=False)
+    assert judge(need, starved).verdict == "does not fit"
+    assert judge(Need(None, False, False), NO_GPU).verdict == "unknown"
+    row = estimate.estimate({"model_type": "llama", **SMALL}, device=NO_GPU)
+    assert (row.verdict, row.verdict_text) == (
+        judge(row.need, NO_GPU).verdict,
+        judge(row.need, NO_GPU).text,
+    )

@@ -44,7 +44,8 @@ def test_report_holds_settings_versions_hardware_and_numbers(measured: dict) -> 
     assert measured["hardware"]["cores_logical"] >= 1
     memory = measured["memory"]
     assert memory["actual_bytes"] == measured["load"]["true_bytes"] > 0
-    assert memory["estimate_bytes"] == memory["actual_bytes"]  # FACTS: byte-exact
+    # Byte-exact: docs/facts.md, "Byte formulas".
+    assert memory["estimate_bytes"] == memory["actual_bytes"]
     assert memory["error_pct"] == 0.0
     assert measured["last_generation"]["new_tokens"] == 4
     assert measured["generation"]["greedy"] is True

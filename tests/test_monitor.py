@@ -324,6 +324,10 @@ def test_cli_monitor_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[1]["time"] > rows[0]["time"]
     assert rows[0]["host"]["ram_total"] == psutil.virtual_memory().total
     assert rows[0]["host"]["process_rss"] > 0
+    if sys.platform.startswith("linux"):  # the RSS split comes from /proc
+        host = rows[0]["host"]
+        assert host["process_anon"] > 0 and host["process_file"] > 0
+        assert host["process_anon"] + host["process_file"] == host["process_rss"]
     if not _nvml_works():
         assert (
             rows[0]["gpus"] == [] and rows[0]["gpu_reason"] == "No NVIDIA driver found"

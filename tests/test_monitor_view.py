@@ -248,3 +248,30 @@ def test_install_monitor_in_the_window(qtbot, tmp_path, monkeypatch) -> None:
     assert window.tabs.currentWidget() is view
     window.close()
     assert view.worker is None and workers.running_threads() == []
+
+
+def test_anonymous_and_file_backed_memory_beside_rss(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.show()
+    for i in range(2):
+        host = HostSample(
+            3 * GIB, 16 * GIB, 12.0, 600 * MIB, 80.0, 180 * MIB, 420 * MIB
+        )
+        view.show_sample(Sample(view.t0 + i, (), host, "No NVIDIA driver found"))
+    assert last_y(view.ram_chart, "anon") == pytest.approx(180 / 1024)
+    assert last_y(view.ram_chart, "file") == pytest.approx(420 / 1024)
+    assert "180.0 MiB anon of 600.0 MiB RSS" in view.ram_chart.plot_item.titleLabel.text
+    note = view.memory_note.text()
+    assert note.startswith("anonymous: memory only this process holds")
+    assert "file-backed" in note and "RSS: both" in note
+    view.add_marker("Loaded", at=view.t0 + 0.5)
+    host = HostSample(3 * GIB, 16 * GIB, 12.0, 700 * MIB, 80.0, 230 * MIB, 470 * MIB)
+    view.show_sample(Sample(view.t0 + 2, (), host, "No NVIDIA driver found"))
+    view.add_marker("Unloaded", at=view.t0 + 2.5)
+    view.show_sample(host_sample(view.t0 + 3))
+    assert "Process anonymous" not in view.markers[1].tooltip  # no split: not shown
+    gauge = MemoryGauge()
+    qtbot.addWidget(gauge)
+    gauge.show_sample(Sample(view.t0, (), host, "No NVIDIA driver found"))
+    assert "Nibble anonymous 230.0 MiB · file-backed 470.0 MiB" in gauge.toolTip()

@@ -1,0 +1,108 @@
+"""Memory that tells the truth on the CPU: anonymous vs file-backed, nothing left mapped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import catalog, loader, memory
+from core.settings import LoadOptions, QuantSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 2**20
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the RSS split comes from /proc"
+)
+
+
+@linux_only
+def test_process_memory_splits_rss() -> None:
+    now = memory.process_memory()
+    assert now is not None and now.anon is not None and now.file is not None
+    assert now.anon > 0 and now.file > 0
+    # VmRSS is RssAnon + RssFile + RssShmem; anon here includes the shared memory.
+    assert now.anon + now.file == now.rss
+    assert memory.process_memory(2**31 - 1) is None  # no such process
+
+
+@linux_only
+@pytest.mark.parametrize("mode", ["4bit", "8bit"])
+def test_a_quantized_load_keeps_nothing_of_the_checkpoint_mapped(
+    tiny_dir: Path, mode: str
+) -> None:
+    loaded = loader.load(
+        catalog.resolve(str(tiny_dir)),
+        QuantSettings(mode=mode),
+        LoadOptions(device_map="cpu"),
+    )
+    try:
+        assert loaded.report.quantized_count > 0
+        assert memory.mapped_ranges() == []  # the file is unmapped
+        assert loaded.report.mapped_bytes == 0
+        assert loaded.report.to_dict()["mapped_bytes"] == 0
+        model = loaded.model
+        # The copy keeps the tied output layer tied to the embedding.
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+    finally:
+        loader.unload(loaded)
+
+
+@linux_only
+def test_an_unquantized_cpu_load_keeps_its_weights_mapped_on_purpose(
+    tiny_dir: Path,
+) -> None:
+    loaded = loader.load(
+        catalog.resolve(str(tiny_dir)), options=LoadOptions(device_map="cpu")
+    )
+    try:
+        weights = sum(p.nbytes for p in loaded.model.parameters())
+        assert loaded.report.mapped_bytes == weights
+        assert memory.mapped_ranges()
+    finally:
+        loader.unload(loaded)
+    assert memory.mapped_ranges() == []
+
+
+GROWTH = """
+import json, sys
+sys.path.insert(0, {root!r})
+from core.stack import import_stack
+import_stack()
+from core import catalog, default_model, loader, memory
+from core.settings import LoadOptions, preset
+loader._tokenizer(str(default_model.ensure()), False)
+p = preset({name!r})
+before = memory.process_memory()
+options = p.load_options(LoadOptions(device_map="cpu"))
+loaded = loader.load(catalog.default_ref(), p.quant, options)
+after = memory.process_memory()
+print(json.dumps({{"rss": after.rss - before.rss, "true": loaded.report.true_bytes}}))
+"""
+
+
+@linux_only
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nf4", "nf4-dq", "fp4", "int8"])
+def test_rss_growth_of_a_quantized_load_is_close_to_its_true_size(
+    default_dir: Path, name: str
+) -> None:
+    # A fresh process each: growth is measured from after the imports.
+    out = subprocess.run(
+        [sys.executable, "-c", GROWTH.format(root=str(ROOT), name=name)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+        timeout=300,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    goal = 1.25 * result["true"] + 32 * MiB
+    assert result["rss"] <= goal, (
+        f"{name}: RSS grew {result['rss'] / MiB:.0f} MiB for a model of "
+        f"{result['true'] / MiB:.0f} MiB (goal {goal / MiB:.0f} MiB)"
+    )
