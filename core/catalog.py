@@ -195,9 +195,11 @@ def quantized_label(config: dict[str, Any]) -> str | None:
 def scan_cache() -> list[ModelRef]:
     """Causal LMs in the user's Hugging Face cache, newest first; [] when there is none."""
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
 
-        info = scan_cache_dir()
+        # The module attribute, read now: scan_cache_dir's own default is the value
+        # copied when huggingface_hub was first imported.
+        info = scan_cache_dir(constants.HF_HUB_CACHE)
     except (
         Exception
     ) as exc:  # no cache dir, unreadable cache: an empty list, not a crash

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The local hub's fixtures (fake, repo_dir) for the hub, pull and dialog tests.
+pytest_plugins = ["tests.fake_hub"]
+
 # GUI tests run without a display, here and in CI.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 

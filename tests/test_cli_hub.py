@@ -14,8 +14,6 @@ import pytest
 
 from tests.fake_hub import REPO, FakeHub
 
-pytest_plugins = ["tests.fake_hub"]  # the fake and repo_dir fixtures
-
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_cliTOKENdoNotPrint0987654321"
 

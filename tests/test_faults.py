@@ -91,6 +91,9 @@ class Child:
         code = self.proc.wait(timeout=timeout)
         for reader in self._readers:
             reader.join(timeout=30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
         return code
 
     @property

@@ -14,8 +14,6 @@ from core import hub, hub_download
 from core.errors import CancelledError
 from tests.fake_hub import CHUNK, REPO, FakeHub
 
-pytest_plugins = ["tests.fake_hub"]  # the fake and repo_dir fixtures
-
 TOKEN = "hf_testTOKENdoNotPrint1234567890"
 
 

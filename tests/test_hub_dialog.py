@@ -13,8 +13,6 @@ from gui.main_window import MainWindow
 from tests.fake_hub import CHUNK, REPO, FakeHub
 from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
-pytest_plugins = ["tests.fake_hub"]  # the fake and repo_dir fixtures
-
 
 @pytest.fixture
 def window(qtbot, config_dir: Path, fake: FakeHub) -> MainWindow:
