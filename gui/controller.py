@@ -210,7 +210,7 @@ class Controller(QObject):
     def stop_all(self, timeout_s: float = CLOSE_DEADLINE_S) -> bool:
         """Cancel every job and wait for all of them, `timeout_s` in total.
 
-        True when every thread ended in time; the loaded model is then dropped.
+        True when every thread ended in time; the loaded model is then let go.
         """
         self.closing = True
         # A thread that ends at the deadline needs a moment to hand back the GIL.
@@ -231,10 +231,10 @@ class Controller(QObject):
                 logger.warning("%s did not stop in time", worker.objectName() or worker)
                 ok = False
         ok = self.generation_queue.close(max(0.0, deadline - time.monotonic())) and ok
-        if ok and self.loaded is not None:
-            from core import loader
-
-            loader.unload(self.loaded)
+        if ok:
+            # Drop the model without loader.unload's garbage collection (half a
+            # second with torch): the process is about to end.
+            self.generation_queue.set_model(None)
             self.loaded = None
         return ok
 
