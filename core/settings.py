@@ -414,6 +414,17 @@ class QuantSettings:
             skip = [s for s in skip if s != "lm_head"]
         return skip
 
+    def effective(self) -> QuantSettings:
+        """A copy with every field that does not apply to the mode at its default."""
+        changes = {
+            spec.name: spec.default
+            for spec in EDITABLE_FIELDS
+            if not spec.applies_to(self.mode)
+        }
+        if not self.quantized:
+            changes["quantize_lm_head"] = False
+        return self.replace(**changes)
+
     def label(self) -> str:
         """A short name for tables: 'nf4-dq', 'int8', 'none'..."""
         if self.mode == "8bit":
@@ -995,8 +1006,13 @@ def preset(name: str) -> Preset:
 
 
 def preset_name_for(quant: QuantSettings, dtype: str = "auto") -> str | None:
-    """The name of the preset equal to these settings, if any."""
+    """The name of the preset equal to these settings, if any.
+
+    Fields that do not apply to the mode (a 4-bit quant type in 8-bit mode) do not
+    count: they change nothing that loads.
+    """
+    mine = quant.effective()
     for p in PRESETS.values():
-        if p.quant == quant and p.dtype == dtype:
+        if p.quant.effective() == mine and p.dtype == dtype:
             return p.name
     return None
