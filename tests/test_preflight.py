@@ -73,3 +73,24 @@ def test_unknown_skip_module_names_get_the_nearest_real_ones() -> None:
     # Unquantized settings skip nothing; an unknown structure checks nothing.
     assert preflight.unknown_skip_modules(QuantSettings(), names) == []
     assert preflight.unknown_skip_modules(quant, []) == []
+
+
+def test_load_errors_name_what_to_do() -> None:
+    """The flash-attention error used to say only 'see Details for more'."""
+    from core.catalog import ModelRef
+    from core.loader import _explain
+
+    ref = ModelRef("default", "SmolLM2-135M-Instruct")
+    flash = ImportError(
+        "FlashAttention2 has been toggled on, but it cannot be used due to the "
+        "following error: the package for FlashAttention2 doesn't seem to be installed."
+    )
+    error = _explain(flash, ref)
+    assert "flash_attention_2" in error.message
+    assert error.hint.startswith("set Attention to auto or sdpa")
+    cuda = AssertionError("Torch not compiled with CUDA enabled")
+    assert _explain(cuda, ref).hint == "set Device map to auto or cpu"
+    other = _explain(RuntimeError("something odd"), ref)
+    assert other.hint.startswith("try the nf4 preset")
+    for exc in (flash, cuda, RuntimeError("x")):
+        assert not _explain(exc, ref).hint.startswith("see Details")
