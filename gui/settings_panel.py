@@ -50,7 +50,7 @@ from core.settings import (
     check_compatible,
     preset_name_for,
 )
-from gui import fields
+from gui import dialogs, fields
 
 logger = logging.getLogger(__name__)
 
@@ -483,6 +483,7 @@ class SettingsPanel(QWidget):
 
     def copy_python(self) -> None:
         QGuiApplication.clipboard().setText(self.python.toPlainText())
+        dialogs.say_copied(self.copy_button)
 
 
 # Words in a SettingsError that name the LoadOptions field it is about.
