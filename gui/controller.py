@@ -483,7 +483,9 @@ class Controller(QObject):
 def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Machine:
     """Import the stack once (core.stack); what this machine can run."""
     from core import preflight, stack
+    from core.loader import quiet_libraries
 
+    quiet_libraries()  # before bitsandbytes logs its CPU-kernel notice on import
     stack.import_stack()
     return preflight.probe_machine()
 
