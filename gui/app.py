@@ -30,8 +30,10 @@ QGroupBox QLabel, QGroupBox QCheckBox, QGroupBox QRadioButton { font-weight: nor
 QGroupBox QComboBox, QGroupBox QLineEdit, QGroupBox QListWidget { font-weight: normal; }
 QGroupBox QPlainTextEdit, QGroupBox QPushButton, QGroupBox QToolButton,
 QGroupBox QDoubleSpinBox, QGroupBox QSpinBox { font-weight: normal; }
-*[invalid="true"] { border: 1px solid #d9534f; border-radius: 3px; }
-QLabel[invalid="true"] { color: #d9534f; border: none; }
+QComboBox[invalid="true"], QLineEdit[invalid="true"], QListWidget[invalid="true"],
+QDoubleSpinBox[invalid="true"], QSpinBox[invalid="true"] {
+    border: 1px solid #d9534f; border-radius: 3px; }
+QLabel[invalid="true"], QCheckBox[invalid="true"] { color: #d9534f; }
 """
 
 

@@ -39,17 +39,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from core import session as session_mod
 from core.catalog import ModelRef
 from core.errors import CancelledError, NibbleError
-from core.generation import GenerationQueue, GenerationRequest
 from core.preflight import Machine
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from gui import workers
+
+if TYPE_CHECKING:
+    from core.generation import GenerationQueue
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +113,22 @@ class Controller(QObject):
         self.module_names: list[str] = []
         self.ready = False
         self.closing = False
-        self.generation_queue = GenerationQueue()
+        self._queue: GenerationQueue | None = None
         self.last_stats: Any = None
         self._answer_chunks = 0
         self._jobs: list[tuple[str, workers.Worker]] = []  # not done yet
         self._live: list[workers.Worker] = []  # whose thread has not finished
         self._waiting: list[tuple[str, workers.Worker, bool]] = []
+
+    @property
+    def generation_queue(self) -> GenerationQueue:
+        """The core's queue over the loaded model; the chat and a server submit to it
+        (created on first use, keeping core.generation out of the first paint)."""
+        if self._queue is None:
+            from core.generation import GenerationQueue
+
+            self._queue = GenerationQueue(self.loaded)
+        return self._queue
 
     # -- selection and settings --
 
@@ -258,18 +270,22 @@ class Controller(QObject):
         pending = list(self._live)
         for worker in pending:
             worker.cancel()
-        self.generation_queue.cancel_all()
+        queue = self._queue
+        if queue is not None:
+            queue.cancel_all()
         ok = True
         for worker in pending:
             left_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if not workers.wait(worker, left_ms):
                 logger.warning("%s did not stop in time", worker.objectName() or worker)
                 ok = False
-        ok = self.generation_queue.close(max(0.0, deadline - time.monotonic())) and ok
+        if queue is not None:
+            ok = queue.close(max(0.0, deadline - time.monotonic())) and ok
         if ok:
             # Drop the model without loader.unload's garbage collection (half a
             # second with torch): the process is about to end.
-            self.generation_queue.set_model(None)
+            if queue is not None:
+                queue.set_model(None)
             self.loaded = None
         return ok
 
@@ -399,6 +415,8 @@ class Controller(QObject):
         """Queue an answer to `messages` (or a raw prompt) and stream it."""
         if self.loaded is None or self.running(ANSWER) is not None or self.closing:
             return None
+        from core.generation import GenerationRequest
+
         request = GenerationRequest(messages, settings, raw=raw, source="chat")
         job = self.generation_queue.submit(request)
         worker = workers.JobWorker(job)
