@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
@@ -17,15 +16,6 @@ logger = logging.getLogger(__name__)
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 ICON_SVG = RESOURCES / "nibble.svg"
 ICON_PNG = RESOURCES / "nibble.png"
-
-# Panels that plug into the window through its public API, as "module:function";
-# each is installed after the first paint so it never delays the window.
-PANELS = (
-    "gui.monitor_view:install_monitor",
-    "gui.compare_view:install_compare",
-    "gui.estimate_view:install_estimate",
-    "gui.export_dialog:install_export",
-)
 
 STYLE = """
 QLabel#heading { font-weight: bold; padding: 2px 0 4px 0; }
@@ -39,8 +29,31 @@ QGroupBox { font-weight: bold; margin-top: 6px; }
 QGroupBox QLabel, QGroupBox QCheckBox, QGroupBox QRadioButton { font-weight: normal; }
 QGroupBox QComboBox, QGroupBox QLineEdit, QGroupBox QListWidget { font-weight: normal; }
 QGroupBox QPlainTextEdit, QGroupBox QPushButton, QGroupBox QToolButton,
-QGroupBox QDoubleSpinBox { font-weight: normal; }
+QGroupBox QDoubleSpinBox, QGroupBox QSpinBox { font-weight: normal; }
+QComboBox[invalid="true"], QLineEdit[invalid="true"], QListWidget[invalid="true"],
+QDoubleSpinBox[invalid="true"], QSpinBox[invalid="true"] {
+    border: 1px solid #d9534f; border-radius: 3px; }
+QLabel[invalid="true"], QCheckBox[invalid="true"] { color: #d9534f; }
 """
+
+
+# Fusion draws checked boxes and radio buttons in dark grey on the dark palette:
+# on dark, indicators get a light outline and a filled, marked checked state.
+DARK_INDICATORS = """
+QCheckBox::indicator, QRadioButton::indicator, QGroupBox::indicator {
+    width: 13px; height: 13px; border: 1px solid #9aa0a8; background: #1e1f22; }
+QRadioButton::indicator { border-radius: 7px; }
+QCheckBox::indicator, QGroupBox::indicator { border-radius: 3px; }
+QCheckBox::indicator:checked, QGroupBox::indicator:checked {
+    background: #2f8196; border-color: #cfeff6; image: url(CHECK); }
+QRadioButton::indicator:checked { border-color: #cfeff6; background: qradialgradient(
+    cx: 0.5, cy: 0.5, radius: 0.5, fx: 0.5, fy: 0.5,
+    stop: 0 #ffffff, stop: 0.42 #ffffff, stop: 0.5 #2f8196, stop: 1 #2f8196); }
+QCheckBox::indicator:disabled, QRadioButton::indicator:disabled { border-color: #5a5e64; }
+QCheckBox::indicator:checked:disabled { background: #3e5a61; }
+QRadioButton::indicator:checked:disabled { border-color: #5a5e64; }
+"""
+CHECK_SVG = RESOURCES / "check-dark.svg"
 
 
 def icon() -> QIcon:
@@ -89,11 +102,13 @@ def apply_theme(app: QApplication) -> None:
     app.setStyle("Fusion")
     theme = os.environ.get("NIBBLE_THEME", "system").lower()
     scheme = QGuiApplication.styleHints().colorScheme()
+    style = STYLE
     if theme == "dark" or (theme == "system" and scheme == Qt.ColorScheme.Dark):
         app.setPalette(dark_palette())
+        style += DARK_INDICATORS.replace("CHECK", CHECK_SVG.as_posix())
     elif theme == "light":
         app.setPalette(app.style().standardPalette())
-    app.setStyleSheet(STYLE)
+    app.setStyleSheet(style)
 
 
 def make_app(argv: list[str] | None = None) -> QApplication:
@@ -105,16 +120,6 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     app.setWindowIcon(icon())
     apply_theme(app)
     return app
-
-
-def install_panels(window: object, panels: tuple[str, ...] = PANELS) -> None:
-    """Call each panel's install function on `window`; a failing panel is skipped."""
-    for spec in panels:
-        module_name, _, function = spec.partition(":")
-        try:
-            getattr(importlib.import_module(module_name), function)(window)
-        except Exception:
-            logger.exception("could not install %s", spec)
 
 
 def run_app(argv: list[str] | None = None) -> int:
@@ -130,9 +135,6 @@ def run_app(argv: list[str] | None = None) -> int:
 
     session, notice = load_session()
     window = MainWindow(session, notice)
-    window.first_painted.connect(
-        lambda: QTimer.singleShot(0, window, lambda: install_panels(window))
-    )
     window.show()
     code = app.exec()
     if workers.running_threads():

@@ -70,6 +70,7 @@ class HubDialog(QDialog):
         self.search_worker: workers.Worker | None = None
         self.plan_worker: workers.Worker | None = None
         self.download_worker: workers.HubDownloadWorker | None = None
+        self.controller: Any = None  # the window's Controller, which runs the jobs
         self._discard_after_stop = False
 
         layout = QVBoxLayout(self)
@@ -189,7 +190,7 @@ class HubDialog(QDialog):
         self.search_worker = worker
         self.status.setText("Searching the hub…")
         self._update_buttons()
-        workers.start(worker)
+        self._start("hub search", worker, needs_stack=False)
 
     def _search_ended(self) -> None:
         self.search_worker = None
@@ -246,13 +247,14 @@ class HubDialog(QDialog):
         worker = workers.HubPlanWorker(repo_id)
         worker.returned.connect(self._on_plan)
         worker.errored.connect(self._show_error)
-        worker.finished.connect(lambda: self._plan_ended(worker))
+        # A bound method, not a lambda: it must run on the UI thread.
+        worker.finished.connect(self._plan_ended)
         self.plan_worker = worker
         self._update_buttons()
-        workers.start(worker)
+        self._start("hub plan", worker, needs_stack=True)
 
-    def _plan_ended(self, worker: workers.Worker) -> None:
-        if self.plan_worker is worker:
+    def _plan_ended(self) -> None:
+        if self.plan_worker is self.sender():
             self.plan_worker = None
 
     def _on_plan(self, plan: Any) -> None:
@@ -321,7 +323,7 @@ class HubDialog(QDialog):
         self.download_worker = worker
         self.status.setText(f"Downloading {self.plan.repo_id}…")
         self._update_buttons()
-        workers.start(worker)
+        self._start("download", worker, needs_stack=False)
 
     def pause(self) -> None:
         if self.download_worker is not None:
@@ -391,6 +393,14 @@ class HubDialog(QDialog):
         if self.plan is None:
             self.title.setText("No plan")
 
+    def _start(self, kind: str, worker: workers.Worker, needs_stack: bool) -> None:
+        """Run `worker` as one of the window controller's jobs when there is one, so
+        closing the window stops it within the shared deadline."""
+        if self.controller is not None:
+            self.controller.start(kind, worker, needs_stack)
+        else:
+            workers.start(worker)
+
     # -- closing --
     def stop(self, timeout_ms: int = 2000) -> bool:
         """Pause any download (its partial is kept) and wait for the workers."""
@@ -404,7 +414,8 @@ class HubDialog(QDialog):
     def confirm_close(self) -> bool:
         """Ask whether to stop a download in progress; True when the window may close."""
         if not self.downloading:
-            self.stop()
+            if self.controller is None:
+                self.stop()
             return True
         answer = QMessageBox.question(
             self.parentWidget() or self,
@@ -416,7 +427,8 @@ class HubDialog(QDialog):
         )
         if answer != QMessageBox.StandardButton.Yes:
             return False
-        self.stop()
+        if self.controller is None:
+            self.stop()
         return True
 
 
@@ -427,6 +439,7 @@ def attach(window: Any) -> HubDialog:
     "Load now" loads it as a double-click in the picker does.
     """
     dialog = HubDialog(window)
+    dialog.controller = window.controller
     picker = window.picker
 
     def show() -> None:
