@@ -251,7 +251,7 @@ class HubDialog(QDialog):
         worker.finished.connect(self._plan_ended)
         self.plan_worker = worker
         self._update_buttons()
-        self._start("hub plan", worker, needs_stack=True)
+        self._start("hub plan", worker, needs_stack=False)  # the estimate imports it
 
     def _plan_ended(self) -> None:
         if self.plan_worker is self.sender():
