@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from core import catalog, compare
+from core.errors import CancelledError
 from core.settings import GenerationSettings, LoadOptions, preset
 from gui import workers
 from tests.gui_helpers import (  # noqa: F401
@@ -57,20 +58,17 @@ def test_stop_all_ends_every_job_within_one_deadline(
     )
     int8 = preset("int8")
     controller.export(tiny_ref, int8.quant, int8.load_options(), str(tmp_path / "x"))
-    # A second load (of the default model, seconds long) beside the answer; the
-    # window would refuse it, so it is started as a plain load job.
+    # A load job beside the answer (the window would refuse to start one): a
+    # cooperative stand-in, since cancelling a real from_pretrained half-way can
+    # leave transformers' global loading state behind for later tests.
     started_loading = []
 
     def load_default(progress, cancel):
-        from core import loader
-
-        return loader.load(
-            catalog.resolve("default"),
-            preset("nf4").quant,
-            LoadOptions("cpu"),
-            progress=progress,
-            cancel=cancel,
-        )
+        for step in range(10_000):
+            if cancel.is_set():
+                raise CancelledError("load cancelled")
+            progress(step, 10_000, "Loading weights")
+            time.sleep(0.01)
 
     worker = controller.run("load", load_default)
     worker.progressed.connect(lambda *_: started_loading.append(1))
