@@ -744,6 +744,9 @@ def _finish_reason(stats: GenerationStats) -> str:
     return "length" if stats.stop_reason == STOP_MAX else "stop"
 
 
+_pending: set[asyncio.Task[None]] = set()  # records waiting for their job's end
+
+
 class _Answer:
     """One job's output, read on the event loop without blocking it."""
 
@@ -851,6 +854,22 @@ class _Answer:
             finish_reason=_finish_reason(stats) if self.stats else None,
         )
 
+    def _record_when_done(self, status: int, error: str | None) -> None:
+        """Record now, or once a cancelled job has told how many tokens it made."""
+        if self.stats is not None:
+            self._record(status, error)
+            return
+
+        async def drain() -> None:
+            with contextlib.suppress(ApiError):
+                while await self.next() is not None:
+                    pass
+            self._record(status, error)
+
+        task = asyncio.get_running_loop().create_task(drain())
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
     async def whole(self, first: Any) -> dict[str, Any]:
         """The non-streamed answer; a client that leaves stops the generation."""
         watcher = asyncio.create_task(self._watch_disconnect())
@@ -938,7 +957,7 @@ class _Answer:
             yield f"data: {json.dumps(exc.body())}\n\n"
         finally:
             self.job.cancel()  # no-op once done; stops it if the client left
-            self._record(status, error)
+            self._record_when_done(status, error)
 
 
 @functools.cache
