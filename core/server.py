@@ -533,7 +533,7 @@ class Server:
             body,
             "modalities",
             "text only",
-            lambda v: isinstance(v, list) and set(v) <= {"text"},
+            lambda v: isinstance(v, list) and all(m == "text" for m in v),
         )
         _refuse(
             body,

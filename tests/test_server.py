@@ -551,3 +551,45 @@ def test_serve_command_prints_url_and_curl_then_stops_on_ctrl_c(
         _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "the model is unloaded" in err
+
+
+def test_cors_is_opt_in(queue: GenerationQueue, served: Served) -> None:
+    preflight = {
+        "Origin": "http://editor.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    conn.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    assert response.getheader("access-control-allow-origin") is None
+    web = Served(queue, cors_origins=["http://editor.example"], api_key="k")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+        conn.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        assert response.status == 200
+        allowed = response.getheader("access-control-allow-origin")
+        assert allowed == "http://editor.example"
+    finally:
+        web.stop()
+
+
+def test_prompts_are_logged_only_when_asked(
+    queue: GenerationQueue, served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="core.server")
+    ask = {"prompt": "Zanzibar quokka", "max_tokens": 1}
+    assert served.post("/v1/completions", ask)[0] == 200
+    assert "/v1/completions 200" in caplog.text
+    assert "quokka" not in caplog.text
+    talkative = Served(queue, log_prompts=True)
+    try:
+        assert talkative.post("/v1/completions", ask)[0] == 200
+        assert "Zanzibar quokka" in caplog.text
+    finally:
+        talkative.stop()
