@@ -53,7 +53,7 @@ class Served:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
