@@ -80,6 +80,21 @@ class ServerConfig:
         return f"http://{host}:{self.port}/v1"
 
 
+def lan_address() -> str | None:
+    """This machine's address on its local network, as other machines reach it."""
+    import socket
+
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+    ):
+        sock.connect(("10.255.255.255", 1))  # UDP: picks a route, sends nothing
+        address = sock.getsockname()[0]
+        if not address.startswith("127."):
+            return address
+    return None
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` only accepts connections from this machine."""
     if host.strip().lower() == "localhost":

@@ -40,6 +40,7 @@ from core.server import (
     ServerConfig,
     curl_line,
     env_snippet,
+    lan_address,
     python_snippet,
 )
 from gui import workers
@@ -237,6 +238,12 @@ class ServerView(QWidget):
             text = f"Serving at {url}; no model is loaded, so requests get 503."
         else:
             text = f"Serving {name} at {url}; the chat shares the model."
+        remote = self.serving and self.server_thread.server.config.host == "0.0.0.0"
+        if remote and not busy:
+            address = lan_address()
+            if address:
+                port = self.server_thread.port
+                text += f" Other machines: http://{address}:{port}/v1 with the key."
         self.status_label.setText(text)
         key = self.key_edit.text().strip() or None
         shown = self.name_edit.text().strip() or name or "MODEL"
