@@ -11,14 +11,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import (
-    QApplication,
     QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
@@ -36,11 +35,15 @@ from core.monitor import History, Marker, Sample
 from core.units import format_bytes
 from gui import workers
 
+if TYPE_CHECKING:
+    from gui.controller import Controller
+
 logger = logging.getLogger(__name__)
 
 GIB = float(2**30)
 COLORS = ("#4C9BE8", "#F28E2B", "#59A14F", "#E15759", "#B07AA1", "#76B7B2")
 MARKER_COLOR = "#9A9A9A"
+LABEL_SLOTS = (0.92, 0.80, 0.68, 0.56)
 
 # What the window's signals mean on the time line.
 LOAD_STARTED = "Load started"
@@ -65,10 +68,10 @@ class Chart(pg.PlotWidget):
     """One plot: named curves over seconds since the monitor started, plus markers."""
 
     def __init__(self, title: str, unit: str, y_max: float | None = None) -> None:
-        super().__init__()
+        super().__init__(axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
         self.base_title = title
         self.setTitle(title, size="9pt")
-        self.setLabel("bottom", "time", units="s")
+        # Clock time on the axis: x is seconds since the epoch.
         self.setLabel("left", unit)
         self.setClipToView(True)
         self.setDownsampling(auto=True, mode="peak")
@@ -78,14 +81,15 @@ class Chart(pg.PlotWidget):
         self.hideButtons()
         self.setMinimumHeight(140)
         self.plot_item = self.getPlotItem()
+        # Bottom left: the event labels use the top of the chart.
         self.plot_item.addLegend(
-            offset=(4, 4), labelTextSize="8pt", brush=pg.mkBrush("#000000a0")
+            offset=(4, -4), labelTextSize="8pt", brush=pg.mkBrush("#000000a0")
         )
+        self.y_max = y_max
         if y_max is not None:
             self.setYRange(0, y_max, padding=0.02)
         else:
-            self.plot_item.enableAutoRange(axis="y")
-            self.plot_item.setLimits(yMin=0)
+            self.plot_item.disableAutoRange(axis="y")
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.sources: dict[str, tuple[str, float]] = {}
         self.marker_lines: list[pg.InfiniteLine] = []
@@ -118,14 +122,21 @@ class Chart(pg.PlotWidget):
 
     def redraw(self, x: np.ndarray, history: History, first: int) -> None:
         self.setXRange(x[0], max(x[-1], x[0] + 1.0), padding=0.01)
+        top = 0.0
         for key, curve in self.curves.items():
             column, scale = self.sources[key]
             y = history.column(column)[first:] / scale
             # A reading that was not available (None) is skipped, not drawn as a gap.
             known = np.isfinite(y)
             curve.setData(x[known], y[known])
+            if known.any():
+                top = max(top, float(np.max(y[known])))
+        if self.y_max is None:  # the axis follows what is drawn, from zero
+            self.setYRange(0, top * 1.15 if top > 0 else 1.0, padding=0)
 
     def add_marker(self, x: float, label: str) -> pg.InfiniteLine:
+        # Successive labels step down the chart so that close events do not overlap.
+        position = LABEL_SLOTS[len(self.marker_lines) % len(LABEL_SLOTS)]
         line = pg.InfiniteLine(
             pos=x,
             angle=90,
@@ -133,7 +144,11 @@ class Chart(pg.PlotWidget):
             # The hover pen's width sets the line's hit area: a few pixels either side.
             hoverPen=pg.mkPen(MARKER_COLOR, width=10),
             label=label,
-            labelOpts={"position": 0.88, "color": MARKER_COLOR, "rotateAxis": (1, 0)},
+            labelOpts={
+                "position": position,
+                "color": MARKER_COLOR,
+                "rotateAxis": (1, 0),
+            },
         )
         line.setZValue(20)
         self.addItem(line, ignoreBounds=True)
@@ -159,24 +174,29 @@ class MonitorView(QWidget):
 
     Parameters
     ----------
+    controller
+        Runs the sampling job and says when loads and answers happen (markers);
+        None for a view that is fed samples by hand.
     interval
         Seconds between samples (0.25 to 5).
     nvml
         The NVML binding the sampler uses; None means nvidia-ml-py.
     autostart
-        Start sampling right away; tests feed `show_sample` themselves.
+        Start sampling right away (with a controller); tests feed `show_sample`.
     """
 
     sampled = Signal(object)
 
     def __init__(
         self,
+        controller: Controller | None = None,
         parent: QWidget | None = None,
         interval: float = 1.0,
         nvml: Any = None,
         autostart: bool = True,
     ) -> None:
         super().__init__(parent)
+        self.controller = controller
         self.interval = monitor.check_interval(interval)
         self.nvml = nvml
         self.history = History()
@@ -188,8 +208,14 @@ class MonitorView(QWidget):
         self.gpu_reason: str | None = None
         self._cpu_count = _cpu_count()
         self._build()
-        if autostart:
-            self.start()
+        if controller is not None:
+            controller.load_started.connect(self.mark_load_started)
+            controller.model_loaded.connect(self.mark_loaded)
+            controller.first_token.connect(self.mark_first_token)
+            controller.answer_finished.connect(self.mark_generation_finished)
+            controller.model_unloaded.connect(self.mark_unloaded)
+            if autostart:
+                self.start()
 
     # -- layout --
 
@@ -228,7 +254,7 @@ class MonitorView(QWidget):
         self.gpu_reason_label = QLabel("Looking for NVIDIA GPUs…")
         self.gpu_reason_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.gpu_reason_label.setWordWrap(True)
-        self.gpu_reason_label.setMinimumHeight(80)
+        # One line until GPUs are found: no empty chart area on a machine without.
         self.gpu_charts = QWidget()
         self.gpu_stack = QStackedWidget()
         self.gpu_stack.addWidget(self.gpu_reason_label)
@@ -274,7 +300,8 @@ class MonitorView(QWidget):
 
         layout = self.main_layout = QVBoxLayout(self)
         layout.addLayout(bar)
-        layout.addWidget(self.gpu_stack, 3)
+        layout.addWidget(self.gpu_stack, 0)
+        self.gpu_stack.setMaximumHeight(self.gpu_reason_label.sizeHint().height() + 24)
         layout.addLayout(host, 2)
 
     def charts(self) -> list[Chart]:
@@ -294,7 +321,7 @@ class MonitorView(QWidget):
         if not sample.gpus:
             reason = sample.gpu_reason or "No NVIDIA GPU found"
             self.gpu_reason_label.setText(
-                f"<b>{reason}</b><br>GPU charts need an NVIDIA GPU and its driver; "
+                f"<b>{reason}</b> · GPU charts need an NVIDIA GPU and its driver; "
                 "the host charts below keep running."
             )
             self.gpu_stack.setCurrentWidget(self.gpu_reason_label)
@@ -348,19 +375,20 @@ class MonitorView(QWidget):
         # One legend column per GPU keeps the VRAM legend short.
         self.vram_chart.plot_item.legend.setColumnCount(len(sample.gpus))
         self.gpu_stack.setCurrentWidget(self.gpu_charts)
+        self.gpu_stack.setMaximumHeight(16777215)
+        self.main_layout.setStretch(1, 3)
 
     # -- sampling --
 
     def start(self) -> None:
-        """Start sampling on a worker thread (no-op when running)."""
-        if self.worker is not None:
+        """Start sampling as the controller's job (no-op when running)."""
+        if self.worker is not None or self.controller is None:
             return
         sampler = monitor.Sampler(nvml=self.nvml)
-        worker = workers.SamplerWorker(sampler, self.interval)
+        worker = self.controller.sample(sampler, self.interval)
         worker.sampled.connect(self.show_sample)
         worker.finished.connect(self._worker_finished)
         self.worker = worker
-        workers.start(worker)
 
     def stop(self, timeout_ms: int = 2000) -> None:
         """Stop sampling and wait for the worker thread."""
@@ -391,7 +419,7 @@ class MonitorView(QWidget):
             return
         times = self.history.times()
         first = int(np.searchsorted(times, times[-1] - monitor.HISTORY_S))
-        x = times[first:] - self.t0
+        x = times[first:]
         for chart in self.charts():
             chart.redraw(x, self.history, first)
         self._update_titles()
@@ -465,7 +493,7 @@ class MonitorView(QWidget):
         sample, which is taken at once."""
         marker = Marker(time.time() if at is None else at, label)
         entry = _MarkerEntry(marker)
-        x = marker.time - self.t0
+        x = marker.time
         short = _SHORT.get(label, label)
         entry.lines = [chart.add_marker(x, short) for chart in self.charts()]
         self.markers.append(entry)
@@ -506,7 +534,7 @@ class MonitorView(QWidget):
     # -- hooks for the window's signals --
 
     @Slot()
-    def mark_load_started(self) -> None:
+    def mark_load_started(self, *_args: object) -> None:
         self.add_marker(LOAD_STARTED)
 
     @Slot(object)
@@ -529,10 +557,6 @@ class MonitorView(QWidget):
         super().showEvent(event)
         if not self.paused:
             self.redraw()
-
-    def closeEvent(self, event: Any) -> None:
-        self.stop()
-        super().closeEvent(event)
 
 
 def marker_tooltip(
@@ -650,45 +674,3 @@ def _set_bar(bar: QProgressBar, used: float | None, total: float | None) -> None
 def _sum(values: Any) -> float | None:
     items = list(values)
     return None if not items or any(v is None for v in items) else float(sum(items))
-
-
-class _CloseWatcher(QObject):
-    """Stops sampling when the window closes; resumes if the close was refused."""
-
-    def __init__(self, window: QWidget, view: MonitorView) -> None:
-        super().__init__(view)
-        self.window = window
-        self.view = view
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self.window and event.type() == QEvent.Type.Close:
-            self.view.stop()
-            QTimer.singleShot(0, self.view, self._resume_if_open)
-        return False
-
-    def _resume_if_open(self) -> None:
-        if self.window.isVisible():
-            self.view.start()
-
-
-def install_monitor(window: Any, interval: float = 1.0) -> MonitorView:
-    """Plug the monitor into Nibble's main window: a Monitor tab, the status-bar
-    gauge, and a marker on every chart for each load, first token, answer and
-    unload. Sampling stops when the window closes."""
-    view = MonitorView(interval=interval)
-    gauge = MemoryGauge()
-    view.sampled.connect(gauge.show_sample)
-    window.add_tab(view, "Monitor")
-    window.add_status_widget(gauge)
-    gauge.clicked.connect(lambda: window.tabs.setCurrentWidget(view))
-    window.load_started.connect(view.mark_load_started)
-    window.model_loaded.connect(view.mark_loaded)
-    window.first_token.connect(view.mark_first_token)
-    window.generation_finished.connect(view.mark_generation_finished)
-    window.model_unloaded.connect(view.mark_unloaded)
-    window.installEventFilter(_CloseWatcher(window, view))
-    app = QApplication.instance()
-    if app is not None:
-        app.aboutToQuit.connect(view.stop)
-    window.monitor_view, window.memory_gauge = view, gauge
-    return view

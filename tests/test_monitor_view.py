@@ -19,7 +19,6 @@ from gui.monitor_view import (
     Chart,
     MemoryGauge,
     MonitorView,
-    install_monitor,
 )
 
 MIB = 2**20
@@ -89,7 +88,7 @@ def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
 
     assert view.gpu_stack.currentWidget() is view.gpu_charts
     x, y = view.vram_chart.curves["gpu0.ours"].getOriginalDataset()
-    assert np.allclose(x, [1.0, 1.6, 2.6, 3.2])
+    assert np.allclose(x - view.t0, [1.0, 1.6, 2.6, 3.2])
     assert np.allclose(y, [0, 400 / 1024, 1.0, 1.5])
     assert last_y(view.vram_chart, "gpu0.total") == 80.0
     assert last_y(view.vram_chart, "gpu0.used") == pytest.approx(2.0)
@@ -106,7 +105,7 @@ def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
     assert "GPU0 95%" in view.util_chart.plot_item.titleLabel.text
 
     for chart in view.charts():
-        assert [line.value() for line in chart.marker_lines] == [1.5, 3.0]
+        assert [line.value() - view.t0 for line in chart.marker_lines] == [1.5, 3.0]
     tip = view.markers[1].tooltip
     assert tip.splitlines()[:2] == [
         "Load finished at 3.0 s",
@@ -117,7 +116,7 @@ def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
     assert "Process RSS +580.0 MiB" in tip
     assert view.markers[0].tooltip.startswith("Load started at 1.5 s\nGPU0 VRAM (ours)")
     for chart in (view.vram_chart, view.ram_chart):
-        assert hover_text(chart, 3.0) == tip
+        assert hover_text(chart, view.t0 + 3.0) == tip
 
     view.clear_markers()
     assert all(not chart.marker_lines for chart in view.charts())
@@ -163,7 +162,7 @@ def test_history_shows_the_last_ten_minutes(qtbot) -> None:
     for t in range(0, 700, 5):
         view.show_sample(host_sample(view.t0 + t))
     x, _ = view.ram_chart.curves["used"].getOriginalDataset()
-    assert x[0] == 95 and x[-1] == 695
+    assert x[0] - view.t0 == 95 and x[-1] - view.t0 == 695
 
 
 def test_a_hidden_view_redraws_when_shown(qtbot) -> None:
@@ -177,7 +176,9 @@ def test_a_hidden_view_redraws_when_shown(qtbot) -> None:
 
 
 def test_real_sampling_thread_feeds_view_and_gauge(qtbot) -> None:
-    view = MonitorView(interval=0.25)
+    from gui.controller import Controller
+
+    view = MonitorView(Controller(), interval=0.25)
     qtbot.addWidget(view)
     gauge = MemoryGauge()
     qtbot.addWidget(gauge)
@@ -214,25 +215,44 @@ def test_gauge_with_and_without_gpu(qtbot) -> None:
         qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton, pos=QPoint(2, 2))
 
 
-def test_install_monitor_in_the_window(qtbot, tmp_path, monkeypatch) -> None:
+def test_in_the_window_with_markers_from_the_controller(
+    qtbot, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
     from gui.main_window import MainWindow
 
     window = MainWindow(auto_start=False, auto_load=False)
     qtbot.addWidget(window)
-    view = install_monitor(window, interval=0.25)
+    window.build_tabs()
+    view = window.monitor_view
+    view.set_interval(0.25)
     window.show()
     assert window.tabs.tabText(window.tabs.indexOf(view)) == "Monitor"
     gauge = window.memory_gauge
     assert gauge.isVisible() and gauge.window() is window
     with qtbot.waitSignal(view.sampled, timeout=5000):
         pass
-    # The window emits these as a load and an answer go by.
-    window.load_started.emit()
-    window.model_loaded.emit(object())
-    window.first_token.emit()
-    window.generation_finished.emit(object())
-    window.model_unloaded.emit()
+    qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton)
+    assert window.tabs.currentWidget() is view
+    window.close()
+    assert workers.running_threads() == []
+
+
+def test_markers_follow_the_controller(qtbot) -> None:
+    from gui.controller import Controller
+
+    c = Controller()
+    view = MonitorView(c, interval=0.25)
+    qtbot.addWidget(view)
+    view.show()
+    with qtbot.waitSignal(view.sampled, timeout=5000):
+        pass
+    # The controller emits these as a load and an answer go by.
+    c.load_started.emit(object(), object())
+    c.model_loaded.emit(object())
+    c.first_token.emit()
+    c.answer_finished.emit(object())
+    c.model_unloaded.emit()
     labels = [entry.marker.label for entry in view.markers]
     assert labels == [
         "Load started",
@@ -244,7 +264,43 @@ def test_install_monitor_in_the_window(qtbot, tmp_path, monkeypatch) -> None:
     assert all(len(chart.marker_lines) == 5 for chart in view.charts())
     qtbot.waitUntil(lambda: view.markers[-1].sample is not None, timeout=5000)
     assert "since First token" in view.markers[3].tooltip
-    qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton)
-    assert window.tabs.currentWidget() is view
-    window.close()
-    assert view.worker is None and workers.running_threads() == []
+    assert c.stop_all(2.0)
+    assert workers.running_threads() == []
+
+
+def test_event_labels_do_not_overlap_and_axes_follow_the_data(qtbot) -> None:
+    """Labels sat at one height over each other and the legend; RAM stayed scaled
+    to old values; the axis showed seconds, not the clock."""
+    import pyqtgraph as pg
+
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.show()
+    t0 = view.t0
+    for i in range(4):
+        view.show_sample(host_sample(t0 + i, rss=(200 + i) * MIB))
+    for i, label in enumerate(("Load started", "Load finished", "First token")):
+        view.add_marker(label, at=t0 + 1 + i * 0.1)
+    positions = [line.label.orthoPos for line in view.ram_chart.marker_lines]
+    assert len(set(positions)) == 3
+    legend = view.ram_chart.plot_item.legend
+    assert legend.opts["offset"][1] < 0  # anchored at the bottom, labels at the top
+    assert min(positions) > 0.5
+    assert isinstance(view.ram_chart.getAxis("bottom"), pg.DateAxisItem)
+    top = view.ram_chart.viewRange()[1][1]
+    drawn = max(
+        float(np.nanmax(curve.getOriginalDataset()[1]))
+        for curve in view.ram_chart.curves.values()
+    )
+    assert drawn < top <= drawn * 1.2
+
+
+def test_no_gpu_leaves_no_empty_chart_area(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.resize(900, 600)
+    view.show()
+    assert view.gpu_stack.maximumHeight() < 100  # before the first sample too
+    view.show_sample(host_sample(view.t0 + 1))
+    assert view.gpu_stack.height() < 100
+    assert view.ram_chart.height() > 300
