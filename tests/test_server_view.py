@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from core import catalog, loader
 from core.generation import GenerationQueue
 from core.settings import preset
 from gui.server_view import LOG_COLUMNS, ServerView, marker_label
-from tests.gui_helpers import no_dangling_qthreads  # noqa: F401
+from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
 openai = pytest.importorskip("openai")
 
@@ -107,3 +108,28 @@ def test_other_machines_need_a_key_and_snippets_copy(qtbot, tiny) -> None:
     assert QGuiApplication.clipboard().text() == env
     assert view.shutdown()
     view.queue.close()
+
+
+def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) -> None:
+    from core import session as session_mod
+    from core.server import RequestRecord
+    from gui.main_window import MainWindow
+
+    window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    window.build_tabs()
+    titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
+    assert titles[-1] == "Server"
+    view = window.server_view
+    assert view.queue is window.controller.generation_queue
+    window.controller.model_changed.emit(tiny)
+    assert "tiny-llama" in view.snippet_edits["curl"].toPlainText()
+    before = len(window.monitor_view.markers)
+    record = RequestRecord(
+        time.time(), "127.0.0.1:5000", "/v1/chat/completions", 200,
+        prompt_tokens=12, completion_tokens=64,
+    )  # fmt: skip
+    view._record_arrived.emit(record)
+    assert len(window.monitor_view.markers) == before + 1
+    assert window.monitor_view.markers[-1].marker.label == "API chat 12+64 tok"
+    window.close()
