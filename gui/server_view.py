@@ -104,6 +104,7 @@ class ServerView(QWidget):
         self.loaded = loaded
         self.server_thread: Any = None
         self.worker: workers.Worker | None = None
+        self.error_text: str | None = None  # why the last start failed
         self._record_arrived.connect(self._add_record)
         self._build()
         self._refresh()
@@ -232,6 +233,8 @@ class ServerView(QWidget):
         self.url_edit.setText(url if self.serving else "")
         if busy:
             text = "Stopping…" if self.serving else "Starting…"
+        elif not self.serving and self.error_text:
+            text = self.error_text
         elif not self.serving:
             text = "Not serving. Start to answer OpenAI API requests with the loaded model."
         elif name is None:
@@ -265,6 +268,7 @@ class ServerView(QWidget):
         """Start serving; refusals (no key for other machines, port taken) show here."""
         if self.serving or self.worker is not None:
             return
+        self.error_text = None
         try:
             config = self.config()
         except NibbleError as exc:
@@ -320,10 +324,11 @@ class ServerView(QWidget):
 
     def _show_error(self, exc: Any) -> None:
         if isinstance(exc, NibbleError):
-            text = f"{exc.message}. {exc.hint}" if exc.hint else exc.message
+            text = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
         else:
-            text = f"Could not start: {exc}"
-        self.status_label.setText(text)
+            text = f"could not start: {exc}"
+        self.error_text = f"Not serving: {text}."
+        self._refresh()
 
     # -- the log --
 

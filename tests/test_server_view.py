@@ -110,6 +110,22 @@ def test_other_machines_need_a_key_and_snippets_copy(qtbot, tiny) -> None:
     view.queue.close()
 
 
+def test_a_port_in_use_is_reported(qtbot, tiny) -> None:
+    view = ServerView(GenerationQueue(tiny), tiny)
+    qtbot.addWidget(view)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        view.port_spin.setValue(port)
+        view.start()
+        qtbot.waitUntil(lambda: view.worker is None, timeout=20_000)
+    assert not view.serving
+    assert f"cannot listen on 127.0.0.1:{port}" in view.status_label.text()
+    assert view.start_button.isEnabled()
+    view.queue.close()
+
+
 def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) -> None:
     from core import session as session_mod
     from core.server import RequestRecord
