@@ -12,7 +12,7 @@ On the default model (nf4 unless --preset), in one process:
    1, 4 and 8 prompts x 64 tokens: aggregate tok/s, and whether its greedy answers
    equal the one-at-a-time ones (--no-batching skips it).
 
-    .venv/bin/python bench/serve.py [--preset nf4] [--repeats 3] [--tokens 64]
+    .venv/bin/python bench/serve.py [--model default] [--preset nf4] [--repeats 3] [--tokens 64]
 """
 
 from __future__ import annotations
@@ -188,6 +188,9 @@ def say(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="default", help="'default', a folder or a hub id"
+    )
     parser.add_argument("--preset", default="nf4")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
@@ -207,7 +210,7 @@ def main() -> None:
     import_stack()
     chosen = preset(args.preset)
     loaded = loader.load(
-        catalog.resolve("default"), chosen.quant, chosen.load_options()
+        catalog.resolve(args.model), chosen.quant, chosen.load_options()
     )
     queue = GenerationQueue(loaded, limit=64)
     records: list[Any] = []
@@ -216,7 +219,11 @@ def main() -> None:
     thread.start()
     client = openai.OpenAI(base_url=thread.url, api_key="none", timeout=600)
     model = server.model_names()[0]
-    result: dict[str, Any] = {"preset": args.preset, "device": loaded.report.device}
+    result: dict[str, Any] = {
+        "model": loaded.ref.name,
+        "preset": args.preset,
+        "device": loaded.report.device,
+    }
     try:
         in_process(loaded, 8)  # warm both paths
         through_server(client, model, 8)
@@ -263,7 +270,9 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     single = result["single"]
-    print(f"default model · {args.preset} · {result['device']} · {args.tokens} tokens")
+    print(
+        f"{result['model']} · {args.preset} · {result['device']} · {args.tokens} tokens"
+    )
     print(
         f"decode tok/s: in-process {single['in_process_tok_s']:.2f}, "
         f"server {single['server_tok_s']:.2f}, ratio {single['ratio']:.3f} (goal >= 0.95)"
