@@ -77,9 +77,10 @@ def test_tiny_round_trip_reloads_identically(
     record = export.read_record(out)
     assert record is not None and record["verification"]["identical"] is True
     assert record["size_bytes"] == sum(record["files"].values())
-    extra = (out / "README.md").stat().st_size + (
-        out / "nibble-export.json"
-    ).stat().st_size
+    extra = sum(
+        (out / name).stat().st_size
+        for name in ("README.md", "nibble-export.json", "serve-vllm.sh")
+    )
     assert record["size_bytes"] == catalog.folder_size(out) - extra
 
 
