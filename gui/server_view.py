@@ -312,10 +312,14 @@ class ServerView(QWidget):
 
     def _on_started(self, thread: Any) -> None:
         self.server_thread = thread
+        self.worker = None  # its job is done; the view is ready before the signal
+        self._refresh()
         self.serving_changed.emit(True)
 
     def _on_stopped(self) -> None:
         self.server_thread = None
+        self.worker = None
+        self._refresh()
         self.serving_changed.emit(False)
 
     def _on_worker_finished(self) -> None:
