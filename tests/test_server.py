@@ -593,3 +593,14 @@ def test_prompts_are_logged_only_when_asked(
         assert "Zanzibar quokka" in caplog.text
     finally:
         talkative.stop()
+
+
+def test_presence_and_frequency_penalties_count_only_the_answer() -> None:
+    import torch
+
+    from core.generation import _penalties
+
+    (penalize,) = _penalties(2, presence=0.5, frequency=1.0)
+    ids = torch.tensor([[0, 1, 3, 3, 4]])  # prompt 0 1, answer 3 3 4
+    scores = penalize(ids, torch.zeros(1, 5))
+    assert scores.tolist() == [[0.0, 0.0, 0.0, -2.5, -1.5]]
