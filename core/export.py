@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -35,6 +36,7 @@ FreeBytes = Callable[[Path], int]
 
 CARD = "README.md"
 RECORD = "nibble-export.json"
+VLLM_SCRIPT = "serve-vllm.sh"
 RECORD_VERSION = 1
 # The fixed input whose logits must match after the round trip.
 PROBE_TEXT = "The capital of France is Paris. The quick brown fox jumps over"
@@ -302,6 +304,8 @@ def export(
         result.seconds = time.perf_counter() - started
         (tmp / CARD).write_text(model_card(result, ref, quant), encoding="utf-8")
         (tmp / RECORD).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        (tmp / VLLM_SCRIPT).write_text(vllm_script(out.name), encoding="utf-8")
+        (tmp / VLLM_SCRIPT).chmod(0o777 & ~_umask())
         _check_cancel(cancel)
         report(5, STEPS, "Moving into place")
         _move_into_place(tmp, out)
@@ -545,6 +549,32 @@ def model_card(result: ExportResult, ref: ModelRef, quant: QuantSettings) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+def vllm_script(name: str) -> str:
+    """serve-vllm.sh: the same OpenAI API from vLLM, for more clients or GPUs."""
+    return f"""#!/usr/bin/env bash
+# Serve this folder with vLLM: the same OpenAI API as `nibble serve`, so clients
+# change only the base URL (http://HOST:PORT/v1), for more users or several GPUs.
+#
+#   ./serve-vllm.sh                 one GPU
+#   GPUS=2 ./serve-vllm.sh          two GPUs, pipeline parallel
+#   PORT=9000 ./serve-vllm.sh --max-model-len 4096   (extra flags go to vLLM)
+#
+# No --quantization flag: vLLM reads the pre-quantized bitsandbytes settings from
+# quantization_config in config.json. Several GPUs use --pipeline-parallel-size:
+# vLLM refuses tensor parallelism for pre-quantized bitsandbytes checkpoints. For
+# tensor parallelism, serve the original fp16 model and let vLLM quantize it:
+#   vllm serve SOURCE --quantization bitsandbytes --tensor-parallel-size N
+set -euo pipefail
+here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+gpus="${{GPUS:-1}}"
+args=(serve "$here" --served-model-name {shlex.quote(name)} --port "${{PORT:-8000}}")
+if [ "$gpus" -gt 1 ]; then
+    args+=(--pipeline-parallel-size "$gpus")
+fi
+exec vllm "${{args[@]}}" "$@"
+"""
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:

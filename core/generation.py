@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ STOP_EOS = "eos"
 STOP_MAX = "max tokens"
 STOP_STOPPED = "stopped"
 STOP_ERROR = "error"
+STOP_STRING = "stop string"
 
 
 @dataclass
@@ -123,6 +124,10 @@ def stream(
     settings: GenerationSettings | None = None,
     stop_event: threading.Event | None = None,
     raw: bool = False,
+    *,
+    stop_strings: Sequence[str] = (),
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
 ) -> Iterator[str | GenerationStats]:
     """Yield text chunks as they decode, then one GenerationStats.
 
@@ -138,6 +143,12 @@ def stream(
         Set it to stop; generation ends within one token.
     raw
         Feed the text as a plain completion even when the model has a chat template.
+    stop_strings
+        End the answer as soon as its text contains one of these; the text yielded
+        stops just before it and the stop reason is "stop string".
+    presence_penalty, frequency_penalty
+        OpenAI's additive penalties (-2 to 2) on the logits of tokens already in the
+        answer: once for being there, and per occurrence.
 
     Raises
     ------
@@ -183,9 +194,22 @@ def stream(
                 timing.setdefault("first", time.perf_counter())
             super().put(value)
 
+    stops = tuple(s for s in stop_strings if s)
+    # Enough tokens to spell the longest stop string, even one character per token.
+    tail = max((len(s) for s in stops), default=0) + 2
+    hit = threading.Event()
+
     class _Stop(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             flag = stop.is_set() or halt.is_set()
+            if stops and not flag and input_ids.shape[1] > prompt_tokens:
+                last = tokenizer.decode(
+                    input_ids[0, max(prompt_tokens, input_ids.shape[1] - tail) :],
+                    skip_special_tokens=True,
+                )
+                if any(s in last for s in stops):
+                    hit.set()
+                    flag = True
             return torch.full((input_ids.shape[0],), flag, dtype=torch.bool)
 
     streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -194,6 +218,10 @@ def stream(
     kwargs["max_new_tokens"] = max_new
     if tokenizer.pad_token_id is None:
         kwargs["pad_token_id"] = tokenizer.eos_token_id
+    if presence_penalty or frequency_penalty:
+        kwargs["logits_processor"] = _penalties(
+            prompt_tokens, presence_penalty, frequency_penalty
+        )
 
     def run() -> None:
         try:
@@ -215,9 +243,14 @@ def stream(
     thread = threading.Thread(target=run, name="nibble-generate", daemon=True)
     thread.start()
     try:
-        for chunk in streamer:
-            if chunk:
-                yield chunk
+        if stops:
+            yield from _until_stop(
+                streamer, stops, on_hit=lambda: (hit.set(), halt.set())
+            )
+        else:
+            for chunk in streamer:
+                if chunk:
+                    yield chunk
     finally:
         halt.set()
         thread.join()
@@ -239,11 +272,55 @@ def stream(
         stats.tokens_per_s = (stats.new_tokens - 1) / (ended - first)
     if stop.is_set():
         stats.stop_reason = STOP_STOPPED
+    elif hit.is_set():
+        stats.stop_reason = STOP_STRING
     elif stats.new_tokens >= max_new:
         stats.stop_reason = STOP_MAX
     else:
         stats.stop_reason = STOP_EOS
     yield stats
+
+
+def _until_stop(
+    chunks: Iterator[str], stops: Sequence[str], on_hit: Callable[[], Any]
+) -> Iterator[str]:
+    """The chunks up to the first stop string, holding back what may begin one."""
+    text, sent, keep = "", 0, max(len(s) for s in stops) - 1
+    for chunk in chunks:
+        text += chunk
+        found = [
+            i for i in (text.find(s, max(0, sent - keep)) for s in stops) if i >= 0
+        ]
+        if found:
+            on_hit()
+            if min(found) > sent:
+                yield text[sent : min(found)]
+            for _ in chunks:  # let the generation end; it stops within a token
+                pass
+            return
+        safe = len(text) - keep
+        if safe > sent:
+            yield text[sent:safe]
+            sent = safe
+    if len(text) > sent:
+        yield text[sent:]
+
+
+def _penalties(prompt_tokens: int, presence: float, frequency: float) -> Any:
+    """A LogitsProcessorList with OpenAI's presence and frequency penalties."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class _Penalties(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            answer = input_ids[:, prompt_tokens:]
+            if answer.shape[1] == 0:
+                return scores
+            counts = torch.zeros_like(scores)
+            counts.scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+            return scores - frequency * counts - presence * (counts > 0).to(scores)
+
+    return LogitsProcessorList([_Penalties()])
 
 
 def generate_text(
@@ -296,6 +373,10 @@ class GenerationRequest:
     """Who asked: "chat", "server", "cli"; shown in logs, never interpreted."""
     client: str = ""
     """Free text about the caller, e.g. the remote address of a server request."""
+    stop: tuple[str, ...] = ()
+    """End the answer before the first of these strings (see `stream`)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 JOB_WAITING = "waiting"
@@ -328,6 +409,9 @@ class Job:
         self.model_name: str | None = None
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._consumed_end = False
+        self.on_item: Callable[[], Any] | None = None
+        """Called (from the queue's thread) after each new item, e.g. to wake an
+        event loop that reads the job with `next_item(timeout=0)`."""
 
     def cancel(self) -> None:
         """Stop it: a waiting job leaves the queue, a running one stops within a token."""
@@ -381,6 +465,8 @@ class Job:
 
     def _put(self, item: Any) -> None:
         self._items.put(item)
+        if self.on_item is not None:
+            self.on_item()
 
 
 class GenerationQueue:
@@ -617,6 +703,9 @@ class GenerationQueue:
                 request.settings,
                 job.stop_event,
                 raw=request.raw,
+                stop_strings=request.stop,
+                presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty,
             ):
                 if isinstance(item, GenerationStats):
                     job.stats = item

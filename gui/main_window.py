@@ -1,7 +1,7 @@
 """The main window: the frame that composes Nibble's typed views around one Controller.
 
 Left to right: the model picker, the settings column (settings panel, memory estimate,
-load bar) and the tabs (Chat, Monitor, Compare). Every view gets the `controller` and
+load bar) and the tabs (Chat, Monitor, Compare, Server). Every view gets the `controller` and
 follows its signals; the window itself starts no thread and owns no state beyond the
 layout. Adding a view is a few typed lines in `_build` (or `build_tabs` for views that
 import pyqtgraph, which are built after the first paint):
@@ -59,6 +59,7 @@ DEFAULT_SIZE = (1340, 720)  # fits a 1366×768 screen with its panel and title b
 if TYPE_CHECKING:
     from gui.compare_view import CompareView
     from gui.monitor_view import MemoryGauge, MonitorView
+    from gui.server_view import ServerView
 
 
 class MainWindow(QMainWindow):
@@ -85,6 +86,7 @@ class MainWindow(QMainWindow):
         self.monitor_view: MonitorView | None = None
         self.memory_gauge: MemoryGauge | None = None
         self.compare_view: CompareView | None = None
+        self.server_view: ServerView | None = None
         self._build()
         self._connect()
         self._restore()
@@ -286,6 +288,15 @@ class MainWindow(QMainWindow):
         bar.insertPermanentWidget(max(index, 0), _separator())
         self.compare_view = CompareView(c)
         self.tabs.addTab(self.compare_view, "Compare")
+        from gui.server_view import ServerView, marker_label
+
+        # The server answers through the chat's queue; a model change switches it.
+        self.server_view = ServerView(c.generation_queue, c.loaded)
+        c.model_changed.connect(self.server_view.set_model)
+        self.server_view.request_logged.connect(
+            lambda r: self.monitor_view.add_marker(marker_label(r), r.time)
+        )
+        self.tabs.addTab(self.server_view, "Server")
 
     def show_monitor(self) -> None:
         self.build_tabs()
@@ -647,6 +658,8 @@ class MainWindow(QMainWindow):
         qs.sync()
         self._save_session()
         self._speed_timer.stop()
+        if self.server_view is not None:
+            self.server_view.shutdown(CLOSE_DEADLINE_S / 2)
         self.controller.stop_all(CLOSE_DEADLINE_S)
         event.accept()
 

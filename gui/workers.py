@@ -339,3 +339,38 @@ class HubDownloadWorker(Worker):
             self.plan, self.fetched.emit, self.cancel_event
         )
         return catalog.folder_ref(snapshot, kind="cache", name=self.plan.repo_id)
+
+
+class ServerStartWorker(Worker):
+    """Build the local API server (core.server) and start it; returns its ServerThread.
+
+    uvicorn then runs on the ServerThread's own thread: this worker ends as soon as
+    the socket listens, or errors when it cannot (e.g. the port is in use).
+    """
+
+    def __init__(self, queue: Any, config: Any, on_request: Any) -> None:
+        super().__init__()
+        self.server_thread: Any = None
+        self.queue = queue
+        self.config = config
+        self.on_request = on_request
+
+    def work(self) -> Any:
+        from core.server import Server, ServerThread
+
+        self.server_thread = ServerThread(
+            Server(self.queue, self.config, self.on_request)
+        )
+        self.server_thread.start()
+        return self.server_thread
+
+
+class ServerStopWorker(Worker):
+    """Stop a running ServerThread (its answers are cancelled); returns True if it ended."""
+
+    def __init__(self, thread: Any) -> None:
+        super().__init__()
+        self.server_thread = thread
+
+    def work(self) -> Any:
+        return self.server_thread.stop()

@@ -77,9 +77,10 @@ def test_tiny_round_trip_reloads_identically(
     record = export.read_record(out)
     assert record is not None and record["verification"]["identical"] is True
     assert record["size_bytes"] == sum(record["files"].values())
-    extra = (out / "README.md").stat().st_size + (
-        out / "nibble-export.json"
-    ).stat().st_size
+    extra = sum(
+        (out / name).stat().st_size
+        for name in ("README.md", "nibble-export.json", "serve-vllm.sh")
+    )
     assert record["size_bytes"] == catalog.folder_size(out) - extra
 
 
@@ -119,6 +120,60 @@ def test_model_card_says_what_a_user_needs(
     assert f"- torch {versions['torch']}" in card
     code = card.split("```python\n")[2].split("```")[0]
     assert f'from_pretrained(\n    "{out}"' in code
+
+
+def test_serve_vllm_script_and_the_config_vllm_reads(
+    nf4_export: export.ExportResult,
+) -> None:
+    out = nf4_export.path
+    script = out / "serve-vllm.sh"
+    assert script.stat().st_mode & 0o111, "the script is executable"
+    check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    text = script.read_text()
+    assert 'exec vllm "${args[@]}" "$@"' in text
+    assert f'serve "$here" --served-model-name {out.name}' in text
+    assert "--pipeline-parallel-size" in text
+    assert "refuses tensor parallelism for pre-quantized bitsandbytes" in text
+    assert "--quantization" not in text.split("set -euo pipefail")[1]
+    # What vLLM's bitsandbytes loader reads from config.json.
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "bitsandbytes"
+    assert qc["load_in_4bit"] is True and qc["load_in_8bit"] is False
+    assert qc["bnb_4bit_quant_type"] == "nf4"
+    for key in (
+        "bnb_4bit_compute_dtype",
+        "bnb_4bit_use_double_quant",
+        "bnb_4bit_quant_storage",
+        "llm_int8_skip_modules",
+        "llm_int8_threshold",
+    ):
+        assert key in qc, key
+
+
+def test_serve_vllm_script_runs_vllm_with_pipeline_parallel(
+    nf4_export: export.ExportResult, tmp_path: Path
+) -> None:
+    fake = tmp_path / "bin" / "vllm"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    script = str(nf4_export.path / "serve-vllm.sh")
+    one = subprocess.run([script], capture_output=True, text=True, env=env)
+    assert one.stdout.split() == [
+        "serve", str(nf4_export.path), "--served-model-name", nf4_export.path.name,
+        "--port", "8000",
+    ]  # fmt: skip
+    two = subprocess.run(
+        [script, "--max-model-len", "256"],
+        capture_output=True,
+        text=True,
+        env={**env, "GPUS": "2", "PORT": "9000"},
+    )
+    assert two.stdout.split()[-5:] == [
+        "9000", "--pipeline-parallel-size", "2", "--max-model-len", "256",
+    ]  # fmt: skip
 
 
 def test_card_code_loads_the_model(nf4_export: export.ExportResult) -> None:

@@ -1,0 +1,151 @@
+"""The Server tab: start, a request from the openai client lands in the log, stop."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QGuiApplication
+
+from core import catalog, loader
+from core.generation import GenerationQueue
+from core.settings import preset
+from gui.server_view import LOG_COLUMNS, ServerView, marker_label
+from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path):
+    loaded = loader.load(catalog.resolve(str(tiny_dir)), preset("nf4").quant)
+    yield loaded
+    loader.unload(loaded)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cell(view: ServerView, row: int, name: str) -> str:
+    return view.log_table.item(row, LOG_COLUMNS.index(name)).text()
+
+
+def test_start_a_request_in_the_log_then_stop(qtbot, tiny) -> None:
+    queue = GenerationQueue(tiny)
+    view = ServerView(queue, tiny)
+    qtbot.addWidget(view)
+    view.port_spin.setValue(free_port())
+    assert view.stop_button.isEnabled() is False
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000) as started:
+        view.start()
+    assert started.args == [True]
+    url = f"http://127.0.0.1:{view.port_spin.value()}/v1"
+    assert view.url_edit.text() == url
+    assert "Serving tiny-llama at" in view.status_label.text()
+    assert view.port_spin.isEnabled() is False
+    assert f"curl {url}/chat/completions" in view.snippet_edits["curl"].toPlainText()
+
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    with qtbot.waitSignal(view.request_logged, timeout=60_000) as logged:
+        answer = client.chat.completions.create(
+            model="tiny-llama",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            temperature=0,
+        )
+    assert answer.usage.completion_tokens == 4
+    record = logged.args[0]
+    assert marker_label(record).startswith("API chat ")
+    assert view.log_table.rowCount() == 1
+    assert cell(view, 0, "Endpoint") == "/v1/chat/completions"
+    assert cell(view, 0, "Completion") == "4"
+    assert cell(view, 0, "Status") == "200 OK"
+    assert cell(view, 0, "Client").startswith("127.0.0.1:")
+
+    # Unloading answers 503 until a model loads; the log shows it.
+    view.set_model(None)
+    queue.set_model(None)
+    assert "no model is loaded" in view.status_label.text()
+    with qtbot.waitSignal(view.request_logged, timeout=10_000):
+        with pytest.raises(openai.InternalServerError) as err:
+            client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2)
+    assert err.value.status_code == 503
+    assert cell(view, 1, "Status") == "503"
+
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000) as stopped:
+        view.stop()
+    assert stopped.args == [False]
+    assert view.url_edit.text() == ""
+    assert view.start_button.isEnabled()
+    with pytest.raises(openai.APIConnectionError):
+        client.models.list()
+    assert queue.close()
+
+
+def test_other_machines_need_a_key_and_snippets_copy(qtbot, tiny) -> None:
+    view = ServerView(GenerationQueue(tiny), tiny)
+    qtbot.addWidget(view)
+    view.remote_check.setChecked(True)
+    view.start()
+    assert "no API key is set" in view.status_label.text()
+    assert not view.serving and view.worker is None
+    view.new_key()
+    key = view.key_edit.text()
+    assert key.startswith("nb-") and len(key) > 20
+    env = view.snippet_edits["Environment"].toPlainText()
+    assert "export OPENAI_BASE_URL=http://127.0.0.1:8000/v1" in env
+    assert f"export OPENAI_API_KEY={key}" in env
+    python = view.snippet_edits["Python (openai)"].toPlainText()
+    compile(python, "snippet", "exec")
+    assert f'api_key="{key}"' in python
+    view.snippets.setCurrentIndex(2)
+    view._copy(view.snippet_edits["Environment"])
+    assert QGuiApplication.clipboard().text() == env
+    assert view.shutdown()
+    view.queue.close()
+
+
+def test_a_port_in_use_is_reported(qtbot, tiny) -> None:
+    view = ServerView(GenerationQueue(tiny), tiny)
+    qtbot.addWidget(view)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        view.port_spin.setValue(port)
+        view.start()
+        qtbot.waitUntil(lambda: view.worker is None, timeout=20_000)
+    assert not view.serving
+    assert f"cannot listen on 127.0.0.1:{port}" in view.status_label.text()
+    assert view.start_button.isEnabled()
+    view.queue.close()
+
+
+def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) -> None:
+    from core import session as session_mod
+    from core.server import RequestRecord
+    from gui.main_window import MainWindow
+
+    window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    window.build_tabs()
+    titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
+    assert titles[-1] == "Server"
+    view = window.server_view
+    assert view.queue is window.controller.generation_queue
+    window.controller.model_changed.emit(tiny)
+    assert "tiny-llama" in view.snippet_edits["curl"].toPlainText()
+    before = len(window.monitor_view.markers)
+    record = RequestRecord(
+        time.time(), "127.0.0.1:5000", "/v1/chat/completions", 200,
+        prompt_tokens=12, completion_tokens=64,
+    )  # fmt: skip
+    view._record_arrived.emit(record)
+    assert len(window.monitor_view.markers) == before + 1
+    assert window.monitor_view.markers[-1].marker.label == "API chat 12+64 tok"
+    window.close()
