@@ -174,6 +174,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             {"role": "user", "content": prompt},
         ]
     ref = catalog.resolve(args.model)
+    chat = None
+    if args.save_to_chat is not None:
+        from core.chat_cli import ChatRecorder
+
+        gen = ChatRecorder.seeded(gen)
+        chat = ChatRecorder.open(args.save_to_chat, prompt, args.system, args.raw)
+        messages = chat.messages(messages)
     show = stderr_progress(args.json)
     loaded = loader.load(ref, quant, options, progress=show)
     if show:
@@ -182,6 +189,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     chunks: list[str] = []
     stats = None
     try:
+        if chat is not None:
+            chat.ask()
         for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
             if isinstance(item, generation.GenerationStats):
                 stats = item
@@ -192,6 +201,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stop.set()
     finally:
+        if chat is not None:
+            chat.save("".join(chunks), loaded, gen, stats, args.raw)
         report = loaded.report
         loader.unload(loaded)
     if args.json:
@@ -204,6 +215,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "settings": quant.to_dict(),
                     "options": options.to_dict(),
                     "generation": gen.to_dict(),
+                    "conversation_id": chat.conversation_id if chat else None,
                 },
                 indent=2,
             )
@@ -411,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_quant_args(p)
     add_generation_args(p)
+    p.add_argument(
+        "--save-to-chat",
+        nargs="?",
+        const="new",
+        default=None,
+        metavar="ID",
+        help="keep the question and answer in the chat history: a new conversation, "
+        "or continue conversation ID (its earlier messages are the context)",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -482,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
         set_help="set a BitsAndBytesConfig field on every quantized row",
     )
     p.set_defaults(func=cmd_compare)
+
+    from core.chat_cli import add_chats_parser
+
+    add_chats_parser(sub)
 
     p = sub.add_parser(
         "self-test", help="load the default model in nf4 and check it answers"
