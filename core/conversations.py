@@ -449,6 +449,10 @@ class ConversationNotFoundError(NibbleError):
     """No conversation or message with that id."""
 
 
+class HistoryWriteError(NibbleError):
+    """The database refused a write (disk full, read-only, locked too long)."""
+
+
 class ConversationStore:
     """Conversations in one SQLite file; every method is one transaction.
 
@@ -546,14 +550,23 @@ class ConversationStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a full disk or a lock held too long is a NibbleError."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise HistoryWriteError(
+                f"the conversation history could not be saved: {exc}",
+                f"check free space and permissions in {self.path.parent}"
+                if self.path
+                else "",
+            ) from exc
 
     # -- conversations -----------------------------------------------------------
 

@@ -221,6 +221,14 @@ class ChatHistory(QObject):
         becomes a variant of the stored one).
         """
         settings = conv.with_seed(settings)
+        try:
+            self._store_question(raw, settings)
+        except NibbleError as exc:  # the answer still comes; it is just not kept
+            self.pending = None
+            self.error.emit(exc, "The chat history could not be saved")
+        return settings
+
+    def _store_question(self, raw: bool, settings: GenerationSettings) -> None:
         system = self.chat.system_edit.toPlainText()
         if self.current is None:
             conversation_id = self.store.create(system_prompt=system)
@@ -246,7 +254,6 @@ class ChatHistory(QObject):
         )
         self.list.refresh()
         self.list.mark_current(conversation_id)
-        return settings
 
     def _messages_after(self, message_id: int) -> list[conv.Message]:
         assert self.current is not None

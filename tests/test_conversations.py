@@ -342,3 +342,18 @@ def test_regenerate_with_int8_and_back_keeps_two_variants(
     assert nf4.generation == int8.generation
     assert nf4.hub_id == int8.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert answer.active == 1
+
+
+def test_a_refused_write_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "conversations.db"
+    with ConversationStore(path) as store:
+        cid = store.create()
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        store._conn.execute("PRAGMA busy_timeout=50")
+        with pytest.raises(conv.HistoryWriteError, match="could not be saved"):
+            store.add_message(cid, "user", "hi")
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        store.add_message(cid, "user", "hi")
+        assert [m.text for m in store.get(cid).messages] == ["hi"]
