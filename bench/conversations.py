@@ -11,7 +11,7 @@ and appending a message and an answer. Targets: list < 200 ms, open one < 100 ms
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import random
 import tempfile
 import time
@@ -76,6 +76,7 @@ def build(path: Path, n_conv: int, n_msg: int) -> float:
             (sentence(rng, 6)[:60], now + c * 60, now + c * 60 + 30),
         )
         cid = cur.lastrowid
+        setup = provenance(rng)  # one load per conversation; seeds and stats vary
         for m in range(n_msg):
             role = "user" if m % 2 == 0 else "assistant"
             text = sentence(rng, 20 if role == "user" else 80)
@@ -85,15 +86,13 @@ def build(path: Path, n_conv: int, n_msg: int) -> float:
                 (cid, role, text, now + c * 60 + m * 0.1),
             )
             if role == "assistant":
-                conn.execute(
-                    "INSERT INTO variants (message_id, position, text, created, "
-                    "provenance) VALUES (?, 0, ?, ?, ?)",
-                    (
-                        cur.lastrowid,
-                        text,
-                        now + c * 60 + m * 0.1,
-                        json.dumps(provenance(rng).to_dict()),
-                    ),
+                answer = dataclasses.replace(
+                    setup,
+                    seed=rng.randrange(2**31),
+                    stats={**setup.stats, "new_tokens": rng.randrange(10, 256)},
+                )
+                conversations._insert_variant(
+                    conn, cur.lastrowid, 0, text, now + c * 60 + m * 0.1, answer
                 )
         conn.execute("COMMIT")
     store.close()

@@ -47,6 +47,7 @@ ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 60
 UNDO_S = 60.0
 PROVENANCE_VERSION = 1
+RUN_FIELDS = ("generation", "seed", "raw", "stats")
 VERSION_PACKAGES = ("nibble", "torch", "transformers", "bitsandbytes", "accelerate")
 
 # Version 1 kept one answer per assistant message, its provenance in a column.
@@ -69,26 +70,46 @@ CREATE TABLE messages (
 CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
 """
 
-# Version 2: answers have variants; deleted conversations wait for undo.
+# Version 2: answers have variants; what loaded the model (a "setup": model, settings,
+# size, versions) is stored once and shared by every answer it gave; deleted
+# conversations wait for undo.
 MIGRATE_V1_TO_V2 = """
 ALTER TABLE conversations ADD COLUMN deleted REAL;
 ALTER TABLE messages ADD COLUMN active_variant INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE setups (
+    id INTEGER PRIMARY KEY,
+    data TEXT NOT NULL UNIQUE
+);
 CREATE TABLE variants (
     id INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     position INTEGER NOT NULL,
     text TEXT NOT NULL,
     created REAL NOT NULL,
-    provenance TEXT,
+    setup_id INTEGER REFERENCES setups(id),
+    run TEXT,
     UNIQUE (message_id, position)
 );
-INSERT INTO variants (message_id, position, text, created, provenance)
-    SELECT id, 0, text, created, provenance FROM messages WHERE role = 'assistant';
-ALTER TABLE messages DROP COLUMN provenance;
 CREATE INDEX conversations_by_updated ON conversations(deleted, updated);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 """
-MIGRATIONS = {1: SCHEMA_V1, 2: MIGRATE_V1_TO_V2}
+
+
+def _v1_answers_to_variants(conn: sqlite3.Connection) -> None:
+    """Each v1 answer becomes variant 0, its provenance split into setup and run."""
+    rows = conn.execute(
+        "SELECT id, text, created, provenance FROM messages WHERE role = 'assistant'"
+    ).fetchall()
+    for message_id, text, created, blob in rows:
+        provenance = Provenance.from_dict(json.loads(blob)) if blob else None
+        _insert_variant(conn, message_id, 0, text, created, provenance)
+    conn.execute("ALTER TABLE messages DROP COLUMN provenance")
+
+
+MIGRATIONS: dict[int, tuple[str, Any]] = {
+    1: (SCHEMA_V1, None),
+    2: (MIGRATE_V1_TO_V2, _v1_answers_to_variants),
+}
 
 
 # -- provenance ----------------------------------------------------------------------
@@ -247,6 +268,12 @@ class Provenance:
                 + ", ".join(f"{k} {v}" for k, v in self.versions.items() if v)
             )
         return lines
+
+    def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(setup, run): what every answer of one load shares, and this answer's own."""
+        data = self.to_dict()
+        run = {key: data.pop(key) for key in RUN_FIELDS}
+        return data, run
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -615,13 +642,21 @@ class ConversationStore:
             )
         ]
         by_id = {m.id: m for m in messages}
+        setups: dict[int, dict[str, Any]] = {}
         for row in conn.execute(
-            "SELECT v.id, v.message_id, v.position, v.text, v.created, v.provenance "
-            "FROM variants v JOIN messages m ON m.id = v.message_id "
+            "SELECT v.id, v.message_id, v.position, v.text, v.created, v.run, "
+            "v.setup_id, s.data FROM variants v "
+            "JOIN messages m ON m.id = v.message_id "
+            "LEFT JOIN setups s ON s.id = v.setup_id "
             "WHERE m.conversation_id = ? ORDER BY v.message_id, v.position",
             (conversation_id,),
         ):
-            provenance = Provenance.from_dict(json.loads(row[5])) if row[5] else None
+            provenance = None
+            if row[6] is not None:
+                if row[6] not in setups:
+                    setups[row[6]] = json.loads(row[7])
+                run = json.loads(row[5]) if row[5] else {}
+                provenance = Provenance.from_dict({**setups[row[6]], **run})
             by_id[row[1]].variants.append(
                 Variant(row[0], row[2], row[3], row[4], provenance)
             )
@@ -721,7 +756,7 @@ class ConversationStore:
                 (conversation_id, text, now),
             )
             message_id = int(cur.lastrowid or 0)
-            variant = self._insert_variant(conn, message_id, 0, text, now, provenance)
+            variant = _insert_variant(conn, message_id, 0, text, now, provenance)
             self._touch(conn, conversation_id, now)
         return Message(
             message_id, conversation_id, "assistant", text, now, variants=[variant]
@@ -744,9 +779,7 @@ class ConversationStore:
                     f"no answer {message_id}", "it may have been deleted"
                 )
             position = row[2] + 1
-            variant = self._insert_variant(
-                conn, message_id, position, text, now, provenance
-            )
+            variant = _insert_variant(conn, message_id, position, text, now, provenance)
             conn.execute(
                 "UPDATE messages SET text = ?, active_variant = ? WHERE id = ?",
                 (text, position, message_id),
@@ -806,23 +839,6 @@ class ConversationStore:
                 raise ConversationNotFoundError(f"no message {message_id}", "")
             conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
             self._touch(conn, row[0], time.time())
-
-    @staticmethod
-    def _insert_variant(
-        conn: sqlite3.Connection,
-        message_id: int,
-        position: int,
-        text: str,
-        created: float,
-        provenance: Provenance | None,
-    ) -> Variant:
-        blob = json.dumps(provenance.to_dict()) if provenance else None
-        cur = conn.execute(
-            "INSERT INTO variants (message_id, position, text, created, provenance) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (message_id, position, text, created, blob),
-        )
-        return Variant(int(cur.lastrowid or 0), position, text, created, provenance)
 
     @staticmethod
     def _touch(conn: sqlite3.Connection, conversation_id: int, when: float) -> None:
@@ -906,6 +922,31 @@ class ConversationStore:
         return to_markdown(self.get(conversation_id))
 
 
+def _insert_variant(
+    conn: sqlite3.Connection,
+    message_id: int,
+    position: int,
+    text: str,
+    created: float,
+    provenance: Provenance | None,
+) -> Variant:
+    setup_id = run = None
+    if provenance is not None:
+        setup, run_data = provenance.split()
+        blob = json.dumps(setup, sort_keys=True)
+        conn.execute("INSERT OR IGNORE INTO setups (data) VALUES (?)", (blob,))
+        setup_id = conn.execute(
+            "SELECT id FROM setups WHERE data = ?", (blob,)
+        ).fetchone()[0]
+        run = json.dumps(run_data)
+    cur = conn.execute(
+        "INSERT INTO variants (message_id, position, text, created, setup_id, run) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (message_id, position, text, created, setup_id, run),
+    )
+    return Variant(int(cur.lastrowid or 0), position, text, created, provenance)
+
+
 class _NewerSchemaError(Exception):
     def __init__(self, version: int) -> None:
         super().__init__(f"written by a newer Nibble, schema {version}")
@@ -913,11 +954,14 @@ class _NewerSchemaError(Exception):
 
 def _migrate(conn: sqlite3.Connection, target: int) -> None:
     """Bring the schema to version `target` in one transaction."""
+    script, then = MIGRATIONS[target]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in MIGRATIONS[target].split(";"):
+        for statement in script.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        if then is not None:
+            then(conn)
         conn.execute(f"PRAGMA user_version = {int(target)}")
     except BaseException:
         conn.execute("ROLLBACK")
