@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 
 from PySide6.QtCore import QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -88,6 +88,9 @@ class ConversationList(QWidget):
         self.new_button = QToolButton(text="New")
         self.new_button.setToolTip("Start a new conversation (Ctrl+N)")
         self.new_button.clicked.connect(self.new_requested)
+        self.new_shortcut = QShortcut(QKeySequence.StandardKey.New, self)
+        self.new_shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+        self.new_shortcut.activated.connect(self.new_requested)
         top.addWidget(self.new_button)
         layout.addLayout(top)
 
