@@ -137,10 +137,8 @@ class ChatHistory(QObject):
         self.restore_bar = RestoreBar()
         self.restore_bar.back_button.clicked.connect(self.restore_previous)
         chat.layout().insertWidget(1, self.restore_bar)
-        chat.clear_button.setText("New")
-        chat.clear_button.setToolTip(
-            "Start a new conversation (this one stays in the list)"
-        )
+        # Clearing would lose nothing now: the list's New starts an empty chat.
+        chat.clear_button.hide()
         chat.clear_button.clicked.connect(self.new_conversation)
         c = controller
         c.answer_chunk.connect(self._on_chunk)

@@ -245,7 +245,7 @@ def test_list_new_open_search_delete_undo(qtbot, setup) -> None:
     chat, controller, history, store = setup
     ask(qtbot, chat, controller, "Tell me about nf4", "It is 4-bit.")
     first = history.current.id
-    chat.clear_button.click()  # New
+    history.list.new_button.click()
     assert chat.messages_widgets == []
     ask(qtbot, chat, controller, "Colours of the rainbow?", "Seven.")
     second = history.current.id
