@@ -65,9 +65,10 @@ def main() -> None:
     probe = QTimer()
     probe.setInterval(PROBE_MS)
     probe.timeout.connect(tick)
-    window.libraries_ready.connect(lambda _d: phase("load"))
-    window.libraries_ready.connect(lambda _d: window.request_load())
-    window.load_started.connect(lambda: window.load_worker.progressed.connect(step))
+    controller = window.controller
+    controller.libraries_ready.connect(lambda _d: phase("load"))
+    controller.libraries_ready.connect(lambda _d: window.request_load())
+    controller.load_progressed.connect(step)
 
     def ask(_loaded: object) -> None:
         phase("generate")
@@ -75,7 +76,7 @@ def main() -> None:
         window.chat.input.setPlainText("What is the capital of France?")
         window.chat.send()
 
-    window.model_loaded.connect(ask)
+    controller.model_loaded.connect(ask)
     results: dict[str, object] = {}
 
     def done(stats: object) -> None:
@@ -84,7 +85,7 @@ def main() -> None:
         window.close()
         app.quit()
 
-    window.generation_finished.connect(done)
+    controller.answer_finished.connect(done)
 
     def start() -> None:
         probe.start()

@@ -821,7 +821,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "nf4-dq",
             "NF4 + double quant",
-            "The seed article's config: nf4, double quant, float16 compute.",
+            "The classic QLoRA setup: nf4, double quant, float16 compute.",
             QuantSettings(
                 mode="4bit",
                 bnb_4bit_quant_type="nf4",

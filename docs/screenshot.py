@@ -24,7 +24,7 @@ def main() -> None:
 
     from core.session import Session
     from core.settings import GenerationSettings
-    from gui.app import install_panels, make_app
+    from gui.app import make_app
     from gui.main_window import MainWindow
 
     app = make_app([])
@@ -32,7 +32,6 @@ def main() -> None:
         generation=GenerationSettings(max_new_tokens=96, greedy=True),
     )
     window = MainWindow(session)
-    window.first_painted.connect(lambda: install_panels(window))
     window.resize(1400, 870)
 
     def ask(_loaded: object) -> None:
@@ -48,8 +47,8 @@ def main() -> None:
 
         QTimer.singleShot(1500, grab)  # let the monitor and status bar catch up
 
-    window.model_loaded.connect(ask)
-    window.generation_finished.connect(shoot)
+    window.controller.model_loaded.connect(ask)
+    window.controller.answer_finished.connect(shoot)
     window.show()
     app.exec()
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
@@ -17,15 +16,6 @@ logger = logging.getLogger(__name__)
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 ICON_SVG = RESOURCES / "nibble.svg"
 ICON_PNG = RESOURCES / "nibble.png"
-
-# Panels that plug into the window through its public API, as "module:function";
-# each is installed after the first paint so it never delays the window.
-PANELS = (
-    "gui.monitor_view:install_monitor",
-    "gui.compare_view:install_compare",
-    "gui.estimate_view:install_estimate",
-    "gui.export_dialog:install_export",
-)
 
 STYLE = """
 QLabel#heading { font-weight: bold; padding: 2px 0 4px 0; }
@@ -107,16 +97,6 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     return app
 
 
-def install_panels(window: object, panels: tuple[str, ...] = PANELS) -> None:
-    """Call each panel's install function on `window`; a failing panel is skipped."""
-    for spec in panels:
-        module_name, _, function = spec.partition(":")
-        try:
-            getattr(importlib.import_module(module_name), function)(window)
-        except Exception:
-            logger.exception("could not install %s", spec)
-
-
 def run_app(argv: list[str] | None = None) -> int:
     """Open the window on the last session (or the default model) and run."""
     logging.basicConfig(
@@ -130,9 +110,6 @@ def run_app(argv: list[str] | None = None) -> int:
 
     session, notice = load_session()
     window = MainWindow(session, notice)
-    window.first_painted.connect(
-        lambda: QTimer.singleShot(0, window, lambda: install_panels(window))
-    )
     window.show()
     code = app.exec()
     if workers.running_threads():

@@ -1,7 +1,7 @@
 """The Chat tab: messages with roles, streaming answers, sampling parameters.
 
 The view does no generation itself: it emits `send_requested(messages, raw)` and the
-window runs a GenerateWorker, feeding chunks back through `append_chunk`. Chunks are
+controller streams the answer from its generation queue into `append_chunk`. Chunks are
 buffered and painted at most every FLUSH_MS so a fast model never floods the event loop.
 """
 
@@ -148,6 +148,7 @@ class ChatView(QWidget):
         self._busy = False
         self._raw_choice = False
         self._ready_reason = "Load a model first."
+        self._model_name = ""
         self._flush = QTimer(self)
         self._flush.setInterval(FLUSH_MS)
         self._flush.timeout.connect(self.flush)
@@ -236,6 +237,11 @@ class ChatView(QWidget):
         layout.addLayout(grid)
 
         # -- input --
+        self.paused_label = QLabel()
+        self.paused_label.setObjectName("hint")
+        self.paused_label.setWordWrap(True)
+        self.paused_label.hide()
+        layout.addWidget(self.paused_label)
         row = QHBoxLayout()
         self.input = QPlainTextEdit()
         self.input.setPlaceholderText("Message  (Ctrl+Enter to send, Esc to stop)")
@@ -287,11 +293,31 @@ class ChatView(QWidget):
             self.raw_check.setEnabled(False)
             self.raw_check.setToolTip("This model has no chat template: raw only.")
 
+    def set_model_name(self, name: str) -> None:
+        """The loaded model's name ('' when none): the empty chat invites to ask it."""
+        self._model_name = name
+        self._update_empty_text()
+
+    def _update_empty_text(self) -> None:
+        if self._model_name and not self._ready_reason:
+            text = f"Ask {self._model_name} something."
+        elif self._model_name:
+            text = self._ready_reason
+        else:
+            text = "Load a model, then ask it something."
+        self.empty_label.setText(text)
+
+    def set_paused(self, reason: str) -> None:
+        """Say why answers wait ('' when they do not)."""
+        self.paused_label.setText(reason)
+        self.paused_label.setVisible(bool(reason))
+
     @property
     def busy(self) -> bool:
         return self._busy
 
     def _update_buttons(self) -> None:
+        self._update_empty_text()
         if self._busy:
             self.send_button.setText("Stop")
             self.send_button.setEnabled(True)

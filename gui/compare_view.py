@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, Qt, Signal
-from PySide6.QtGui import QAction, QGuiApplication
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -40,6 +40,9 @@ from core.errors import NibbleError
 from core.settings import PRESETS
 from core.units import format_bytes, format_seconds
 from gui import workers
+
+if TYPE_CHECKING:
+    from gui.controller import Controller
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +85,18 @@ class CompareView(QWidget):
     run_started = Signal()
     run_finished = Signal(object)  # the CompareResult, or None if cancelled or failed
 
-    def __init__(self, ref: ModelRef | None = None, parent: QWidget | None = None):
+    def __init__(self, controller: Controller, parent: QWidget | None = None):
         super().__init__(parent)
-        self.ref = ref
+        self.controller = controller
+        ref = controller.selected_ref
+        self.ref: ModelRef | None = ref
         self.result: compare.CompareResult | None = None
         self.rows: list[compare.RowResult] = []
         self.worker: workers.CompareWorker | None = None
         self.last_error: NibbleError | None = None
         self._build()
         self.set_model(ref)
+        controller.model_selected.connect(self.set_model)
 
     # -- building --
     def _build(self) -> None:
@@ -182,7 +188,7 @@ class CompareView(QWidget):
         seed_layout = QVBoxLayout(seed_page)
         seed_layout.setContentsMargins(0, 0, 0, 0)
         caption = QLabel(
-            "The seed article's table with this model's numbers: memory savings are "
+            "FP16 vs INT8 vs NF4 at a glance, with this model's numbers: memory savings are "
             "of the true size in memory; the accuracy hit is measured against the "
             f"first row on {compare.EVAL_SOURCE}."
         )
@@ -195,7 +201,7 @@ class CompareView(QWidget):
         top.addWidget(self.copy_seed_button)
         seed_layout.addLayout(top)
         seed_layout.addWidget(self.seed)
-        self.results.addTab(seed_page, "Seed table")
+        self.results.addTab(seed_page, "At a glance")
         self.results.addTab(self.answers, "Answers")
 
         self.export_csv_button = QPushButton("Export CSV…")
@@ -276,7 +282,7 @@ class CompareView(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat(f"%v of {len(specs)} rows")
         self.status.setText(f"Starting {len(specs)} rows on {self.ref.name}…")
-        worker = workers.CompareWorker(self.ref, specs, config)
+        worker = self.controller.compare(self.ref, specs, config)
         worker.progressed.connect(self._on_progress)
         worker.row_finished.connect(self._on_row)
         worker.returned.connect(self._on_returned)
@@ -286,7 +292,6 @@ class CompareView(QWidget):
         self.worker = worker
         self._sync_buttons()
         self.run_started.emit()
-        workers.start(worker)
         return worker
 
     @property
@@ -299,12 +304,6 @@ class CompareView(QWidget):
             self.worker.cancel()
             self.status.setText("Cancelling…")
             self.cancel_button.setEnabled(False)
-
-    def shutdown(self, timeout_ms: int = 2000) -> bool:
-        """Cancel a running comparison and wait for its thread (window closing)."""
-        if self.worker is None:
-            return True
-        return workers.stop_all([self.worker], timeout_ms)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.progress.setValue(done)
@@ -477,7 +476,7 @@ class CompareView(QWidget):
             return ""
         text = compare.seed_markdown(self.result)
         QGuiApplication.clipboard().setText(text)
-        self.status.setText("Seed table copied as Markdown.")
+        self.status.setText("Copied the table as Markdown.")
         return text
 
     def _export(self, kind: str) -> None:
@@ -513,42 +512,6 @@ class CompareView(QWidget):
         if not self.charts.grab().save(str(path), "PNG"):
             raise NibbleError(f"cannot write {path}", "pick a folder you can write to")
         return path
-
-
-# -- plugging into the window --
-
-
-class _CloseWatcher(QObject):
-    """Cancels a running comparison when the window closes, before it saves."""
-
-    def __init__(self, window: QWidget, view: CompareView) -> None:
-        super().__init__(view)
-        self.window = window
-        self.view = view
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self.window and event.type() == QEvent.Type.Close:
-            self.view.shutdown()
-        return False
-
-
-def install_compare(window: Any) -> CompareView:
-    """Add the Compare tab to Nibble's main window and follow its model picker.
-
-    Uses the window's ``add_tab``, ``menu``, ``model_selected`` and
-    ``selected_ref``; the comparison stops when the window closes.
-    """
-    view = CompareView(getattr(window, "selected_ref", None))
-    window.add_tab(view, "Compare")
-    window.model_selected.connect(view.set_model)
-    action = QAction("Compare settings…", window)
-    action.setToolTip("Measure presets side by side on the picked model")
-    action.triggered.connect(lambda: window.tabs.setCurrentWidget(view))
-    window.menu("Model").addAction(action)
-    window.installEventFilter(_CloseWatcher(window, view))
-    window.compare_view = view
-    window.compare_action = action
-    return view
 
 
 # -- small helpers --

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox, QWidget
@@ -11,6 +12,8 @@ from PySide6.QtWidgets import QMessageBox, QWidget
 from core.errors import NibbleError
 
 logger = logging.getLogger(__name__)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def as_nibble_error(exc: BaseException) -> NibbleError:
@@ -41,4 +44,56 @@ def notice_box(parent: QWidget, text: str) -> QMessageBox:
     box = QMessageBox(QMessageBox.Icon.Information, "Nibble", text, parent=parent)
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     box.open()
+    return box
+
+
+ABOUT_LIBRARIES = (
+    "torch",
+    "transformers",
+    "bitsandbytes",
+    "accelerate",
+    "PySide6-Essentials",
+    "pyqtgraph",
+)
+ABOUT_LINKS = (
+    ("README", README.as_uri()),
+    ("bitsandbytes docs", "https://huggingface.co/docs/bitsandbytes"),
+    (
+        "Transformers quantization docs",
+        "https://huggingface.co/docs/transformers/quantization/bitsandbytes",
+    ),
+    ("Default model", "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct"),
+)
+
+
+def versions() -> dict[str, str]:
+    """Nibble's version and those of the libraries it runs on (from metadata)."""
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for name in ("nibble", *ABOUT_LIBRARIES):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def about_box(parent: QWidget) -> QMessageBox:
+    """Help ▸ About: version, licence, library versions and links."""
+    found = versions()
+    libraries = "".join(
+        f"<tr><td>{name}</td><td>&nbsp;{found[name]}</td></tr>"
+        for name in ABOUT_LIBRARIES
+    )
+    links = " · ".join(f"<a href='{url}'>{text}</a>" for text, url in ABOUT_LINKS)
+    box = QMessageBox(parent)
+    box.setWindowTitle("About Nibble")
+    box.setTextFormat(Qt.TextFormat.RichText)
+    box.setText(
+        f"<b>Nibble {found['nibble']}</b><br>Run Hugging Face language models in "
+        "4-bit and 8-bit with bitsandbytes.<br>Licence: Apache-2.0"
+    )
+    box.setInformativeText(f"<table>{libraries}</table><p>{links}</p>")
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     return box

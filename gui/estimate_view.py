@@ -1,6 +1,6 @@
 """The memory estimate beside the settings: every preset, the current row, a verdict.
 
-The table is computed by an EstimateWorker (the first one imports transformers); a
+The table is computed by a controller job (after the stack import finished); a
 change while one runs is remembered and computed right after, so the table always
 ends on the latest settings. After a load, an "estimated vs actual" line compares the
 estimate with the loaded model's true bytes (and, on a GPU, torch and NVML), and a
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
@@ -31,6 +31,9 @@ from core.errors import NibbleError
 from core.settings import LoadOptions, QuantSettings, preset_name_for
 from core.units import format_bytes
 from gui import workers
+
+if TYPE_CHECKING:
+    from gui.controller import Controller
 
 logger = logging.getLogger(__name__)
 
@@ -55,23 +58,25 @@ DEVICE_MAX_AGE_S = 5.0
 class EstimateView(QWidget):
     """A table of every preset's footprint for the selected model, with verdicts.
 
-    Feed it with `set_model`, `set_settings` and `show_loaded` (or `attach` it to the
-    main window, which connects its signals). `estimated(Table)` is emitted each time
-    the table is refreshed; `failed(NibbleError)` when the config cannot be read.
+    It follows the controller's selection, settings and loaded model, and runs its
+    estimates as the controller's jobs (after the ML stack is imported).
+    `estimated(Table)` is emitted each time the table is refreshed;
+    `failed(NibbleError)` when the config cannot be read.
     """
 
     estimated = Signal(object)
     failed = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.controller = controller
         self.model: Any = None
         self.quant = QuantSettings()
         self.options = LoadOptions()
         self.table: Any = None
         self.device: Any = None
         self._device_at = 0.0
-        self._worker: workers.EstimateWorker | None = None
+        self._worker: workers.FunctionWorker | None = None
         self._pending = False
         self._loaded: Any = None
         self._timer = QTimer(self)
@@ -132,6 +137,12 @@ class EstimateView(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.notes)
 
+        self.quant, self.options = controller.quant, controller.options
+        controller.model_selected.connect(self.set_model)
+        controller.settings_changed.connect(self.on_settings_changed)
+        controller.model_loaded.connect(self.show_loaded)
+        controller.model_unloaded.connect(self.clear_loaded)
+
     # -- inputs --
 
     def set_model(self, model: Any) -> None:
@@ -171,7 +182,7 @@ class EstimateView(QWidget):
         self._pending = False
         if time.monotonic() - self._device_at > DEVICE_MAX_AGE_S:
             self.device = None  # probe free memory again in the worker
-        worker = workers.EstimateWorker(
+        worker = self.controller.estimate(
             self.model, self.quant, self.options, self.context.value(), self.device
         )
         worker.returned.connect(self._on_table)
@@ -179,8 +190,7 @@ class EstimateView(QWidget):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         if self.table is None:
-            self.status.setText("Estimating (the first estimate imports transformers)…")
-        workers.start(worker)
+            self.status.setText("Estimating (waits for transformers to import)…")
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -295,30 +305,6 @@ class EstimateView(QWidget):
         self.warning.setText(f"⚠ {real.warning}" if real.warning else "")
         self.warning.setVisible(bool(real.warning))
 
-    # -- wiring --
-
-    @classmethod
-    def attach(cls, window: Any) -> EstimateView:
-        """Create a view, put it under the window's settings and follow its signals."""
-        view = cls()
-        window.model_selected.connect(view.set_model)
-        window.settings_changed.connect(view.on_settings_changed)
-        window.model_loaded.connect(view.show_loaded)
-        window.model_unloaded.connect(view.clear_loaded)
-        current = window.current_settings()
-        if current is not None:
-            view.quant, view.options = current
-        window.set_estimate_widget(view)
-        view.set_model(window.selected_ref)
-        return view
-
-    def shutdown(self, timeout_ms: int = 2000) -> bool:
-        """Wait for a running estimate (they are short and not interruptible)."""
-        self._timer.stop()
-        self._pending = False
-        worker = self._worker
-        return workers.stop_all([worker], timeout_ms) if worker else True
-
 
 def _tooltip(row: Any) -> str:
     lines = [row.verdict_text]
@@ -330,14 +316,3 @@ def _tooltip(row: Any) -> str:
     if row.quantized_modules:
         lines.append(f"{row.quantized_modules} Linear layers quantized")
     return "\n".join(lines)
-
-
-def install_estimate(window: Any) -> EstimateView:
-    """Put an EstimateView under the window's settings panel (a gui.app panel hook)."""
-    from PySide6.QtWidgets import QApplication
-
-    view = EstimateView.attach(window)
-    app = QApplication.instance()
-    if app is not None:
-        app.aboutToQuit.connect(view.shutdown)
-    return view

@@ -1,17 +1,17 @@
 """File ▸ Save quantized model… and Help ▸ Report…: the window's face on core.export.
 
-`install_export(window)` adds both actions to the main window through its public API
-(`menu`, `model_loaded`, `generation_finished`, `current_settings`, `selected_ref`).
+The main window opens both dialogs; the export runs as the controller's job, so
+closing the window stops it with every other job.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, QObject, Qt, QUrl, Signal
-from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QKeySequence
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -33,6 +33,9 @@ from core.errors import NibbleError
 from core.settings import LoadOptions, QuantSettings
 from gui import workers
 
+if TYPE_CHECKING:
+    from gui.controller import Controller
+
 logger = logging.getLogger(__name__)
 
 FRESH_COPY_NOTE = (
@@ -51,9 +54,11 @@ class ExportDialog(QDialog):
     """Pick a folder, save, watch the progress, read the verification result."""
 
     export_finished = Signal()  # after a result, an error or a cancel is shown
+    saved = Signal(object)  # the Path of a verified export
 
     def __init__(
         self,
+        controller: Controller,
         ref: Any,
         quant: QuantSettings,
         options: LoadOptions,
@@ -62,8 +67,9 @@ class ExportDialog(QDialog):
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Save quantized model")
+        self.controller = controller
         self.ref, self.quant, self.options = ref, quant, options
-        self.worker: workers.ExportWorker | None = None
+        self.worker: workers.FunctionWorker | None = None
         self.result: Any = None
         self.error: NibbleError | Exception | None = None
         start = start_dir or Path.home()
@@ -143,7 +149,7 @@ class ExportDialog(QDialog):
         self.folder.setEnabled(False)
         self.overwrite.setEnabled(False)
         self.close_button.setText("Cancel")
-        worker = workers.ExportWorker(
+        worker = self.controller.export(
             self.ref,
             self.quant,
             self.options,
@@ -156,7 +162,6 @@ class ExportDialog(QDialog):
         worker.aborted.connect(self._aborted)
         worker.finished.connect(self._finished)
         self.worker = worker
-        workers.start(worker)
 
     def _progressed(self, done: int, total: int, message: str) -> None:
         self.progress.setRange(0, max(total, 1))
@@ -171,6 +176,7 @@ class ExportDialog(QDialog):
             "a README.md with the code to load it is in the folder."
         )
         self.open_button.show()
+        self.saved.emit(Path(result.path))
 
     def _errored(self, error: Exception) -> None:
         self.error = error
@@ -217,12 +223,6 @@ class ExportDialog(QDialog):
             event.ignore()
             return
         super().closeEvent(event)
-
-    def wait(self, timeout_ms: int = 2000) -> bool:
-        """Cancel a running export and wait for its thread (used on quit)."""
-        if self.worker is None:
-            return True
-        return workers.stop_all([self.worker], timeout_ms)
 
 
 class ReportDialog(QDialog):
@@ -278,99 +278,22 @@ class ReportDialog(QDialog):
         return self.saved
 
 
-def report_data(window: Any, stats: Any = None, generation: Any = None) -> dict:
-    """The report for what the window shows now: the loaded model, else the picked one."""
-    loaded = getattr(window, "loaded", None)
+def report_data(controller: Controller, generation: Any = None) -> dict:
+    """The report for what the window shows: the loaded model, else the picked one."""
+    loaded = controller.loaded
+    stats = controller.last_stats
     if loaded is not None:
         ref, quant, options = loaded.ref, loaded.quant, loaded.options
         load_report = loaded.report
         estimate = report.estimate_bytes(ref, quant, options)
     else:
-        ref = window.selected_ref
-        current = window.current_settings()
-        quant, options = current if current else (QuantSettings(), LoadOptions())
+        ref, quant, options = (
+            controller.selected_ref,
+            controller.quant,
+            controller.options,
+        )
         load_report = estimate = None
         stats = generation = None
     return report.build(
         report.model_id(ref), quant, options, load_report, estimate, generation, stats
     )
-
-
-class _CloseGuard(QObject):
-    """Cancels a running export and waits for it when the window closes."""
-
-    def __init__(self, window: QObject, state: dict[str, Any]) -> None:
-        super().__init__(window)
-        self.state = state
-        window.installEventFilter(self)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if event.type() == QEvent.Type.Close:
-            dialog = self.state.get("dialog")
-            try:
-                if dialog is not None and not dialog.wait():
-                    logger.warning("the export did not stop in time")
-            except RuntimeError:  # the dialog is already deleted
-                pass
-        return False
-
-
-def install_export(window: Any) -> dict[str, QAction]:
-    """Add File ▸ Save quantized model… and Help ▸ Report… to `window`."""
-    state: dict[str, Any] = {"stats": None, "dialog": None}
-    _CloseGuard(window, state)
-
-    def remember(stats: Any) -> None:
-        state["stats"] = stats
-
-    def forget(*_: Any) -> None:
-        state["stats"] = None
-
-    window.generation_finished.connect(remember)
-    window.model_loaded.connect(forget)
-
-    save_action = QAction("Save quantized model…", window)
-    save_action.setShortcut(QKeySequence("Ctrl+Shift+S"))
-    save_action.setStatusTip("Save the selected model, quantized, with a model card")
-
-    def open_export() -> None:
-        current = window.current_settings()
-        if current is None:
-            window.statusBar().showMessage("Fix the settings first", 4000)
-            return
-        quant, options = current
-        dialog = ExportDialog(window.selected_ref, quant, options, window)
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        state["dialog"] = dialog
-        dialog.show()
-
-    save_action.triggered.connect(open_export)
-    report_action = QAction("Report…", window)
-    report_action.setStatusTip("Settings, versions, hardware and measured numbers")
-
-    def open_report() -> None:
-        generation = None
-        panel = getattr(window, "chat", None)
-        settings = getattr(panel, "generation_settings", None)
-        if callable(settings):
-            try:
-                generation = settings()
-            except NibbleError:
-                generation = None
-        data = report_data(window, state["stats"], generation)
-        dialog = ReportDialog(data, window)
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.show()
-
-    report_action.triggered.connect(open_report)
-    file_menu = window.menu("File")
-    first = file_menu.actions()[0] if file_menu.actions() else None
-    # Before Quit, with the other file actions.
-    quit_action = next(
-        (a for a in file_menu.actions() if a.text().replace("&", "") == "Quit"), None
-    )
-    file_menu.insertAction(quit_action or first, save_action)
-    if quit_action is not None:
-        file_menu.insertSeparator(quit_action)
-    window.menu("Help").addAction(report_action)
-    return {"save": save_action, "report": report_action}

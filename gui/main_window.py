@@ -1,37 +1,29 @@
-"""The main window: model picker, settings panel, tabs, status bar.
+"""The main window: the frame that composes Nibble's typed views around one Controller.
 
-Other panels plug in without editing this module:
+Left to right: the model picker, the settings column (settings panel, memory estimate,
+load bar) and the tabs (Chat, Monitor, Compare). Every view gets the `controller` and
+follows its signals; the window itself starts no thread and owns no state beyond the
+layout. Adding a view is a few typed lines in `_build` (or `build_tabs` for views that
+import pyqtgraph, which are built after the first paint):
 
-- ``add_tab(widget, title)`` adds a tab after Chat (Monitor, Compare, ...).
-- ``set_estimate_widget(widget)`` puts a widget under the settings panel.
-- ``menu(name) -> QMenu`` returns the File, Model, View or Help menu (or a new one).
-- ``add_status_widget(widget)`` adds a permanent widget to the status bar.
-- ``loaded`` is the current LoadedModel (or None), ``selected_ref`` the picked ModelRef,
-  ``current_settings()`` the panel's (QuantSettings, LoadOptions) or None when invalid,
-  ``load_worker`` the LoadWorker of a load in progress (its ``progressed`` signal).
-- ``gui.app.PANELS`` lists the ``install_*(window)`` functions run after the first paint.
+    self.server_view = ServerView(self.controller)
+    self.tabs.addTab(self.server_view, "Server")
 
-Signals, all emitted on the UI thread:
+A panel beside the chat goes into `chat_splitter` (``insertWidget(0, panel)``).
 
-- ``model_selected(object)``: a ModelRef was picked (not loaded yet).
-- ``settings_changed(object)``: a valid ``(QuantSettings, LoadOptions)`` tuple.
-- ``load_started()``: a load began.
-- ``model_loaded(object)``: the LoadedModel that is now current.
-- ``model_unloaded()``: the previous model was dropped (before a new ``model_loaded``).
-- ``first_token()``: the first text of an answer arrived.
-- ``generation_finished(object)``: the GenerationStats of a finished or stopped answer.
-- ``libraries_ready(str)``: torch and friends are imported; the device description.
-- ``first_painted()``: the window is on screen (heavy work may start).
+`first_painted()` is emitted once the window is on screen; the ML stack is imported
+after it, then the last model loads again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPalette
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QFrame,
     QLabel,
@@ -51,29 +43,26 @@ from core.errors import NibbleError
 from core.paths import config_dir
 from core.settings import LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
-from gui import dialogs, workers
+from gui import dialogs
 from gui.chat_view import ChatView
+from gui.controller import CLOSE_DEADLINE_S, Controller
+from gui.estimate_view import EstimateView
 from gui.load_bar import LoadBar
 from gui.model_picker import ModelPicker
 from gui.settings_panel import SettingsPanel
 
 logger = logging.getLogger(__name__)
 
-MENUS = ("File", "Model", "View", "Help")
-CLOSE_WAIT_MS = 2000
+DEFAULT_SIZE = (1340, 720)  # fits a 1366×768 screen with its panel and title bar
+
+if TYPE_CHECKING:
+    from gui.compare_view import CompareView
+    from gui.monitor_view import MemoryGauge, MonitorView
 
 
 class MainWindow(QMainWindow):
-    """Nibble's window; see the module docstring for how panels plug in."""
+    """Nibble's window; see the module docstring for how views plug in."""
 
-    model_selected = Signal(object)
-    settings_changed = Signal(object)
-    load_started = Signal()
-    model_loaded = Signal(object)
-    model_unloaded = Signal()
-    first_token = Signal()
-    generation_finished = Signal(object)
-    libraries_ready = Signal(str)
     first_painted = Signal()
 
     def __init__(
@@ -85,24 +74,18 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__()
         self.setWindowTitle("Nibble")
-        self.session = session or session_mod.Session()
-        self.loaded: Any = None
-        self.device = ""
-        self.ready = False
-        self.selected_ref: ModelRef = session_mod.ref_from_dict(self.session.model)
+        self.controller = Controller(session, self)
         self._auto_start = auto_start
         self._auto_load = auto_load
         self._painted = False
-        self._pending_load = False
-        self._load_worker: workers.LoadWorker | None = None
-        self._gen_worker: workers.GenerateWorker | None = None
-        self._others: list[workers.Worker] = []
-        self._gen_first_at: float | None = None
-        self._closing = False
+        self._answer_first_at: float | None = None
         self.last_error: NibbleError | None = None
         self.error_box: QMessageBox | None = None
-        self._menus: dict[str, QMenu] = {}
+        self.monitor_view: MonitorView | None = None
+        self.memory_gauge: MemoryGauge | None = None
+        self.compare_view: CompareView | None = None
         self._build()
+        self._connect()
         self._restore()
         self.installEventFilter(self)
         if notice:
@@ -110,24 +93,24 @@ class MainWindow(QMainWindow):
 
     # -- building --
     def _build(self) -> None:
+        c = self.controller
         self.picker = ModelPicker()
-        self.picker.setMinimumWidth(220)
+        self.picker.setMinimumWidth(200)
         self.settings_panel = SettingsPanel()
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.settings_panel)
-        scroll.setMinimumWidth(340)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.estimate_holder = QWidget()
-        self.estimate_holder.setLayout(QVBoxLayout())
-        self.estimate_holder.layout().setContentsMargins(0, 0, 0, 0)
-        self.estimate_holder.hide()
+        self.settings_scroll = QScrollArea()
+        self.settings_scroll.setWidgetResizable(True)
+        self.settings_scroll.setWidget(self.settings_panel)
+        self.settings_scroll.setMinimumWidth(340)
+        self.settings_scroll.setHorizontalScrollBarPolicy(
+            Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+        )
+        self.estimate_view = EstimateView(c)
 
         self.load_bar = LoadBar()
         self.load_button = self.load_bar.load_button
         self.load_button.clicked.connect(lambda: self.request_load())
         self.load_bar.cancel_button.clicked.connect(self.cancel_load)
-        self.progress, self.load_label = self.load_bar.progress, self.load_bar.label
+        self.load_label = self.load_bar.label
 
         middle = QWidget()
         column = QVBoxLayout(middle)
@@ -135,17 +118,20 @@ class MainWindow(QMainWindow):
         # The estimate shares the column with the settings; the user sets the split.
         self.middle_splitter = QSplitter(Qt.Orientation.Vertical)
         self.middle_splitter.setChildrenCollapsible(False)
-        self.middle_splitter.addWidget(scroll)
-        self.middle_splitter.addWidget(self.estimate_holder)
+        self.middle_splitter.addWidget(self.settings_scroll)
+        self.middle_splitter.addWidget(self.estimate_view)
         self.middle_splitter.setStretchFactor(0, 3)
         self.middle_splitter.setStretchFactor(1, 2)
         column.addWidget(self.middle_splitter, 1)
         column.addWidget(self.load_bar)
 
         self.chat = ChatView()
+        self.chat_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.chat_splitter.setChildrenCollapsible(False)
+        self.chat_splitter.addWidget(self.chat)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
-        self.tabs.addTab(self.chat, "Chat")
+        self.tabs.addTab(self.chat_splitter, "Chat")
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.picker)
@@ -154,7 +140,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 0)
         self.splitter.setStretchFactor(2, 1)
-        self.splitter.setSizes([255, 520, 625])
+        self.splitter.setSizes([230, 470, 640])
         self.splitter.setContentsMargins(6, 6, 6, 0)
         self.setCentralWidget(self.splitter)
 
@@ -177,103 +163,151 @@ class MainWindow(QMainWindow):
         self._speed_timer = QTimer(self)
         self._speed_timer.setInterval(250)
         self._speed_timer.timeout.connect(self._show_speed)
-
         self._build_menus()
-        self.picker.selected.connect(self.select_model)
-        self.picker.picked.connect(self._on_picked)
-        self.picker.folder_chosen.connect(self.open_location)
-        self.picker.hub_id_entered.connect(self.open_location)
-        self.settings_panel.changed.connect(self._on_settings)
-        self.settings_panel.validity_changed.connect(lambda *_: self._update_actions())
-        self.chat.send_requested.connect(self.start_generation)
-        self.chat.stop_requested.connect(self.stop_generation)
-        self.resize(1400, 900)
+        self.resize(*default_size())
 
     def _build_menus(self) -> None:
-        for name in MENUS:
-            self.menu(name)
-        file_menu = self.menu("File")
+        bar = self.menuBar()
+        self.file_menu = bar.addMenu("File")
+        self.model_menu = bar.addMenu("Model")
+        self.view_menu = bar.addMenu("View")
+        self.help_menu = bar.addMenu("Help")
+
         self.open_action = QAction("Open model folder…", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self.picker.choose_folder)
-        file_menu.addAction(self.open_action)
-        file_menu.addSeparator()
+        self.save_action = QAction("Save quantized model…", self)
+        self.save_action.setShortcut(QKeySequence("Ctrl+Shift+S"))
+        self.save_action.setStatusTip(
+            "Save the selected model, quantized, with a model card"
+        )
+        self.save_action.triggered.connect(self.open_export)
         quit_action = QAction("Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
-        file_menu.addAction(quit_action)
-        model_menu = self.menu("Model")
+        self.file_menu.addAction(self.open_action)
+        self.file_menu.addAction(self.save_action)
+        self.file_menu.addSeparator()
+        self.file_menu.addAction(quit_action)
+
         self.load_action = QAction("Load", self)
         self.load_action.setShortcut(QKeySequence("Ctrl+L"))
         self.load_action.triggered.connect(lambda: self.request_load())
         self.unload_action = QAction("Unload", self)
         self.unload_action.triggered.connect(self.unload)
-        model_menu.addAction(self.load_action)
-        model_menu.addAction(self.unload_action)
-        model_menu.addMenu(self.settings_panel.presets_menu).setText("Presets")
-        view_menu = self.menu("View")
+        self.model_menu.addAction(self.load_action)
+        self.model_menu.addAction(self.unload_action)
+        self.model_menu.addMenu(self.settings_panel.presets_menu).setText("Presets")
+        self.compare_action = QAction("Compare settings…", self)
+        self.compare_action.setToolTip(
+            "Measure presets side by side on the picked model"
+        )
+        self.compare_action.triggered.connect(self.show_compare)
+        self.model_menu.addAction(self.compare_action)
+
         self.picker_action = QAction("Model list", self, checkable=True, checked=True)
         self.picker_action.toggled.connect(self.picker.setVisible)
-        view_menu.addAction(self.picker_action)
+        self.view_menu.addAction(self.picker_action)
+
+        self.report_action = QAction("Report…", self)
+        self.report_action.setStatusTip(
+            "Settings, versions, hardware and measured numbers"
+        )
+        self.report_action.triggered.connect(self.open_report)
         about = QAction("About Nibble", self)
-        about.triggered.connect(self._about)
-        self.menu("Help").addAction(about)
+        about.triggered.connect(self.show_about)
+        self.help_menu.addAction(self.report_action)
+        self.help_menu.addAction(about)
 
-    # -- plug-in points --
     def menu(self, name: str) -> QMenu:
-        """The menu called `name`, created (before Help) if it does not exist."""
-        if name not in self._menus:
-            menu = QMenu(name, self)
-            help_menu = self._menus.get("Help")
-            if help_menu is not None:
-                self.menuBar().insertMenu(help_menu.menuAction(), menu)
-            else:
-                self.menuBar().addMenu(menu)
-            self._menus[name] = menu
-        return self._menus[name]
+        """The File, Model, View or Help menu."""
+        return {
+            "File": self.file_menu,
+            "Model": self.model_menu,
+            "View": self.view_menu,
+            "Help": self.help_menu,
+        }[name]
 
-    def add_tab(self, widget: QWidget, title: str) -> int:
-        """Add a tab after the existing ones; returns its index."""
-        return self.tabs.addTab(widget, title)
+    def _connect(self) -> None:
+        c = self.controller
+        self.picker.selected.connect(self.select_model)
+        self.picker.picked.connect(self._on_picked)
+        self.picker.folder_chosen.connect(self.open_location)
+        self.picker.hub_id_entered.connect(self.open_location)
+        self.settings_panel.changed.connect(c.set_settings)
+        self.settings_panel.validity_changed.connect(lambda *_: self._update_actions())
+        self.chat.send_requested.connect(self.start_generation)
+        self.chat.stop_requested.connect(c.stop_answer)
 
-    def set_estimate_widget(self, widget: QWidget) -> None:
-        """Show `widget` under the settings panel (replaces any previous one)."""
-        layout = self.estimate_holder.layout()
-        while layout.count():
-            old = layout.takeAt(0).widget()
-            if old is not None:
-                old.setParent(None)
-        layout.addWidget(widget)
-        self.estimate_holder.show()
+        c.libraries_ready.connect(self._on_libraries)
+        c.libraries_failed.connect(self._on_libraries_failed)
+        c.catalog_scanned.connect(self._on_catalog)
+        c.resolve_started.connect(
+            lambda text: self.load_label.setText(f"Checking {text}…")
+        )
+        c.resolve_failed.connect(self._on_resolve_failed)
+        c.model_selected.connect(self._on_selected)
+        c.settings_changed.connect(lambda _s: self._update_actions())
+        c.load_started.connect(self._on_load_started)
+        c.load_progressed.connect(self.load_bar.report)
+        c.model_loaded.connect(self._on_loaded)
+        c.load_failed.connect(self._on_load_failed)
+        c.load_cancelled.connect(self._on_load_cancelled)
+        c.model_unloaded.connect(self._on_unloaded)
+        c.answer_started.connect(self._on_answer_started)
+        c.first_token.connect(self._on_first_token)
+        c.answer_chunk.connect(self.chat.append_chunk)
+        c.answer_finished.connect(self._on_answer)
+        c.answer_failed.connect(self._on_answer_failed)
+        c.answer_aborted.connect(self._on_answer_aborted)
+        c.compare_started.connect(self._update_actions)
+        c.compare_ended.connect(self._update_actions)
+        c.jobs_changed.connect(self._update_actions)
 
-    def add_status_widget(self, widget: QWidget) -> None:
-        """Add a permanent widget to the status bar, left of the model name."""
+    def build_tabs(self) -> None:
+        """Build the Monitor and Compare tabs (pyqtgraph): after the first paint."""
+        if self.monitor_view is not None:
+            return
+        from gui.compare_view import CompareView
+        from gui.monitor_view import MemoryGauge, MonitorView
+
+        c = self.controller
+        self.monitor_view = MonitorView(c)
+        self.memory_gauge = MemoryGauge()
+        self.monitor_view.sampled.connect(self.memory_gauge.show_sample)
+        self.memory_gauge.clicked.connect(self.show_monitor)
+        self.tabs.addTab(self.monitor_view, "Monitor")
         bar = self.statusBar()
         index = bar.layout().indexOf(self.model_status)
-        bar.insertPermanentWidget(max(index - 1, 0), widget)
+        bar.insertPermanentWidget(max(index - 1, 0), self.memory_gauge)
         bar.insertPermanentWidget(max(index, 0), _separator())
+        self.compare_view = CompareView(c)
+        self.tabs.addTab(self.compare_view, "Compare")
 
-    def current_settings(self) -> tuple[QuantSettings, LoadOptions] | None:
-        """The panel's settings, or None while they are invalid."""
-        try:
-            return self.settings_panel.settings()
-        except NibbleError:
-            return None
+    def show_monitor(self) -> None:
+        self.build_tabs()
+        self.tabs.setCurrentWidget(self.monitor_view)
+
+    def show_compare(self) -> None:
+        self.build_tabs()
+        self.tabs.setCurrentWidget(self.compare_view)
 
     # -- start-up --
     def _restore(self) -> None:
-        s = self.session
+        c = self.controller
+        s = c.session
         self.settings_panel.set_settings(s.quant, s.options)
-        self.settings_panel.set_model_name(self._snippet_name(self.selected_ref))
+        self.settings_panel.set_model_name(_snippet_name(c.selected_ref))
         self.chat.set_generation_settings(s.generation)
         self.chat.system_edit.setPlainText(s.system_prompt)
         self.chat.raw_check.setChecked(s.raw_mode)
         self.picker.set_default(
-            ModelRef("default", self.selected_ref.name)
-            if self.selected_ref.kind == "default"
+            ModelRef("default", c.selected_ref.name)
+            if c.selected_ref.kind == "default"
             else session_mod.ref_from_dict(None)
         )
         self.picker.set_recent(s.recent_folders)
+        self.estimate_view.set_model(c.selected_ref)
         qs = self._qsettings()
         geometry = qs.value("geometry")
         if geometry is not None:
@@ -300,47 +334,45 @@ class MainWindow(QMainWindow):
         return super().eventFilter(watched, event)
 
     def start_background(self) -> None:
-        """Import the ML libraries and scan the model catalog in worker threads."""
-        imports = workers.ImportWorker()
-        imports.returned.connect(self._on_libraries)
-        imports.errored.connect(self._on_libraries_failed)
-        self._track(imports)
-        scan = workers.CatalogWorker()
-        scan.returned.connect(self._on_catalog)
-        scan.errored.connect(lambda exc: self.picker.set_cache([]))
-        self._track(scan)
-
-    def _track(self, worker: workers.Worker) -> None:
-        self._others.append(worker)
-        worker.finished.connect(lambda: self._others.remove(worker))
-        workers.start(worker)
+        """Import the ML stack and scan the model catalog on workers; build the tabs."""
+        self.controller.import_libraries()
+        self.controller.scan_catalog()
+        if self._auto_start:
+            QTimer.singleShot(0, self, self.build_tabs)
 
     def _on_libraries(self, device: str) -> None:
-        self.ready = True
-        self.device = device
         self.device_status.setText(device)
+        self.settings_panel.set_machine(device)
         self._update_actions()
-        self.libraries_ready.emit(device)
-        if self._auto_load or self._pending_load:
+        if self._auto_load and self.controller.loaded is None:
             self.request_load()
 
     def _on_libraries_failed(self, exc: Exception) -> None:
         self.device_status.setText("Libraries failed to load")
         self.show_error(exc, "The ML libraries could not be imported")
 
-    def _on_catalog(self, result: tuple[ModelRef, list[ModelRef]]) -> None:
-        default, cache = result
-        self.picker.set_default(default)
+    def _on_catalog(self, default: ModelRef | None, cache: list[ModelRef]) -> None:
+        if default is not None:
+            self.picker.set_default(default)
         self.picker.set_cache(cache)
-        self.picker.mark_current(self.loaded.ref if self.loaded else None)
+        loaded = self.controller.loaded
+        self.picker.mark_current(loaded.ref if loaded else None)
 
     # -- model choice --
+    @property
+    def loaded(self) -> Any:
+        """The loaded model (the controller's), or None."""
+        return self.controller.loaded
+
+    @property
+    def selected_ref(self) -> ModelRef:
+        return self.controller.selected_ref
+
     def select_model(self, ref: ModelRef) -> None:
-        if self.selected_ref == ref:
-            return
-        self.selected_ref = ref
-        self.settings_panel.set_model_name(self._snippet_name(ref))
-        self.model_selected.emit(ref)
+        self.controller.select(ref)
+
+    def _on_selected(self, ref: ModelRef) -> None:
+        self.settings_panel.set_model_name(_snippet_name(ref))
         self._update_actions()
 
     def _on_picked(self, ref: ModelRef) -> None:
@@ -349,225 +381,190 @@ class MainWindow(QMainWindow):
 
     def open_location(self, text: str) -> None:
         """Check a folder or hub id off the UI thread, then select and load it."""
-        worker = workers.ResolveWorker(text)
-        worker.returned.connect(self._on_resolved)
-        worker.errored.connect(self.show_error)
-        self.load_label.setText(f"Checking {text}…")
-        self._track(worker)
+        self.controller.open_location(text)
 
-    def _on_resolved(self, ref: ModelRef) -> None:
+    def _on_resolve_failed(self, exc: Exception) -> None:
         self.load_label.setText("")
-        if ref.kind == "folder" and ref.path is not None:
-            self.session.add_recent(ref.path)
-            self.picker.set_recent(self.session.recent_folders)
-        self.select_model(ref)
-        self.request_load(ref)
-
-    @staticmethod
-    def _snippet_name(ref: ModelRef) -> str:
-        if ref.kind == "default":
-            return "HuggingFaceTB/SmolLM2-135M-Instruct"
-        return ref.repo_id or str(ref.path or ref.name)
+        self.show_error(exc, "Cannot open that model")
 
     # -- loading --
+    def current_settings(self) -> tuple[QuantSettings, LoadOptions] | None:
+        """The panel's settings, or None while they are invalid."""
+        try:
+            return self.settings_panel.settings()
+        except NibbleError:
+            return None
+
     def request_load(self, ref: ModelRef | None = None) -> None:
         """Load `ref` (default: the selected model) with the panel's settings."""
-        ref = ref or self.selected_ref
-        busy = self._load_worker is not None or self._gen_worker is not None
-        if busy or self._closing:
+        c = self.controller
+        reason = c.load_blocker() or self.settings_panel.error
+        if reason:
+            self.load_label.setText(reason)
             return
-        if not self.ready:
-            self._pending_load = True
-            self.load_label.setText("The model loads when the libraries are ready…")
-            return
-        self._pending_load = False
         settings = self.current_settings()
-        if settings is None or self.settings_panel.error:
-            self.load_label.setText(self.settings_panel.error)
+        if settings is None:
             return
-        quant, options = settings
-        worker = workers.LoadWorker(ref, quant, options)
-        worker.progressed.connect(self.load_bar.report)
-        worker.returned.connect(self._on_loaded)
-        worker.errored.connect(self._on_load_failed)
-        worker.aborted.connect(self._on_load_aborted)
-        self._load_worker = worker
+        c.quant, c.options = settings
+        c.load(ref)
+
+    def cancel_load(self) -> None:
+        self.controller.cancel_load()
+        if self.controller.running("load") is not None:
+            self.load_label.setText("Cancelling…")
+
+    def _on_load_started(self, ref: ModelRef, quant: QuantSettings) -> None:
         self.load_bar.begin(
             f"Loading {ref.name}", f"Loading {ref.name} ({quant.label()})…"
         )
         self._update_actions()
-        self.load_started.emit()
-        self._track(worker)
-
-    @property
-    def load_worker(self) -> workers.LoadWorker | None:
-        """The LoadWorker of the load in progress, if any."""
-        return self._load_worker
-
-    def cancel_load(self) -> None:
-        if self._load_worker is not None:
-            self._load_worker.cancel()
-            self.load_label.setText("Cancelling…")
 
     def _on_loaded(self, loaded: Any) -> None:
-        from core import loader
-
-        self._end_load()
-        previous, self.loaded = self.loaded, None
-        if previous is not None:
-            loader.unload(previous)
-            self.model_unloaded.emit()
-        self.loaded = loaded
-        self._update_actions()
-        report = loaded.report
-        self.session.model = session_mod.ref_to_dict(loaded.ref)
-        self.session.quant, self.session.options = loaded.quant, loaded.options
+        self.load_bar.end()
         self._save_session()
+        report = loaded.report
         self.model_status.setText(f"{loaded.ref.name} · {loaded.quant.label()}")
         self.model_status.setToolTip(str(loaded.ref.path or loaded.ref.repo_id))
         self.device_status.setText(report.device)
         self.size_status.setText(format_bytes(report.true_bytes))
         self.size_status.setToolTip(
-            "True size in memory: parameters, buffers and quantization state"
+            "Actual size in memory: parameters, buffers and quantization state"
         )
+        self.speed_status.setText("")
         text = f"Loaded {loaded.ref.name} in {format_seconds(report.load_s)}."
         if report.warnings:
             text += " " + " ".join(f"⚠ {w}." for w in report.warnings)
         self.load_label.setText(text)
         self.picker.mark_current(loaded.ref)
+        self.picker.set_recent(self.controller.session.recent_folders)
         from core.generation import has_chat_template
 
         self.chat.set_chat_template(has_chat_template(loaded.tokenizer))
-        self.model_loaded.emit(loaded)
+        self.chat.set_model_name(loaded.ref.name)
+        self._update_actions()
 
     def _on_load_failed(self, exc: Exception) -> None:
-        self._end_load()
-        kept = f" {self.loaded.ref.name} stays loaded." if self.loaded else ""
-        self.load_label.setText(f"Load failed.{kept}")
+        loaded = self.controller.loaded
+        kept = f" {loaded.ref.name} stays loaded." if loaded else ""
+        self.load_bar.end(f"Load failed.{kept}")
+        self.picker.set_recent(self.controller.session.recent_folders)
         self.show_error(exc, "Loading failed")
+        self._update_actions()
 
-    def _on_load_aborted(self) -> None:
-        self._end_load()
-        kept = f" {self.loaded.ref.name} stays loaded." if self.loaded else ""
-        self.load_label.setText(f"Load cancelled.{kept}")
-
-    def _end_load(self) -> None:
-        self._load_worker = None
-        self.load_bar.end()
+    def _on_load_cancelled(self) -> None:
+        loaded = self.controller.loaded
+        kept = f" {loaded.ref.name} stays loaded." if loaded else ""
+        self.load_bar.end(f"Load cancelled.{kept}")
         self._update_actions()
 
     def unload(self) -> None:
         """Drop the loaded model (not while it answers)."""
-        if self.loaded is None or self._gen_worker is not None:
-            return
-        from core import loader
+        loaded = self.controller.loaded
+        name = loaded.ref.name if loaded is not None else ""
+        if self.controller.unload():
+            self.load_label.setText(f"Unloaded {name}.")
 
-        loader.unload(self.loaded)
-        self.loaded = None
-        self.model_status.setText("No model loaded")
-        self.size_status.setText("")
-        self.picker.mark_current(None)
+    def _on_unloaded(self) -> None:
+        if self.controller.loaded is None:
+            self.model_status.setText("No model loaded")
+            self.model_status.setToolTip("")
+            self.size_status.setText("")
+            self.picker.mark_current(None)
+            self.chat.set_model_name("")
+        self.speed_status.setText("")
         self._update_actions()
-        self.model_unloaded.emit()
 
     # -- generation --
     def start_generation(self, messages: Any, raw: bool) -> None:
-        if self.loaded is None or self._gen_worker is not None:
-            return
         try:
             gen = self.chat.generation_settings()
         except NibbleError as exc:
             self.show_error(exc)
             return
-        worker = workers.GenerateWorker(self.loaded, messages, gen, raw)
-        worker.yielded.connect(self._on_chunk)
-        worker.returned.connect(self._on_answer)
-        worker.errored.connect(self._on_answer_failed)
-        worker.aborted.connect(self._on_answer_aborted)
-        self._gen_worker = worker
-        self._gen_first_at = None
-        self._gen_started_at = time.perf_counter()
-        self.chat.begin_answer()
-        self.speed_status.setText("Thinking…")
-        self._update_actions()
-        self._speed_timer.start()
-        self._track(worker)
+        try:
+            self.controller.send(messages, raw, gen)
+        except NibbleError as exc:
+            self.show_error(exc, "Cannot answer")
 
     def stop_generation(self) -> None:
-        if self._gen_worker is not None:
-            self._gen_worker.stop()
+        self.controller.stop_answer()
 
-    def _on_chunk(self, chunk: str) -> None:
-        if self._gen_first_at is None:
-            self._gen_first_at = time.perf_counter()
-            self.first_token.emit()
-        self.chat.append_chunk(chunk)
+    def _on_answer_started(self) -> None:
+        self._answer_first_at = None
+        self.chat.begin_answer()
+        waiting = self.controller.comparing
+        self.speed_status.setText(
+            "Waiting for the comparison…" if waiting else "Thinking…"
+        )
+        self._speed_timer.start()
+        self._update_actions()
+
+    def _on_first_token(self) -> None:
+        self._answer_first_at = time.perf_counter()
 
     def _on_answer(self, stats: Any) -> None:
-        self._end_generation()
+        self._speed_timer.stop()
         self.chat.end_answer(stats.summary() if stats else "")
         if stats is not None and stats.tokens_per_s:
             self.speed_status.setText(f"{stats.tokens_per_s:.1f} tok/s")
         else:
             self.speed_status.setText("")
-        self.generation_finished.emit(stats)
+        self._update_actions()
 
-    def _on_answer_failed(self, exc: Exception) -> None:
-        self._end_generation()
+    def _on_answer_failed(self, exc: Exception, _stats: Any) -> None:
+        self._speed_timer.stop()
         error = exc if isinstance(exc, NibbleError) else NibbleError(str(exc))
         self.chat.end_answer(error=error)
         self.speed_status.setText("")
         self.show_error(exc, "Generation failed")
-
-    def _on_answer_aborted(self) -> None:
-        self._end_generation()
-        self.chat.end_answer("stopped")
-
-    def _end_generation(self) -> None:
-        self._gen_worker = None
-        self._speed_timer.stop()
         self._update_actions()
 
+    def _on_answer_aborted(self) -> None:
+        self._speed_timer.stop()
+        self.chat.end_answer("stopped")
+
     def _show_speed(self) -> None:
-        if self._gen_worker is not None and self._gen_first_at is not None:
-            tokenizer = self.loaded.tokenizer if self.loaded else None
-            seconds = time.perf_counter() - self._gen_first_at
-            if tokenizer is not None and seconds > 0.3:
-                text = self.chat.current_answer()
-                tokens = len(tokenizer.encode(text, add_special_tokens=False))
-                self.speed_status.setText(f"{max(tokens - 1, 0) / seconds:.1f} tok/s")
+        loaded = self.controller.loaded
+        if self._answer_first_at is None or loaded is None:
+            return
+        seconds = time.perf_counter() - self._answer_first_at
+        if loaded.tokenizer is not None and seconds > 0.3:
+            text = self.chat.current_answer()
+            tokens = len(loaded.tokenizer.encode(text, add_special_tokens=False))
+            self.speed_status.setText(f"{max(tokens - 1, 0) / seconds:.1f} tok/s")
 
     # -- state --
     def _update_actions(self) -> None:
-        loading = self._load_worker is not None
-        generating = self._gen_worker is not None
+        c = self.controller
+        loading = c.running("load") is not None
+        generating = c.running("answer") is not None
         reason = ""
-        if not self.ready:
+        if not c.ready:
             reason = "Waiting for torch, transformers and bitsandbytes to import…"
         elif self.settings_panel.error:
             reason = self.settings_panel.error
-        elif loading:
-            reason = "A model is loading."
-        elif generating:
-            reason = "Wait for the answer to finish (or stop it)."
+        else:
+            reason = c.load_blocker()
         self.load_button.setEnabled(not reason)
-        self.load_button.setToolTip(reason or f"Load {self.selected_ref.name}")
+        differs = c.differs_from_loaded() and c.loaded.ref == c.selected_ref
+        self.load_button.setText("Reload with these settings" if differs else "Load")
+        self.load_button.setToolTip(reason or f"Load {c.selected_ref.name}")
         self.load_action.setEnabled(not reason)
-        self.unload_action.setEnabled(self.loaded is not None and not generating)
-        if self.loaded is None:
+        self.unload_action.setEnabled(c.loaded is not None and not generating)
+        if c.loaded is None:
             chat_reason = "Load a model first."
         elif loading:
             chat_reason = "Wait for the model to load."
         else:
             chat_reason = ""
         self.chat.set_ready(not chat_reason, chat_reason)
+        self.chat.set_paused(
+            "Answers wait while a comparison measures (it would skew its timings)."
+            if c.comparing
+            else ""
+        )
 
-    def _on_settings(self, quant: QuantSettings, options: LoadOptions) -> None:
-        self.session.quant, self.session.options = quant, options
-        self._update_actions()
-        self.settings_changed.emit((quant, options))
-
-    # -- errors and notices --
+    # -- dialogs --
     def show_error(self, exc: BaseException, title: str = "Error") -> None:
         """Message + hint; the traceback only behind Details. Never blocks."""
         self.last_error = dialogs.as_nibble_error(exc)
@@ -578,20 +575,46 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text, 15000)
         dialogs.notice_box(self, text)
 
-    def _about(self) -> None:
-        QMessageBox.about(
-            self,
-            "About Nibble",
-            "<b>Nibble</b><br>Run Hugging Face language models in 4-bit and 8-bit "
-            "with bitsandbytes.",
-        )
+    def show_about(self) -> QMessageBox:
+        box = dialogs.about_box(self)
+        box.open()
+        return box
+
+    def open_export(self) -> None:
+        from gui.export_dialog import ExportDialog
+
+        current = self.current_settings()
+        if current is None:
+            self.statusBar().showMessage("Fix the settings first", 4000)
+            return
+        quant, options = current
+        dialog = ExportDialog(self.controller, self.selected_ref, quant, options, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.saved.connect(self._on_exported)
+        dialog.show()
+
+    def _on_exported(self, path: Path) -> None:
+        self.controller.add_recent(str(path))
+        self.picker.set_recent(self.controller.session.recent_folders)
+
+    def open_report(self) -> None:
+        from gui.export_dialog import ReportDialog, report_data
+
+        try:
+            generation = self.chat.generation_settings()
+        except NibbleError:
+            generation = None
+        data = report_data(self.controller, generation)
+        dialog = ReportDialog(data, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
 
     # -- closing --
     def _qsettings(self) -> QSettings:
         return QSettings(str(config_dir() / "window.ini"), QSettings.Format.IniFormat)
 
     def _save_session(self) -> None:
-        s = self.session
+        s = self.controller.session
         s.system_prompt = self.chat.system_edit.toPlainText()
         s.raw_mode = self.chat.raw_check.isChecked()
         try:
@@ -603,34 +626,38 @@ class MainWindow(QMainWindow):
         except OSError as exc:
             logger.warning("could not save the session: %s", exc)
 
-    def running_workers(self) -> list[workers.Worker]:
-        """Workers whose thread has not finished yet."""
-        return list(self._others)
+    def running_workers(self) -> list[Any]:
+        """Workers of jobs that have not finished yet."""
+        return [worker for _, worker in self.controller.jobs()]
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Stop every worker (at most CLOSE_WAIT_MS), save, then close."""
-        self._closing = True
+        """Save, then stop every job (CLOSE_DEADLINE_S in total), then close."""
         qs = self._qsettings()
         qs.setValue("geometry", self.saveGeometry())
         qs.setValue("splitter", self.splitter.saveState())
         qs.setValue("middle_splitter", self.middle_splitter.saveState())
         qs.sync()
         self._save_session()
-        pending = self.running_workers()
-        for worker in pending:
-            worker.cancel()
-        deadline = time.monotonic() + CLOSE_WAIT_MS / 1000
-        for worker in pending:  # one deadline for all, not CLOSE_WAIT_MS each
-            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not workers.stop_all([worker], left_ms):
-                logger.warning("%s did not stop in time", type(worker).__name__)
         self._speed_timer.stop()
-        if self.loaded is not None and not pending:
-            from core import loader
-
-            loader.unload(self.loaded)
-            self.loaded = None
+        self.controller.stop_all(CLOSE_DEADLINE_S)
         event.accept()
+
+
+def default_size() -> tuple[int, int]:
+    """DEFAULT_SIZE, shrunk to the screen's free area where that is smaller."""
+    width, height = DEFAULT_SIZE
+    screen = QGuiApplication.primaryScreen()
+    if screen is not None:
+        free = screen.availableGeometry()
+        width = min(width, free.width() - 16)
+        height = min(height, free.height() - 40)
+    return max(width, 640), max(height, 480)
+
+
+def _snippet_name(ref: ModelRef) -> str:
+    if ref.kind == "default":
+        return "HuggingFaceTB/SmolLM2-135M-Instruct"
+    return ref.repo_id or str(ref.path or ref.name)
 
 
 def _separator() -> QFrame:

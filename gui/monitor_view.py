@@ -11,14 +11,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import (
-    QApplication,
     QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
@@ -35,6 +34,9 @@ from core import monitor
 from core.monitor import History, Marker, Sample
 from core.units import format_bytes
 from gui import workers
+
+if TYPE_CHECKING:
+    from gui.controller import Controller
 
 logger = logging.getLogger(__name__)
 
@@ -159,24 +161,29 @@ class MonitorView(QWidget):
 
     Parameters
     ----------
+    controller
+        Runs the sampling job and says when loads and answers happen (markers);
+        None for a view that is fed samples by hand.
     interval
         Seconds between samples (0.25 to 5).
     nvml
         The NVML binding the sampler uses; None means nvidia-ml-py.
     autostart
-        Start sampling right away; tests feed `show_sample` themselves.
+        Start sampling right away (with a controller); tests feed `show_sample`.
     """
 
     sampled = Signal(object)
 
     def __init__(
         self,
+        controller: Controller | None = None,
         parent: QWidget | None = None,
         interval: float = 1.0,
         nvml: Any = None,
         autostart: bool = True,
     ) -> None:
         super().__init__(parent)
+        self.controller = controller
         self.interval = monitor.check_interval(interval)
         self.nvml = nvml
         self.history = History()
@@ -188,8 +195,14 @@ class MonitorView(QWidget):
         self.gpu_reason: str | None = None
         self._cpu_count = _cpu_count()
         self._build()
-        if autostart:
-            self.start()
+        if controller is not None:
+            controller.load_started.connect(self.mark_load_started)
+            controller.model_loaded.connect(self.mark_loaded)
+            controller.first_token.connect(self.mark_first_token)
+            controller.answer_finished.connect(self.mark_generation_finished)
+            controller.model_unloaded.connect(self.mark_unloaded)
+            if autostart:
+                self.start()
 
     # -- layout --
 
@@ -352,15 +365,14 @@ class MonitorView(QWidget):
     # -- sampling --
 
     def start(self) -> None:
-        """Start sampling on a worker thread (no-op when running)."""
-        if self.worker is not None:
+        """Start sampling as the controller's job (no-op when running)."""
+        if self.worker is not None or self.controller is None:
             return
         sampler = monitor.Sampler(nvml=self.nvml)
-        worker = workers.SamplerWorker(sampler, self.interval)
+        worker = self.controller.sample(sampler, self.interval)
         worker.sampled.connect(self.show_sample)
         worker.finished.connect(self._worker_finished)
         self.worker = worker
-        workers.start(worker)
 
     def stop(self, timeout_ms: int = 2000) -> None:
         """Stop sampling and wait for the worker thread."""
@@ -506,7 +518,7 @@ class MonitorView(QWidget):
     # -- hooks for the window's signals --
 
     @Slot()
-    def mark_load_started(self) -> None:
+    def mark_load_started(self, *_args: object) -> None:
         self.add_marker(LOAD_STARTED)
 
     @Slot(object)
@@ -529,10 +541,6 @@ class MonitorView(QWidget):
         super().showEvent(event)
         if not self.paused:
             self.redraw()
-
-    def closeEvent(self, event: Any) -> None:
-        self.stop()
-        super().closeEvent(event)
 
 
 def marker_tooltip(
@@ -650,45 +658,3 @@ def _set_bar(bar: QProgressBar, used: float | None, total: float | None) -> None
 def _sum(values: Any) -> float | None:
     items = list(values)
     return None if not items or any(v is None for v in items) else float(sum(items))
-
-
-class _CloseWatcher(QObject):
-    """Stops sampling when the window closes; resumes if the close was refused."""
-
-    def __init__(self, window: QWidget, view: MonitorView) -> None:
-        super().__init__(view)
-        self.window = window
-        self.view = view
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self.window and event.type() == QEvent.Type.Close:
-            self.view.stop()
-            QTimer.singleShot(0, self.view, self._resume_if_open)
-        return False
-
-    def _resume_if_open(self) -> None:
-        if self.window.isVisible():
-            self.view.start()
-
-
-def install_monitor(window: Any, interval: float = 1.0) -> MonitorView:
-    """Plug the monitor into Nibble's main window: a Monitor tab, the status-bar
-    gauge, and a marker on every chart for each load, first token, answer and
-    unload. Sampling stops when the window closes."""
-    view = MonitorView(interval=interval)
-    gauge = MemoryGauge()
-    view.sampled.connect(gauge.show_sample)
-    window.add_tab(view, "Monitor")
-    window.add_status_widget(gauge)
-    gauge.clicked.connect(lambda: window.tabs.setCurrentWidget(view))
-    window.load_started.connect(view.mark_load_started)
-    window.model_loaded.connect(view.mark_loaded)
-    window.first_token.connect(view.mark_first_token)
-    window.generation_finished.connect(view.mark_generation_finished)
-    window.model_unloaded.connect(view.mark_unloaded)
-    window.installEventFilter(_CloseWatcher(window, view))
-    app = QApplication.instance()
-    if app is not None:
-        app.aboutToQuit.connect(view.stop)
-    window.monitor_view, window.memory_gauge = view, gauge
-    return view

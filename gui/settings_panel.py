@@ -127,6 +127,7 @@ class SettingsPanel(QWidget):
         self._updating = False
         self._model_name = "your-model-name"
         self._error = ""
+        self._machine = ""
         self.editors: dict[str, QWidget] = {}
         self.labels: dict[str, QLabel] = {}
         layout = QVBoxLayout(self)
@@ -382,6 +383,11 @@ class SettingsPanel(QWidget):
     def set_model_name(self, name: str) -> None:
         """The model the snippet and the consent dialog name."""
         self._model_name = name
+        self._on_edit()
+
+    def set_machine(self, device: str) -> None:
+        """What this machine can run ("CPU" or "CUDA: <name>"), for the checks."""
+        self._machine = device
         self._on_edit()
 
     @property

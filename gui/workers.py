@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
@@ -108,7 +109,7 @@ def start(worker: Worker) -> QThread:
     if _keeper is None:
         _keeper = _Keeper()
     thread = QThread()
-    thread.setObjectName(f"nibble-{type(worker).__name__}")
+    thread.setObjectName(f"nibble-{getattr(worker, 'name', type(worker).__name__)}")
     worker.moveToThread(thread)
     worker.thread_ = thread
     thread.started.connect(worker.run)
@@ -126,15 +127,26 @@ def running_threads() -> list[QThread]:
 
 
 def stop_all(workers: list[Worker], timeout_ms: int = 2000) -> bool:
-    """Cancel `workers` and wait for their threads; True when all ended in time."""
+    """Cancel `workers` and wait for their threads, `timeout_ms` for all together.
+
+    True when every thread ended in time.
+    """
     for worker in workers:
         worker.cancel()
+    deadline = time.monotonic() + timeout_ms / 1000
     ok = True
     for worker in workers:
-        thread = worker.thread_
-        if thread is not None and _alive(thread):
-            ok = thread.wait(timeout_ms) and ok
+        left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        ok = wait(worker, left_ms) and ok
     return ok
+
+
+def wait(worker: Worker, timeout_ms: int) -> bool:
+    """Wait for `worker`'s thread to end; True when it did (or never started)."""
+    thread = worker.thread_
+    if thread is None or not _alive(thread):
+        return True
+    return thread.wait(timeout_ms)
 
 
 def _alive(thread: QThread) -> bool:
@@ -185,129 +197,62 @@ class SamplerWorker(Worker):
 
 # -- the window's workers --
 
+Progress = Callable[[int, int, str], None]
 
-class ImportWorker(Worker):
-    """Import torch, transformers and bitsandbytes after the window has painted.
 
-    Returns a short description of the compute devices ("CPU" or "CUDA: <name>").
+class FunctionWorker(Worker):
+    """Runs one function on its thread: ``fn(progress, cancel) -> result``.
+
+    `progress(done, total, message)` emits `progressed`; `cancel` is the worker's
+    `cancel_event`, which `fn` should check between steps (raising CancelledError or
+    returning early both end in `aborted`). Loads, estimates, exports, the catalog
+    scan and the stack import all run through this one class.
     """
 
-    # Modules the first load would otherwise import on the loading thread while the
-    # user waits: every import holds the GIL and stalls the window.
-    MODULES = (
-        "transformers",
-        "bitsandbytes",
-        "accelerate",
-        "safetensors.torch",
-        "transformers.generation",
-        "transformers.modeling_utils",
-    )
-
-    def work(self) -> str:
-        import importlib
-
-        import torch
-
-        from core import loader
-
-        loader.quiet_libraries()
-        for name in self.MODULES:
-            importlib.import_module(name)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        del AutoModelForCausalLM, AutoTokenizer  # resolving them imports their code
-        if torch.cuda.is_available():
-            return f"CUDA: {torch.cuda.get_device_name(0)}"
-        return "CPU"
-
-
-class CatalogWorker(Worker):
-    """Scan the Hugging Face cache and check the embedded default, off the UI thread.
-
-    Returns ``(default_ref, cache_refs)``.
-    """
-
-    def work(self) -> tuple[Any, list[Any]]:
-        from core import catalog
-
-        return catalog.default_ref(), catalog.scan_cache()
-
-
-class LoadWorker(Worker):
-    """Load a model; `progressed(done, total, message)` per weight, cancel stops it."""
-
-    def __init__(self, ref: Any, quant: Any, options: Any) -> None:
+    def __init__(self, fn: Callable[[Progress, threading.Event], Any], name: str):
         super().__init__()
-        self.ref = ref
-        self.quant = quant
-        self.options = options
+        self.fn = fn
+        self.name = name
 
     def _progress(self, done: int, total: int, message: str) -> None:
         self.progressed.emit(done, total, message)
 
     def work(self) -> Any:
-        from core import loader
-
-        loaded = loader.load(
-            self.ref,
-            self.quant,
-            self.options,
-            progress=self._progress,
-            cancel=self.cancel_event,
-        )
-        if self.cancelled:  # finished just as the user cancelled: drop it
-            loader.unload(loaded)
-        return loaded
+        return self.fn(self._progress, self.cancel_event)
 
 
-class GenerateWorker(Worker):
-    """Stream one answer: `yielded(chunk)` per piece of text, then `returned(stats)`.
+class JobWorker(Worker):
+    """Streams one job of the core's GenerationQueue: `yielded(chunk)` per piece of
+    text, then `returned(stats)`.
 
-    `stop()` ends the answer within one token and still returns its stats (stop reason
-    "stopped"); `cancel()` (closing the window) also stops it but emits `aborted`.
-    If generation fails after some text, `stats` holds the numbers of the partial run.
+    `stop()` ends the answer within one token (or takes it out of the queue while it
+    waits) and still returns its stats (stop reason "stopped"); `cancel()` (closing
+    the window) also stops it but emits `aborted`. A failed answer raises its
+    GenerationError after the stats of the partial run were kept in `stats`.
     """
 
-    def __init__(self, loaded: Any, messages: Any, settings: Any, raw: bool) -> None:
+    def __init__(self, job: Any) -> None:
         super().__init__()
-        self.loaded = loaded
-        self.messages = messages
-        self.settings = settings
-        self.raw = raw
-        self.stop_event = threading.Event()
+        self.job = job
+        self.name = "answer"
         self.stats: Any = None
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self.job.cancel()
 
     def cancel(self) -> None:
-        self.stop_event.set()
+        self.job.cancel()
         super().cancel()
 
     def work(self) -> Any:
-        from core import generation
+        from core.generation import GenerationStats
 
-        for item in generation.stream(
-            self.loaded, self.messages, self.settings, self.stop_event, raw=self.raw
-        ):
-            if isinstance(item, generation.GenerationStats):
+        for item in self.job:
+            if isinstance(item, GenerationStats):
                 self.stats = item
             elif not self.cancelled:
                 self.yielded.emit(item)
         return self.stats
-
-
-class ResolveWorker(Worker):
-    """Check a folder or hub id (a hub id may ask the network); returns a ModelRef."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def work(self) -> Any:
-        from core import catalog
-
-        return catalog.resolve(self.text)
 
 
 class CompareWorker(Worker):
@@ -342,64 +287,5 @@ class CompareWorker(Worker):
             self.config,
             progress=self._progress,
             on_row=self._row,
-            cancel=self.cancel_event,
-        )
-
-
-class EstimateWorker(Worker):
-    """Estimate every preset for one model from its config.json; returns a core Table.
-
-    The first estimate in a process imports transformers' modeling code (seconds);
-    later ones reuse core.estimate's cache and take milliseconds.
-    """
-
-    def __init__(
-        self, model: Any, quant: Any, options: Any, context: int, device: Any = None
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.quant = quant
-        self.options = options
-        self.context = context
-        self.device = device
-
-    def work(self) -> Any:
-        from core import estimate
-
-        return estimate.table(
-            self.model, self.quant, self.options, self.context, device=self.device
-        )
-
-
-class ExportWorker(Worker):
-    """Save a quantized copy of a model (core.export); returns an ExportResult.
-
-    It loads its own fresh copy: the model in the chat has run forwards, and saving
-    such a 4-bit model on a CPU corrupts it (FACTS.md).
-    """
-
-    def __init__(
-        self, ref: Any, quant: Any, options: Any, out: str, force: bool = False
-    ) -> None:
-        super().__init__()
-        self.ref = ref
-        self.quant = quant
-        self.options = options
-        self.out = out
-        self.force = force
-
-    def _progress(self, done: int, total: int, message: str) -> None:
-        self.progressed.emit(done, total, message)
-
-    def work(self) -> Any:
-        from core import export
-
-        return export.export(
-            self.ref,
-            self.quant,
-            self.out,
-            self.options,
-            force=self.force,
-            progress=self._progress,
             cancel=self.cancel_event,
         )

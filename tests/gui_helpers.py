@@ -41,3 +41,15 @@ def config_dir_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "config"
     monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(name="controller")
+def controller_fixture(qtbot: object) -> Iterator[object]:
+    """A Controller whose ML stack import has finished; every job stopped after."""
+    from gui.controller import Controller
+
+    made = Controller()
+    made.import_libraries()
+    qtbot.waitUntil(lambda: made.ready, timeout=120_000)  # type: ignore[attr-defined]
+    yield made
+    made.stop_all(5.0)

@@ -13,6 +13,7 @@ from core import catalog, compare
 from core.errors import LoadError
 from gui import workers
 from gui.compare_view import CompareView
+from tests.gui_helpers import controller_fixture  # noqa: F401
 
 LONG = 180_000  # ms: loads are slow on a busy 2-core machine
 
@@ -32,8 +33,9 @@ def tiny_ref(tiny_dir: Path) -> catalog.ModelRef:
 
 
 @pytest.fixture
-def view(qtbot, tiny_ref: catalog.ModelRef) -> CompareView:  # type: ignore[no-untyped-def]
-    widget = CompareView(tiny_ref)
+def view(qtbot, controller, tiny_ref: catalog.ModelRef) -> CompareView:  # type: ignore[no-untyped-def]
+    widget = CompareView(controller)
+    widget.set_model(tiny_ref)
     qtbot.addWidget(widget)
     widget.set_rows(["baseline", "nf4"])
     widget.tokens.setValue(3)
@@ -41,8 +43,9 @@ def view(qtbot, tiny_ref: catalog.ModelRef) -> CompareView:  # type: ignore[no-u
     return widget
 
 
-def test_defaults_and_the_memory_note(qtbot) -> None:  # type: ignore[no-untyped-def]
-    widget = CompareView(None)
+def test_defaults_and_the_memory_note(qtbot, controller) -> None:  # type: ignore[no-untyped-def]
+    widget = CompareView(controller)
+    widget.set_model(None)
     qtbot.addWidget(widget)
     assert widget.row_items() == list(compare.DEFAULT_ROWS)
     assert "memory holds both" in widget.findChild(object, "compareMemoryNote").text()
@@ -180,26 +183,25 @@ def test_export_before_a_run_is_refused(view: CompareView, tmp_path: Path) -> No
         view.export("csv", tmp_path / "x.csv")
 
 
-def test_install_compare_adds_the_tab_follows_the_picker_and_stops_on_close(
+def test_in_the_window_it_follows_the_picker_and_stops_on_close(
     qtbot,  # type: ignore[no-untyped-def]
     tiny_ref: catalog.ModelRef,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from core import session as session_mod
-    from gui.compare_view import install_compare
     from gui.main_window import MainWindow
 
     monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
     window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
     qtbot.addWidget(window)
-    view = install_compare(window)
-    assert window.tabs.tabText(window.tabs.indexOf(view)) == "Compare"
-    assert view.ref == window.selected_ref
-    window.model_selected.emit(tiny_ref)
-    assert view.ref is tiny_ref
     window.compare_action.trigger()
+    view = window.compare_view
+    assert window.tabs.tabText(window.tabs.indexOf(view)) == "Compare"
     assert window.tabs.currentWidget() is view
+    assert view.ref == window.selected_ref
+    window.controller.select(tiny_ref)
+    assert view.ref is tiny_ref
     view.set_rows(["baseline", "nf4"])
     view.eval_tokens.setValue(40)
     view.tokens.setValue(3)

@@ -13,6 +13,7 @@ from core import catalog, loader
 from core.settings import LoadOptions, QuantSettings, preset
 from gui import workers
 from gui.estimate_view import COLUMNS, EstimateView
+from tests.gui_helpers import controller_fixture  # noqa: F401
 
 TINY = {
     "model_type": "llama",
@@ -32,8 +33,8 @@ def _no_dangling_threads() -> Iterator[None]:
     assert workers.running_threads() == [], "an estimate thread was left running"
 
 
-def _view(qtbot) -> EstimateView:
-    view = EstimateView()
+def _view(qtbot, controller) -> EstimateView:
+    view = EstimateView(controller)
     qtbot.addWidget(view)
     return view
 
@@ -49,8 +50,8 @@ def _wait_table(qtbot, view: EstimateView, action) -> object:
     return blocker.args[0]
 
 
-def test_every_preset_with_the_current_row_highlighted(qtbot) -> None:
-    view = _view(qtbot)
+def test_every_preset_with_the_current_row_highlighted(controller, qtbot) -> None:
+    view = _view(qtbot, controller)
     view.set_settings(preset("nf4").quant, LoadOptions(device_map="cpu"))
     table = _wait_table(qtbot, view, lambda: view.set_model(TINY))
     assert view.grid.rowCount() == 8
@@ -85,8 +86,10 @@ def test_every_preset_with_the_current_row_highlighted(qtbot) -> None:
     assert view.grid.item(5, 0).font().weight() != QFont.Weight.Bold
 
 
-def test_changes_refresh_without_blocking_and_end_on_the_latest(qtbot) -> None:
-    view = _view(qtbot)
+def test_changes_refresh_without_blocking_and_end_on_the_latest(
+    controller, qtbot
+) -> None:
+    view = _view(qtbot, controller)
     _wait_table(qtbot, view, lambda: view.set_model(TINY))
     started = time.perf_counter()
     with qtbot.waitSignal(view.estimated, timeout=10_000):
@@ -102,15 +105,17 @@ def test_changes_refresh_without_blocking_and_end_on_the_latest(qtbot) -> None:
     assert view.table.current.kv_cache_bytes == 2 * 2 * 2 * 16 * 2048 * 4
 
 
-def test_context_spin_box_changes_the_kv_cache(qtbot) -> None:
-    view = _view(qtbot)
+def test_context_spin_box_changes_the_kv_cache(controller, qtbot) -> None:
+    view = _view(qtbot, controller)
     first = _wait_table(qtbot, view, lambda: view.set_model(TINY))
     second = _wait_table(qtbot, view, lambda: view.context.setValue(8192))
     assert second.current.kv_cache_bytes == 2 * first.current.kv_cache_bytes
 
 
-def test_unreadable_model_says_what_and_what_to_do(qtbot, tmp_path: Path) -> None:
-    view = _view(qtbot)
+def test_unreadable_model_says_what_and_what_to_do(
+    controller, qtbot, tmp_path: Path
+) -> None:
+    view = _view(qtbot, controller)
     with qtbot.waitSignal(view.failed, timeout=60_000):
         view.set_model(str(tmp_path / "nowhere"))
     qtbot.waitUntil(lambda: not view.busy, timeout=10_000)
@@ -119,8 +124,8 @@ def test_unreadable_model_says_what_and_what_to_do(qtbot, tmp_path: Path) -> Non
     assert view.grid.rowCount() == 0
 
 
-def test_unknown_architecture_still_shows_the_kv_cache(qtbot) -> None:
-    view = _view(qtbot)
+def test_unknown_architecture_still_shows_the_kv_cache(controller, qtbot) -> None:
+    view = _view(qtbot, controller)
     config = {**TINY, "model_type": "brand-new-arch"}
     table = _wait_table(qtbot, view, lambda: view.set_model(config))
     assert _cells(view, 0)[1] == "—" and _cells(view, 0)[3] != "—"
@@ -129,8 +134,10 @@ def test_unknown_architecture_still_shows_the_kv_cache(qtbot) -> None:
     assert table.recommended is None
 
 
-def test_estimated_vs_actual_and_the_unquantized_warning(qtbot, tiny_dir: Path) -> None:
-    view = _view(qtbot)
+def test_estimated_vs_actual_and_the_unquantized_warning(
+    controller, qtbot, tiny_dir: Path
+) -> None:
+    view = _view(qtbot, controller)
     options = LoadOptions(device_map="cpu")
     quant = preset("nf4").quant
     view.set_settings(quant, options)
@@ -152,32 +159,35 @@ def test_estimated_vs_actual_and_the_unquantized_warning(qtbot, tiny_dir: Path) 
     assert view.warning.isHidden() and view.actual_label.isHidden()
 
 
-def test_worker_returns_a_table_directly() -> None:
-    worker = workers.EstimateWorker(TINY, QuantSettings(), LoadOptions("cpu"), 16)
-    table = worker.work()
+def test_controller_job_returns_a_table(controller, qtbot) -> None:
+    worker = controller.estimate(TINY, QuantSettings(), LoadOptions("cpu"), 16)
+    with qtbot.waitSignal(worker.returned, timeout=60_000) as done:
+        pass
+    table = done.args[0]
     assert table.current.preset == "current"
     assert table.current.kv_cache_bytes == 2 * 2 * 2 * 16 * 16 * 4
 
 
-def test_installed_in_the_window_follows_its_signals(
-    qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_in_the_window_it_follows_the_controller(
+    qtbot, tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
-    from gui.estimate_view import install_estimate
     from gui.main_window import MainWindow
 
     window = MainWindow(auto_start=False, auto_load=False)
     qtbot.addWidget(window)
-    view = install_estimate(window)
-    assert view.parent() is not None and window.estimate_holder.isVisibleTo(window)
+    view = window.estimate_view
+    c = window.controller
+    assert view.isVisibleTo(window)
+    # No estimate runs before the ML stack is imported.
+    qtbot.wait(100)
+    assert c.running("estimate") is not None and workers.running_threads() == []
+    c.import_libraries()
     qtbot.waitUntil(lambda: view.table is not None and not view.busy, timeout=60_000)
     assert view.table.model == window.selected_ref.name
     int8 = preset("int8")
-    _wait_table(
-        qtbot,
-        view,
-        lambda: window.settings_changed.emit((int8.quant, LoadOptions("cpu"))),
-    )
+    _wait_table(qtbot, view, lambda: c.set_settings(int8.quant, LoadOptions("cpu")))
     assert view.table.current.label == "int8"
-    _wait_table(qtbot, view, lambda: window.model_selected.emit(TINY))
+    _wait_table(qtbot, view, lambda: c.select(catalog.folder_ref(tiny_dir)))
     assert view.table.model == "tiny-llama"
+    window.close()

@@ -11,6 +11,7 @@ from core import catalog
 from core.errors import ExportError
 from core.settings import QuantSettings, preset
 from gui import workers
+from tests.gui_helpers import controller_fixture  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -25,33 +26,46 @@ def tiny_ref(tiny_dir: Path) -> catalog.ModelRef:
     return catalog.folder_ref(tiny_dir)
 
 
-def test_export_worker_signal_order(qtbot, tiny_ref, tmp_path: Path) -> None:
+def test_export_job_signal_order(qtbot, controller, tiny_ref, tmp_path: Path) -> None:
+    from core import export
+
     chosen = preset("int8")
-    worker = workers.ExportWorker(
-        tiny_ref, chosen.quant, chosen.load_options(), str(tmp_path / "out")
-    )
     steps: list[int] = []
-    worker.progressed.connect(lambda done, total, msg: steps.append(done))
     results: list = []
+
+    def work(progress, cancel):
+        return export.export(
+            tiny_ref,
+            chosen.quant,
+            str(tmp_path / "out"),
+            chosen.load_options(),
+            progress=progress,
+            cancel=cancel,
+        )
+
+    worker = workers.FunctionWorker(work, "export")
+    worker.progressed.connect(lambda done, total, msg: steps.append(done))
     worker.returned.connect(results.append)
     with qtbot.waitSignals(
         [worker.started, worker.returned, worker.finished],
         order="strict",
         timeout=120_000,
     ):
-        workers.start(worker)
+        controller.start("export", worker)
     assert results[0].verification.identical
     assert steps[0] == 0 and steps[-1] == 6
     assert (tmp_path / "out" / "README.md").is_file()
 
 
 def test_dialog_saves_and_reports_the_verification(
-    qtbot, tiny_ref, tmp_path: Path
+    qtbot, controller, tiny_ref, tmp_path: Path
 ) -> None:
     from gui.export_dialog import ExportDialog
 
     chosen = preset("nf4")
-    dialog = ExportDialog(tiny_ref, chosen.quant, chosen.load_options(), None, tmp_path)
+    dialog = ExportDialog(
+        controller, tiny_ref, chosen.quant, chosen.load_options(), None, tmp_path
+    )
     qtbot.addWidget(dialog)
     assert dialog.folder.text() == str(tmp_path / f"{tiny_ref.name}-nf4")
     with qtbot.waitSignal(dialog.export_finished, timeout=120_000):
@@ -66,14 +80,14 @@ def test_dialog_saves_and_reports_the_verification(
 
 
 def test_dialog_shows_message_and_hint_for_a_bad_target(
-    qtbot, tiny_ref, tmp_path: Path
+    qtbot, controller, tiny_ref, tmp_path: Path
 ) -> None:
     from gui.export_dialog import ExportDialog
 
     target = tmp_path / "a-file"
     target.write_text("x")
     chosen = preset("nf4")
-    dialog = ExportDialog(tiny_ref, chosen.quant, chosen.load_options())
+    dialog = ExportDialog(controller, tiny_ref, chosen.quant, chosen.load_options())
     qtbot.addWidget(dialog)
     dialog.folder.setText(str(target))
     with qtbot.waitSignal(dialog.export_finished, timeout=60_000):
@@ -84,10 +98,12 @@ def test_dialog_shows_message_and_hint_for_a_bad_target(
     assert dialog.save_button.isEnabled()  # fix the folder and try again
 
 
-def test_dialog_refuses_unquantized_settings(qtbot, tiny_ref) -> None:
+def test_dialog_refuses_unquantized_settings(qtbot, controller, tiny_ref) -> None:
     from gui.export_dialog import ExportDialog
 
-    dialog = ExportDialog(tiny_ref, QuantSettings(), preset("fp32").load_options())
+    dialog = ExportDialog(
+        controller, tiny_ref, QuantSettings(), preset("fp32").load_options()
+    )
     qtbot.addWidget(dialog)
     assert not dialog.save_button.isEnabled()
     assert "4-bit or 8-bit" in dialog.status.text()
@@ -100,13 +116,13 @@ def test_window_gets_save_and_report_actions(
     from PySide6.QtWidgets import QApplication
 
     from core import session as session_mod
-    from gui.export_dialog import ExportDialog, ReportDialog, install_export
+    from gui.export_dialog import ExportDialog, ReportDialog
     from gui.main_window import MainWindow
 
     monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
     window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
     qtbot.addWidget(window)
-    actions = install_export(window)
+    actions = {"save": window.save_action, "report": window.report_action}
     file_texts = [a.text() for a in window.menu("File").actions()]
     assert "Save quantized model…" in file_texts
     assert file_texts.index("Save quantized model…") < file_texts.index("Quit")

@@ -169,15 +169,15 @@ def test_invalid_settings_disable_load_with_the_reason(qtbot, config_dir):
     qtbot.addWidget(window)
     assert not window.load_button.isEnabled()
     assert "import" in window.load_button.toolTip()
-    window._on_libraries("CPU")
-    assert window.load_button.isEnabled()
+    window.controller.import_libraries()
+    qtbot.waitUntil(lambda: window.load_button.isEnabled(), timeout=120_000)
     window.settings_panel.max_memory.setText("0=4GiB,cpu=8GiB")
     assert not window.load_button.isEnabled()
     assert not window.load_action.isEnabled()
     assert "llm_int8_enable_fp32_cpu_offload" in window.load_button.toolTip()
     assert window.current_settings() is not None  # valid fields, bad combination
     window.request_load()
-    assert window.load_worker is None
+    assert window.controller.running("load") is None
     assert "mixes a GPU" in window.load_label.text()
     window.settings_panel.max_memory.setText("")
     assert window.load_button.isEnabled()

@@ -62,23 +62,24 @@ def wait_for(condition, timeout_s: float = 180.0) -> None:
 
 @pytest.fixture(scope="module")
 def recorders():
-    """LoadWorker and GenerateWorker subclasses that record their signals."""
+    """Load and answer workers that record their signals, by job kind."""
     made: dict[str, list[Recorder]] = {"load": [], "generate": []}
 
-    def recording(base, key):
-        class Recording(base):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                made[key].append(Recorder())
-                made[key][-1].attach(self)
+    class RecordingFunction(workers.FunctionWorker):
+        def __init__(self, fn, name):
+            super().__init__(fn, name)
+            made.setdefault(name, []).append(Recorder())
+            made[name][-1].attach(self)
 
-        return Recording
+    class RecordingJob(workers.JobWorker):
+        def __init__(self, job):
+            super().__init__(job)
+            made["generate"].append(Recorder())
+            made["generate"][-1].attach(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(workers, "LoadWorker", recording(workers.LoadWorker, "load"))
-        mp.setattr(
-            workers, "GenerateWorker", recording(workers.GenerateWorker, "generate")
-        )
+        mp.setattr(workers, "FunctionWorker", RecordingFunction)
+        mp.setattr(workers, "JobWorker", RecordingJob)
         yield made
 
 
@@ -89,15 +90,16 @@ def window(qapp, recorders, tmp_path_factory):
         mp.setenv("NIBBLE_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
         win = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
         events: list[str] = []
-        win.load_started.connect(lambda: events.append("load_started"))
-        win.model_loaded.connect(lambda m: events.append("model_loaded"))
-        win.libraries_ready.connect(lambda d: events.append("libraries_ready"))
-        win.events = events
+        c = win.controller
+        c.load_started.connect(lambda *_: events.append("load_started"))
+        c.model_loaded.connect(lambda m: events.append("model_loaded"))
+        c.libraries_ready.connect(lambda d: events.append("libraries_ready"))
         win.show()
         win.start_background()
-        wait_for(lambda: win.ready)
+        wait_for(lambda: c.ready)
         win.request_load()
         wait_for(lambda: win.loaded is not None and not win.running_workers())
+        win.events = events  # type: ignore[attr-defined]
         yield win
         win.close()
         wait_threads(5.0)
@@ -129,8 +131,8 @@ def test_answer_streams_into_chat(window, recorders, qtbot):
     chat.max_tokens.setValue(24)
     chat.input.setPlainText(PROMPT)
     with (
-        qtbot.waitSignal(window.first_token, timeout=60_000),
-        qtbot.waitSignal(window.generation_finished, timeout=60_000) as done,
+        qtbot.waitSignal(window.controller.first_token, timeout=60_000),
+        qtbot.waitSignal(window.controller.answer_finished, timeout=60_000) as done,
     ):
         QTest.keyClick(
             chat.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier
@@ -158,12 +160,14 @@ def test_stop_ends_the_answer(window, recorders, qtbot):
     chat.greedy.setChecked(True)
     chat.max_tokens.setValue(300)
     chat.input.setPlainText("Write a very long story about a dragon and a knight.")
-    window.first_token.connect(chat.stop)
+    window.controller.first_token.connect(chat.stop)
     try:
-        with qtbot.waitSignal(window.generation_finished, timeout=60_000) as done:
+        with qtbot.waitSignal(
+            window.controller.answer_finished, timeout=60_000
+        ) as done:
             chat.send()
     finally:
-        window.first_token.disconnect(chat.stop)
+        window.controller.first_token.disconnect(chat.stop)
     stats = done.args[0]
     assert stats.stop_reason == "stopped"
     assert stats.new_tokens < 30
@@ -220,7 +224,7 @@ def test_failed_load_keeps_previous_model_and_chat(window, tiny_dir, tmp_path, q
     assert window.loaded.model is not None
     assert "stays loaded" in window.load_label.text()
     assert [m.text for m in window.chat.messages_widgets] == messages
-    assert str(broken) in window.session.recent_folders
+    assert str(broken) in window.controller.session.recent_folders
 
 
 @pytest.mark.slow
@@ -228,7 +232,7 @@ def test_close_during_generation_exits_cleanly(window, qtbot):
     chat = window.chat
     chat.max_tokens.setValue(300)
     chat.input.setPlainText("Tell me everything about the history of Rome.")
-    with qtbot.waitSignal(window.first_token, timeout=60_000):
+    with qtbot.waitSignal(window.controller.first_token, timeout=60_000):
         chat.send()
     started = time.monotonic()
     window.close()
@@ -242,11 +246,12 @@ def test_close_during_load_exits_cleanly(qtbot, config_dir):
     qtbot.addWidget(win)
     win.show()
     win.start_background()
-    qtbot.waitUntil(lambda: win.ready and not win.running_workers(), timeout=60_000)
+    qtbot.waitUntil(
+        lambda: win.controller.ready and not win.running_workers(), timeout=60_000
+    )
     progress = []
+    win.controller.load_progressed.connect(lambda d, t, m: progress.append((d, t)))
     win.request_load()
-    workers_now = win.running_workers()
-    workers_now[0].progressed.connect(lambda d, t, m: progress.append((d, t)))
     qtbot.waitUntil(lambda: any(t > 0 for _, t in progress), timeout=60_000)
     started = time.monotonic()
     win.close()

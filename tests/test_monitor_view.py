@@ -19,7 +19,6 @@ from gui.monitor_view import (
     Chart,
     MemoryGauge,
     MonitorView,
-    install_monitor,
 )
 
 MIB = 2**20
@@ -177,7 +176,9 @@ def test_a_hidden_view_redraws_when_shown(qtbot) -> None:
 
 
 def test_real_sampling_thread_feeds_view_and_gauge(qtbot) -> None:
-    view = MonitorView(interval=0.25)
+    from gui.controller import Controller
+
+    view = MonitorView(Controller(), interval=0.25)
     qtbot.addWidget(view)
     gauge = MemoryGauge()
     qtbot.addWidget(gauge)
@@ -214,25 +215,44 @@ def test_gauge_with_and_without_gpu(qtbot) -> None:
         qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton, pos=QPoint(2, 2))
 
 
-def test_install_monitor_in_the_window(qtbot, tmp_path, monkeypatch) -> None:
+def test_in_the_window_with_markers_from_the_controller(
+    qtbot, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))
     from gui.main_window import MainWindow
 
     window = MainWindow(auto_start=False, auto_load=False)
     qtbot.addWidget(window)
-    view = install_monitor(window, interval=0.25)
+    window.build_tabs()
+    view = window.monitor_view
+    view.set_interval(0.25)
     window.show()
     assert window.tabs.tabText(window.tabs.indexOf(view)) == "Monitor"
     gauge = window.memory_gauge
     assert gauge.isVisible() and gauge.window() is window
     with qtbot.waitSignal(view.sampled, timeout=5000):
         pass
-    # The window emits these as a load and an answer go by.
-    window.load_started.emit()
-    window.model_loaded.emit(object())
-    window.first_token.emit()
-    window.generation_finished.emit(object())
-    window.model_unloaded.emit()
+    qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton)
+    assert window.tabs.currentWidget() is view
+    window.close()
+    assert workers.running_threads() == []
+
+
+def test_markers_follow_the_controller(qtbot) -> None:
+    from gui.controller import Controller
+
+    c = Controller()
+    view = MonitorView(c, interval=0.25)
+    qtbot.addWidget(view)
+    view.show()
+    with qtbot.waitSignal(view.sampled, timeout=5000):
+        pass
+    # The controller emits these as a load and an answer go by.
+    c.load_started.emit(object(), object())
+    c.model_loaded.emit(object())
+    c.first_token.emit()
+    c.answer_finished.emit(object())
+    c.model_unloaded.emit()
     labels = [entry.marker.label for entry in view.markers]
     assert labels == [
         "Load started",
@@ -244,7 +264,5 @@ def test_install_monitor_in_the_window(qtbot, tmp_path, monkeypatch) -> None:
     assert all(len(chart.marker_lines) == 5 for chart in view.charts())
     qtbot.waitUntil(lambda: view.markers[-1].sample is not None, timeout=5000)
     assert "since First token" in view.markers[3].tooltip
-    qtbot.mouseClick(gauge, Qt.MouseButton.LeftButton)
-    assert window.tabs.currentWidget() is view
-    window.close()
-    assert view.worker is None and workers.running_threads() == []
+    assert c.stop_all(2.0)
+    assert workers.running_threads() == []
