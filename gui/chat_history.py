@@ -47,6 +47,8 @@ from gui.variants_view import (
 
 logger = logging.getLogger(__name__)
 
+LIST_WIDTH = 220
+
 
 @dataclass
 class Pending:
@@ -128,6 +130,7 @@ class ChatHistory(QObject):
         self.pending: Pending | None = None
         self.regeneration: Regeneration | None = None
         self.dialogs: list[VariantsDialog] = []
+        self.closed = False
         self.list = ConversationList(self.store)
         self.list.setMinimumWidth(180)
         self.list.opened.connect(self.open)
@@ -210,6 +213,21 @@ class ChatHistory(QObject):
         return self.pending is not None or self.regeneration is not None
 
     # -- sending --
+    def send(self, messages: Any, raw: bool, settings: GenerationSettings) -> Any:
+        """Store the question, then queue the answer with the controller.
+
+        Returns the controller's worker, or None when it could not queue it.
+        """
+        settings = self.prepare(messages, raw, settings)
+        try:
+            worker = self.controller.send(messages, raw, settings)
+        except BaseException:
+            self.pending = None
+            raise
+        if worker is None:
+            self.pending = None
+        return worker
+
     def prepare(
         self, messages: Any, raw: bool, settings: GenerationSettings
     ) -> GenerationSettings:
@@ -276,6 +294,8 @@ class ChatHistory(QObject):
         self._store_answer(GenerationStats(stop_reason=STOP_STOPPED))
 
     def _store_answer(self, stats: Any) -> None:
+        if self.closed:
+            return
         pending, self.pending = self.pending, None
         regeneration = self.regeneration
         if pending is None:
@@ -558,5 +578,31 @@ class ChatHistory(QObject):
 
     def close(self) -> None:
         """Make pending deletions final and close the database."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pending = None
         self.list._forget_undo()
         self.store.close()
+
+
+def install(window: Any) -> ChatHistory:
+    """Put the history beside `window`'s chat and reopen the last conversation.
+
+    `window` is the main window: its chat, controller, settings panel, the splitter
+    around the chat, and its show_notice / show_error / status bar.
+    """
+    history = ChatHistory(
+        window.chat, window.controller, window.settings_panel.set_settings
+    )
+    splitter = window.chat_splitter
+    splitter.insertWidget(0, history.list)
+    splitter.setStretchFactor(0, 0)
+    splitter.setStretchFactor(1, 1)
+    total = max(sum(splitter.sizes()), 600)
+    splitter.setSizes([LIST_WIDTH, total - LIST_WIDTH])
+    history.notice.connect(window.show_notice)
+    history.error.connect(window.show_error)
+    history.status.connect(lambda text: window.statusBar().showMessage(text, 5000))
+    history.restore_last()
+    return history

@@ -43,7 +43,7 @@ from core.errors import NibbleError
 from core.paths import config_dir
 from core.settings import LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
-from gui import dialogs
+from gui import chat_history, dialogs
 from gui.chat_view import ChatView
 from gui.controller import CLOSE_DEADLINE_S, Controller
 from gui.estimate_view import EstimateView
@@ -84,10 +84,14 @@ class MainWindow(QMainWindow):
         self.monitor_view: MonitorView | None = None
         self.memory_gauge: MemoryGauge | None = None
         self.compare_view: CompareView | None = None
+        self.history: chat_history.ChatHistory | None = None  # after the first paint
         self._build()
         self._connect()
         self._restore()
         self.installEventFilter(self)
+        self.first_painted.connect(
+            self.install_history, Qt.ConnectionType.QueuedConnection
+        )
         if notice:
             QTimer.singleShot(0, self, lambda: self.show_notice(notice))
 
@@ -482,9 +486,17 @@ class MainWindow(QMainWindow):
             self.show_error(exc)
             return
         try:
-            self.controller.send(messages, raw, gen)
+            if self.history is not None:  # keeps the question and the answer
+                self.history.send(messages, raw, gen)
+            else:
+                self.controller.send(messages, raw, gen)
         except NibbleError as exc:
             self.show_error(exc, "Cannot answer")
+
+    def install_history(self) -> None:
+        """The conversation list beside the chat; the last conversation reopened."""
+        if self.history is None:
+            self.history = chat_history.install(self)
 
     def stop_generation(self) -> None:
         self.controller.stop_answer()
@@ -640,6 +652,8 @@ class MainWindow(QMainWindow):
         self._save_session()
         self._speed_timer.stop()
         self.controller.stop_all(CLOSE_DEADLINE_S)
+        if self.history is not None:
+            self.history.close()
         event.accept()
 
 
