@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
@@ -164,6 +165,8 @@ class ChatHistory(QObject):
     def open(self, conversation_id: int) -> None:
         """Show a stored conversation in the chat."""
         if self.busy:
+            self.list.mark_current(self.current.id if self.current else None)
+            self.status.emit("Wait for the answer to finish, or stop it.")
             return
         try:
             self.current = self.store.get(conversation_id)
@@ -199,7 +202,7 @@ class ChatHistory(QObject):
             self.decorate(widget, message)
 
     def reload(self) -> None:
-        if self.current is not None:
+        if self.current is not None and not self.closed:
             self.current = self.store.get(self.current.id)
             self.render()
             self.list.refresh()
@@ -554,6 +557,13 @@ class ChatHistory(QObject):
         target.write_text(text if text.endswith("\n") else text + "\n", "utf-8")
         return target
 
+    def export_current(self, kind: str) -> None:
+        """Ask where to save the open conversation ('md', 'json') or all ('all')."""
+        if kind != "all" and self.current is None:
+            self.status.emit("Open a conversation to export it.")
+            return
+        self._export_dialog(self.current.id if self.current else 0, kind)
+
     def _export_dialog(self, conversation_id: int, kind: str) -> None:
         if kind == "all":
             suggested = "nibble-conversations.json"
@@ -604,5 +614,17 @@ def install(window: Any) -> ChatHistory:
     history.notice.connect(window.show_notice)
     history.error.connect(window.show_error)
     history.status.connect(lambda text: window.statusBar().showMessage(text, 5000))
+    menu = window.menu("File")
+    # Above the separator that sets Quit apart.
+    anchor = next((a for a in reversed(menu.actions()) if a.isSeparator()), None)
+    menu.insertSeparator(anchor)
+    for title, kind in (
+        ("Export conversation as Markdown…", "md"),
+        ("Export conversation as JSON…", "json"),
+        ("Export all conversations…", "all"),
+    ):
+        action = QAction(title, menu)
+        action.triggered.connect(lambda _=False, k=kind: history.export_current(k))
+        menu.insertAction(anchor, action)
     history.restore_last()
     return history

@@ -132,3 +132,27 @@ def test_regenerate_with_int8_and_back_in_the_window(
     finally:
         window.close()
         wait_threads(5.0)
+
+
+def test_file_menu_exports_the_open_conversation(
+    qtbot, config_dir, history_file, tmp_path, monkeypatch
+) -> None:
+    from gui import chat_history
+
+    with ConversationStore(history_file) as store:
+        cid = store.create()
+        store.add_message(cid, "user", "Hello")
+        store.set_last_open(cid)
+    window = open_window(qtbot)
+    target = tmp_path / "out.md"
+    monkeypatch.setattr(chat_history, "export_path", lambda *a: str(target))
+    titles = [a.text() for a in window.menu("File").actions()]
+    assert titles.index("Export conversation as Markdown…") < titles.index("Quit")
+    action = next(
+        a
+        for a in window.menu("File").actions()
+        if a.text() == "Export conversation as Markdown…"
+    )
+    action.trigger()
+    assert target.read_text().startswith("# Hello\n")
+    window.close()
