@@ -52,6 +52,7 @@ from gui import workers
 logger = logging.getLogger(__name__)
 
 CLOSE_DEADLINE_S = 2.0
+GIL_MARGIN_S = 0.15
 
 # Kinds of job; at most one of each runs, except "resolve".
 IMPORT, CATALOG, RESOLVE, LOAD, ANSWER = (
@@ -105,8 +106,9 @@ class Controller(QObject):
         self.closing = False
         self.generation_queue = GenerationQueue()
         self.last_stats: Any = None
+        self._answer_chunks = 0
         self._jobs: list[tuple[str, workers.Worker]] = []
-        self._waiting: list[tuple[workers.Worker, bool]] = []
+        self._waiting: list[tuple[str, workers.Worker, bool]] = []
 
     # -- selection and settings --
 
@@ -159,20 +161,29 @@ class Controller(QObject):
         its first paint (and which loads, comparisons and exports start themselves).
         """
         self._jobs.append((kind, worker))
-        worker.finished.connect(lambda: self._ended(worker))
-        self._waiting.append((worker, needs_stack))
+        # Bound methods of this (UI-thread) object, never lambdas: a lambda would
+        # run on the worker's thread.
+        worker.finished.connect(self._on_job_finished)
+        self._waiting.append((kind, worker, needs_stack))
         QTimer.singleShot(0, self, self._launch_waiting)
         self.jobs_changed.emit()
         return worker
 
     def _launch_waiting(self) -> None:
-        still: list[tuple[workers.Worker, bool]] = []
-        for worker, needs_stack in self._waiting:
-            if needs_stack and not self.ready:
-                still.append((worker, needs_stack))
+        still: list[tuple[str, workers.Worker, bool]] = []
+        for kind, worker, needs_stack in self._waiting:
+            if (needs_stack and not self.ready) or self._must_wait(kind):
+                still.append((kind, worker, needs_stack))
             else:
                 workers.start(worker)
         self._waiting = still
+
+    def _must_wait(self, kind: str) -> bool:
+        # from_pretrained changes process-global state while it loads (the default
+        # dtype); an estimate's meta-device build must not see it half-way.
+        return kind == ESTIMATE and any(
+            k == LOAD and w.thread_ is not None for k, w in self._jobs
+        )
 
     def run(
         self,
@@ -185,19 +196,27 @@ class Controller(QObject):
         self.start(kind, worker, needs_stack)
         return worker
 
+    def _on_job_finished(self) -> None:
+        worker = self.sender()
+        if isinstance(worker, workers.Worker):
+            self._ended(worker)
+
     def _ended(self, worker: workers.Worker) -> None:
         self._jobs = [(k, w) for k, w in self._jobs if w is not worker]
+        if self._waiting and not self.closing:
+            self._launch_waiting()
         self.jobs_changed.emit()
 
     def stop_all(self, timeout_s: float = CLOSE_DEADLINE_S) -> bool:
         """Cancel every job and wait for all of them, `timeout_s` in total.
 
-        True when every thread ended in time; the loaded model is then dropped.
+        True when every thread ended in time; the loaded model is then let go.
         """
         self.closing = True
-        deadline = time.monotonic() + timeout_s
+        # A thread that ends at the deadline needs a moment to hand back the GIL.
+        deadline = time.monotonic() + max(0.0, timeout_s - GIL_MARGIN_S)
         waiting, self._waiting = self._waiting, []
-        for worker, _ in waiting:  # never started: end them here
+        for _kind, worker, _ in waiting:  # never started: end them here
             worker.cancel()
             worker.aborted.emit()
             worker.finished.emit()
@@ -212,10 +231,10 @@ class Controller(QObject):
                 logger.warning("%s did not stop in time", worker.objectName() or worker)
                 ok = False
         ok = self.generation_queue.close(max(0.0, deadline - time.monotonic())) and ok
-        if ok and self.loaded is not None:
-            from core import loader
-
-            loader.unload(self.loaded)
+        if ok:
+            # Drop the model without loader.unload's garbage collection (half a
+            # second with torch): the process is about to end.
+            self.generation_queue.set_model(None)
             self.loaded = None
         return ok
 
@@ -234,8 +253,15 @@ class Controller(QObject):
         if self.running(CATALOG) is not None:
             return
         worker = self.run(CATALOG, _scan_catalog, needs_stack=False)
-        worker.returned.connect(lambda result: self.catalog_scanned.emit(*result))
-        worker.errored.connect(lambda _exc: self.catalog_scanned.emit(None, []))
+        worker.returned.connect(self._on_catalog)
+        worker.errored.connect(self._on_catalog_failed)
+
+    def _on_catalog(self, result: tuple[Any, list[Any]]) -> None:
+        self.catalog_scanned.emit(*result)
+
+    def _on_catalog_failed(self, exc: Exception) -> None:
+        logger.warning("could not scan the model cache: %s", exc)
+        self.catalog_scanned.emit(None, [])
 
     def _on_libraries(self, device: str) -> None:
         self.ready = True
@@ -339,18 +365,11 @@ class Controller(QObject):
         request = GenerationRequest(messages, settings, raw=raw, source="chat")
         job = self.generation_queue.submit(request)
         worker = workers.JobWorker(job)
-        first = [True]
-
-        def on_chunk(chunk: str) -> None:
-            if first[0]:
-                first[0] = False
-                self.first_token.emit()
-            self.answer_chunk.emit(chunk)
-
-        worker.yielded.connect(on_chunk)
+        self._answer_chunks = 0
+        worker.yielded.connect(self._on_answer_chunk)
         worker.returned.connect(self._on_answer)
-        worker.errored.connect(lambda exc: self.answer_failed.emit(exc, worker.stats))
-        worker.aborted.connect(self.answer_aborted)
+        worker.errored.connect(self._on_answer_error)
+        worker.aborted.connect(self._on_answer_aborted)
         self.start(ANSWER, worker)
         self.answer_started.emit()
         return worker
@@ -360,9 +379,22 @@ class Controller(QObject):
         if isinstance(worker, workers.JobWorker):
             worker.stop()
 
+    def _on_answer_chunk(self, chunk: str) -> None:
+        self._answer_chunks += 1
+        if self._answer_chunks == 1:
+            self.first_token.emit()
+        self.answer_chunk.emit(chunk)
+
     def _on_answer(self, stats: Any) -> None:
         self.last_stats = stats
         self.answer_finished.emit(stats)
+
+    def _on_answer_error(self, exc: Exception) -> None:
+        worker = self.sender()
+        self.answer_failed.emit(exc, getattr(worker, "stats", None))
+
+    def _on_answer_aborted(self) -> None:
+        self.answer_aborted.emit()
 
     # -- estimates, comparisons, exports, sampling --
 
