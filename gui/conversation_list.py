@@ -95,6 +95,9 @@ class ConversationList(QWidget):
         layout.addLayout(top)
 
         self.list = QListWidget()
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setUniformItemSizes(True)
         self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._menu)
         self.list.itemActivated.connect(self._on_item)
@@ -151,15 +154,15 @@ class ConversationList(QWidget):
         if query:
             for hit in self.store.search(query):
                 title = hit.title or "New conversation"
-                text = title if hit.message_id is None else f"{title}\n  {hit.snippet}"
-                self._add_item(hit.conversation_id, text, hit.snippet)
+                text = title if hit.message_id is None else f"{title}: {hit.snippet}"
+                self._add_item(hit.conversation_id, text, f"{title}\n{hit.snippet}")
             self.empty_label.setText(f"Nothing found for “{query}”.")
         else:
             for info in self.store.list():
                 self._add_item(
                     info.id,
-                    f"{info.display_title}  ·  {when(info.updated)}",
                     info.display_title,
+                    f"{info.display_title}\nLast message: {when(info.updated)}",
                 )
             self.empty_label.setText("No conversations yet.")
         self.empty_label.setVisible(self.list.count() == 0)
