@@ -390,6 +390,7 @@ class ChatHistory(QObject):
         if message is None:
             return None
         dialog = VariantsDialog(message, self.chat)
+        dialog.chosen.connect(lambda position: self.show_variant(message_id, position))
         self.dialogs = [d for d in self.dialogs if d.isVisible()] + [dialog]
         dialog.show()
         return dialog

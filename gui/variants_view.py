@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMenu,
+    QPushButton,
     QScrollArea,
     QToolButton,
     QVBoxLayout,
@@ -135,12 +136,18 @@ def variant_numbers(variant: Variant) -> dict[str, str]:
 
 
 class VariantsDialog(QDialog):
-    """Every variant of one answer in columns, with the numbers of the model behind."""
+    """Every variant of one answer in columns, with the numbers of the model behind.
+
+    "Show in chat" under a column emits `chosen(position)`.
+    """
+
+    chosen = Signal(int)
 
     def __init__(self, message: Message, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Variants of this answer")
         self.columns: list[dict[str, QLabel]] = []
+        self.show_buttons: list[QPushButton] = []
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         for variant in message.variants:
@@ -182,5 +189,14 @@ class VariantsDialog(QDialog):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setWidget(body)
         column.addWidget(scroll, 1)
+        show = QPushButton("Shown in chat" if shown else "Show in chat")
+        show.setEnabled(not shown)
+        show.clicked.connect(lambda: self._choose(variant.position))
+        column.addWidget(show)
         self.columns.append(labels)
+        self.show_buttons.append(show)
         return frame
+
+    def _choose(self, position: int) -> None:
+        self.chosen.emit(position)
+        self.accept()

@@ -198,6 +198,9 @@ def test_regenerate_with_int8_keeps_two_variants_and_offers_the_way_back(
     assert columns[1]["speed"] == "11.0 tok/s"
     assert columns[1]["size"] == "209.8 MiB in memory"
     assert columns[0]["size"] == "158.3 MiB in memory"
+    assert not dialog.show_buttons[0].isEnabled()  # the one shown
+    dialog.show_buttons[1].click()
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].text == "It is Paris.")
 
 
 def test_a_failed_regenerate_load_puts_the_settings_back(qtbot, setup) -> None:
