@@ -15,9 +15,12 @@ from typing import Any
 from core.errors import NibbleError, SettingsError
 from core.settings import (
     EDITABLE_FIELDS,
+    GENERATION_FIELDS,
+    LOAD_FIELDS,
     PRESETS,
     GenerationSettings,
     LoadOptions,
+    OptionSpec,
     QuantSettings,
     preset,
 )
@@ -57,20 +60,49 @@ def add_quant_args(
         metavar="FIELD=VALUE",
         help=set_help or f"set a BitsAndBytesConfig field (repeatable): {fields}",
     )
-    group.add_argument("--device-map", default="auto", help="auto, cpu or cuda:N")
-    group.add_argument(
-        "--max-memory", default="", help="per device caps, e.g. 0=6GiB,cpu=20GiB"
-    )
-    group.add_argument(
-        "--dtype",
-        default=None,
-        help="dtype of unquantized parts: auto, float32, bfloat16, float16",
-    )
-    group.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the model's own Python code",
-    )
+    add_option_args(group, LOAD_FIELDS)
+
+
+def add_option_args(group: Any, specs: tuple[OptionSpec, ...]) -> None:
+    """One flag per LoadOptions / GenerationSettings field, from its metadata.
+
+    Flags default to None (a bool to False) so that "not given" can fall back to a
+    preset's value; `option_values` collects what was given.
+    """
+    types: dict[str, Any] = {"int": int, "float": float, "optional_int": int}
+    for spec in specs:
+        help_text = spec.description.rstrip(".")
+        if spec.kind == "bool":
+            group.add_argument(
+                spec.flag, dest=spec.name, action="store_true", help=help_text
+            )
+            continue
+        if spec.choices:
+            help_text += f" ({', '.join(spec.choices)}{', …' if spec.editable else ''})"
+        if spec.default not in (None, ""):
+            help_text += f"; default {spec.default}"
+        group.add_argument(
+            spec.flag,
+            dest=spec.name,
+            default=None,
+            type=types.get(spec.kind, str),
+            help=help_text,
+        )
+
+
+def option_values(
+    args: argparse.Namespace, specs: tuple[OptionSpec, ...]
+) -> dict[str, Any]:
+    """The fields of `specs` given on the command line (bools only when set)."""
+    values = {spec.name: getattr(args, spec.name, None) for spec in specs}
+    return {k: v for k, v in values.items() if v not in (None, False)}
+
+
+def load_options_from_args(
+    args: argparse.Namespace, dtype: str = "auto"
+) -> LoadOptions:
+    """LoadOptions from the loading flags; `dtype` when --dtype is not given."""
+    return LoadOptions(**{"dtype": dtype, **option_values(args, LOAD_FIELDS)})
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[QuantSettings, LoadOptions]:
@@ -88,41 +120,15 @@ def settings_from_args(args: argparse.Namespace) -> tuple[QuantSettings, LoadOpt
             )
         values[name.strip()] = value
     quant = quant.with_values(values)
-    options = LoadOptions(
-        device_map=args.device_map,
-        max_memory=args.max_memory,
-        dtype=args.dtype or dtype,
-        trust_remote_code=args.trust_remote_code,
-    )
-    return quant, options
+    return quant, load_options_from_args(args, dtype)
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("generation")
-    defaults = GenerationSettings()
-    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    group.add_argument("--temperature", type=float, default=defaults.temperature)
-    group.add_argument("--top-p", type=float, default=defaults.top_p)
-    group.add_argument("--top-k", type=int, default=defaults.top_k)
-    group.add_argument(
-        "--repetition-penalty", type=float, default=defaults.repetition_penalty
-    )
-    group.add_argument("--seed", type=int, default=None)
-    group.add_argument(
-        "--greedy", action="store_true", help="always pick the likeliest token"
-    )
+    add_option_args(parser.add_argument_group("generation"), GENERATION_FIELDS)
 
 
 def generation_from_args(args: argparse.Namespace) -> GenerationSettings:
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        greedy=args.greedy,
-    )
+    return GenerationSettings(**option_values(args, GENERATION_FIELDS))
 
 
 def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
@@ -324,12 +330,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 f"--set {item!r} has no '='", "write it as --set FIELD=VALUE"
             )
         common[name.strip()] = value
-    base = LoadOptions(
-        device_map=args.device_map,
-        max_memory=args.max_memory,
-        dtype=args.dtype or "auto",
-        trust_remote_code=args.trust_remote_code,
-    )
+    base = load_options_from_args(args)
     rows = args.quant if args.quant is not None else ",".join(compare.DEFAULT_ROWS)
     specs = compare.parse_rows(rows, base, common)
     eval_text = None

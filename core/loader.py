@@ -530,6 +530,28 @@ def _explain(exc: Exception, ref: ModelRef) -> NibbleError:
             "the model does not fit on the GPU and would be split onto the CPU",
             "turn on llm_int8_enable_fp32_cpu_offload, or free GPU memory",
         )
+    lowered = text.lower()
+    if "flashattention" in lowered or "flash attention" in lowered:
+        return LoadError(
+            f"{ref.name} cannot use flash_attention_2 here ({_first_line(exc)})",
+            "set Attention to auto or sdpa; flash_attention_2 needs an NVIDIA GPU "
+            "and the flash-attn package",
+        )
+    if "scaled_dot_product_attention" in text or "sdpa" in lowered:
+        return LoadError(
+            f"{ref.name} does not support sdpa attention",
+            "set Attention to auto or eager",
+        )
+    if (
+        "not compiled with cuda" in lowered
+        or "no cuda gpus" in lowered
+        or "invalid device ordinal" in lowered
+    ):
+        return LoadError(
+            f"the device map asks for a GPU this machine does not have "
+            f"({_first_line(exc)})",
+            "set Device map to auto or cpu",
+        )
     if "trust_remote_code" in text:
         return LoadError(
             f"{ref.name} needs its own code to load",
@@ -544,5 +566,8 @@ def _explain(exc: Exception, ref: ModelRef) -> NibbleError:
             "update transformers or pick a text-generation model",
         )
     return LoadError(
-        f"loading {ref.name} failed: {_first_line(exc)}", "see Details for more"
+        f"loading {ref.name} failed: {_first_line(exc)}",
+        "try the nf4 preset with Device map auto and Attention auto; if that fails "
+        "too, the model's files may not suit transformers (the traceback is under "
+        "Details)",
     )

@@ -181,6 +181,150 @@ FIELD_BY_NAME = {f.name: f for f in FIELDS}
 EDITABLE_FIELDS = tuple(f for f in FIELDS if not f.derived)
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """A LoadOptions or GenerationSettings field: what its widget, tooltip, CLI flag
+    and JSON key are made from."""
+
+    name: str
+    title: str
+    description: str
+    kind: Literal["bool", "int", "float", "choice", "text", "optional_int"]
+    default: Any
+    choices: tuple[str, ...] = ()
+    editable: bool = False  # a choice that also takes typed values (cuda:N)
+    low: float = 0.0
+    high: float = 0.0
+    step: float = 1.0
+    placeholder: str = ""
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: --device-map for device_map."""
+        return "--" + self.name.replace("_", "-")
+
+
+DEVICE_MAPS: tuple[str, ...] = ("auto", "cpu", "cuda:0")
+ATTENTION: tuple[str, ...] = ("auto", "eager", "sdpa", "flash_attention_2")
+
+LOAD_FIELDS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "device_map",
+        "Device map",
+        "auto puts the model on the GPU when there is one, else on the CPU; cpu or "
+        "cuda:N pins it to one device.",
+        "choice",
+        "auto",
+        DEVICE_MAPS,
+        editable=True,
+    ),
+    OptionSpec(
+        "max_memory",
+        "Max memory",
+        "A cap per device; layers that do not fit go to the next device. Empty means "
+        "no cap.",
+        "text",
+        "",
+        placeholder="e.g. 0=6GiB,cpu=20GiB",
+    ),
+    OptionSpec(
+        "dtype",
+        "dtype",
+        "The dtype of everything that is not quantized (embeddings, norms, the output "
+        "head). auto: float32 on the CPU, the model's own on a GPU.",
+        "choice",
+        "auto",
+        ("auto", *FLOAT_DTYPES),
+    ),
+    OptionSpec(
+        "attn_implementation",
+        "Attention",
+        "How attention is computed. auto lets transformers choose (sdpa where it "
+        "can); flash_attention_2 needs an NVIDIA GPU and the flash-attn package.",
+        "choice",
+        "auto",
+        ATTENTION,
+    ),
+    OptionSpec(
+        "trust_remote_code",
+        "Trust remote code",
+        "Run Python code shipped inside the model's folder or repository. Only for "
+        "models whose authors you trust.",
+        "bool",
+        False,
+    ),
+)
+LOAD_FIELD_BY_NAME = {f.name: f for f in LOAD_FIELDS}
+
+GENERATION_FIELDS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "max_new_tokens",
+        "Max tokens",
+        "The longest answer, in tokens.",
+        "int",
+        256,
+        low=1,
+        high=32768,
+    ),
+    OptionSpec(
+        "temperature",
+        "Temperature",
+        "Higher is more varied; 0 always picks the likeliest token.",
+        "float",
+        0.7,
+        low=0.0,
+        high=5.0,
+        step=0.05,
+    ),
+    OptionSpec(
+        "top_p",
+        "Top-p",
+        "Sample from the smallest set of tokens with this much probability.",
+        "float",
+        0.9,
+        low=0.01,
+        high=1.0,
+        step=0.05,
+    ),
+    OptionSpec(
+        "top_k",
+        "Top-k",
+        "Sample from the k likeliest tokens; 0 means all.",
+        "int",
+        50,
+        low=0,
+        high=1000,
+    ),
+    OptionSpec(
+        "repetition_penalty",
+        "Repetition",
+        "Penalty for repeating tokens; 1 is off.",
+        "float",
+        1.0,
+        low=0.5,
+        high=3.0,
+        step=0.05,
+    ),
+    OptionSpec(
+        "seed",
+        "Random seed",
+        "A number makes sampling repeatable: the same settings give the same answer "
+        "again. Empty picks a new one each time.",
+        "optional_int",
+        None,
+        placeholder="random",
+    ),
+    OptionSpec(
+        "greedy",
+        "Greedy",
+        "Always pick the likeliest token (ignores temperature, top-p and top-k).",
+        "bool",
+        False,
+    ),
+)
+GENERATION_FIELD_BY_NAME = {f.name: f for f in GENERATION_FIELDS}
+
+
 def canonical_dtype(value: Any, allowed: Iterable[str], what: str) -> str | None:
     """Return 'float16' for torch.float16, 'fp16', 'torch.float16'...; None stays None."""
     if value is None or value == "" or value == "default":
@@ -269,6 +413,17 @@ class QuantSettings:
         if self.quantize_lm_head:
             skip = [s for s in skip if s != "lm_head"]
         return skip
+
+    def effective(self) -> QuantSettings:
+        """A copy with every field that does not apply to the mode at its default."""
+        changes = {
+            spec.name: spec.default
+            for spec in EDITABLE_FIELDS
+            if not spec.applies_to(self.mode)
+        }
+        if not self.quantized:
+            changes["quantize_lm_head"] = False
+        return self.replace(**changes)
 
     def label(self) -> str:
         """A short name for tables: 'nf4-dq', 'int8', 'none'..."""
@@ -588,15 +743,10 @@ class LoadOptions:
             )
         if self.dtype != "auto":
             self.dtype = canonical_dtype(self.dtype, FLOAT_DTYPES, "dtype") or "auto"
-        if self.attn_implementation not in (
-            "auto",
-            "eager",
-            "sdpa",
-            "flash_attention_2",
-        ):
+        if self.attn_implementation not in ATTENTION:
             raise SettingsError(
                 f"attention implementation {self.attn_implementation!r} is not valid",
-                "use auto, eager, sdpa or flash_attention_2",
+                "use " + ", ".join(ATTENTION),
             )
         self.trust_remote_code = _as_bool("trust_remote_code", self.trust_remote_code)
         self.max_memory = parse_max_memory(self.max_memory)
@@ -613,12 +763,16 @@ class LoadOptions:
         return {int(k) if k.isdigit() else k: v for k, v in self.max_memory.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """A JSON-ready dict keyed by LOAD_FIELDS."""
+        return {f.name: _copy(getattr(self, f.name)) for f in LOAD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoadOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in LOAD_FIELD_BY_NAME})
+
+
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
 
 
 def parse_max_memory(value: Any) -> dict[str, str]:
@@ -750,12 +904,12 @@ class GenerationSettings:
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """A JSON-ready dict keyed by GENERATION_FIELDS."""
+        return {f.name: getattr(self, f.name) for f in GENERATION_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in GENERATION_FIELD_BY_NAME})
 
 
 # -- presets --
@@ -852,8 +1006,13 @@ def preset(name: str) -> Preset:
 
 
 def preset_name_for(quant: QuantSettings, dtype: str = "auto") -> str | None:
-    """The name of the preset equal to these settings, if any."""
+    """The name of the preset equal to these settings, if any.
+
+    Fields that do not apply to the mode (a 4-bit quant type in 8-bit mode) do not
+    count: they change nothing that loads.
+    """
+    mine = quant.effective()
     for p in PRESETS.values():
-        if p.quant == quant and p.dtype == dtype:
+        if p.quant.effective() == mine and p.dtype == dtype:
             return p.name
     return None

@@ -29,7 +29,9 @@ QGroupBox { font-weight: bold; margin-top: 6px; }
 QGroupBox QLabel, QGroupBox QCheckBox, QGroupBox QRadioButton { font-weight: normal; }
 QGroupBox QComboBox, QGroupBox QLineEdit, QGroupBox QListWidget { font-weight: normal; }
 QGroupBox QPlainTextEdit, QGroupBox QPushButton, QGroupBox QToolButton,
-QGroupBox QDoubleSpinBox { font-weight: normal; }
+QGroupBox QDoubleSpinBox, QGroupBox QSpinBox { font-weight: normal; }
+*[invalid="true"] { border: 1px solid #d9534f; border-radius: 3px; }
+QLabel[invalid="true"] { color: #d9534f; border: none; }
 """
 
 

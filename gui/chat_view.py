@@ -16,48 +16,75 @@ from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
-    QDoubleSpinBox,
     QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSizePolicy,
-    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from core.errors import NibbleError
-from core.settings import GenerationSettings
+from core.settings import GENERATION_FIELDS, GenerationSettings
+from gui import fields
 
 logger = logging.getLogger(__name__)
 
 FLUSH_MS = 40
 ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System"}
-_FENCE = re.compile(r"```[^\n`]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE = re.compile(r"```([^\n`]*)\n?(.*?)(?:```|\Z)", re.DOTALL)
 _INLINE = re.compile(r"`([^`\n]+)`")
+COPIED_MS = 1500
 
 
-def render_html(text: str) -> str:
-    """Chat text as rich text: fenced code blocks and `inline code` in monospace."""
+def code_blocks(text: str) -> list[str]:
+    """The fenced code blocks of a message, in order (what their Copy links copy)."""
+    return [m.group(2).rstrip("\n") for m in _FENCE.finditer(text)]
+
+
+def render_html(text: str, copied: int | None = None) -> str:
+    """Chat text as rich text: fenced code coloured by Pygments with a Copy link,
+    `inline code` in monospace. Block `copied` says "Copied" instead of "Copy"."""
     out: list[str] = []
     pos = 0
-    for match in _FENCE.finditer(text):
+    for index, match in enumerate(_FENCE.finditer(text)):
         out.append(_render_prose(text[pos : match.start()]))
-        code = html.escape(match.group(1).rstrip("\n"))
+        language = match.group(1).strip()
+        code = highlight_code(match.group(2).rstrip("\n"), language)
+        link = "Copied" if index == copied else f"<a href='copy:{index}'>Copy</a>"
         out.append(
-            f"<table width='100%' cellpadding='8' bgcolor='{_code_background()}'>"
-            f"<tr><td><pre style='font-family: monospace; margin: 0'>{code}</pre>"
-            "</td></tr></table>"
+            f"<table width='100%' cellpadding='6' bgcolor='{_code_background()}'>"
+            f"<tr><td><small>{html.escape(language)}</small></td>"
+            f"<td align='right'><small>{link}</small></td></tr>"
+            f"<tr><td colspan='2'><pre style='font-family: monospace; margin: 0'>"
+            f"{code}</pre></td></tr></table>"
         )
         pos = match.end()
     out.append(_render_prose(text[pos:]))
     return "".join(out)
+
+
+def highlight_code(code: str, language: str = "") -> str:
+    """HTML spans with inline colours for `code` (plain escaped text if unknown)."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_by_name
+    from pygments.util import ClassNotFound
+
+    try:
+        lexer = get_lexer_by_name(language or "text")
+    except ClassNotFound:
+        return html.escape(code)
+    dark = QGuiApplication.palette().color(QPalette.ColorRole.Base).lightness() < 128
+    formatter = HtmlFormatter(
+        nowrap=True, noclasses=True, style="monokai" if dark else "default"
+    )
+    return highlight(code, lexer, formatter).rstrip("\n")
 
 
 def _code_background() -> str:
@@ -104,7 +131,12 @@ class MessageWidget(QFrame):
         self.body = QLabel()
         self.body.setTextFormat(Qt.TextFormat.RichText)
         self.body.setWordWrap(True)
-        self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.body.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+            | Qt.TextInteractionFlag.LinksAccessibleByMouse
+        )
+        self.body.linkActivated.connect(self._on_link)
+        self._copied: int | None = None
         self.body.setSizePolicy(
             QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum
         )
@@ -124,7 +156,7 @@ class MessageWidget(QFrame):
         self._render()
 
     def _render(self) -> None:
-        self.body.setText(render_html(self._text) if self._text else "…")
+        self.body.setText(render_html(self._text, self._copied) if self._text else "…")
 
     def set_stats(self, text: str) -> None:
         self.stats_label.setText(text)
@@ -132,6 +164,25 @@ class MessageWidget(QFrame):
 
     def copy(self) -> None:
         QGuiApplication.clipboard().setText(self._text)
+        self.copy_button.setText("Copied")
+        QTimer.singleShot(COPIED_MS, self, lambda: self.copy_button.setText("Copy"))
+
+    def copy_code(self, index: int) -> str:
+        """Copy code block `index`; its link says "Copied" for a moment."""
+        code = code_blocks(self._text)[index]
+        QGuiApplication.clipboard().setText(code)
+        self._copied = index
+        self._render()
+        QTimer.singleShot(COPIED_MS, self, self._end_copied)
+        return code
+
+    def _end_copied(self) -> None:
+        self._copied = None
+        self._render()
+
+    def _on_link(self, link: str) -> None:
+        if link.startswith("copy:"):
+            self.copy_code(int(link.partition(":")[2]))
 
 
 class ChatView(QWidget):
@@ -149,6 +200,7 @@ class ChatView(QWidget):
         self._raw_choice = False
         self._ready_reason = "Load a model first."
         self._model_name = ""
+        self._cleared: list[tuple[str, str, str]] = []
         self._flush = QTimer(self)
         self._flush.setInterval(FLUSH_MS)
         self._flush.timeout.connect(self.flush)
@@ -179,7 +231,7 @@ class ChatView(QWidget):
         )
         top.addWidget(self.raw_check)
         self.clear_button = QPushButton("Clear")
-        self.clear_button.setToolTip("Remove every message")
+        self.clear_button.setToolTip("Remove every message (Undo brings them back)")
         self.clear_button.clicked.connect(self.clear)
         top.addWidget(self.clear_button)
         self.regenerate_button = QPushButton("Regenerate")
@@ -202,39 +254,60 @@ class ChatView(QWidget):
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty_label.setObjectName("hint")
         self.list_layout.addWidget(self.empty_label)
+        self.undo_bar = QWidget()
+        undo_row = QHBoxLayout(self.undo_bar)
+        undo_row.setContentsMargins(0, 0, 0, 0)
+        undo_row.addStretch(1)
+        undo_row.addWidget(QLabel("Conversation cleared."))
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Bring the cleared messages back")
+        self.undo_button.clicked.connect(self.undo_clear)
+        undo_row.addWidget(self.undo_button)
+        undo_row.addStretch(1)
+        self.undo_bar.hide()
+        self.list_layout.addWidget(self.undo_bar)
         self.list_layout.addStretch(1)
         self.scroll.setWidget(holder)
         layout.addWidget(self.scroll, 1)
 
-        # -- sampling --
-        grid = QGridLayout()
+        # -- sampling, generated from GENERATION_FIELDS (collapsible) --
+        self.sampling_toggle = QToolButton()
+        self.sampling_toggle.setCheckable(True)
+        self.sampling_toggle.setAutoRaise(True)
+        self.sampling_toggle.setToolButtonStyle(
+            Qt.ToolButtonStyle.ToolButtonTextBesideIcon
+        )
+        self.sampling_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.sampling_toggle.setToolTip("Show the sampling parameters")
+        self.sampling_toggle.toggled.connect(self._toggle_sampling)
+        self.sampling_box = QWidget()
+        grid = QGridLayout(self.sampling_box)
+        grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(8)
-        self.max_tokens = _spin(QSpinBox(), 1, 32768, 256)
-        self.temperature = _spin(QDoubleSpinBox(), 0.0, 5.0, 0.7, 0.05)
-        self.top_p = _spin(QDoubleSpinBox(), 0.01, 1.0, 0.9, 0.05)
-        self.top_k = _spin(QSpinBox(), 0, 1000, 50)
-        self.repetition = _spin(QDoubleSpinBox(), 0.5, 3.0, 1.0, 0.05)
-        self.seed = QLineEdit()
-        self.seed.setPlaceholderText("random")
-        self.seed.setMaximumWidth(80)
-        self.greedy = QCheckBox("Greedy")
-        self.greedy.setToolTip("Always pick the most likely token (ignores sampling)")
-        fields: list[tuple[str, QWidget, str]] = [
-            ("Max tokens", self.max_tokens, "The longest answer, in tokens"),
-            ("Temperature", self.temperature, "Higher is more varied; 0 is greedy"),
-            ("Top-p", self.top_p, "Sample from the smallest set with this mass"),
-            ("Top-k", self.top_k, "Sample from the k most likely tokens; 0 = all"),
-            ("Repetition", self.repetition, "Penalty for repeating tokens; 1 = off"),
-            ("Seed", self.seed, "Fix it to get the same answer again"),
-        ]
-        for i, (title, widget, tip) in enumerate(fields):
-            label = QLabel(title)
-            label.setToolTip(tip)
-            widget.setToolTip(tip)
-            grid.addWidget(label, 0, i)
-            grid.addWidget(widget, 1, i)
-        grid.addWidget(self.greedy, 1, len(fields))
-        layout.addLayout(grid)
+        self.sampling_fields: dict[str, QWidget] = {}
+        for i, spec in enumerate(GENERATION_FIELDS):
+            editor = fields.make_editor(spec)
+            self.sampling_fields[spec.name] = editor
+            fields.changed_signal(editor).connect(self._update_sampling_summary)
+            row, column = i // 2, (i % 2) * 2
+            if spec.kind == "bool":
+                grid.addWidget(editor, row, column + 1)
+            else:
+                editor.setMinimumWidth(80)
+                grid.addWidget(fields.make_label(spec, editor), row, column)
+                grid.addWidget(editor, row, column + 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        self.sampling_box.hide()
+        self.max_tokens = self.sampling_fields["max_new_tokens"]
+        self.temperature = self.sampling_fields["temperature"]
+        self.top_p = self.sampling_fields["top_p"]
+        self.top_k = self.sampling_fields["top_k"]
+        self.repetition = self.sampling_fields["repetition_penalty"]
+        self.seed = self.sampling_fields["seed"]
+        self.greedy = self.sampling_fields["greedy"]
+        layout.addWidget(self.sampling_toggle)
+        layout.addWidget(self.sampling_box)
 
         # -- input --
         self.paused_label = QLabel()
@@ -242,32 +315,40 @@ class ChatView(QWidget):
         self.paused_label.setWordWrap(True)
         self.paused_label.hide()
         layout.addWidget(self.paused_label)
-        row = QHBoxLayout()
+        row_layout = QHBoxLayout()
         self.input = QPlainTextEdit()
-        self.input.setPlaceholderText("Message  (Ctrl+Enter to send, Esc to stop)")
+        self.input.setPlaceholderText("Message")
         self.input.setMaximumHeight(80)
-        row.addWidget(self.input, 1)
+        row_layout.addWidget(self.input, 1)
         self.send_button = QPushButton("Send")
         self.send_button.setDefault(True)
         self.send_button.setMinimumWidth(80)
         self.send_button.clicked.connect(self._on_send_clicked)
-        row.addWidget(self.send_button)
-        layout.addLayout(row)
+        row_layout.addWidget(self.send_button)
+        layout.addLayout(row_layout)
+        self.keys_hint = QLabel(
+            "Enter sends · Shift+Enter adds a line · Esc stops the answer"
+        )
+        self.keys_hint.setObjectName("hint")
+        layout.addWidget(self.keys_hint)
         self.input.installEventFilter(self)
         self.esc = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
         self.esc.setContext(Qt.ShortcutContext.WindowShortcut)
         self.esc.activated.connect(self.stop)
+        self._update_sampling_summary()
         self._update_buttons()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Ctrl+Enter in the input box sends."""
+        """Enter (or Ctrl+Enter) sends; Shift+Enter adds a line."""
         if (
             watched is self.input
             and event.type() == QEvent.Type.KeyPress
             and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
-            and event.modifiers() & Qt.KeyboardModifier.ControlModifier
         ):
-            self.send()
+            if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+                self.input.insertPlainText("\n")
+            else:
+                self.send()
             return True
         return super().eventFilter(watched, event)
 
@@ -325,7 +406,7 @@ class ChatView(QWidget):
         else:
             self.send_button.setText("Send")
             self.send_button.setEnabled(not self._ready_reason)
-            self.send_button.setToolTip(self._ready_reason or "Send (Ctrl+Enter)")
+            self.send_button.setToolTip(self._ready_reason or "Send (Enter)")
         has_user = any(m.role == "user" for m in self.messages_widgets)
         self.regenerate_button.setEnabled(
             not self._busy and has_user and not self._ready_reason
@@ -333,31 +414,41 @@ class ChatView(QWidget):
         self.clear_button.setEnabled(not self._busy and bool(self.messages_widgets))
 
     def generation_settings(self) -> GenerationSettings:
-        """The sampling fields; raises SettingsError when the seed is not a number."""
-        seed = self.seed.text().strip()
+        """The sampling fields; raises SettingsError when one is invalid."""
         return GenerationSettings(
-            max_new_tokens=self.max_tokens.value(),
-            temperature=self.temperature.value(),
-            top_p=self.top_p.value(),
-            top_k=self.top_k.value(),
-            repetition_penalty=self.repetition.value(),
-            seed=seed or None,
-            greedy=self.greedy.isChecked(),
+            **{n: fields.value(e) for n, e in self.sampling_fields.items()}
         )
 
     def set_generation_settings(self, gen: GenerationSettings) -> None:
-        self.max_tokens.setValue(gen.max_new_tokens)
-        self.temperature.setValue(gen.temperature)
-        self.top_p.setValue(gen.top_p)
-        self.top_k.setValue(gen.top_k)
-        self.repetition.setValue(gen.repetition_penalty)
-        self.seed.setText("" if gen.seed is None else str(gen.seed))
-        self.greedy.setChecked(gen.greedy)
+        for name, editor in self.sampling_fields.items():
+            fields.set_value(editor, getattr(gen, name))
+
+    def _update_sampling_summary(self, *_args: Any) -> None:
+        try:
+            gen = self.generation_settings()
+        except NibbleError as exc:
+            text = f"Sampling: {exc.message}"
+        else:
+            how = (
+                "greedy"
+                if not gen.do_sample
+                else f"temperature {gen.temperature:g} · top-p {gen.top_p:g}"
+                f" · top-k {gen.top_k}"
+            )
+            text = f"Sampling: {gen.max_new_tokens} tokens · {how}"
+        self.sampling_toggle.setText(text)
+
+    def _toggle_sampling(self, on: bool) -> None:
+        self.sampling_box.setVisible(on)
+        self.sampling_toggle.setArrowType(
+            Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow
+        )
 
     # -- messages --
     def add_message(self, role: str, text: str = "") -> MessageWidget:
         widget = MessageWidget(role, text)
         self.empty_label.hide()
+        self.undo_bar.hide()
         self.list_layout.insertWidget(self.list_layout.count() - 1, widget)
         self.messages_widgets.append(widget)
         self._update_buttons()
@@ -376,15 +467,27 @@ class ChatView(QWidget):
         return out
 
     def clear(self) -> None:
+        """Remove every message; Undo (under the empty chat) brings them back."""
+        self._cleared = [
+            (w.role, w.text, w.stats_label.text()) for w in self.messages_widgets
+        ]
         for widget in self.messages_widgets:
             widget.setParent(None)
             widget.deleteLater()
         self.messages_widgets.clear()
         self.empty_label.show()
+        self.undo_bar.setVisible(bool(self._cleared))
         self._update_buttons()
 
+    def undo_clear(self) -> None:
+        """Bring back the messages the last Clear removed."""
+        cleared, self._cleared = self._cleared, []
+        self.undo_bar.hide()
+        for role, text, stats in cleared:
+            self.add_message(role, text).set_stats(stats)
+
     def send(self) -> None:
-        """Send what is in the input box (Ctrl+Enter)."""
+        """Send what is in the input box (Enter)."""
         if self._busy or self._ready_reason:
             return
         text = self.input.toPlainText().strip()
@@ -478,13 +581,3 @@ class ChatView(QWidget):
         self.system_toggle.setArrowType(
             Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow
         )
-
-
-def _spin(widget: Any, low: float, high: float, value: float, step: float = 1) -> Any:
-    widget.setRange(low, high)
-    if isinstance(widget, QDoubleSpinBox):
-        widget.setDecimals(2)
-    widget.setSingleStep(step)
-    widget.setValue(value)
-    widget.setMinimumWidth(70)
-    return widget

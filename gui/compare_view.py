@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -39,7 +42,7 @@ from core.catalog import ModelRef
 from core.errors import NibbleError
 from core.settings import PRESETS
 from core.units import format_bytes, format_seconds
-from gui import workers
+from gui import dialogs, workers
 
 if TYPE_CHECKING:
     from gui.controller import Controller
@@ -76,6 +79,9 @@ COLUMN_TIPS = {
     "Top-1 agreement": "How often this row's likeliest next token is the baseline's.",
 }
 FRONT_BRUSH = pg.mkBrush("#d9534f")
+ROW_STEPS = 1000  # progress-bar steps per row
+CHART_MIN_WIDTH = 300
+_STEP = re.compile(r"(\d+)/(\d+)")
 OTHER_BRUSH = pg.mkBrush("#5b8ff9")
 
 
@@ -93,6 +99,8 @@ class CompareView(QWidget):
         self.result: compare.CompareResult | None = None
         self.rows: list[compare.RowResult] = []
         self.worker: workers.CompareWorker | None = None
+        self._rows_total = 0
+        self._started_at = 0.0
         self.last_error: NibbleError | None = None
         self._build()
         self.set_model(ref)
@@ -135,6 +143,7 @@ class CompareView(QWidget):
         self.eval_tokens.setRange(0, 100_000)
         self.eval_tokens.setSingleStep(256)
         self.eval_tokens.setSpecialValueText("the whole text")
+        self.eval_tokens.setSuffix(" tokens")
         self.eval_tokens.setToolTip(compare.EVAL_SOURCE)
         self.prompt = QLineEdit(compare.DEFAULT_PROMPT)
         form = QFormLayout()
@@ -171,11 +180,14 @@ class CompareView(QWidget):
         self.answers = _table(("Row", "Answer", "Baseline's answer"))
         self.charts = QWidget()
         grid = QGridLayout(self.charts)
-        self.memory_plot = _plot("Memory (MiB): true size, peak during load")
-        self.speed_plot = _plot("Decode speed (tokens/s)")
-        self.ppl_plot = _plot("Perplexity (lower is better)")
-        self.scatter_plot = _plot("Memory vs perplexity (red: Pareto front)")
-        self.scatter_plot.setLabel("bottom", "true size (MiB)")
+        self.memory_plot = _plot("Memory (MiB)")
+        self.memory_plot.setToolTip("Actual size in memory and the peak during load")
+        self.speed_plot = _plot("Decode (tokens/s)")
+        self.ppl_plot = _plot("Perplexity")
+        self.ppl_plot.setToolTip("On the bundled text; lower is better")
+        self.scatter_plot = _plot("Memory vs perplexity")
+        self.scatter_plot.setToolTip("Red points: the Pareto front")
+        self.scatter_plot.setLabel("bottom", "actual size (MiB)")
         self.scatter_plot.setLabel("left", "perplexity")
         for i, plot in enumerate(
             (self.memory_plot, self.speed_plot, self.ppl_plot, self.scatter_plot)
@@ -183,7 +195,10 @@ class CompareView(QWidget):
             grid.addWidget(plot, i // 2, i % 2)
         self.results = QTabWidget()
         self.results.addTab(self.table, "Table")
-        self.results.addTab(self.charts, "Charts")
+        charts_scroll = QScrollArea()
+        charts_scroll.setWidgetResizable(True)
+        charts_scroll.setWidget(self.charts)
+        self.results.addTab(charts_scroll, "Charts")
         seed_page = QWidget()
         seed_layout = QVBoxLayout(seed_page)
         seed_layout.setContentsMargins(0, 0, 0, 0)
@@ -278,9 +293,11 @@ class CompareView(QWidget):
         self.result = None
         self.rows = []
         self._clear()
-        self.progress.setRange(0, len(specs))
+        self._rows_total = len(specs)
+        self._started_at = time.monotonic()
+        self.progress.setRange(0, len(specs) * ROW_STEPS)
         self.progress.setValue(0)
-        self.progress.setFormat(f"%v of {len(specs)} rows")
+        self.progress.setFormat(f"0 of {len(specs)} rows")
         self.status.setText(f"Starting {len(specs)} rows on {self.ref.name}…")
         worker = self.controller.compare(self.ref, specs, config)
         worker.progressed.connect(self._on_progress)
@@ -306,12 +323,22 @@ class CompareView(QWidget):
             self.cancel_button.setEnabled(False)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.progress.setValue(done)
+        """Move within the row: loading, answering, then the perplexity windows."""
+        fraction = row_fraction(message)
+        value = round((done + (fraction if done < total else 0.0)) * ROW_STEPS)
+        self.progress.setValue(min(value, self.progress.maximum()))
+        overall = value / max(self.progress.maximum(), 1)
+        text = f"Row {min(done + 1, total)} of {total}"
+        elapsed = time.monotonic() - self._started_at
+        if 0.02 < overall < 1.0 and elapsed > 2.0:
+            left = elapsed / overall * (1.0 - overall)
+            text += f" · about {format_seconds(left)} left"
+        self.progress.setFormat(text)
         self.status.setText(message)
 
     def _on_row(self, row: compare.RowResult) -> None:
         self.rows.append(row)
-        self.progress.setValue(len(self.rows))
+        self.progress.setValue(len(self.rows) * ROW_STEPS)
         self._fill_table(self.rows)
 
     def _on_returned(self, result: compare.CompareResult) -> None:
@@ -343,7 +370,7 @@ class CompareView(QWidget):
     def _on_aborted(self) -> None:
         done = len(self.rows)
         self.status.setText(
-            f"Cancelled after {done} of {self.progress.maximum()} rows; "
+            f"Cancelled after {done} of {self._rows_total} rows; "
             "export needs a complete run."
         )
         if self.rows:
@@ -429,7 +456,7 @@ class CompareView(QWidget):
             names,
             [true, peak],
             ["#5b8ff9", "#f6bd16"],
-            ["true size", "peak during load"],
+            ["actual size", "peak during load"],
         )
         _bars(self.speed_plot, names, [[r.tokens_per_s or 0 for r in done]], None)
         ppl = [r.perplexity for r in done]
@@ -468,6 +495,12 @@ class CompareView(QWidget):
             label = pg.TextItem(name, anchor=(0, 1), color="#444")
             label.setPos(x, y)
             self.scatter_plot.addItem(label)
+        # Every point and its label inside the view, with room on each side.
+        xs, ys = [p[1] for p in points], [p[2] for p in points]
+        x_pad = max((max(xs) - min(xs)) * 0.15, max(xs) * 0.05, 1.0)
+        y_pad = max((max(ys) - min(ys)) * 0.15, max(ys) * 0.05, 0.1)
+        self.scatter_plot.setXRange(min(xs) - x_pad, max(xs) + x_pad * 2, padding=0)
+        self.scatter_plot.setYRange(min(ys) - y_pad, max(ys) + y_pad * 2, padding=0)
 
     # -- exports --
     def copy_seed_markdown(self) -> str:
@@ -476,6 +509,7 @@ class CompareView(QWidget):
             return ""
         text = compare.seed_markdown(self.result)
         QGuiApplication.clipboard().setText(text)
+        dialogs.say_copied(self.copy_seed_button)
         self.status.setText("Copied the table as Markdown.")
         return text
 
@@ -487,10 +521,14 @@ class CompareView(QWidget):
         }
         stem = (self.result.model if self.result else "compare").replace("/", "_")
         path, _ = QFileDialog.getSaveFileName(
-            self, "Export", f"{stem}-compare.{kind}", filters[kind]
+            self,
+            "Export",
+            str(dialogs.last_folder() / f"{stem}-compare.{kind}"),
+            filters[kind],
         )
         if not path:
             return
+        dialogs.remember_folder(Path(path).parent)
         try:
             self.export(kind, path)
         except NibbleError as exc:
@@ -552,8 +590,23 @@ def _plot(title: str) -> pg.PlotWidget:
     plot.setBackground("w")
     plot.showGrid(y=True, alpha=0.3)
     plot.setMouseEnabled(x=False, y=False)
-    plot.setMinimumHeight(180)
+    plot.setMinimumSize(CHART_MIN_WIDTH, 200)
     return plot
+
+
+def row_fraction(message: str) -> float:
+    """How far one row is (0 to 1) from its progress message: loading the weights
+    is the first 40 %, the timed answer 40-55 %, the perplexity windows the rest."""
+    match = _STEP.search(message)
+    done, total = (int(match[1]), int(match[2])) if match else (0, 0)
+    part = done / total if total else 0.0
+    if "Perplexity window" in message:
+        return 0.55 + 0.45 * part
+    if "Answering" in message:
+        return 0.40
+    if "Loading" in message or "weights" in message.lower():
+        return 0.40 * part
+    return 0.0
 
 
 def _bars(
@@ -565,7 +618,8 @@ def _bars(
 ) -> None:
     plot.clear()
     if labels and plot.plotItem.legend is None:
-        plot.addLegend(offset=(60, 10))
+        # Top right, over the headroom left above the bars.
+        plot.addLegend(offset=(-10, 5), labelTextSize="8pt")
     colors = colors or ["#5b8ff9"]
     width = 0.8 / len(series)
     for k, values in enumerate(series):
@@ -581,3 +635,5 @@ def _bars(
         )
     plot.getAxis("bottom").setTicks([list(enumerate(names))])
     plot.setXRange(-0.6, max(len(names) - 0.4, 0.6), padding=0)
+    top = max((v for values in series for v in values), default=0.0)
+    plot.setYRange(0, (top or 1.0) * (1.45 if labels else 1.1), padding=0)

@@ -17,6 +17,7 @@ Signals, all emitted on the UI thread:
 - ``settings_changed(object)``: valid ``(QuantSettings, LoadOptions)``.
 - ``libraries_ready(str)`` / ``libraries_failed(object)``: the stack import ended.
 - ``catalog_scanned(object, object)``: the default ModelRef and the HF cache refs.
+- ``modules_found(object)``: the selected model's module names (for the checks).
 - ``resolve_started(str)``, ``resolve_failed(object)``: checking a folder or hub id.
 - ``load_started(object, object)``: a load of (ModelRef, QuantSettings) began;
   ``load_progressed(int, int, str)`` follows its steps.
@@ -46,6 +47,7 @@ from core import session as session_mod
 from core.catalog import ModelRef
 from core.errors import CancelledError, NibbleError
 from core.generation import GenerationQueue, GenerationRequest
+from core.preflight import Machine
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from gui import workers
 
@@ -63,6 +65,7 @@ IMPORT, CATALOG, RESOLVE, LOAD, ANSWER = (
     "answer",
 )
 ESTIMATE, COMPARE, EXPORT, SAMPLER = "estimate", "compare", "export", "sampler"
+MODULES = "modules"
 
 
 class Controller(QObject):
@@ -73,6 +76,7 @@ class Controller(QObject):
     libraries_ready = Signal(str)
     libraries_failed = Signal(object)
     catalog_scanned = Signal(object, object)
+    modules_found = Signal(object)
     resolve_started = Signal(str)
     resolve_failed = Signal(object)
     load_started = Signal(object, object)
@@ -102,6 +106,8 @@ class Controller(QObject):
         self.options: LoadOptions = self.session.options
         self.loaded: Any = None
         self.device = ""
+        self.machine: Machine | None = None
+        self.module_names: list[str] = []
         self.ready = False
         self.closing = False
         self.generation_queue = GenerationQueue()
@@ -122,7 +128,22 @@ class Controller(QObject):
         if ref == self.selected_ref:
             return
         self.selected_ref = ref
+        self.module_names = []
         self.model_selected.emit(ref)
+        self.find_modules()
+
+    def find_modules(self) -> None:
+        """Read the selected model's module names (meta-device build) on a worker."""
+        ref = self.selected_ref
+        worker = self.run(MODULES, lambda _p, _c: (ref, _module_names(ref)))
+        worker.returned.connect(self._on_modules)
+
+    def _on_modules(self, result: tuple[ModelRef, list[str]]) -> None:
+        ref, names = result
+        if ref != self.selected_ref:  # the user picked another model meanwhile
+            return
+        self.module_names = names
+        self.modules_found.emit(names)
 
     def set_settings(self, quant: QuantSettings, options: LoadOptions) -> None:
         self.quant, self.options = quant, options
@@ -181,7 +202,7 @@ class Controller(QObject):
     def _must_wait(self, kind: str) -> bool:
         # from_pretrained changes process-global state while it loads (the default
         # dtype); an estimate's meta-device build must not see it half-way.
-        return kind == ESTIMATE and any(
+        return kind in (ESTIMATE, MODULES) and any(
             k == LOAD and w.thread_ is not None for k, w in self._jobs
         )
 
@@ -263,11 +284,12 @@ class Controller(QObject):
         logger.warning("could not scan the model cache: %s", exc)
         self.catalog_scanned.emit(None, [])
 
-    def _on_libraries(self, device: str) -> None:
+    def _on_libraries(self, machine: Machine) -> None:
         self.ready = True
-        self.device = device
+        self.machine = machine
+        self.device = machine.description
         self._launch_waiting()
-        self.libraries_ready.emit(device)
+        self.libraries_ready.emit(machine.description)
 
     # -- models --
 
@@ -458,16 +480,18 @@ class Controller(QObject):
 # -- what the jobs run, on their threads --
 
 
-def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> str:
-    """Import the stack once (core.stack); a short description of the devices."""
-    from core import stack
+def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Machine:
+    """Import the stack once (core.stack); what this machine can run."""
+    from core import preflight, stack
 
     stack.import_stack()
-    import torch
+    return preflight.probe_machine()
 
-    if torch.cuda.is_available():
-        return f"CUDA: {torch.cuda.get_device_name(0)}"
-    return "CPU"
+
+def _module_names(ref: ModelRef) -> list[str]:
+    from core import preflight
+
+    return preflight.module_names(ref)
 
 
 def _scan_catalog(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import traceback
 from pathlib import Path
+from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from core.errors import NibbleError
@@ -97,3 +98,34 @@ def about_box(parent: QWidget) -> QMessageBox:
     box.setInformativeText(f"<table>{libraries}</table><p>{links}</p>")
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     return box
+
+
+def _settings() -> QSettings:
+    from core.paths import config_dir
+
+    return QSettings(str(config_dir() / "window.ini"), QSettings.Format.IniFormat)
+
+
+def last_folder() -> Path:
+    """Where file dialogs open: the last folder used, else the home folder."""
+    saved = _settings().value("last_folder")
+    folder = Path(str(saved)) if saved else Path.home()
+    return folder if folder.is_dir() else Path.home()
+
+
+def remember_folder(folder: str | Path) -> None:
+    """Make `folder` the one the next file dialog opens in."""
+    settings = _settings()
+    settings.setValue("last_folder", str(folder))
+    settings.sync()
+
+
+def say_copied(button: Any, ms: int = 1500) -> None:
+    """A Copy button says "Copied" for a moment."""
+    from PySide6.QtCore import QTimer
+
+    text = button.text()
+    if text == "Copied":
+        return
+    button.setText("Copied")
+    QTimer.singleShot(ms, button, lambda: button.setText(text))

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import NibbleError
-from core.settings import LoadOptions, QuantSettings, preset_name_for
+from core.settings import PRESETS, LoadOptions, QuantSettings, preset_name_for
 from core.units import format_bytes
 from gui import workers
 
@@ -37,15 +37,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Verdict and Total first after the name, so a narrow column still shows them.
 COLUMNS = (
     "Preset",
+    "Verdict",
+    "Total",
     "Weights",
     "Quant state",
     "KV cache",
     "Overhead",
-    "Total",
-    "Verdict",
 )
+VERDICT = COLUMNS.index("Verdict")
 VERDICT_COLORS = {
     "fits": "#2e7d32",
     "fits with CPU offload": "#b26a00",
@@ -109,6 +111,7 @@ class EstimateView(QWidget):
             QHeaderView.ResizeMode.ResizeToContents
         )
         self.grid.horizontalHeader().setStretchLastSection(True)
+        self.grid.setMinimumHeight(120)
         self.status = QLabel("Pick a model to see what it needs.")
         self.status.setWordWrap(True)
         self.recommended = QLabel()
@@ -237,21 +240,29 @@ class EstimateView(QWidget):
         highlight = QColor(self.palette().highlight().color())
         highlight.setAlpha(60)
         for i, row in enumerate(table.rows):
-            name = f"Current ({row.label})" if row.preset == "current" else row.preset
+            if row.preset == "current":
+                name = (
+                    f"Current ({PRESETS[matching].title} preset)"
+                    if matching
+                    else f"Current (custom {row.label})"
+                )
+            else:
+                name = row.preset
             if row.preset == table.recommended:
                 name += " ★"
-            sizes = (
-                row.weights_bytes,
-                row.quant_state_bytes,
-                row.kv_cache_bytes,
-                row.overhead_bytes,
-                row.total_bytes,
-            )
-            cells = [name, *(format_bytes(n) for n in sizes), row.verdict]
+            by_column = {
+                "Preset": name,
+                "Verdict": row.verdict,
+                "Total": format_bytes(row.total_bytes),
+                "Weights": format_bytes(row.weights_bytes),
+                "Quant state": format_bytes(row.quant_state_bytes),
+                "KV cache": format_bytes(row.kv_cache_bytes),
+                "Overhead": format_bytes(row.overhead_bytes),
+            }
             current = row.preset in ("current", matching)
-            for column, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if 0 < column < len(cells) - 1:
+            for column, title in enumerate(COLUMNS):
+                item = QTableWidgetItem(by_column[title])
+                if column > VERDICT:
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
@@ -260,7 +271,7 @@ class EstimateView(QWidget):
                     item.setFont(bold)
                     item.setBackground(QBrush(highlight))
                 self.grid.setItem(i, column, item)
-            verdict = self.grid.item(i, len(cells) - 1)
+            verdict = self.grid.item(i, VERDICT)
             verdict.setForeground(QBrush(QColor(VERDICT_COLORS[row.verdict])))
 
     # -- after a load --
@@ -291,7 +302,7 @@ class EstimateView(QWidget):
         )
         real = estimate.actual(loaded, row if same else None)
         head = f"<b>Estimated vs actual</b> ({loaded.quant.label()}): "
-        parts = [head + f"true {format_bytes(real.true_bytes)}"]
+        parts = [head + f"actual {format_bytes(real.true_bytes)}"]
         if real.estimated_bytes is not None:
             diff = real.difference or 0
             verdict = "exact" if diff == 0 else f"off by {diff:+,} B"

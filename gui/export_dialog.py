@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from core import report
 from core.errors import NibbleError
 from core.settings import LoadOptions, QuantSettings
-from gui import workers
+from gui import dialogs, workers
 
 if TYPE_CHECKING:
     from gui.controller import Controller
@@ -72,7 +72,7 @@ class ExportDialog(QDialog):
         self.worker: workers.FunctionWorker | None = None
         self.result: Any = None
         self.error: NibbleError | Exception | None = None
-        start = start_dir or Path.home()
+        start = start_dir or dialogs.last_folder()
 
         form = QFormLayout()
         form.addRow("Model:", QLabel(getattr(ref, "display", str(ref))))
@@ -135,6 +135,7 @@ class ExportDialog(QDialog):
             self, "Save into folder", str(current.parent)
         )
         if parent:
+            dialogs.remember_folder(parent)
             self.folder.setText(str(Path(parent) / current.name))
 
     def start(self) -> None:
@@ -248,6 +249,7 @@ class ReportDialog(QDialog):
         close = buttons.addButton(QDialogButtonBox.StandardButton.Close)
         copy_python.clicked.connect(self.copy_python)
         copy_md.clicked.connect(self.copy_markdown)
+        self.copy_python_button, self.copy_md_button = copy_python, copy_md
         save.clicked.connect(self._save)
         close.clicked.connect(self.close)
         self.saved: tuple[Path, Path] | None = None
@@ -258,18 +260,21 @@ class ReportDialog(QDialog):
 
     def copy_python(self) -> None:
         QGuiApplication.clipboard().setText(self.data["python"])
+        dialogs.say_copied(self.copy_python_button)
 
     def copy_markdown(self) -> None:
         QGuiApplication.clipboard().setText(self.markdown)
+        dialogs.say_copied(self.copy_md_button)
 
     def _save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
             self,
             "Save report (Markdown and JSON)",
-            str(Path.home() / "nibble-report.md"),
+            str(dialogs.last_folder() / "nibble-report.md"),
             "Markdown (*.md)",
         )
         if path:
+            dialogs.remember_folder(Path(path).parent)
             self.save_to(Path(path))
 
     def save_to(self, path: Path) -> tuple[Path, Path]:

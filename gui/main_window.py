@@ -251,6 +251,7 @@ class MainWindow(QMainWindow):
         )
         c.resolve_failed.connect(self._on_resolve_failed)
         c.model_selected.connect(self._on_selected)
+        c.modules_found.connect(self.settings_panel.set_module_names)
         c.settings_changed.connect(lambda _s: self._update_actions())
         c.load_started.connect(self._on_load_started)
         c.load_progressed.connect(self.load_bar.report)
@@ -346,7 +347,8 @@ class MainWindow(QMainWindow):
 
     def _on_libraries(self, device: str) -> None:
         self.device_status.setText(device)
-        self.settings_panel.set_machine(device)
+        if self.controller.machine is not None:
+            self.settings_panel.set_machine(self.controller.machine)
         self._update_actions()
         if self._auto_load and self.controller.loaded is None:
             self.request_load()
@@ -377,6 +379,7 @@ class MainWindow(QMainWindow):
 
     def _on_selected(self, ref: ModelRef) -> None:
         self.settings_panel.set_model_name(_snippet_name(ref))
+        self.settings_panel.set_module_names([])
         self._update_actions()
 
     def _on_picked(self, ref: ModelRef) -> None:

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 
 from core.catalog import ModelRef
 from core.units import format_bytes
+from gui import dialogs
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +183,10 @@ class ModelPicker(QWidget):
 
     def choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(
-            self, "Open a model folder", str(Path.home())
+            self, "Open a model folder", str(dialogs.last_folder())
         )
         if folder:
+            dialogs.remember_folder(Path(folder).parent)
             self.folder_chosen.emit(folder)
 
     def _on_hub(self) -> None:

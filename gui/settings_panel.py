@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMenu,
@@ -36,9 +35,12 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import NibbleError
+from core.preflight import Machine, Problem, check_options, unknown_skip_modules
 from core.settings import (
     EDITABLE_FIELDS,
-    FLOAT_DTYPES,
+    FIELD_BY_NAME,
+    LOAD_FIELD_BY_NAME,
+    LOAD_FIELDS,
     MODE_TITLES,
     MODES,
     PRESETS,
@@ -48,6 +50,7 @@ from core.settings import (
     check_compatible,
     preset_name_for,
 )
+from gui import dialogs, fields
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +59,6 @@ LIBRARY_DEFAULTS = {
     "bnb_4bit_compute_dtype": "float32",
     "bnb_4bit_quant_storage": "uint8",
 }
-DEVICE_MAPS = ("auto", "cpu", "cuda:0")
-ATTN = ("auto", "eager", "sdpa", "flash_attention_2")
 
 
 class ModuleListEdit(QWidget):
@@ -127,7 +128,9 @@ class SettingsPanel(QWidget):
         self._updating = False
         self._model_name = "your-model-name"
         self._error = ""
-        self._machine = ""
+        self._machine: Machine | None = None
+        self._module_names: list[str] = []
+        self.problems: list[Problem] = []
         self.editors: dict[str, QWidget] = {}
         self.labels: dict[str, QLabel] = {}
         layout = QVBoxLayout(self)
@@ -149,6 +152,7 @@ class SettingsPanel(QWidget):
         for p in PRESETS.values():
             action = self.presets_menu.addAction(f"{p.title} — {p.description}")
             action.setData(p.name)
+            action.setCheckable(True)
             action.triggered.connect(lambda _c=False, n=p.name: self.apply_preset(n))
         self.presets_button.setMenu(self.presets_menu)
         head.addWidget(self.presets_button)
@@ -160,6 +164,7 @@ class SettingsPanel(QWidget):
         mode_layout.addWidget(self.preset_label)
         layout.addWidget(mode_box)
         self.mode_group.idToggled.connect(self._on_edit)
+        self.mode_group.idClicked.connect(self._on_mode_clicked)
 
         # -- one group per "applies" value, fields generated from FIELDS --
         self.groups: dict[str, QGroupBox] = {}
@@ -196,50 +201,31 @@ class SettingsPanel(QWidget):
             self.groups[applies] = box
             layout.addWidget(box)
 
-        # -- load options --
+        # -- load options, generated from LOAD_FIELDS --
         box = QGroupBox("Loading")
         form = QFormLayout(box)
-        self.device_map = QComboBox()
-        self.device_map.setEditable(True)
-        self.device_map.addItems(DEVICE_MAPS)
-        self.device_map.setToolTip(
-            "<b>device_map</b><br>auto puts the model on the GPU when there is one, "
-            "else on the CPU; cpu or cuda:N pins it to one device."
-        )
-        self.device_map.currentTextChanged.connect(self._on_edit)
-        form.addRow("Device map", self.device_map)
-        self.max_memory = QLineEdit()
-        self.max_memory.setPlaceholderText("e.g. 0=6GiB,cpu=20GiB")
-        self.max_memory.setToolTip(
-            "<b>max_memory</b><br>A cap per device; layers that do not fit go to the "
-            "next device. Empty means no cap."
-        )
-        self.max_memory.textChanged.connect(self._on_edit)
-        form.addRow("Max memory", self.max_memory)
-        self.dtype = QComboBox()
-        self.dtype.addItems(["auto", *FLOAT_DTYPES])
-        self.dtype.setToolTip(
-            "<b>dtype</b><br>The dtype of everything that is not quantized (embeddings, "
-            "norms, the output head). auto: float32 on the CPU, the model's own on a "
-            "GPU."
-        )
-        self.dtype.currentTextChanged.connect(self._on_edit)
-        form.addRow("dtype", self.dtype)
-        self.attn = QComboBox()
-        self.attn.addItems(ATTN)
-        self.attn.setToolTip(
-            "<b>attn_implementation</b><br>auto lets transformers choose (sdpa "
-            "where it can)."
-        )
-        self.attn.currentTextChanged.connect(self._on_edit)
-        form.addRow("Attention", self.attn)
-        self.trust = QCheckBox("Trust remote code")
-        self.trust.setToolTip(
-            "<b>trust_remote_code</b><br>Run Python code shipped inside the model's "
-            "folder or repository. Only for models whose authors you trust."
-        )
-        self.trust.toggled.connect(self._on_trust_toggled)
-        form.addRow("", self.trust)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+        self.option_editors: dict[str, QWidget] = {}
+        for option in LOAD_FIELDS:
+            editor = fields.make_editor(option)
+            self.option_editors[option.name] = editor
+            if isinstance(editor, QCheckBox):
+                form.addRow("", editor)
+                self.labels[option.name] = QLabel()  # its text is on the box itself
+            else:
+                label = fields.make_label(option, editor)
+                form.addRow(label, editor)
+                self.labels[option.name] = label
+        self.device_map = self.option_editors["device_map"]
+        self.max_memory = self.option_editors["max_memory"]
+        self.dtype = self.option_editors["dtype"]
+        self.attn = self.option_editors["attn_implementation"]
+        self.trust = self.option_editors["trust_remote_code"]
+        for name, editor in self.option_editors.items():
+            if name == "trust_remote_code":
+                self.trust.toggled.connect(self._on_trust_toggled)
+            else:
+                fields.changed_signal(editor).connect(self._on_edit)
         layout.addWidget(box)
 
         # -- inline validation + python --
@@ -281,6 +267,7 @@ class SettingsPanel(QWidget):
             editor.setDecimals(2)
             editor.setSingleStep(0.5)
             editor.valueChanged.connect(self._on_edit)
+            fields.guard_wheel(editor)
         elif spec.kind == "choice":
             editor = QComboBox()
             for choice in spec.choices:
@@ -290,6 +277,7 @@ class SettingsPanel(QWidget):
                 else:
                     editor.addItem(str(choice), choice)
             editor.currentIndexChanged.connect(self._on_edit)
+            fields.guard_wheel(editor)
         elif spec.kind == "list":
             editor = ModuleListEdit()
             editor.changed.connect(self._on_edit)
@@ -339,13 +327,9 @@ class SettingsPanel(QWidget):
 
     def load_options(self) -> LoadOptions:
         """The panel as LoadOptions; raises SettingsError when it is invalid."""
-        return LoadOptions(
-            device_map=self.device_map.currentText().strip() or "auto",
-            max_memory=self.max_memory.text().strip(),
-            dtype=self.dtype.currentText(),
-            attn_implementation=self.attn.currentText(),
-            trust_remote_code=self.trust.isChecked(),
-        )
+        values = {n: fields.value(e) for n, e in self.option_editors.items()}
+        values["device_map"] = values["device_map"] or "auto"
+        return LoadOptions(**values)
 
     def settings(self) -> tuple[QuantSettings, LoadOptions]:
         return self.quant_settings(), self.load_options()
@@ -358,13 +342,8 @@ class SettingsPanel(QWidget):
             for spec in EDITABLE_FIELDS:
                 self._set_field(spec, getattr(quant, spec.name))
             self.lm_head_check.setChecked(quant.quantize_lm_head)
-            self.device_map.setCurrentText(options.device_map)
-            self.max_memory.setText(
-                ",".join(f"{k}={v}" for k, v in options.max_memory.items())
-            )
-            self.dtype.setCurrentText(options.dtype)
-            self.attn.setCurrentText(options.attn_implementation)
-            self.trust.setChecked(options.trust_remote_code)
+            for name, editor in self.option_editors.items():
+                fields.set_value(editor, getattr(options, name))
         finally:
             self._updating = False
         self._on_edit()
@@ -385,9 +364,14 @@ class SettingsPanel(QWidget):
         self._model_name = name
         self._on_edit()
 
-    def set_machine(self, device: str) -> None:
-        """What this machine can run ("CPU" or "CUDA: <name>"), for the checks."""
-        self._machine = device
+    def set_machine(self, machine: Machine) -> None:
+        """What this machine can run: settings it cannot are shown red."""
+        self._machine = machine
+        self._on_edit()
+
+    def set_module_names(self, names: list[str]) -> None:
+        """The selected model's module names, for the Keep-unquantized check."""
+        self._module_names = list(names)
         self._on_edit()
 
     @property
@@ -414,28 +398,63 @@ class SettingsPanel(QWidget):
                         tip += f"<br><i>{spec_reason}</i>"
                     self.editors[spec.name].setToolTip(tip)
                     self.labels[spec.name].setToolTip(tip)
+        problems: list[Problem] = []
+        quant = options = None
         try:
             quant, options = self.settings()
             check_compatible(quant, options)
         except NibbleError as exc:
-            self._error = exc.message + (f" — {exc.hint}" if exc.hint else "")
-            self.error_label.setText("⚠ " + self._error)
-            self.error_label.show()
+            problems.append(_as_problem(exc))
+        if quant is not None and options is not None:
+            if self._machine is not None:
+                problems += check_options(options, self._machine)
+            problems += unknown_skip_modules(quant, self._module_names)
+        self._show_problems(problems)
+        if problems or quant is None or options is None:
             self.python.setPlainText("# Fix the settings above to see the code.\n")
             self.preset_label.setText("")
+            self._mark_preset(None)
             self.validity_changed.emit(False, self._error)
             return
-        self._error = ""
-        self.error_label.hide()
         name = preset_name_for(quant, options.dtype)
         self.preset_label.setText(
-            f"Preset: {PRESETS[name].title}" if name else "Custom settings"
+            f"Preset: {PRESETS[name].title}"
+            if name
+            else f"Custom settings ({quant.label()})"
         )
+        self._mark_preset(name)
         bar = self.python.horizontalScrollBar().value()
         self.python.setPlainText(quant.to_python(self._model_name, options))
         self.python.horizontalScrollBar().setValue(bar)
         self.validity_changed.emit(True, "")
         self.changed.emit(quant, options)
+
+    def _on_mode_clicked(self, index: int) -> None:
+        # 4-bit from the library's defaults means fp4; nf4 is the better start.
+        if MODES[index] != "4bit":
+            return
+        untouched = all(
+            self._field_value(spec) == spec.default
+            for spec in EDITABLE_FIELDS
+            if spec.applies == "4bit"
+        )
+        if untouched:
+            self._set_field(FIELD_BY_NAME["bnb_4bit_quant_type"], "nf4")
+
+    def _show_problems(self, problems: list[Problem]) -> None:
+        """Say what is wrong in the label's words and paint those fields red."""
+        bad = {p.field for p in problems}
+        for name, editor in (*self.editors.items(), *self.option_editors.items()):
+            fields.mark_invalid(editor, name in bad)
+            fields.mark_invalid(self.labels[name], name in bad)
+        self._error = " · ".join(p.text() for p in problems)
+        self.problems = problems
+        self.error_label.setText("\n".join(f"⚠ {p.text()}" for p in problems))
+        self.error_label.setVisible(bool(problems))
+
+    def _mark_preset(self, name: str | None) -> None:
+        for action in self.presets_menu.actions():
+            action.setChecked(action.data() == name)
 
     def _on_trust_toggled(self, on: bool) -> None:
         if on and not self._updating and not self.ask_trust_consent():
@@ -464,3 +483,29 @@ class SettingsPanel(QWidget):
 
     def copy_python(self) -> None:
         QGuiApplication.clipboard().setText(self.python.toPlainText())
+        dialogs.say_copied(self.copy_button)
+
+
+# Words in a SettingsError that name the LoadOptions field it is about.
+_OPTION_WORDS = {
+    "device map": "device_map",
+    "max memory": "max_memory",
+    "attention": "attn_implementation",
+    "dtype": "dtype",
+    "trust_remote_code": "trust_remote_code",
+}
+
+
+def _as_problem(exc: NibbleError) -> Problem:
+    """A settings error as a Problem on the field it names, in the label's words."""
+    text = exc.message
+    field = next((f.name for f in EDITABLE_FIELDS if f.name in text), "")
+    if not field:
+        field = next((n for w, n in _OPTION_WORDS.items() if w in text.lower()), "")
+    if "mixes a GPU" in text:
+        field = "max_memory"
+    title = FIELD_BY_NAME[field].title if field in FIELD_BY_NAME else ""
+    if field in LOAD_FIELD_BY_NAME:
+        title = LOAD_FIELD_BY_NAME[field].title
+    message = f"{title}: {text}" if title and not text.startswith(title) else text
+    return Problem(field, message, exc.hint)

@@ -12,7 +12,7 @@ from PySide6.QtGui import QGuiApplication, QImage
 from core import catalog, compare
 from core.errors import LoadError
 from gui import workers
-from gui.compare_view import CompareView
+from gui.compare_view import ROW_STEPS, CompareView
 from tests.gui_helpers import controller_fixture  # noqa: F401
 
 LONG = 180_000  # ms: loads are slow on a busy 2-core machine
@@ -114,7 +114,7 @@ def test_a_run_fills_table_charts_seed_table_and_exports(
     assert markdown.startswith("| Method | Bits | Memory savings |")
     assert QGuiApplication.clipboard().text() == markdown
     assert markdown.count("\n| ") == 4
-    assert view.progress.value() == 3
+    assert view.progress.value() == view.progress.maximum() == 3 * ROW_STEPS
     assert view.export_csv_button.isEnabled()
 
     csv_path = view.export("csv", tmp_path / "r.csv")
@@ -210,3 +210,63 @@ def test_in_the_window_it_follows_the_picker_and_stops_on_close(
         window.close()
     assert done.args == [None]
     assert view.worker is None or not workers.running_threads()
+
+
+def _fake_rows() -> list[compare.RowResult]:
+    rows = []
+    for name, size, ppl, speed in (
+        ("baseline", 538e6, 9.1, 14.0),
+        ("int8", 220e6, 9.2, 11.0),
+        ("nf4", 166e6, 11.4, 26.0),
+        ("nf4-dq", 158e6, 11.5, 25.0),
+        ("fp4", 166e6, 13.9, 26.0),
+    ):
+        rows.append(
+            compare.RowResult(
+                name,
+                name,
+                {},
+                {},
+                true_bytes=int(size),
+                peak_bytes=int(size * 1.8),
+                perplexity=ppl,
+                tokens_per_s=speed,
+            )
+        )
+    return rows
+
+
+def test_charts_fit_their_titles_points_and_legend(qtbot, controller) -> None:  # type: ignore[no-untyped-def]
+    """Titles were cut ("peak d…"), the scatter missed the baseline point and the
+    legend covered a bar."""
+    from PySide6.QtGui import QFontMetrics
+
+    view = CompareView(controller)
+    qtbot.addWidget(view)
+    rows = _fake_rows()
+    view._draw(rows)
+    plots = (view.memory_plot, view.speed_plot, view.ppl_plot, view.scatter_plot)
+    for plot in plots:
+        title = plot.plotItem.titleLabel
+        width = QFontMetrics(title.item.font()).horizontalAdvance(title.text)
+        assert width < plot.minimumWidth() - 40, title.text
+    (x0, x1), (y0, y1) = view.scatter_plot.viewRange()
+    mib = 1024 * 1024
+    for r in rows:
+        assert x0 < r.true_bytes / mib < x1 and y0 < r.perplexity < y1, r.name
+    top = max(r.peak_bytes for r in rows) / mib
+    assert view.memory_plot.viewRange()[1][1] >= 1.4 * top  # headroom for the legend
+
+
+def test_progress_moves_within_a_row(view: CompareView) -> None:
+    from gui.compare_view import row_fraction
+
+    assert row_fraction("nf4: Loading weights 15/30") == pytest.approx(0.2)
+    assert row_fraction("nf4: Answering the prompt") == pytest.approx(0.4)
+    assert row_fraction("nf4: Perplexity window 3/3") == pytest.approx(1.0)
+    view._rows_total = 2
+    view.progress.setRange(0, 2 * ROW_STEPS)
+    view._on_progress(1, 2, "nf4: Perplexity window 1/2")
+    assert view.progress.value() == round((1 + 0.775) * ROW_STEPS)
+    assert view.progress.text().startswith("Row 2 of 2")
+    assert view.eval_tokens.suffix() == " tokens"

@@ -39,8 +39,8 @@ def _view(qtbot, controller) -> EstimateView:
     return view
 
 
-def _cells(view: EstimateView, row: int) -> list[str]:
-    return [view.grid.item(row, c).text() for c in range(len(COLUMNS))]
+def _cells(view: EstimateView, row: int) -> dict[str, str]:
+    return {name: view.grid.item(row, c).text() for c, name in enumerate(COLUMNS)}
 
 
 def _wait_table(qtbot, view: EstimateView, action) -> object:
@@ -55,9 +55,9 @@ def test_every_preset_with_the_current_row_highlighted(controller, qtbot) -> Non
     view.set_settings(preset("nf4").quant, LoadOptions(device_map="cpu"))
     table = _wait_table(qtbot, view, lambda: view.set_model(TINY))
     assert view.grid.rowCount() == 8
-    names = [_cells(view, i)[0].removesuffix(" ★") for i in range(8)]
+    names = [_cells(view, i)["Preset"].removesuffix(" ★") for i in range(8)]
     assert names == [
-        "Current (nf4)",
+        "Current (NF4 preset)",
         "fp32",
         "bf16",
         "fp16",
@@ -67,13 +67,14 @@ def test_every_preset_with_the_current_row_highlighted(controller, qtbot) -> Non
         "fp4",
     ]
     current = _cells(view, 0)
-    assert current[-1] == "fits"
-    assert current[5] != "—" and current[2] != "0 B"  # total known, quant state > 0
+    assert current["Verdict"] == "fits"
+    assert current["Total"] != "—" and current["Quant state"] != "0 B"
+    assert COLUMNS[:3] == ("Preset", "Verdict", "Total")  # seen in a narrow column
     bold = [view.grid.item(i, 0).font().weight() == QFont.Weight.Bold for i in range(8)]
     # The current row, and the preset row equal to the current settings (nf4).
     assert bold == [True, False, False, False, False, True, False, False]
     assert table.recommended == "fp32"
-    assert "★" in _cells(view, 1)[0]
+    assert "★" in _cells(view, 1)["Preset"]
     assert "Recommended: <b>fp32</b>" in view.recommended.text()
     assert "RAM" in view.device_label.text()
     fp32 = preset("fp32")
@@ -101,7 +102,7 @@ def test_changes_refresh_without_blocking_and_end_on_the_latest(
     qtbot.waitUntil(lambda: not view.busy, timeout=10_000)
     assert view.table.current.label == "nf4-dq"
     assert view.table.context == 2048
-    assert _cells(view, 0)[0].startswith("Current (nf4-dq)")
+    assert _cells(view, 0)["Preset"].startswith("Current (NF4 + double quant preset)")
     assert view.table.current.kv_cache_bytes == 2 * 2 * 2 * 16 * 2048 * 4
 
 
@@ -128,8 +129,8 @@ def test_unknown_architecture_still_shows_the_kv_cache(controller, qtbot) -> Non
     view = _view(qtbot, controller)
     config = {**TINY, "model_type": "brand-new-arch"}
     table = _wait_table(qtbot, view, lambda: view.set_model(config))
-    assert _cells(view, 0)[1] == "—" and _cells(view, 0)[3] != "—"
-    assert _cells(view, 0)[-1] == "unknown"
+    assert _cells(view, 0)["Weights"] == "—" and _cells(view, 0)["KV cache"] != "—"
+    assert _cells(view, 0)["Verdict"] == "unknown"
     assert "brand-new-arch" in view.notes.text()
     assert table.recommended is None
 

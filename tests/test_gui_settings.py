@@ -181,3 +181,97 @@ def test_invalid_settings_disable_load_with_the_reason(qtbot, config_dir):
     assert "mixes a GPU" in window.load_label.text()
     window.settings_panel.max_memory.setText("")
     assert window.load_button.isEnabled()
+
+
+def _wheel(widget, delta: int = -120) -> None:
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QWheelEvent
+
+    center = QPointF(widget.rect().center())
+    event = QWheelEvent(
+        center,
+        QPointF(widget.mapToGlobal(center.toPoint())),
+        QPoint(0, 0),
+        QPoint(0, delta),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(widget, event)
+
+
+def test_wheel_over_an_unfocused_combo_changes_nothing(panel):
+    """Scrolling the panel past Attention used to switch it to flash_attention_2."""
+    panel.show()
+    panel.set_settings(PRESETS["nf4"].quant, LoadOptions())
+    for widget in (
+        panel.attn,
+        panel.dtype,
+        panel.device_map,
+        panel.editors["bnb_4bit_quant_type"],
+        panel.editors["bnb_4bit_compute_dtype"],
+    ):
+        before = panel.settings()
+        _wheel(widget)
+        assert panel.settings() == before, widget.objectName()
+    panel.attn.setFocus()
+    QApplication.processEvents()
+    if panel.attn.hasFocus():  # a focused combo still takes the wheel on purpose
+        _wheel(panel.attn)
+        assert panel.load_options().attn_implementation != "auto"
+
+
+def test_what_this_machine_cannot_run_is_red_and_blocks_load(panel):
+    from core.preflight import Machine
+
+    panel.set_machine(Machine(0, False, "CPU"))
+    panel.device_map.setCurrentText("cuda:0")
+    assert "Device map cuda:0 needs an NVIDIA GPU" in panel.error
+    assert panel.device_map.property("invalid") is True
+    assert panel.labels["device_map"].property("invalid") is True
+    panel.device_map.setCurrentText("cpu")
+    panel.attn.setCurrentText("flash_attention_2")
+    assert "runs only on an NVIDIA GPU" in panel.error
+    assert panel.attn.property("invalid") and not panel.device_map.property("invalid")
+    panel.attn.setCurrentText("sdpa")
+    assert panel.error == "" and panel.error_label.isHidden()
+
+
+def test_keep_unquantized_names_that_match_nothing_are_flagged(panel):
+    panel.set_settings(QuantSettings(mode="4bit"), LoadOptions())
+    panel.set_module_names(["lm_head", "model", "model.layers.0.mlp.down_proj"])
+    skip = panel.editors["llm_int8_skip_modules"]
+    skip.set_value(["mlp.dwn_proj"])
+    skip.changed.emit()
+    assert "'mlp.dwn_proj' matches no module" in panel.error
+    assert "did you mean mlp.down_proj" in panel.error
+    assert skip.property("invalid") is True
+    skip.set_value(["mlp.down_proj"])
+    skip.changed.emit()
+    assert panel.error == ""
+
+
+def test_errors_use_the_label_words_and_mark_the_field(panel):
+    panel.max_memory.setText("lots")
+    assert panel.error.startswith("Max memory: ")
+    assert panel.max_memory.property("invalid") is True
+    assert panel.labels["max_memory"].property("invalid") is True
+    panel.max_memory.setText("")
+    assert not panel.max_memory.property("invalid")
+
+
+def test_mode_and_presets_agree(panel):
+    """NF4 then 8-bit is INT8; 4-bit after INT8 is NF4; the menu marks the preset."""
+    panel.apply_preset("nf4")
+    panel.mode_buttons["8bit"].click()
+    assert panel.preset_label.text() == "Preset: INT8"
+    checked = [a.data() for a in panel.presets_menu.actions() if a.isChecked()]
+    assert checked == ["int8"]
+    panel.apply_preset("int8")
+    panel.mode_buttons["4bit"].click()
+    assert panel.quant_settings().bnb_4bit_quant_type == "nf4"
+    assert panel.preset_label.text() == "Preset: NF4"
+    panel.editors["bnb_4bit_use_double_quant"].setChecked(True)
+    assert panel.preset_label.text() == "Custom settings (nf4-dq)"
+    assert not any(a.isChecked() for a in panel.presets_menu.actions())

@@ -228,6 +228,41 @@ def test_failed_load_keeps_previous_model_and_chat(window, tiny_dir, tmp_path, q
 
 
 @pytest.mark.slow
+def test_no_stale_status_after_errors_unload_and_reload(window, tmp_path, qtbot):
+    """ "Checking …" stayed after an error; Unload said "Load cancelled"; the status
+    bar kept an old model's tok/s."""
+    c = window.controller
+    window.open_location(str(tmp_path / "nothing-xyz"))
+    assert window.load_label.text().startswith("Checking ")
+    qtbot.waitUntil(lambda: c.running("resolve") is None, timeout=10_000)
+    window.error_box.close()
+    assert "Checking" not in window.load_label.text()
+    window.speed_status.setText("12.3 tok/s")
+    name = window.loaded.ref.name
+    window.unload()
+    assert window.load_label.text() == f"Unloaded {name}."
+    assert window.model_status.text() == "No model loaded"
+    assert window.speed_status.text() == "" and window.size_status.text() == ""
+    assert window.chat.empty_label.text() == "Load a model, then ask it something."
+    assert c.generation_queue.loaded is None
+    with qtbot.waitSignal(c.model_loaded, timeout=180_000):
+        window.request_load()
+    qtbot.waitUntil(lambda: c.running("load") is None, timeout=10_000)
+    assert window.speed_status.text() == ""
+    assert c.generation_queue.loaded is window.loaded
+    assert window.chat.empty_label.text() == f"Ask {name} something."
+
+
+@pytest.mark.slow
+def test_load_says_reload_when_the_panel_differs(window):
+    assert window.load_button.text() == "Load"
+    window.settings_panel.apply_preset("int8")
+    assert window.load_button.text() == "Reload with these settings"
+    window.settings_panel.apply_preset("nf4")
+    assert window.load_button.text() == "Load"
+
+
+@pytest.mark.slow
 def test_close_during_generation_exits_cleanly(window, qtbot):
     chat = window.chat
     chat.max_tokens.setValue(300)

@@ -1,0 +1,94 @@
+"""The chat: keys, code blocks with colour and Copy, undoable Clear, what it says."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtTest import QTest
+
+from core.settings import GENERATION_FIELDS, GenerationSettings
+from gui.chat_view import ChatView, code_blocks, render_html
+from tests.gui_helpers import no_dangling_qthreads  # noqa: F401
+
+CODE = "Here:\n```python\ndef square(x):\n    return x * x\n```\nDone."
+
+
+def make(qtbot) -> ChatView:
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    chat.set_ready(True)
+    return chat
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(qtbot) -> None:
+    chat = make(qtbot)
+    sent = []
+    chat.send_requested.connect(lambda messages, raw: sent.append(messages))
+    chat.input.setPlainText("first line")
+    chat.input.moveCursor(chat.input.textCursor().MoveOperation.End)
+    QTest.keyClick(chat.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    QTest.keyClicks(chat.input, "second")
+    assert sent == [] and chat.input.toPlainText() == "first line\nsecond"
+    QTest.keyClick(chat.input, Qt.Key.Key_Return)
+    assert sent == [[{"role": "user", "content": "first line\nsecond"}]]
+    assert chat.input.toPlainText() == ""
+    assert "Enter sends" in chat.keys_hint.text()
+    assert "Shift+Enter" in chat.keys_hint.text()
+
+
+def test_code_is_coloured_and_each_block_has_copy(qtbot) -> None:
+    html = render_html(CODE)
+    assert "<span style=" in html and "square" in html  # Pygments' inline colours
+    assert "href='copy:0'>Copy</a>" in html
+    assert code_blocks(CODE) == ["def square(x):\n    return x * x"]
+    chat = make(qtbot)
+    message = chat.add_message("assistant", CODE)
+    message.body.linkActivated.emit("copy:0")
+    assert QGuiApplication.clipboard().text() == "def square(x):\n    return x * x"
+    assert "Copied" in message.body.text() and "copy:0" not in message.body.text()
+    qtbot.waitUntil(lambda: "copy:0" in message.body.text(), timeout=5000)
+    message.copy()
+    assert message.copy_button.text() == "Copied"
+    assert QGuiApplication.clipboard().text() == CODE
+
+
+def test_clear_can_be_undone(qtbot) -> None:
+    chat = make(qtbot)
+    chat.add_message("user", "hi")
+    chat.add_message("assistant", "hello").set_stats("3 tokens")
+    chat.clear()
+    assert chat.messages_widgets == [] and chat.undo_bar.isVisibleTo(chat)
+    chat.undo_button.click()
+    assert [(m.role, m.text) for m in chat.messages_widgets] == [
+        ("user", "hi"),
+        ("assistant", "hello"),
+    ]
+    assert chat.messages_widgets[1].stats_label.text() == "3 tokens"
+    assert not chat.undo_bar.isVisibleTo(chat)
+
+
+def test_the_empty_chat_knows_a_model_is_loaded(qtbot) -> None:
+    """It said "Load a model, then ask it something." with a model loaded."""
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    assert chat.empty_label.text() == "Load a model, then ask it something."
+    chat.set_model_name("SmolLM2-135M-Instruct")
+    chat.set_ready(True)
+    assert chat.empty_label.text() == "Ask SmolLM2-135M-Instruct something."
+    chat.add_message("user", "hi")
+    chat.clear()
+    assert chat.empty_label.text() == "Ask SmolLM2-135M-Instruct something."
+    chat.set_model_name("")
+    chat.set_ready(False, "Load a model first.")
+    assert chat.empty_label.text() == "Load a model, then ask it something."
+
+
+def test_sampling_fields_come_from_the_metadata(qtbot) -> None:
+    chat = make(qtbot)
+    assert list(chat.sampling_fields) == [f.name for f in GENERATION_FIELDS]
+    wanted = GenerationSettings(max_new_tokens=99, top_k=7, seed=5, greedy=True)
+    chat.set_generation_settings(wanted)
+    assert chat.generation_settings() == wanted
+    assert chat.sampling_toggle.text() == "Sampling: 99 tokens · greedy"
+    for spec in GENERATION_FIELDS:
+        assert spec.description in chat.sampling_fields[spec.name].toolTip()
