@@ -185,14 +185,14 @@ class ChatHistory(QObject):
         if self.busy:
             return
         self.current = None
-        self.chat.clear()
+        self.chat.reset()
         self.store.set_last_open(None)
         self.list.mark_current(None)
         self.restore_bar.hide()
 
     def render(self, upto: int | None = None) -> None:
         """Fill the chat with the current conversation (stopping before `upto`)."""
-        self.chat.clear()
+        self.chat.reset()
         if self.current is None:
             return
         for message in self.current.messages:
