@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 GIB = float(2**30)
 COLORS = ("#4C9BE8", "#F28E2B", "#59A14F", "#E15759", "#B07AA1", "#76B7B2")
 MARKER_COLOR = "#9A9A9A"
+LABEL_SLOTS = (0.92, 0.80, 0.68, 0.56)
 
 # What the window's signals mean on the time line.
 LOAD_STARTED = "Load started"
@@ -67,10 +68,10 @@ class Chart(pg.PlotWidget):
     """One plot: named curves over seconds since the monitor started, plus markers."""
 
     def __init__(self, title: str, unit: str, y_max: float | None = None) -> None:
-        super().__init__()
+        super().__init__(axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
         self.base_title = title
         self.setTitle(title, size="9pt")
-        self.setLabel("bottom", "time", units="s")
+        # Clock time on the axis: x is seconds since the epoch.
         self.setLabel("left", unit)
         self.setClipToView(True)
         self.setDownsampling(auto=True, mode="peak")
@@ -80,14 +81,15 @@ class Chart(pg.PlotWidget):
         self.hideButtons()
         self.setMinimumHeight(140)
         self.plot_item = self.getPlotItem()
+        # Bottom left: the event labels use the top of the chart.
         self.plot_item.addLegend(
-            offset=(4, 4), labelTextSize="8pt", brush=pg.mkBrush("#000000a0")
+            offset=(4, -4), labelTextSize="8pt", brush=pg.mkBrush("#000000a0")
         )
+        self.y_max = y_max
         if y_max is not None:
             self.setYRange(0, y_max, padding=0.02)
         else:
-            self.plot_item.enableAutoRange(axis="y")
-            self.plot_item.setLimits(yMin=0)
+            self.plot_item.disableAutoRange(axis="y")
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.sources: dict[str, tuple[str, float]] = {}
         self.marker_lines: list[pg.InfiniteLine] = []
@@ -120,14 +122,21 @@ class Chart(pg.PlotWidget):
 
     def redraw(self, x: np.ndarray, history: History, first: int) -> None:
         self.setXRange(x[0], max(x[-1], x[0] + 1.0), padding=0.01)
+        top = 0.0
         for key, curve in self.curves.items():
             column, scale = self.sources[key]
             y = history.column(column)[first:] / scale
             # A reading that was not available (None) is skipped, not drawn as a gap.
             known = np.isfinite(y)
             curve.setData(x[known], y[known])
+            if known.any():
+                top = max(top, float(np.max(y[known])))
+        if self.y_max is None:  # the axis follows what is drawn, from zero
+            self.setYRange(0, top * 1.15 if top > 0 else 1.0, padding=0)
 
     def add_marker(self, x: float, label: str) -> pg.InfiniteLine:
+        # Successive labels step down the chart so that close events do not overlap.
+        position = LABEL_SLOTS[len(self.marker_lines) % len(LABEL_SLOTS)]
         line = pg.InfiniteLine(
             pos=x,
             angle=90,
@@ -135,7 +144,11 @@ class Chart(pg.PlotWidget):
             # The hover pen's width sets the line's hit area: a few pixels either side.
             hoverPen=pg.mkPen(MARKER_COLOR, width=10),
             label=label,
-            labelOpts={"position": 0.88, "color": MARKER_COLOR, "rotateAxis": (1, 0)},
+            labelOpts={
+                "position": position,
+                "color": MARKER_COLOR,
+                "rotateAxis": (1, 0),
+            },
         )
         line.setZValue(20)
         self.addItem(line, ignoreBounds=True)
@@ -241,7 +254,7 @@ class MonitorView(QWidget):
         self.gpu_reason_label = QLabel("Looking for NVIDIA GPUs…")
         self.gpu_reason_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.gpu_reason_label.setWordWrap(True)
-        self.gpu_reason_label.setMinimumHeight(80)
+        # One line until GPUs are found: no empty chart area on a machine without.
         self.gpu_charts = QWidget()
         self.gpu_stack = QStackedWidget()
         self.gpu_stack.addWidget(self.gpu_reason_label)
@@ -287,7 +300,8 @@ class MonitorView(QWidget):
 
         layout = self.main_layout = QVBoxLayout(self)
         layout.addLayout(bar)
-        layout.addWidget(self.gpu_stack, 3)
+        layout.addWidget(self.gpu_stack, 0)
+        self.gpu_stack.setMaximumHeight(self.gpu_reason_label.sizeHint().height() + 24)
         layout.addLayout(host, 2)
 
     def charts(self) -> list[Chart]:
@@ -307,7 +321,7 @@ class MonitorView(QWidget):
         if not sample.gpus:
             reason = sample.gpu_reason or "No NVIDIA GPU found"
             self.gpu_reason_label.setText(
-                f"<b>{reason}</b><br>GPU charts need an NVIDIA GPU and its driver; "
+                f"<b>{reason}</b> · GPU charts need an NVIDIA GPU and its driver; "
                 "the host charts below keep running."
             )
             self.gpu_stack.setCurrentWidget(self.gpu_reason_label)
@@ -361,6 +375,8 @@ class MonitorView(QWidget):
         # One legend column per GPU keeps the VRAM legend short.
         self.vram_chart.plot_item.legend.setColumnCount(len(sample.gpus))
         self.gpu_stack.setCurrentWidget(self.gpu_charts)
+        self.gpu_stack.setMaximumHeight(16777215)
+        self.main_layout.setStretch(1, 3)
 
     # -- sampling --
 
@@ -403,7 +419,7 @@ class MonitorView(QWidget):
             return
         times = self.history.times()
         first = int(np.searchsorted(times, times[-1] - monitor.HISTORY_S))
-        x = times[first:] - self.t0
+        x = times[first:]
         for chart in self.charts():
             chart.redraw(x, self.history, first)
         self._update_titles()
@@ -477,7 +493,7 @@ class MonitorView(QWidget):
         sample, which is taken at once."""
         marker = Marker(time.time() if at is None else at, label)
         entry = _MarkerEntry(marker)
-        x = marker.time - self.t0
+        x = marker.time
         short = _SHORT.get(label, label)
         entry.lines = [chart.add_marker(x, short) for chart in self.charts()]
         self.markers.append(entry)

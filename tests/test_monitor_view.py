@@ -88,7 +88,7 @@ def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
 
     assert view.gpu_stack.currentWidget() is view.gpu_charts
     x, y = view.vram_chart.curves["gpu0.ours"].getOriginalDataset()
-    assert np.allclose(x, [1.0, 1.6, 2.6, 3.2])
+    assert np.allclose(x - view.t0, [1.0, 1.6, 2.6, 3.2])
     assert np.allclose(y, [0, 400 / 1024, 1.0, 1.5])
     assert last_y(view.vram_chart, "gpu0.total") == 80.0
     assert last_y(view.vram_chart, "gpu0.used") == pytest.approx(2.0)
@@ -105,7 +105,7 @@ def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
     assert "GPU0 95%" in view.util_chart.plot_item.titleLabel.text
 
     for chart in view.charts():
-        assert [line.value() for line in chart.marker_lines] == [1.5, 3.0]
+        assert [line.value() - view.t0 for line in chart.marker_lines] == [1.5, 3.0]
     tip = view.markers[1].tooltip
     assert tip.splitlines()[:2] == [
         "Load finished at 3.0 s",
@@ -116,7 +116,7 @@ def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
     assert "Process RSS +580.0 MiB" in tip
     assert view.markers[0].tooltip.startswith("Load started at 1.5 s\nGPU0 VRAM (ours)")
     for chart in (view.vram_chart, view.ram_chart):
-        assert hover_text(chart, 3.0) == tip
+        assert hover_text(chart, view.t0 + 3.0) == tip
 
     view.clear_markers()
     assert all(not chart.marker_lines for chart in view.charts())
@@ -162,7 +162,7 @@ def test_history_shows_the_last_ten_minutes(qtbot) -> None:
     for t in range(0, 700, 5):
         view.show_sample(host_sample(view.t0 + t))
     x, _ = view.ram_chart.curves["used"].getOriginalDataset()
-    assert x[0] == 95 and x[-1] == 695
+    assert x[0] - view.t0 == 95 and x[-1] - view.t0 == 695
 
 
 def test_a_hidden_view_redraws_when_shown(qtbot) -> None:
@@ -266,3 +266,41 @@ def test_markers_follow_the_controller(qtbot) -> None:
     assert "since First token" in view.markers[3].tooltip
     assert c.stop_all(2.0)
     assert workers.running_threads() == []
+
+
+def test_event_labels_do_not_overlap_and_axes_follow_the_data(qtbot) -> None:
+    """Labels sat at one height over each other and the legend; RAM stayed scaled
+    to old values; the axis showed seconds, not the clock."""
+    import pyqtgraph as pg
+
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.show()
+    t0 = view.t0
+    for i in range(4):
+        view.show_sample(host_sample(t0 + i, rss=(200 + i) * MIB))
+    for i, label in enumerate(("Load started", "Load finished", "First token")):
+        view.add_marker(label, at=t0 + 1 + i * 0.1)
+    positions = [line.label.orthoPos for line in view.ram_chart.marker_lines]
+    assert len(set(positions)) == 3
+    legend = view.ram_chart.plot_item.legend
+    assert legend.opts["offset"][1] < 0  # anchored at the bottom, labels at the top
+    assert min(positions) > 0.5
+    assert isinstance(view.ram_chart.getAxis("bottom"), pg.DateAxisItem)
+    top = view.ram_chart.viewRange()[1][1]
+    drawn = max(
+        float(np.nanmax(curve.getOriginalDataset()[1]))
+        for curve in view.ram_chart.curves.values()
+    )
+    assert drawn < top <= drawn * 1.2
+
+
+def test_no_gpu_leaves_no_empty_chart_area(qtbot) -> None:
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.resize(900, 600)
+    view.show()
+    assert view.gpu_stack.maximumHeight() < 100  # before the first sample too
+    view.show_sample(host_sample(view.t0 + 1))
+    assert view.gpu_stack.height() < 100
+    assert view.ram_chart.height() > 300
