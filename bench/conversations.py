@@ -20,6 +20,7 @@ from pathlib import Path
 from _common import time_calls  # puts the repository on sys.path
 
 from core import conversations
+from core.provenance import Provenance, library_versions
 from core.settings import GenerationSettings, LoadOptions, preset
 
 WORDS = (
@@ -28,10 +29,10 @@ WORDS = (
 ).split()
 
 
-def provenance(rng: random.Random) -> conversations.Provenance:
+def provenance(rng: random.Random) -> Provenance:
     name = rng.choice(["nf4", "int8", "nf4-dq", "fp4"])
     chosen = preset(name)
-    return conversations.Provenance(
+    return Provenance(
         model_name="SmolLM2-135M-Instruct",
         model_kind="default",
         model_path="/home/user/.local/share/nibble/models/SmolLM2-135M-Instruct",
@@ -53,7 +54,7 @@ def provenance(rng: random.Random) -> conversations.Provenance:
         true_bytes=166_000_000,
         device="cpu",
         load_s=2.5,
-        versions=dict(conversations.library_versions()),
+        versions=dict(library_versions()),
     )
 
 

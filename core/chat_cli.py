@@ -10,6 +10,7 @@ from typing import Any
 
 from core import conversations
 from core.errors import NibbleError
+from core.provenance import Provenance, with_seed
 from core.settings import GenerationSettings
 
 EXIT_OK = 0
@@ -54,7 +55,7 @@ class ChatRecorder:
     @staticmethod
     def seeded(gen: GenerationSettings) -> GenerationSettings:
         """A seed is recorded with every saved answer, so it can be regenerated."""
-        return conversations.with_seed(gen)
+        return with_seed(gen)
 
     @classmethod
     def open(
@@ -100,7 +101,7 @@ class ChatRecorder:
                 if not text:
                     return
                 stats = GenerationStats(stop_reason=STOP_STOPPED)
-            provenance = conversations.Provenance.from_loaded(loaded, gen, stats, raw)
+            provenance = Provenance.from_loaded(loaded, gen, stats, raw)
             self.store.add_answer(self.conversation_id, text, provenance)
             print(f"saved to conversation {self.conversation_id}", file=sys.stderr)
         finally:

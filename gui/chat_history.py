@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from core import conversations as conv
 from core.errors import NibbleError
+from core.provenance import Provenance, quant_label, with_seed
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
 from gui.chat_view import ChatView, MessageWidget
 from gui.conversation_list import ConversationList, export_path
@@ -239,7 +240,7 @@ class ChatHistory(QObject):
         Called for a new question and for the chat's Regenerate (the new answer then
         becomes a variant of the stored one).
         """
-        settings = conv.with_seed(settings)
+        settings = with_seed(settings)
         try:
             self._store_question(raw, settings)
         except NibbleError as exc:  # the answer still comes; it is just not kept
@@ -305,7 +306,7 @@ class ChatHistory(QObject):
             return
         text = "".join(pending.chunks)
         if text and pending.loaded is not None:
-            provenance = conv.Provenance.from_loaded(
+            provenance = Provenance.from_loaded(
                 pending.loaded, pending.settings, stats, pending.raw
             )
             try:
@@ -362,7 +363,7 @@ class ChatHistory(QObject):
             label = ""
             settings = self._panel_settings()
             if settings is not None:
-                label = conv.quant_label(*settings)
+                label = quant_label(*settings)
             menu.addMenu(
                 regenerate_menu(
                     menu,
@@ -450,7 +451,7 @@ class ChatHistory(QObject):
             quant, options = chosen.quant, chosen.load_options(loaded.options)
         previous = (loaded.ref, loaded.quant, loaded.options)
         self.regeneration = Regeneration(
-            message_id, conv.quant_label(quant, options), previous
+            message_id, quant_label(quant, options), previous
         )
         if (quant, options) == (loaded.quant, loaded.options):
             self._regenerate_now()
@@ -521,7 +522,7 @@ class ChatHistory(QObject):
         loaded = self.controller.loaded
         if loaded is not None and (loaded.quant, loaded.options) == (quant, options):
             return
-        before = conv.quant_label(quant, options)
+        before = quant_label(quant, options)
         bar = self.restore_bar
         bar.label.setText(f"Answered again with {regeneration.label}.")
         bar.back_button.setText(f"Back to {before}")

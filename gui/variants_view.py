@@ -26,7 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.conversations import Message, Provenance, Variant
+from core.conversations import Message, Variant
+from core.provenance import Provenance
 from core.settings import PRESETS
 from core.units import format_bytes
 from gui.chat_view import render_html

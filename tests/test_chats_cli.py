@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.conversations import ConversationStore, Provenance
+from core.conversations import ConversationStore
+from core.provenance import Provenance
 from core.settings import LoadOptions, preset
 
 ROOT = Path(__file__).resolve().parents[1]

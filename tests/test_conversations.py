@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from core import conversations as conv
-from core.conversations import ConversationStore, Provenance
+from core.conversations import ConversationStore
+from core.provenance import Provenance, with_seed
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
 
 
@@ -289,8 +290,8 @@ def test_badges_name_the_quantization() -> None:
 
 
 def test_with_seed_keeps_a_chosen_seed_and_picks_one_otherwise() -> None:
-    assert conv.with_seed(GenerationSettings(seed=7)).seed == 7
-    picked = conv.with_seed(GenerationSettings(top_k=3))
+    assert with_seed(GenerationSettings(seed=7)).seed == 7
+    picked = with_seed(GenerationSettings(top_k=3))
     assert picked.seed is not None
     assert picked.top_k == 3
 
@@ -308,7 +309,7 @@ def test_regenerate_with_int8_and_back_keeps_two_variants(
         store.add_message(cid, "user", "What is the capital of France?")
         loaded = loader.load(ref, preset("nf4").quant, LoadOptions())
         try:
-            used = conv.with_seed(gen)
+            used = with_seed(gen)
             text, stats = generation.generate_text(
                 loaded, store.get(cid).history(), used
             )

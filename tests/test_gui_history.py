@@ -9,7 +9,8 @@ import pytest
 from PySide6.QtCore import QCoreApplication
 
 from core import conversations
-from core.conversations import ConversationStore, Provenance
+from core.conversations import ConversationStore
+from core.provenance import Provenance
 from core.session import Session
 from core.settings import LoadOptions, preset
 from gui.main_window import MainWindow
