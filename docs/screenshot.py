@@ -1,12 +1,18 @@
 """Take the README screenshot: the default model in nf4 answering a question.
 
-Run under a virtual display: ``xvfb-run -s "-screen 0 1400x900x24" .venv/bin/python
+Run under a virtual display: ``xvfb-run -s "-screen 0 1366x768x24" .venv/bin/python
 docs/screenshot.py [out.png]`` (NIBBLE_THEME=dark for the dark palette). It starts the
-window exactly as ``python main.py`` does, with a private config dir.
+window exactly as ``python main.py`` does, with a private config dir, at its default
+size for that screen.
+
+``--sizes 1024x700,1366x768,1920x1080 --prefix DIR/light`` instead saves, for each
+size, the Chat, Monitor and Compare tabs as DIR/light-1024x700-chat.png and so on,
+to check that nothing clips.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -18,9 +24,13 @@ QUESTION = "Write a Python function that returns the square of a number."
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshot.png")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", nargs="?", default="docs/screenshot.png")
+    parser.add_argument("--sizes", default="", help="e.g. 1024x700,1366x768")
+    parser.add_argument("--prefix", default="", help="where the --sizes shots go")
+    args = parser.parse_args()
     os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-shot-")
-    from PySide6.QtCore import QTimer
+    from PySide6.QtCore import QEventLoop, QTimer
 
     from core.session import Session
     from core.settings import GenerationSettings
@@ -28,24 +38,39 @@ def main() -> None:
     from gui.main_window import MainWindow
 
     app = make_app([])
-    session = Session(
-        generation=GenerationSettings(max_new_tokens=96, greedy=True),
-    )
+    session = Session(generation=GenerationSettings(max_new_tokens=96, greedy=True))
     window = MainWindow(session)
-    window.resize(1400, 870)
+    sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",") if s]
 
     def ask(_loaded: object) -> None:
         window.chat.input.setPlainText(QUESTION)
         window.chat.send()
 
-    def shoot(_stats: object) -> None:
-        def grab() -> None:
-            window.grab().save(str(out))
-            print(f"saved {out}")
-            window.close()
-            app.quit()
+    def pause(ms: int) -> None:
+        loop = QEventLoop()
+        QTimer.singleShot(ms, loop.quit)
+        loop.exec()
 
+    def shoot(_stats: object) -> None:
         QTimer.singleShot(1500, grab)  # let the monitor and status bar catch up
+
+    def grab() -> None:
+        if not sizes:
+            window.grab().save(args.out)
+            print(f"saved {args.out}")
+        else:
+            for width, height in sizes:
+                window.resize(width, height)
+                for tab in ("chat", "monitor", "compare"):
+                    window.tabs.setCurrentIndex(
+                        {"chat": 0, "monitor": 1, "compare": 2}[tab]
+                    )
+                    pause(700)
+                    path = f"{args.prefix}-{width}x{height}-{tab}.png"
+                    window.grab().save(path)
+                    print(f"saved {path} ({window.width()}x{window.height()})")
+        window.close()
+        app.quit()
 
     window.controller.model_loaded.connect(ask)
     window.controller.answer_finished.connect(shoot)

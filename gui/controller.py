@@ -113,7 +113,8 @@ class Controller(QObject):
         self.generation_queue = GenerationQueue()
         self.last_stats: Any = None
         self._answer_chunks = 0
-        self._jobs: list[tuple[str, workers.Worker]] = []
+        self._jobs: list[tuple[str, workers.Worker]] = []  # not done yet
+        self._live: list[workers.Worker] = []  # whose thread has not finished
         self._waiting: list[tuple[str, workers.Worker, bool]] = []
 
     # -- selection and settings --
@@ -182,6 +183,7 @@ class Controller(QObject):
         its first paint (and which loads, comparisons and exports start themselves).
         """
         self._jobs.append((kind, worker))
+        self._live.append(worker)
         # Bound methods of this (UI-thread) object, never lambdas: a lambda would
         # run on the worker's thread.
         worker.finished.connect(self._on_job_finished)
@@ -220,9 +222,19 @@ class Controller(QObject):
     def _on_job_finished(self) -> None:
         worker = self.sender()
         if isinstance(worker, workers.Worker):
+            self._live = [w for w in self._live if w is not worker]
+            self._ended(worker)
+
+    def _done(self) -> None:
+        """Called first by a result slot: the job is over before its result is
+        announced, so whoever reacts may start the next one (ask after a load)."""
+        worker = self.sender()
+        if isinstance(worker, workers.Worker):
             self._ended(worker)
 
     def _ended(self, worker: workers.Worker) -> None:
+        if not any(w is worker for _, w in self._jobs):
+            return
         self._jobs = [(k, w) for k, w in self._jobs if w is not worker]
         if self._waiting and not self.closing:
             self._launch_waiting()
@@ -241,7 +253,7 @@ class Controller(QObject):
             worker.cancel()
             worker.aborted.emit()
             worker.finished.emit()
-        pending = [w for _, w in self._jobs]
+        pending = list(self._live)
         for worker in pending:
             worker.cancel()
         self.generation_queue.cancel_all()
@@ -343,6 +355,7 @@ class Controller(QObject):
             worker.cancel()
 
     def _on_loaded(self, loaded: Any) -> None:
+        self._done()
         if self.closing:
             from core import loader
 
@@ -408,14 +421,17 @@ class Controller(QObject):
         self.answer_chunk.emit(chunk)
 
     def _on_answer(self, stats: Any) -> None:
+        self._done()
         self.last_stats = stats
         self.answer_finished.emit(stats)
 
     def _on_answer_error(self, exc: Exception) -> None:
+        self._done()
         worker = self.sender()
         self.answer_failed.emit(exc, getattr(worker, "stats", None))
 
     def _on_answer_aborted(self) -> None:
+        self._done()
         self.answer_aborted.emit()
 
     # -- estimates, comparisons, exports, sampling --
@@ -483,7 +499,9 @@ class Controller(QObject):
 def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Machine:
     """Import the stack once (core.stack); what this machine can run."""
     from core import preflight, stack
+    from core.loader import quiet_libraries
 
+    quiet_libraries()  # before bitsandbytes logs its CPU-kernel notice on import
     stack.import_stack()
     return preflight.probe_machine()
 
