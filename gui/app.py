@@ -35,6 +35,25 @@ QLabel[invalid="true"] { color: #d9534f; border: none; }
 """
 
 
+# Fusion draws checked boxes and radio buttons in dark grey on the dark palette:
+# on dark, indicators get a light outline and a filled, marked checked state.
+DARK_INDICATORS = """
+QCheckBox::indicator, QRadioButton::indicator, QGroupBox::indicator {
+    width: 13px; height: 13px; border: 1px solid #9aa0a8; background: #1e1f22; }
+QRadioButton::indicator { border-radius: 7px; }
+QCheckBox::indicator, QGroupBox::indicator { border-radius: 3px; }
+QCheckBox::indicator:checked, QGroupBox::indicator:checked {
+    background: #2f8196; border-color: #cfeff6; image: url(CHECK); }
+QRadioButton::indicator:checked { border-color: #cfeff6; background: qradialgradient(
+    cx: 0.5, cy: 0.5, radius: 0.5, fx: 0.5, fy: 0.5,
+    stop: 0 #ffffff, stop: 0.42 #ffffff, stop: 0.5 #2f8196, stop: 1 #2f8196); }
+QCheckBox::indicator:disabled, QRadioButton::indicator:disabled { border-color: #5a5e64; }
+QCheckBox::indicator:checked:disabled { background: #3e5a61; }
+QRadioButton::indicator:checked:disabled { border-color: #5a5e64; }
+"""
+CHECK_SVG = RESOURCES / "check-dark.svg"
+
+
 def icon() -> QIcon:
     """Nibble's icon (the SVG where Qt can render it, the PNG otherwise)."""
     result = QIcon()
@@ -81,11 +100,13 @@ def apply_theme(app: QApplication) -> None:
     app.setStyle("Fusion")
     theme = os.environ.get("NIBBLE_THEME", "system").lower()
     scheme = QGuiApplication.styleHints().colorScheme()
+    style = STYLE
     if theme == "dark" or (theme == "system" and scheme == Qt.ColorScheme.Dark):
         app.setPalette(dark_palette())
+        style += DARK_INDICATORS.replace("CHECK", CHECK_SVG.as_posix())
     elif theme == "light":
         app.setPalette(app.style().standardPalette())
-    app.setStyleSheet(STYLE)
+    app.setStyleSheet(style)
 
 
 def make_app(argv: list[str] | None = None) -> QApplication:

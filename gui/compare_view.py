@@ -58,7 +58,7 @@ TABLE_COLUMNS = (
     "Bits",
     "Load",
     "Peak during load",
-    "True size",
+    "Actual size",
     "First token",
     "Decode",
     "Perplexity",
@@ -70,7 +70,7 @@ COLUMN_TIPS = {
     "Peak during load": "The highest process RSS while loading (on a GPU, the highest "
     "VRAM allocated). It includes what the process held before the load, such as the "
     "chat's model.",
-    "True size": "Parameters, buffers and quantization state of the loaded model.",
+    "Actual size": "Parameters, buffers and quantization state of the loaded model.",
     "First token": "Time to the first new token of the prompt's answer.",
     "Decode": "Tokens per second after the first, over a fixed count of greedy tokens.",
     "Perplexity": "On the bundled text, strided 512-token windows; lower is better.",
@@ -204,7 +204,7 @@ class CompareView(QWidget):
         seed_layout.setContentsMargins(0, 0, 0, 0)
         caption = QLabel(
             "FP16 vs INT8 vs NF4 at a glance, with this model's numbers: memory savings are "
-            "of the true size in memory; the accuracy hit is measured against the "
+            "of the actual size in memory; the accuracy hit is measured against the "
             f"first row on {compare.EVAL_SOURCE}."
         )
         caption.setWordWrap(True)

@@ -66,6 +66,7 @@ IMPORT, CATALOG, RESOLVE, LOAD, ANSWER = (
 )
 ESTIMATE, COMPARE, EXPORT, SAMPLER = "estimate", "compare", "export", "sampler"
 MODULES = "modules"
+EXCLUSIVE = (LOAD, ESTIMATE, MODULES)
 
 
 class Controller(QObject):
@@ -202,10 +203,11 @@ class Controller(QObject):
         self._waiting = still
 
     def _must_wait(self, kind: str) -> bool:
-        # from_pretrained changes process-global state while it loads (the default
-        # dtype); an estimate's meta-device build must not see it half-way.
-        return kind in (ESTIMATE, MODULES) and any(
-            k == LOAD and w.thread_ is not None for k, w in self._jobs
+        # from_pretrained and from_config change process-global state while they
+        # run (the default dtype): a load and the meta-device builds of estimates
+        # and module names run one at a time, never beside each other.
+        return kind in EXCLUSIVE and any(
+            k in EXCLUSIVE and w.thread_ is not None for k, w in self._jobs
         )
 
     def run(

@@ -18,6 +18,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import (
+    QBoxLayout,
     QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
@@ -44,6 +45,7 @@ GIB = float(2**30)
 COLORS = ("#4C9BE8", "#F28E2B", "#59A14F", "#E15759", "#B07AA1", "#76B7B2")
 MARKER_COLOR = "#9A9A9A"
 LABEL_SLOTS = (0.92, 0.80, 0.68, 0.56)
+STACK_BELOW_PX = 820
 
 # What the window's signals mean on the time line.
 LOAD_STARTED = "Load started"
@@ -294,7 +296,7 @@ class MonitorView(QWidget):
             COLORS[1],
             fill=True,
         )
-        host = QHBoxLayout()
+        host = self.host_layout = QBoxLayout(QBoxLayout.Direction.LeftToRight)
         host.addWidget(self.ram_chart, 1)
         host.addWidget(self.cpu_chart, 1)
 
@@ -552,6 +554,16 @@ class MonitorView(QWidget):
     @Slot()
     def mark_unloaded(self) -> None:
         self.add_marker(UNLOADED)
+
+    def resizeEvent(self, event: Any) -> None:
+        # Side by side the host charts' titles need room; narrow tabs stack them.
+        narrow = event.size().width() < STACK_BELOW_PX
+        self.host_layout.setDirection(
+            QBoxLayout.Direction.TopToBottom
+            if narrow
+            else QBoxLayout.Direction.LeftToRight
+        )
+        super().resizeEvent(event)
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
