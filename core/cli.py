@@ -209,6 +209,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ]
     ref = catalog.resolve(args.model)
     warnings = precheck.check_settings(ref, quant, options)
+    chat = None
+    if args.save_to_chat is not None:
+        from core.chat_cli import ChatRecorder
+
+        gen = ChatRecorder.seeded(gen)
+        chat = ChatRecorder.open(args.save_to_chat, prompt, args.system, args.raw)
+        messages = chat.messages(messages)
     show = stderr_progress(args.json)
     loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)
@@ -218,6 +225,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # Ctrl+C and SIGTERM stop the answer as Esc does in the window: what was
     # written so far and its stats are kept.
     try:
+        if chat is not None:
+            chat.ask()
         with interrupt.signals_set(stop):
             for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
                 if isinstance(item, generation.GenerationStats):
@@ -227,6 +236,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if not args.json:
                         print(item, end="", flush=True)
     finally:
+        if chat is not None:
+            chat.save("".join(chunks), loaded, gen, stats, args.raw)
         report = loaded.report
         loader.unload(loaded)
     if args.json:
@@ -239,6 +250,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "settings": quant.to_dict(),
                     "options": options.to_dict(),
                     "generation": gen.to_dict(),
+                    "conversation_id": chat.conversation_id if chat else None,
                 },
                 indent=2,
             )
@@ -523,6 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_quant_args(p)
     add_generation_args(p)
+    p.add_argument(
+        "--save-to-chat",
+        nargs="?",
+        const="new",
+        default=None,
+        metavar="ID",
+        help="keep the question and answer in the chat history: a new conversation, "
+        "or continue conversation ID (its earlier messages are the context)",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -594,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
         set_help="set a BitsAndBytesConfig field on every quantized row",
     )
     p.set_defaults(func=cmd_compare)
+
+    from core.chat_cli import add_chats_parser
+
+    add_chats_parser(sub)
 
     p = sub.add_parser(
         "self-test", help="load the default model in nf4 and check it answers"

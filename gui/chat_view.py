@@ -479,6 +479,12 @@ class ChatView(QWidget):
         self.undo_bar.setVisible(bool(self._cleared))
         self._update_buttons()
 
+    def reset(self) -> None:
+        """Remove every message with no Undo (another conversation is shown)."""
+        self.clear()
+        self._cleared = []
+        self.undo_bar.hide()
+
     def undo_clear(self) -> None:
         """Bring back the messages the last Clear removed."""
         cleared, self._cleared = self._cleared, []

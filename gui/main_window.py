@@ -44,7 +44,7 @@ from core.errors import NibbleError
 from core.paths import config_dir
 from core.settings import LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
-from gui import dialogs, hub_dialog
+from gui import chat_history, dialogs, hub_dialog
 from gui.chat_view import ChatView
 from gui.controller import CLOSE_DEADLINE_S, Controller
 from gui.estimate_view import EstimateView
@@ -87,10 +87,14 @@ class MainWindow(QMainWindow):
         self.memory_gauge: MemoryGauge | None = None
         self.compare_view: CompareView | None = None
         self.server_view: ServerView | None = None
+        self.history: chat_history.ChatHistory | None = None  # after the first paint
         self._build()
         self._connect()
         self._restore()
         self.installEventFilter(self)
+        self.first_painted.connect(
+            self.install_history, Qt.ConnectionType.QueuedConnection
+        )
         if notice:
             QTimer.singleShot(0, self, lambda: self.show_notice(notice))
 
@@ -498,9 +502,17 @@ class MainWindow(QMainWindow):
             self.show_error(exc)
             return
         try:
-            self.controller.send(messages, raw, gen)
+            if self.history is not None:  # keeps the question and the answer
+                self.history.send(messages, raw, gen)
+            else:
+                self.controller.send(messages, raw, gen)
         except NibbleError as exc:
             self.show_error(exc, "Cannot answer")
+
+    def install_history(self) -> None:
+        """The conversation list beside the chat; the last conversation reopened."""
+        if self.history is None:
+            self.history = chat_history.install(self)
 
     def stop_generation(self) -> None:
         self.controller.stop_answer()
@@ -658,9 +670,14 @@ class MainWindow(QMainWindow):
         qs.sync()
         self._save_session()
         self._speed_timer.stop()
+        started = time.monotonic()
         if self.server_view is not None:
             self.server_view.shutdown(CLOSE_DEADLINE_S / 2)
-        self.controller.stop_all(CLOSE_DEADLINE_S)
+        # One deadline for everything: what the server took is not given again.
+        left = CLOSE_DEADLINE_S - (time.monotonic() - started)
+        self.controller.stop_all(max(0.2, left))
+        if self.history is not None:
+            self.history.close()
         event.accept()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,16 @@ def build_tiny_model(
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
     """A tiny Llama (2 layers, hidden 64) with the default model's tokenizer."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A window a test opens keeps its chats in a new, empty temporary database."""
+    from core import conversations
+
+    def fresh() -> Path:
+        return tmp_path_factory.mktemp("history") / conversations.FILE_NAME
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conversations, "database_path", fresh)
+        yield

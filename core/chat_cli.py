@@ -1,0 +1,231 @@
+"""The chat history on the command line: `chats ...` and `generate --save-to-chat`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from core import conversations
+from core.errors import NibbleError
+from core.provenance import Provenance, with_seed
+from core.settings import GenerationSettings
+
+EXIT_OK = 0
+
+
+def open_store() -> conversations.ConversationStore:
+    """The user's history; a notice about a damaged file goes to stderr."""
+    store = conversations.ConversationStore()
+    if store.notice:
+        print(f"warning: {store.notice}", file=sys.stderr)
+    return store
+
+
+def parse_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise NibbleError(
+            f"{text!r} is not a conversation id",
+            "use the number `python main.py chats list` shows",
+        ) from None
+
+
+class ChatRecorder:
+    """Keeps one `generate` run in the history: the question, then the answer."""
+
+    def __init__(
+        self,
+        store: conversations.ConversationStore,
+        conversation_id: int | None,
+        prompt: str,
+        system: str | None,
+        history: list[dict[str, str]],
+    ) -> None:
+        self.store = store
+        self.conversation_id = conversation_id
+        self.prompt = prompt
+        self.system = system
+        self.history = history
+        self.asked = False
+
+    @staticmethod
+    def seeded(gen: GenerationSettings) -> GenerationSettings:
+        """A seed is recorded with every saved answer, so it can be regenerated."""
+        return with_seed(gen)
+
+    @classmethod
+    def open(
+        cls, target: str, prompt: str, system: str | None, raw: bool
+    ) -> ChatRecorder:
+        """`target` is 'new' or the id of the conversation to continue."""
+        store = open_store()
+        if target == "new":
+            return cls(store, None, prompt, system, [])
+        conversation = store.get(parse_id(target))
+        if system:
+            store.close()
+            raise NibbleError(
+                "--system only applies to a new conversation",
+                f"conversation {conversation.id} has its own system prompt; "
+                "leave --system out",
+            )
+        return cls(store, conversation.id, prompt, None, conversation.history())
+
+    def messages(self, asked: Any) -> Any:
+        """What to feed the model: the earlier messages, then this question."""
+        if not self.history:
+            return asked
+        return [*self.history, {"role": "user", "content": self.prompt}]
+
+    def ask(self) -> None:
+        """Store the question (before the answer starts, in its own transaction)."""
+        if self.conversation_id is None:
+            self.conversation_id = self.store.create(system_prompt=self.system or "")
+        self.store.add_message(self.conversation_id, "user", self.prompt)
+        self.asked = True
+
+    def save(
+        self, text: str, loaded: Any, gen: GenerationSettings, stats: Any, raw: bool
+    ) -> None:
+        """Store the answer with its provenance; an interrupted one is marked stopped."""
+        from core.generation import STOP_STOPPED, GenerationStats
+
+        try:
+            if not self.asked or self.conversation_id is None:
+                return
+            if stats is None:
+                if not text:
+                    return
+                stats = GenerationStats(stop_reason=STOP_STOPPED)
+            provenance = Provenance.from_loaded(loaded, gen, stats, raw)
+            self.store.add_answer(self.conversation_id, text, provenance)
+            print(f"saved to conversation {self.conversation_id}", file=sys.stderr)
+        finally:
+            self.store.close()
+
+
+# -- chats ---------------------------------------------------------------------------
+
+
+def cmd_chats_list(args: argparse.Namespace) -> int:
+    with open_store() as store:
+        items = store.list()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": c.id,
+                        "title": c.title,
+                        "created": conversations.iso(c.created),
+                        "updated": conversations.iso(c.updated),
+                    }
+                    for c in items
+                ],
+                indent=2,
+            )
+        )
+    elif items:
+        print(conversations.format_list(items))
+    else:
+        print("no conversations yet", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_chats_show(args: argparse.Namespace) -> int:
+    with open_store() as store:
+        conversation = store.get(parse_id(args.id))
+    if args.json:
+        print(json.dumps(conversation.to_dict(), indent=2))
+        return EXIT_OK
+    print(f"# {conversation.display_title}  (conversation {conversation.id})")
+    if conversation.system_prompt.strip():
+        print(f"\n[system] {conversation.system_prompt}")
+    for message in conversation.messages:
+        if message.role == "assistant":
+            provenance = message.provenance
+            badge = f" [{provenance.badge()}]" if provenance else ""
+            count = len(message.variants)
+            which = f" (variant {message.active + 1} of {count})" if count > 1 else ""
+            print(f"\nNibble{badge}{which}:\n{message.text}")
+            if provenance and provenance.stats_line():
+                print(f"  {provenance.stats_line()}")
+        else:
+            who = "You" if message.role == "user" else "System"
+            print(f"\n{who}:\n{message.text}")
+    return EXIT_OK
+
+
+def cmd_chats_search(args: argparse.Namespace) -> int:
+    with open_store() as store:
+        hits = store.search(args.text)
+    for hit in hits:
+        print(f"{hit.conversation_id:>6}  {hit.title}  —  {hit.snippet}")
+    if not hits:
+        print(f"nothing found for {args.text!r}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_chats_export(args: argparse.Namespace) -> int:
+    if not (args.md or args.json):
+        raise NibbleError("pick a format", "add --md or --json")
+    with open_store() as store:
+        if args.id == "all":
+            if args.md:
+                raise NibbleError(
+                    "all conversations export as one JSON file",
+                    "use `chats export all --json`, or export one id with --md",
+                )
+            text = json.dumps(store.export_all_json(), indent=2, ensure_ascii=False)
+        elif args.md:
+            text = store.export_markdown(parse_id(args.id))
+        else:
+            text = json.dumps(
+                store.export_json(parse_id(args.id)), indent=2, ensure_ascii=False
+            )
+    if not text.endswith("\n"):
+        text += "\n"
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise NibbleError(
+                f"cannot write {args.out}: {exc.strerror}", "pick another file"
+            ) from exc
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def add_chats_parser(sub: Any) -> None:
+    """The `chats` command and its list / show / search / export subcommands."""
+    p = sub.add_parser("chats", help="the chat history: list, show, search, export")
+    chats = p.add_subparsers(dest="chats_command", metavar="ACTION", required=True)
+
+    q = chats.add_parser("list", help="every conversation, the latest first")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_chats_list)
+
+    q = chats.add_parser("show", help="print one conversation with each answer's badge")
+    q.add_argument("id")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_chats_show)
+
+    q = chats.add_parser("search", help="conversations that contain some text")
+    q.add_argument("text")
+    q.set_defaults(func=cmd_chats_search)
+
+    q = chats.add_parser(
+        "export", help="a conversation as Markdown or JSON; 'all' as one JSON file"
+    )
+    q.add_argument("id", help="a conversation id, or 'all'")
+    fmt = q.add_mutually_exclusive_group()
+    fmt.add_argument("--md", action="store_true", help="Markdown with provenance")
+    fmt.add_argument("--json", action="store_true", help="JSON with every field")
+    q.add_argument("--out", "-o", default=None, metavar="FILE")
+    q.set_defaults(func=cmd_chats_export)

@@ -1,0 +1,814 @@
+"""Chats that last: conversations, messages and each answer's provenance in SQLite.
+
+The database is ``core.paths.data_dir()/conversations.db`` (WAL mode). Every assistant
+message keeps one or more *variants* (the first answer, then each "Regenerate with…"),
+and each variant its `Provenance`: the model (name, folder or hub id, revision), the
+full QuantSettings and LoadOptions, the generation settings and the seed, the stats of
+the run, the true size of the model and the library versions.
+
+Writes are single transactions: a user message is stored when it is sent, an answer
+when it ends, so a process killed mid-answer loses at most that partial answer. A
+database that cannot be read (not a database, damaged pages, a newer schema) is set
+aside under a new name and a fresh one is used; `ConversationStore.notice` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import NibbleError
+from core.paths import data_dir
+from core.provenance import Provenance, with_seed
+from core.settings import GenerationSettings
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = "conversations.db"
+SCHEMA_VERSION = 2
+ROLES = ("system", "user", "assistant")
+TITLE_CHARS = 60
+UNDO_S = 60.0
+
+# Version 1 kept one answer per assistant message, its provenance in a column.
+SCHEMA_V1 = """
+CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL DEFAULT '',
+    system_prompt TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created REAL NOT NULL,
+    provenance TEXT
+);
+CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
+"""
+
+# Version 2: answers have variants; what loaded the model (a "setup": model, settings,
+# size, versions) is stored once and shared by every answer it gave; deleted
+# conversations wait for undo.
+MIGRATE_V1_TO_V2 = """
+ALTER TABLE conversations ADD COLUMN deleted REAL;
+ALTER TABLE messages ADD COLUMN active_variant INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE setups (
+    id INTEGER PRIMARY KEY,
+    data TEXT NOT NULL UNIQUE
+);
+CREATE TABLE variants (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    created REAL NOT NULL,
+    setup_id INTEGER REFERENCES setups(id),
+    run TEXT,
+    UNIQUE (message_id, position)
+);
+CREATE INDEX conversations_by_updated ON conversations(deleted, updated);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def _v1_answers_to_variants(conn: sqlite3.Connection) -> None:
+    """Each v1 answer becomes variant 0, its provenance split into setup and run."""
+    rows = conn.execute(
+        "SELECT id, text, created, provenance FROM messages WHERE role = 'assistant'"
+    ).fetchall()
+    for message_id, text, created, blob in rows:
+        provenance = Provenance.from_dict(json.loads(blob)) if blob else None
+        _insert_variant(conn, message_id, 0, text, created, provenance)
+    conn.execute("ALTER TABLE messages DROP COLUMN provenance")
+
+
+MIGRATIONS: dict[int, tuple[str, Any]] = {
+    1: (SCHEMA_V1, None),
+    2: (MIGRATE_V1_TO_V2, _v1_answers_to_variants),
+}
+
+
+def sampling_of(message: Message, fallback: GenerationSettings) -> GenerationSettings:
+    """The sampling (seed included) that wrote an answer, to write it again alike."""
+    provenance = message.provenance
+    if provenance is None or not provenance.generation:
+        return with_seed(fallback)
+    settings = provenance.generation_settings()
+    if settings.seed is None and provenance.seed is not None:
+        settings.seed = provenance.seed
+    return with_seed(settings)
+
+
+# -- records -------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """One answer to an assistant message; the first, or one regenerated."""
+
+    id: int
+    position: int
+    text: str
+    created: float
+    provenance: Provenance | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "text": self.text,
+            "created": iso(self.created),
+            "provenance": self.provenance.to_dict() if self.provenance else None,
+        }
+
+
+@dataclass
+class Message:
+    """A message of a conversation; an assistant's shows its active variant."""
+
+    id: int
+    conversation_id: int
+    role: str
+    text: str
+    created: float
+    variants: list[Variant] = field(default_factory=list)
+    active: int = 0
+
+    @property
+    def variant(self) -> Variant | None:
+        if not self.variants:
+            return None
+        return self.variants[min(self.active, len(self.variants) - 1)]
+
+    @property
+    def provenance(self) -> Provenance | None:
+        variant = self.variant
+        return variant.provenance if variant else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "text": self.text,
+            "created": iso(self.created),
+        }
+        if self.role == "assistant":
+            data["active_variant"] = self.active
+            data["variants"] = [v.to_dict() for v in self.variants]
+        return data
+
+
+@dataclass
+class ConversationInfo:
+    """What the conversation list shows."""
+
+    id: int
+    title: str
+    created: float
+    updated: float
+    system_prompt: str = ""
+
+    @property
+    def display_title(self) -> str:
+        return self.title or "New conversation"
+
+
+@dataclass
+class Conversation(ConversationInfo):
+    """A conversation with its messages, oldest first."""
+
+    messages: list[Message] = field(default_factory=list)
+
+    def history(self, upto: int | None = None) -> list[dict[str, str]]:
+        """Chat messages for the model: system prompt, then each message's text.
+
+        `upto` stops before the message with that id (to regenerate it).
+        """
+        out: list[dict[str, str]] = []
+        if self.system_prompt.strip():
+            out.append({"role": "system", "content": self.system_prompt})
+        for message in self.messages:
+            if message.id == upto:
+                break
+            out.append({"role": message.role, "content": message.text})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "system_prompt": self.system_prompt,
+            "created": iso(self.created),
+            "updated": iso(self.updated),
+            "messages": [m.to_dict() for m in self.messages],
+        }
+
+
+@dataclass
+class SearchHit:
+    """A conversation that contains the searched text, with where."""
+
+    conversation_id: int
+    title: str
+    message_id: int | None
+    snippet: str
+
+
+def iso(timestamp: float) -> str:
+    """Local time as '2026-11-27T14:05:09'."""
+    return dt.datetime.fromtimestamp(timestamp).isoformat(timespec="seconds")
+
+
+def title_from(text: str) -> str:
+    """A title from a first question: its first line, cut at a word near 60 chars."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS].rsplit(" ", 1)[0]
+    return (cut if len(cut) > TITLE_CHARS // 2 else line[:TITLE_CHARS]).rstrip() + "…"
+
+
+# -- the store -----------------------------------------------------------------------
+
+
+def database_path() -> Path:
+    return data_dir() / FILE_NAME
+
+
+class ConversationNotFoundError(NibbleError):
+    """No conversation or message with that id."""
+
+
+class HistoryWriteError(NibbleError):
+    """The database refused a write (disk full, read-only, locked too long)."""
+
+
+class ConversationStore:
+    """Conversations in one SQLite file; every method is one transaction.
+
+    Parameters
+    ----------
+    path
+        The database file (default: `database_path()`); ":memory:" for a throwaway.
+
+    Attributes
+    ----------
+    notice
+        A sentence for the user when the file could not be used and was set aside.
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path not in (None, ":memory:") else None
+        if path is None:
+            self.path = database_path()
+        self.notice: str | None = None
+        self._conn = self._open()
+
+    # -- opening -----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            self._prepare(conn)
+            return conn
+        except (sqlite3.DatabaseError, _NewerSchemaError) as exc:
+            conn.close()
+            if self.path is None:
+                raise
+            self.notice = self._set_aside(exc)
+        conn = self._connect()
+        self._prepare(conn)
+        return conn
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise _NewerSchemaError(version)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        if version:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"damaged: {check}")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            _migrate(conn, target)
+        # Deletions older than a minute come from an earlier run: final now. Newer
+        # ones may still be undone by another process (the window beside the CLI).
+        conn.execute(
+            "DELETE FROM conversations WHERE deleted < ?", (time.time() - UNDO_S,)
+        )
+
+    def _set_aside(self, exc: BaseException) -> str:
+        assert self.path is not None
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        kept = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(self.path) + suffix)
+            if source.exists():
+                try:
+                    os.replace(source, Path(str(kept) + suffix))
+                except OSError:
+                    logger.warning("could not set aside %s", source)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning("conversation history %s unusable: %s", self.path, reason)
+        return (
+            f"The conversation history could not be read ({reason}); it was kept "
+            f"as {kept} and a new history started."
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    def __enter__(self) -> ConversationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a full disk or a lock held too long is a NibbleError."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise HistoryWriteError(
+                f"the conversation history could not be saved: {exc}",
+                f"check free space and permissions in {self.path.parent}"
+                if self.path
+                else "",
+            ) from exc
+
+    # -- conversations -----------------------------------------------------------
+
+    def create(self, title: str = "", system_prompt: str = "") -> int:
+        """A new, empty conversation; its id."""
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO conversations (title, system_prompt, created, updated) "
+                "VALUES (?, ?, ?, ?)",
+                (title, system_prompt, now, now),
+            )
+        return int(cur.lastrowid or 0)
+
+    def list(self) -> list[ConversationInfo]:
+        """Every conversation, the most recently changed first."""
+        rows = self._conn.execute(
+            "SELECT id, title, created, updated, system_prompt FROM conversations "
+            "WHERE deleted IS NULL ORDER BY updated DESC, id DESC"
+        ).fetchall()
+        return [ConversationInfo(*row) for row in rows]
+
+    def info(self, conversation_id: int) -> ConversationInfo:
+        row = self._conn.execute(
+            "SELECT id, title, created, updated, system_prompt FROM conversations "
+            "WHERE id = ? AND deleted IS NULL",
+            (conversation_id,),
+        ).fetchone()
+        if row is None:
+            raise ConversationNotFoundError(
+                f"no conversation {conversation_id}",
+                "list them with `python main.py chats list`",
+            )
+        return ConversationInfo(*row)
+
+    def get(self, conversation_id: int) -> Conversation:
+        """A conversation with all its messages and variants."""
+        info = self.info(conversation_id)
+        conn = self._conn
+        messages = [
+            Message(row[0], conversation_id, row[1], row[2], row[3], active=row[4])
+            for row in conn.execute(
+                "SELECT id, role, text, created, active_variant FROM messages "
+                "WHERE conversation_id = ? ORDER BY id",
+                (conversation_id,),
+            )
+        ]
+        by_id = {m.id: m for m in messages}
+        setups: dict[int, dict[str, Any]] = {}
+        for row in conn.execute(
+            "SELECT v.id, v.message_id, v.position, v.text, v.created, v.run, "
+            "v.setup_id, s.data FROM variants v "
+            "JOIN messages m ON m.id = v.message_id "
+            "LEFT JOIN setups s ON s.id = v.setup_id "
+            "WHERE m.conversation_id = ? ORDER BY v.message_id, v.position",
+            (conversation_id,),
+        ):
+            provenance = None
+            if row[6] is not None:
+                if row[6] not in setups:
+                    setups[row[6]] = json.loads(row[7])
+                run = json.loads(row[5]) if row[5] else {}
+                provenance = Provenance.from_dict({**setups[row[6]], **run})
+            by_id[row[1]].variants.append(
+                Variant(row[0], row[2], row[3], row[4], provenance)
+            )
+        return Conversation(
+            info.id,
+            info.title,
+            info.created,
+            info.updated,
+            info.system_prompt,
+            messages=messages,
+        )
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        with self._write() as conn:
+            self._check(
+                conn.execute(
+                    "UPDATE conversations SET title = ? WHERE id = ?",
+                    (title.strip(), conversation_id),
+                ),
+                conversation_id,
+            )
+
+    def set_system_prompt(self, conversation_id: int, text: str) -> None:
+        with self._write() as conn:
+            self._check(
+                conn.execute(
+                    "UPDATE conversations SET system_prompt = ? WHERE id = ?",
+                    (text, conversation_id),
+                ),
+                conversation_id,
+            )
+
+    def delete(self, conversation_id: int) -> None:
+        """Hide a conversation; `undelete` brings it back until the store reopens."""
+        with self._write() as conn:
+            self._check(
+                conn.execute(
+                    "UPDATE conversations SET deleted = ? WHERE id = ?",
+                    (time.time(), conversation_id),
+                ),
+                conversation_id,
+            )
+
+    def undelete(self, conversation_id: int) -> None:
+        with self._write() as conn:
+            self._check(
+                conn.execute(
+                    "UPDATE conversations SET deleted = NULL WHERE id = ?",
+                    (conversation_id,),
+                ),
+                conversation_id,
+            )
+
+    def purge_deleted(self) -> int:
+        """Remove hidden conversations for good; how many."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM conversations WHERE deleted IS NOT NULL")
+        return cur.rowcount
+
+    @staticmethod
+    def _check(cursor: sqlite3.Cursor, ident: int, what: str = "conversation") -> None:
+        if cursor.rowcount == 0:
+            raise ConversationNotFoundError(
+                f"no {what} {ident}", "it may have been deleted"
+            )
+
+    # -- messages ----------------------------------------------------------------
+
+    def add_message(self, conversation_id: int, role: str, text: str) -> Message:
+        """Append a system or user message (a first question also sets the title)."""
+        if role not in ("system", "user"):
+            raise ValueError("answers are added with add_answer")
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, text, created) "
+                "VALUES (?, ?, ?, ?)",
+                (conversation_id, role, text, now),
+            )
+            if role == "user":
+                conn.execute(
+                    "UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
+                    (title_from(text), conversation_id),
+                )
+            self._touch(conn, conversation_id, now)
+        return Message(int(cur.lastrowid or 0), conversation_id, role, text, now)
+
+    def add_answer(
+        self, conversation_id: int, text: str, provenance: Provenance | None
+    ) -> Message:
+        """Append an assistant message with its first variant."""
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, text, created) "
+                "VALUES (?, 'assistant', ?, ?)",
+                (conversation_id, text, now),
+            )
+            message_id = int(cur.lastrowid or 0)
+            variant = _insert_variant(conn, message_id, 0, text, now, provenance)
+            self._touch(conn, conversation_id, now)
+        return Message(
+            message_id, conversation_id, "assistant", text, now, variants=[variant]
+        )
+
+    def add_variant(
+        self, message_id: int, text: str, provenance: Provenance | None
+    ) -> Variant:
+        """Keep another answer on an assistant message and show it."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT m.conversation_id, m.role, COALESCE(MAX(v.position), -1) "
+                "FROM messages m LEFT JOIN variants v ON v.message_id = m.id "
+                "WHERE m.id = ? GROUP BY m.id",
+                (message_id,),
+            ).fetchone()
+            if row is None or row[1] != "assistant":
+                raise ConversationNotFoundError(
+                    f"no answer {message_id}", "it may have been deleted"
+                )
+            position = row[2] + 1
+            variant = _insert_variant(conn, message_id, position, text, now, provenance)
+            conn.execute(
+                "UPDATE messages SET text = ?, active_variant = ? WHERE id = ?",
+                (text, position, message_id),
+            )
+            self._touch(conn, row[0], now)
+        return variant
+
+    def set_active_variant(self, message_id: int, position: int) -> None:
+        """Show variant `position` of an answer (the one the history uses)."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT text FROM variants WHERE message_id = ? AND position = ?",
+                (message_id, position),
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFoundError(
+                    f"no variant {position} on answer {message_id}", ""
+                )
+            conn.execute(
+                "UPDATE messages SET text = ?, active_variant = ? WHERE id = ?",
+                (row[0], position, message_id),
+            )
+
+    def edit_message(
+        self, message_id: int, text: str, drop_following: bool = False
+    ) -> None:
+        """Change a message's text; `drop_following` removes every later message."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT conversation_id, role FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFoundError(f"no message {message_id}", "")
+            conn.execute(
+                "UPDATE messages SET text = ? WHERE id = ?", (text, message_id)
+            )
+            if row[1] == "assistant":
+                conn.execute(
+                    "UPDATE variants SET text = ? WHERE message_id = ? AND position = "
+                    "(SELECT active_variant FROM messages WHERE id = ?)",
+                    (text, message_id, message_id),
+                )
+            if drop_following:
+                conn.execute(
+                    "DELETE FROM messages WHERE conversation_id = ? AND id > ?",
+                    (row[0], message_id),
+                )
+            self._touch(conn, row[0], time.time())
+
+    def delete_message(self, message_id: int) -> None:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFoundError(f"no message {message_id}", "")
+            conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            self._touch(conn, row[0], time.time())
+
+    @staticmethod
+    def _touch(conn: sqlite3.Connection, conversation_id: int, when: float) -> None:
+        cur = conn.execute(
+            "UPDATE conversations SET updated = ? WHERE id = ?", (when, conversation_id)
+        )
+        if cur.rowcount == 0:
+            raise ConversationNotFoundError(
+                f"no conversation {conversation_id}", "it may have been deleted"
+            )
+
+    # -- search, last open -------------------------------------------------------
+
+    def search(self, text: str, limit: int = 200) -> list[SearchHit]:
+        """Conversations whose title or any message contains `text` (any case)."""
+        needle = text.strip()
+        if not needle:
+            return []
+        pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%")
+        pattern = pattern.replace("_", "\\_") + "%"
+        hits: list[SearchHit] = []
+        seen: set[int] = set()
+        for row in self._conn.execute(
+            "SELECT id, title FROM conversations WHERE deleted IS NULL AND "
+            "title LIKE ? ESCAPE '\\' ORDER BY updated DESC",
+            (pattern,),
+        ):
+            seen.add(row[0])
+            hits.append(SearchHit(row[0], row[1], None, row[1]))
+        for row in self._conn.execute(
+            "SELECT c.id, c.title, m.id, m.text FROM messages m "
+            "JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.deleted IS NULL AND m.text LIKE ? ESCAPE '\\' "
+            "ORDER BY c.updated DESC, m.id",
+            (pattern,),
+        ):
+            if row[0] in seen:
+                continue
+            seen.add(row[0])
+            hits.append(SearchHit(row[0], row[1], row[2], snippet(row[3], needle)))
+            if len(hits) >= limit:
+                break
+        return hits[:limit]
+
+    def set_last_open(self, conversation_id: int | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_open', ?)",
+                (None if conversation_id is None else str(conversation_id),),
+            )
+
+    def last_open(self) -> int | None:
+        """The conversation shown when the window closed, if it still exists."""
+        row = self._conn.execute(
+            "SELECT c.id FROM meta JOIN conversations c "
+            "ON c.id = CAST(meta.value AS INTEGER) "
+            "WHERE meta.key = 'last_open' AND c.deleted IS NULL"
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    # -- export ------------------------------------------------------------------
+
+    def export_json(self, conversation_id: int) -> dict[str, Any]:
+        return {
+            "format": "nibble-conversation",
+            "version": SCHEMA_VERSION,
+            "conversation": self.get(conversation_id).to_dict(),
+        }
+
+    def export_all_json(self) -> dict[str, Any]:
+        return {
+            "format": "nibble-conversations",
+            "version": SCHEMA_VERSION,
+            "exported": iso(time.time()),
+            "conversations": [
+                self.get(info.id).to_dict() for info in reversed(self.list())
+            ],
+        }
+
+    def export_markdown(self, conversation_id: int) -> str:
+        return to_markdown(self.get(conversation_id))
+
+
+def _insert_variant(
+    conn: sqlite3.Connection,
+    message_id: int,
+    position: int,
+    text: str,
+    created: float,
+    provenance: Provenance | None,
+) -> Variant:
+    setup_id = run = None
+    if provenance is not None:
+        setup, run_data = provenance.split()
+        blob = json.dumps(setup, sort_keys=True)
+        conn.execute("INSERT OR IGNORE INTO setups (data) VALUES (?)", (blob,))
+        setup_id = conn.execute(
+            "SELECT id FROM setups WHERE data = ?", (blob,)
+        ).fetchone()[0]
+        run = json.dumps(run_data)
+    cur = conn.execute(
+        "INSERT INTO variants (message_id, position, text, created, setup_id, run) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (message_id, position, text, created, setup_id, run),
+    )
+    return Variant(int(cur.lastrowid or 0), position, text, created, provenance)
+
+
+class _NewerSchemaError(Exception):
+    def __init__(self, version: int) -> None:
+        super().__init__(f"written by a newer Nibble, schema {version}")
+
+
+def _migrate(conn: sqlite3.Connection, target: int) -> None:
+    """Bring the schema to version `target` in one transaction."""
+    script, then = MIGRATIONS[target]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        if then is not None:
+            then(conn)
+        conn.execute(f"PRAGMA user_version = {int(target)}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    logger.info("conversation history schema now at version %d", target)
+
+
+def snippet(text: str, needle: str, width: int = 80) -> str:
+    """The part of `text` around the first `needle`, on one line."""
+    flat = " ".join(text.split())
+    at = flat.lower().find(needle.lower())
+    if at < 0:
+        return flat[:width]
+    start = max(0, at - width // 3)
+    end = min(len(flat), start + width)
+    return ("…" if start else "") + flat[start:end] + ("…" if end < len(flat) else "")
+
+
+# -- markdown ------------------------------------------------------------------------
+
+
+def to_markdown(conversation: Conversation) -> str:
+    """The conversation as Markdown, each answer with its badge and provenance."""
+    lines = [f"# {conversation.display_title}", ""]
+    lines.append(
+        f"*Nibble conversation · started {iso(conversation.created)} · "
+        f"{len(conversation.messages)} messages*"
+    )
+    lines.append("")
+    if conversation.system_prompt.strip():
+        lines += ["**System prompt:**", "", _quote(conversation.system_prompt), ""]
+    for message in conversation.messages:
+        if message.role != "assistant":
+            who = "You" if message.role == "user" else "System"
+            lines += [f"## {who}", "", message.text, ""]
+            continue
+        variants = message.variants or [
+            Variant(0, 0, message.text, message.created, None)
+        ]
+        for variant in variants:
+            shown = variant.position == (
+                message.variant.position if message.variant else 0
+            )
+            head = "## Answer"
+            if variant.provenance:
+                head += f" · `{variant.provenance.badge()}`"
+            if len(variants) > 1:
+                head += f" · variant {variant.position + 1} of {len(variants)}"
+                if shown:
+                    head += " (shown)"
+            lines += [head, "", variant.text, ""]
+            if variant.provenance:
+                lines += _provenance_block(variant.provenance)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in text.splitlines())
+
+
+def _provenance_block(provenance: Provenance) -> list[str]:
+    lines = ["<details><summary>Provenance</summary>", ""]
+    lines += [f"- {line}" for line in provenance.describe()]
+    lines += ["", "</details>", ""]
+    return lines
+
+
+def format_list(conversations: Sequence[ConversationInfo]) -> str:
+    """The `chats list` table: id, last change, title."""
+    rows = [
+        f"{c.id:>6}  {iso(c.updated).replace('T', ' ')}  {c.display_title}"
+        for c in conversations
+    ]
+    return "\n".join(rows)

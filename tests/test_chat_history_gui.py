@@ -1,0 +1,304 @@
+"""The chat's history in the window: list, badges, variants, edit, regenerate with.
+
+A stand-in controller with the real one's signals plays the model, so these tests
+check what the history does with questions and answers without loading anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QObject, Signal
+
+from core.catalog import ModelRef
+from core.conversations import ConversationStore
+from core.generation import GenerationStats
+from core.settings import GenerationSettings, LoadOptions, preset
+from gui.chat_history import ChatHistory
+from gui.chat_view import ChatView
+from gui.conversation_list import ConversationList
+from tests.gui_helpers import no_dangling_qthreads  # noqa: F401
+
+REF = ModelRef("default", "SmolLM2-135M-Instruct")
+
+
+@dataclass
+class FakeReport:
+    true_bytes: int
+    device: str = "cpu"
+    load_s: float = 1.0
+
+
+@dataclass
+class FakeLoaded:
+    ref: ModelRef
+    quant: Any
+    options: LoadOptions
+    report: FakeReport
+    model: Any = None
+
+
+def loaded_with(name: str) -> FakeLoaded:
+    size = {"nf4": 166_000_000, "int8": 220_000_000}.get(name, 538_000_000)
+    chosen = preset(name)
+    return FakeLoaded(
+        REF, chosen.quant, chosen.load_options(LoadOptions()), FakeReport(size)
+    )
+
+
+class FakeController(QObject):
+    """The controller's answer and load signals, and what was asked of it."""
+
+    answer_started = Signal()
+    answer_chunk = Signal(str)
+    answer_finished = Signal(object)
+    answer_failed = Signal(object, object)
+    answer_aborted = Signal()
+    model_loaded = Signal(object)
+    load_failed = Signal(object)
+    load_cancelled = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: Any = loaded_with("nf4")
+        self.quant, self.options = self.loaded.quant, self.loaded.options
+        self.sent: list[tuple[Any, bool, GenerationSettings]] = []
+        self.loads: list[ModelRef] = []
+
+    def send(self, messages: Any, raw: bool, settings: GenerationSettings) -> object:
+        self.sent.append((messages, raw, settings))
+        self.answer_started.emit()
+        return object()
+
+    def load(self, ref: ModelRef) -> object:
+        self.loads.append(ref)
+        return object()
+
+    def set_settings(self, quant: Any, options: Any) -> None:
+        self.quant, self.options = quant, options
+
+    def answer(self, text: str, tokens: int = 5, speed: float = 20.0) -> None:
+        """Stream `text` and end the answer, as the generation queue would."""
+        for word in text.split(" "):
+            self.answer_chunk.emit(word if word == text.split(" ")[0] else " " + word)
+        self.answer_finished.emit(
+            GenerationStats(new_tokens=tokens, tokens_per_s=speed, stop_reason="eos")
+        )
+
+
+@pytest.fixture
+def setup(qtbot, tmp_path: Path):
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    controller = FakeController()
+    store = ConversationStore(tmp_path / "conversations.db")
+    history = ChatHistory(chat, controller, controller.set_settings, store)
+    qtbot.addWidget(history.list)
+    chat.set_ready(True)
+
+    # What the window does: the history stores the question, then the answer streams.
+    def send(messages: Any, raw: bool) -> None:
+        gen = history.prepare(messages, raw, chat.generation_settings())
+        controller.send(messages, raw, gen)
+
+    chat.send_requested.connect(send)
+    controller.answer_started.connect(chat.begin_answer)
+    controller.answer_chunk.connect(chat.append_chunk)
+    controller.answer_finished.connect(lambda s: chat.end_answer(s.summary()))
+    yield chat, controller, history, store
+    history.close()
+
+
+def variants_shown(chat: ChatView) -> str:
+    """'2/2' when the last message shows its arrows, else ''."""
+    switcher = getattr(chat.messages_widgets[-1], "switcher", None)
+    return switcher.label.text() if switcher and not switcher.isHidden() else ""
+
+
+def ask(qtbot, chat: ChatView, controller: FakeController, question: str, answer: str):
+    chat.input.setPlainText(question)
+    chat.send()
+    controller.answer(answer)
+    qtbot.waitUntil(lambda: hasattr(chat.messages_widgets[-1], "badge"))
+
+
+def test_question_and_answer_are_kept_with_a_badge(qtbot, setup) -> None:
+    chat, controller, history, store = setup
+    chat.system_edit.setPlainText("Be brief.")
+    ask(qtbot, chat, controller, "What is the capital of France?", "Paris.")
+    [info] = store.list()
+    assert info.title == "What is the capital of France?"
+    stored = store.get(info.id)
+    assert stored.system_prompt == "Be brief."
+    assert [(m.role, m.text) for m in stored.messages] == [
+        ("user", "What is the capital of France?"),
+        ("assistant", "Paris."),
+    ]
+    provenance = stored.messages[1].provenance
+    assert provenance is not None
+    assert provenance.seed is not None
+    assert controller.sent[0][2].seed == provenance.seed  # the seed it ran with
+    answer = chat.messages_widgets[-1]
+    assert answer.badge.text() == "nf4 · SmolLM2-135M"
+    assert "bnb_4bit_quant_type='nf4'" in answer.badge.toolTip()
+    assert "Hub id: HuggingFaceTB/SmolLM2-135M-Instruct" in answer.badge.toolTip()
+    assert "158.3 MiB" in answer.badge.toolTip()
+    assert history.list.ids() == [info.id]
+
+
+def test_regenerate_with_int8_keeps_two_variants_and_offers_the_way_back(
+    qtbot, setup
+) -> None:
+    chat, controller, history, store = setup
+    ask(qtbot, chat, controller, "Capital of France?", "Paris.")
+    answer_id = chat.messages_widgets[-1].message_id
+    first_seed = controller.sent[0][2].seed
+
+    history.regenerate_with(answer_id, "int8")
+    assert controller.loads == [REF]
+    assert controller.quant == preset("int8").quant  # the panel shows int8
+    controller.loaded = loaded_with("int8")
+    controller.model_loaded.emit(controller.loaded)
+    messages, _raw, settings = controller.sent[-1]
+    assert messages == [{"role": "user", "content": "Capital of France?"}]
+    assert settings.seed == first_seed
+    controller.answer("It is Paris.", tokens=4, speed=11.0)
+    qtbot.waitUntil(lambda: variants_shown(chat) == "2/2")
+
+    message = store.get(history.current.id).messages[1]
+    assert [v.text for v in message.variants] == ["Paris.", "It is Paris."]
+    nf4, int8 = (v.provenance for v in message.variants)
+    assert (nf4.badge(), int8.badge()) == ("nf4 · SmolLM2-135M", "int8 · SmolLM2-135M")
+    assert nf4.quant != int8.quant and nf4.true_bytes != int8.true_bytes
+    widget = chat.messages_widgets[-1]
+    assert widget.text == "It is Paris."
+    assert widget.badge.text() == "int8 · SmolLM2-135M"
+    assert widget.switcher.label.text() == "2/2"
+
+    assert history.restore_bar.isVisibleTo(chat)
+    assert history.restore_bar.back_button.text() == "Back to nf4"
+    history.restore_bar.back_button.click()
+    assert controller.quant == preset("nf4").quant
+    assert controller.loads == [REF, REF]
+
+    widget.switcher.previous.click()
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].text == "Paris.")
+    assert chat.messages_widgets[-1].badge.text() == "nf4 · SmolLM2-135M"
+    assert store.get(history.current.id).history()[-1]["content"] == "Paris."
+
+    dialog = history.show_side_by_side(answer_id)
+    qtbot.addWidget(dialog)
+    columns = [{k: v.text() for k, v in c.items()} for c in dialog.columns]
+    assert "nf4 · SmolLM2-135M" in columns[0]["badge"]
+    assert "(shown)" in columns[0]["badge"]
+    assert columns[1]["tokens"] == "4 tokens · eos"
+    assert columns[1]["speed"] == "11.0 tok/s"
+    assert columns[1]["size"] == "209.8 MiB in memory"
+    assert columns[0]["size"] == "158.3 MiB in memory"
+    assert not dialog.show_buttons[0].isEnabled()  # the one shown
+    dialog.show_buttons[1].click()
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].text == "It is Paris.")
+
+
+def test_a_failed_regenerate_load_puts_the_settings_back(qtbot, setup) -> None:
+    chat, controller, history, store = setup
+    ask(qtbot, chat, controller, "Hi", "Hello.")
+    history.regenerate_with(chat.messages_widgets[-1].message_id, "fp32")
+    assert controller.quant == preset("fp32").quant
+    controller.load_failed.emit(RuntimeError("out of memory"))
+    assert controller.quant == preset("nf4").quant
+    assert not history.busy
+    assert len(store.get(history.current.id).messages[1].variants) == 1
+
+
+def test_chat_regenerate_adds_a_variant(qtbot, setup) -> None:
+    chat, controller, history, store = setup
+    ask(qtbot, chat, controller, "Hi", "Hello.")
+    chat.regenerate()
+    controller.answer("Hey there.")
+    qtbot.waitUntil(lambda: variants_shown(chat) == "2/2")
+    message = store.get(history.current.id).messages[1]
+    assert [v.text for v in message.variants] == ["Hello.", "Hey there."]
+    assert len(store.get(history.current.id).messages) == 2
+
+
+def test_edit_and_resend_then_delete(qtbot, setup) -> None:
+    chat, controller, history, store = setup
+    ask(qtbot, chat, controller, "Capital of Italy?", "Rome.")
+    ask(qtbot, chat, controller, "And of Spain?", "Madrid.")
+    second = chat.messages_widgets[2].message_id
+    history.edit_and_resend(second, "And of Portugal?")
+    assert controller.sent[-1][0][-1] == {"role": "user", "content": "And of Portugal?"}
+    controller.answer("Lisbon.")
+    qtbot.waitUntil(lambda: hasattr(chat.messages_widgets[-1], "badge"))
+    texts = [m.text for m in store.get(history.current.id).messages]
+    assert texts == ["Capital of Italy?", "Rome.", "And of Portugal?", "Lisbon."]
+    history.delete_message(chat.messages_widgets[1].message_id)
+    assert [w.text for w in chat.messages_widgets] == [
+        "Capital of Italy?",
+        "And of Portugal?",
+        "Lisbon.",
+    ]
+
+
+def test_list_new_open_search_delete_undo(qtbot, setup) -> None:
+    chat, controller, history, store = setup
+    ask(qtbot, chat, controller, "Tell me about nf4", "It is 4-bit.")
+    first = history.current.id
+    history.list.new_button.click()
+    assert chat.messages_widgets == []
+    ask(qtbot, chat, controller, "Colours of the rainbow?", "Seven.")
+    second = history.current.id
+    assert history.list.ids() == [second, first]
+
+    history.list.opened.emit(first)
+    assert [w.text for w in chat.messages_widgets] == [
+        "Tell me about nf4",
+        "It is 4-bit.",
+    ]
+    assert chat.messages_widgets[1].badge.text() == "nf4 · SmolLM2-135M"
+
+    history.list.search_edit.setText("seven")
+    qtbot.waitUntil(lambda: history.list.ids() == [second])
+    history.list.search_edit.setText("")
+    qtbot.waitUntil(lambda: len(history.list.ids()) == 2)
+
+    history.list.rename(second, "Rainbow")
+    assert store.info(second).title == "Rainbow"
+    history.list.delete(first)
+    assert history.list.ids() == [second]
+    assert chat.messages_widgets == []  # the open conversation went
+    assert history.list.undo_bar.isVisibleTo(history.list)
+    history.list.undo_button.click()
+    assert history.list.ids() == [second, first]
+
+
+def test_export_markdown_has_the_badges(qtbot, setup, tmp_path: Path) -> None:
+    chat, controller, history, _store = setup
+    ask(qtbot, chat, controller, "Capital of France?", "Paris.")
+    path = history.export(history.current.id, "md", tmp_path / "chat.md")
+    text = path.read_text()
+    assert "## Answer · `nf4 · SmolLM2-135M`" in text
+    assert "Paris." in text
+    every = history.export(0, "all", tmp_path / "all.json").read_text()
+    assert '"nibble-conversations"' in every
+
+
+def test_a_damaged_history_is_set_aside_with_a_notice(qtbot, tmp_path: Path) -> None:
+    path = tmp_path / "conversations.db"
+    path.write_bytes(b"garbage" * 1000)
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    controller = FakeController()
+    history = ChatHistory(
+        chat, controller, controller.set_settings, ConversationStore(path)
+    )
+    qtbot.addWidget(history.list)
+    with qtbot.waitSignal(history.notice) as blocker:
+        pass
+    assert "could not be read" in blocker.args[0]
+    assert isinstance(history.list, ConversationList)
+    history.close()
