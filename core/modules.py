@@ -9,7 +9,6 @@ function.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,12 +41,10 @@ def module_names(struct: Structure) -> list[str]:
 
 
 def _matches(pattern: str, names: Iterable[str]) -> bool:
-    """As transformers matches a skip entry: a whole dotted part of a module name."""
-    try:
-        regex = re.compile(rf"(^|\.){pattern}(\.|$)")
-    except re.error:
-        return False
-    return any(regex.search(name) for name in names)
+    """Whether the skip entry keeps any of `names` unquantized, by transformers' rule."""
+    from core.preflight import matches
+
+    return any(matches(pattern, name) for name in names)
 
 
 def unknown_modules(

@@ -381,6 +381,8 @@ class Controller(QObject):
             return
         previous = self.loaded
         self.loaded = loaded
+        if loaded.ref != self.selected_ref:  # what is loaded is what is selected
+            self.select(loaded.ref)
         self.generation_queue.set_model(loaded)
         self.model_changed.emit(loaded)
         if previous is not None:

@@ -238,7 +238,8 @@ def test_no_stale_status_after_errors_unload_and_reload(window, tmp_path, qtbot)
     window.error_box.close()
     assert "Checking" not in window.load_label.text()
     window.speed_status.setText("12.3 tok/s")
-    name = window.loaded.ref.name
+    ref = window.loaded.ref
+    name = ref.name
     window.unload()
     assert window.load_label.text() == f"Unloaded {name}."
     assert window.model_status.text() == "No model loaded"
@@ -246,8 +247,9 @@ def test_no_stale_status_after_errors_unload_and_reload(window, tmp_path, qtbot)
     assert window.chat.empty_label.text() == "Load a model, then ask it something."
     assert c.generation_queue.loaded is None
     with qtbot.waitSignal(c.model_loaded, timeout=180_000):
-        window.request_load()
+        window.request_load(ref)  # the broken folder of the test before is selected
     qtbot.waitUntil(lambda: c.running("load") is None, timeout=10_000)
+    assert c.selected_ref == ref
     assert window.speed_status.text() == ""
     assert c.generation_queue.loaded is window.loaded
     assert window.chat.empty_label.text() == f"Ask {name} something."
