@@ -49,7 +49,8 @@ from gui.variants_view import (
 
 logger = logging.getLogger(__name__)
 
-LIST_WIDTH = 220
+LIST_WIDTH = 170
+NARROW_SCREEN = 1280  # px of available width below which the list starts hidden
 
 
 @dataclass
@@ -134,7 +135,7 @@ class ChatHistory(QObject):
         self.dialogs: list[VariantsDialog] = []
         self.closed = False
         self.list = ConversationList(self.store)
-        self.list.setMinimumWidth(180)
+        self.list.setMinimumWidth(140)
         self.list.opened.connect(self.open)
         self.list.new_requested.connect(self.new_conversation)
         self.list.deleted.connect(self._on_deleted)
@@ -613,6 +614,19 @@ def install(window: Any) -> ChatHistory:
     splitter.setStretchFactor(1, 1)
     total = max(sum(splitter.sizes()), 600)
     splitter.setSizes([LIST_WIDTH, total - LIST_WIDTH])
+    # On a narrow screen the list starts hidden (View ▸ Conversation list shows it),
+    # so the window still fits; the chat's Clear then starts a new conversation.
+    screen = window.screen()
+    narrow = screen is not None and screen.availableGeometry().width() < NARROW_SCREEN
+    shown = QAction("Conversation list", window, checkable=True, checked=not narrow)
+    shown.toggled.connect(history.list.setVisible)
+    shown.toggled.connect(lambda on: history.chat.clear_button.setVisible(not on))
+    history.list.setVisible(not narrow)
+    history.chat.clear_button.setVisible(narrow)
+    window.menu("View").addAction(shown)
+    history.list_action = shown
+    # The list's width comes out of the chat, not out of the settings column.
+    window.fit_middle_column()
     history.notice.connect(window.show_notice)
     history.error.connect(window.show_error)
     history.status.connect(lambda text: window.statusBar().showMessage(text, 5000))

@@ -98,6 +98,19 @@ class MainWindow(QMainWindow):
         if notice:
             QTimer.singleShot(0, self, lambda: self.show_notice(notice))
 
+    def fit_middle_column(self) -> None:
+        """Widen the settings column to what its fields need, taking it from the tabs,
+        so no button or field is cut at the right (the tabs keep their minimum)."""
+        sizes = self.splitter.sizes()
+        if len(sizes) != 3 or sum(sizes) == 0:
+            return
+        scrollbar = self.settings_scroll.verticalScrollBar().sizeHint().width()
+        wanted = self.settings_panel.sizeHint().width() + scrollbar + 4
+        spare = sizes[2] - self.tabs.minimumSizeHint().width()
+        grow = max(0, min(wanted - sizes[1], spare))
+        if grow:
+            self.splitter.setSizes([sizes[0], sizes[1] + grow, sizes[2] - grow])
+
     # -- building --
     def _build(self) -> None:
         c = self.controller

@@ -318,6 +318,8 @@ class MonitorView(QWidget):
         self.memory_note = QLabel(memory.MEANING_LINE)
         self.memory_note.setObjectName("monitorMemoryNote")
         self.memory_note.setEnabled(False)  # drawn as a quiet caption
+        # Wrapped, so the caption never sets the tab's (and the window's) width.
+        self.memory_note.setWordWrap(True)
         layout.addWidget(self.memory_note)
 
     def charts(self) -> list[Chart]:
