@@ -244,7 +244,9 @@ def title_from(text: str) -> str:
 
 
 def database_path() -> Path:
-    return data_dir() / FILE_NAME
+    """The history file; NIBBLE_CONVERSATIONS_DB overrides it (the self-test's window)."""
+    override = os.environ.get("NIBBLE_CONVERSATIONS_DB")
+    return Path(override) if override else data_dir() / FILE_NAME
 
 
 class ConversationNotFoundError(NibbleError):

@@ -30,6 +30,10 @@ def main() -> None:
     parser.add_argument("--prefix", default="", help="where the --sizes shots go")
     args = parser.parse_args()
     os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-shot-")
+    # A history of its own: the shot shows one conversation and leaves the user's alone.
+    os.environ["NIBBLE_CONVERSATIONS_DB"] = os.path.join(
+        os.environ["NIBBLE_CONFIG_DIR"], "conversations.db"
+    )
     from PySide6.QtCore import QEventLoop, QTimer
 
     from core.session import Session

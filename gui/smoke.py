@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot", default=None, metavar="FILE")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
-    os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-smoke-")
+    scratch = tempfile.mkdtemp(prefix="nibble-smoke-")
+    os.environ["NIBBLE_CONFIG_DIR"] = scratch
+    # The check leaves the user's conversations alone.
+    os.environ["NIBBLE_CONVERSATIONS_DB"] = os.path.join(scratch, "conversations.db")
 
     from core import desktop
 
