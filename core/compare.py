@@ -393,7 +393,8 @@ SEED_COLUMNS = ("Method", "Bits", "Memory savings", "Accuracy hit", "Best for")
 
 
 def seed_table(result: CompareResult) -> list[dict[str, str]]:
-    """The seed article's table with this model's measured numbers in every cell."""
+    """The at-a-glance table (Method, Bits, Memory savings, Accuracy hit, Best for)
+    with this model's measured numbers in every cell."""
     base = result.baseline
     done = [r for r in result.rows if r.ok]
     front = set(pareto_front(result.rows))
@@ -535,7 +536,7 @@ PEAK_NOTE = (
 
 
 def seed_markdown(result: CompareResult) -> str:
-    """The seed table as Markdown, with the model and the text it was measured on."""
+    """The at-a-glance table as Markdown, with the model and the text it was measured on."""
     lines = [
         "| " + " | ".join(SEED_COLUMNS) + " |",
         "|" + "|".join(" --- " for _ in SEED_COLUMNS) + "|",

@@ -557,7 +557,7 @@ class QuantSettings:
     def to_python(
         self, model: str = "your-model-name", options: LoadOptions | None = None
     ) -> str:
-        """A runnable snippet in the seed article's style for these settings."""
+        """A runnable snippet in the style users know from the bitsandbytes guides for these settings."""
         options = options or LoadOptions()
         out = [
             "import torch",
@@ -592,7 +592,7 @@ class QuantSettings:
 
 
 def py_literal(value: Any) -> str:
-    """Python source for a value, with double-quoted strings as in the seed article."""
+    """Python source for a value, with double-quoted strings as in the usual bitsandbytes examples."""
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list):

@@ -405,7 +405,7 @@ class CompareView(QWidget):
 
     # -- showing --
     def show_result(self, result: compare.CompareResult) -> None:
-        """Fill the table, charts, seed table and answers from `result`."""
+        """Fill the table, charts, at-a-glance table and answers from `result`."""
         self._fill_table(result.rows)
         self._draw(result.rows)
         _fill(self.seed, [list(r.values()) for r in compare.seed_table(result)])
@@ -511,7 +511,7 @@ class CompareView(QWidget):
 
     # -- exports --
     def copy_seed_markdown(self) -> str:
-        """Put the seed table on the clipboard as Markdown; returns the text."""
+        """Put the at-a-glance table on the clipboard as Markdown; returns the text."""
         if self.result is None:
             return ""
         text = compare.seed_markdown(self.result)
