@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,12 @@ import pytest
 
 # The local hub's fixtures (fake, repo_dir) for the hub, pull and dialog tests.
 pytest_plugins = ["tests.fake_hub"]
+
+# A run started in the background (CI, `make test &`) inherits Ctrl+C as ignored, and
+# an ignored signal stays ignored in every child: the tests that press Ctrl+C on the
+# CLI need it delivered, as at a terminal. A Python handler is reset on exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # GUI tests run without a display, here and in CI.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
