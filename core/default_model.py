@@ -207,7 +207,10 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
             raise mapped from exc  # a full disk or a read-only folder, said plainly
         raise
     finally:
-        registration.__exit__(None, None, None)
+        # A shard writer thread may still be writing into it after an interrupt: it
+        # stays registered, and leaving the process removes it once more.
+        if not tmp.exists():
+            registration.__exit__(None, None, None)
     report(4, 4, "Default model ready")
     logger.info("converted %s in %.1f s", DEFAULT_NAME, time.perf_counter() - started)
     return target
