@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.units import format_bytes
+from core.units import format_bytes, format_count, format_params
 
 EXIT_OK, EXIT_INTERRUPTED = 0, 130
 
@@ -54,12 +54,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"no text-generation models match {args.text!r}", file=sys.stderr)
         return EXIT_OK
     for r in results:
-        params = _params(r.parameters)
+        params = format_params(r.parameters, "?")
         badges = [b for b in (r.quantized, "gated" if r.gated else None) if b]
         badge = f"  [{', '.join(badges)}]" if badges else ""
         print(
             f"{r.repo_id:48} {params:>7} {r.dtype or '':5} "
-            f"{_count(r.downloads):>7} downloads {_count(r.likes):>6} likes  "
+            f"{format_count(r.downloads):>7} downloads {format_count(r.likes):>6} likes  "
             f"{r.last_modified or ''}{badge}"
         )
         if not r.loadable:
@@ -180,22 +180,3 @@ class _Printer:
     def clear(self) -> None:
         if self.tty:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-
-
-def _params(n: int | None) -> str:
-    if not n:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "—"
-    if n >= 1_000_000:
-        return f"{n / 1e6:.1f}M"
-    if n >= 1000:
-        return f"{n / 1e3:.1f}k"
-    return str(n)

@@ -28,27 +28,12 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import NibbleError
-from core.units import format_bytes
+from core.units import format_bytes, format_count, format_params
 from gui import workers
 
 logger = logging.getLogger(__name__)
 
 RESULT_ROLE = Qt.ItemDataRole.UserRole
-
-
-def _params(n: int | None) -> str:
-    if not n:
-        return "—"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "—"
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 class HubDialog(QDialog):
@@ -212,14 +197,14 @@ class HubDialog(QDialog):
             if r.note:
                 tip.append(r.note)
             name.setToolTip("\n".join(tip))
-            size = _params(r.parameters) + (f" {r.dtype}" if r.dtype else "")
+            size = format_params(r.parameters) + (f" {r.dtype}" if r.dtype else "")
             badge = r.quantized or ""
             if r.gated:
                 badge = ", ".join(b for b in (badge, "gated") if b)
             cells = [
                 name,
                 QTableWidgetItem(size),
-                QTableWidgetItem(_count(r.downloads)),
+                QTableWidgetItem(format_count(r.downloads)),
             ]
             cells.append(QTableWidgetItem(badge))
             if not r.loadable:
