@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         from gui.app import run_app
 
         return run_app(argv[1:])
-    from core.cli import run
+    from cli.main import run
 
     return run(argv)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import catalog, compare
+from core.lab import compare
+from core.model import catalog
 from core.units import format_bytes, format_seconds
 
 
@@ -79,7 +80,8 @@ def check_kl(tokens: int) -> None:
     """How far the stored top-4096 + rest KL is from the full-vocabulary KL (fp32 → nf4)."""
     import torch
 
-    from core import loader, measure
+    from core.lab import measure
+    from core.model import loader
     from core.settings import preset
 
     ref = catalog.resolve("default")

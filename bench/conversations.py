@@ -19,9 +19,9 @@ from pathlib import Path
 
 from _common import time_calls  # puts the repository on sys.path
 
-from core import conversations
-from core.provenance import Provenance, library_versions
 from core.settings import GenerationSettings, LoadOptions, preset
+from core.store import conversations
+from core.store.provenance import Provenance, library_versions
 
 WORDS = (
     "quantization bitsandbytes memory model answer token layer weight scale block "

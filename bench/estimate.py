@@ -33,8 +33,8 @@ LLAMA_70B = {
 
 
 def main() -> None:
-    from core import estimate
-    from core.fit import DeviceInfo, Gpu
+    from core.model import estimate
+    from core.model.fit import DeviceInfo, Gpu
     from core.units import format_bytes
 
     started = time.perf_counter()

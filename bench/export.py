@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from core import catalog, export, loader
+from core.lab import export
+from core.model import catalog, loader
 from core.settings import QuantSettings, preset
 from core.units import format_bytes
 

@@ -27,7 +27,8 @@ def measure_ours(name: str) -> dict[str, float]:
     # The same imports as the bare run makes before its clock starts.
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    from core import catalog, generation, loader
+    from core.generation import decode
+    from core.model import catalog, loader
     from core.settings import GenerationSettings, preset
 
     chosen = preset(name)
@@ -36,7 +37,7 @@ def measure_ours(name: str) -> dict[str, float]:
         started = time.perf_counter()
         loaded = loader.load(ref, chosen.quant, chosen.load_options())
         load_s = time.perf_counter() - started
-    _, stats = generation.generate_text(
+    _, stats = decode.generate_text(
         loaded, PROMPT, GenerationSettings(greedy=True, max_new_tokens=TOKENS)
     )
     return {
@@ -58,7 +59,7 @@ def measure_bare(name: str) -> dict[str, float]:
         TextIteratorStreamer,
     )
 
-    from core import default_model
+    from core.model import default_model
 
     path = str(default_model.ensure())
     configs = {
@@ -132,7 +133,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from core import default_model
+    from core.model import default_model
 
     default_model.ensure()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}

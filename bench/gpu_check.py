@@ -46,7 +46,8 @@ def main() -> int:
         return 0
     import torch
 
-    from core import catalog, generation, loader
+    from core.generation import decode
+    from core.model import catalog, loader
     from core.settings import GenerationSettings, LoadOptions, preset
 
     if not torch.cuda.is_available():
@@ -60,7 +61,7 @@ def main() -> int:
     loaded = loader.load(catalog.resolve("default"), chosen.quant, options)
     torch.cuda.synchronize()
     after_load = sampler.sample()
-    text, stats = generation.generate_text(
+    text, stats = decode.generate_text(
         loaded, PROMPT, GenerationSettings(max_new_tokens=TOKENS, greedy=True)
     )
     torch.cuda.synchronize()

@@ -39,7 +39,8 @@ def one(way: str, quant_name: str) -> dict[str, object]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core import catalog, default_model, loader, memory
+    from core import memory
+    from core.model import catalog, default_model, loader
     from core.settings import preset
 
     path = default_model.ensure()

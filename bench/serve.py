@@ -3,7 +3,7 @@
 On the default model (nf4 unless --preset), in one process:
 
 1. Decode tok/s and time to first text through the server (streamed, `openai` client)
-   against `generation.stream` in-process, both read where a consumer reads them (the
+   against `decode.stream` in-process, both read where a consumer reads them (the
    first and last text chunk), alternating, --repeats times. Goals: ratio >= 0.95,
    TTFT added < 20 ms.
 2. 1, 4 and 8 concurrent clients x 64 tokens through the server (one at a time on the
@@ -50,15 +50,15 @@ def decode_rate(tokens: int, first: float, last: float) -> float | None:
 
 
 def in_process(loaded: Any, tokens: int) -> dict[str, float | None]:
-    from core import generation
+    from core.generation import decode
     from core.settings import GenerationSettings
 
     settings = GenerationSettings(greedy=True, max_new_tokens=tokens)
     started = time.perf_counter()
     first = last = None
     stats = None
-    for item in generation.stream(loaded, PROMPT, settings):
-        if isinstance(item, generation.GenerationStats):
+    for item in decode.stream(loaded, PROMPT, settings):
+        if isinstance(item, decode.GenerationStats):
             stats = item
         else:
             last = time.perf_counter()
@@ -201,11 +201,11 @@ def main() -> None:
 
     import openai
 
-    from core import catalog, loader
-    from core.generation import GenerationQueue
-    from core.server import Server, ServerConfig, ServerThread
+    from core.generation.queue import GenerationQueue
+    from core.model import catalog, loader
     from core.settings import preset
     from core.stack import import_stack
+    from server.app import Server, ServerConfig, ServerThread
 
     import_stack()
     chosen = preset(args.preset)

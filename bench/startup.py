@@ -22,7 +22,7 @@ CHILD = """
 import os, sys
 sys.path.insert(0, {root!r})
 from gui.app import make_app
-from core.session import load_session
+from core.store.session import load_session
 from gui.main_window import MainWindow
 
 app = make_app([])
@@ -59,7 +59,7 @@ def one_run(env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    from core.session import Session, save_session
+    from core.store.session import Session, save_session
 
     env = dict(os.environ)
     if not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):

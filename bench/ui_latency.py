@@ -31,8 +31,8 @@ def main() -> None:
     os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-bench-")
     from PySide6.QtCore import QTimer
 
-    from core.session import Session
     from core.settings import GenerationSettings
+    from core.store.session import Session
     from gui.app import make_app
     from gui.main_window import MainWindow
 

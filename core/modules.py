@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from core.errors import SettingsError
-from core.estimate import ModelSpec, Structure
+from core.model.estimate import ModelSpec, Structure
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def module_names(struct: Structure) -> list[str]:
 
 def _matches(pattern: str, names: Iterable[str]) -> bool:
     """Whether the skip entry keeps any of `names` unquantized, by transformers' rule."""
-    from core.preflight import matches
+    from core.checks import matches
 
     return any(matches(pattern, name) for name in names)
 
@@ -74,7 +74,7 @@ def check_skip_modules(
     """Raise SettingsError when an llm_int8_skip_modules entry names no module."""
     if not wanted:
         return
-    from core import estimate
+    from core.model import estimate
 
     source = estimate.read_source(model)
     struct = estimate.structure(source, dtype, trust_remote_code)

@@ -36,8 +36,8 @@ def main() -> None:
     )
     from PySide6.QtCore import QEventLoop, QTimer
 
-    from core.session import Session
     from core.settings import GenerationSettings
+    from core.store.session import Session
     from gui.app import make_app
     from gui.main_window import MainWindow
 

@@ -129,7 +129,7 @@ def run_app(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     app = make_app(argv)
-    from core.session import load_session
+    from core.store.session import load_session
     from gui import workers
     from gui.main_window import MainWindow
 

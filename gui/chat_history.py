@@ -33,10 +33,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core import conversations as conv
 from core.errors import NibbleError
-from core.provenance import Provenance, quant_label, with_seed
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
+from core.store import conversations as conv
+from core.store.provenance import Provenance, quant_label, with_seed
 from gui.chat_view import ChatView, MessageWidget
 from gui.conversation_list import ConversationList, export_path
 from gui.variants_view import (
@@ -294,7 +294,7 @@ class ChatHistory(QObject):
         self._store_answer(stats)
 
     def _on_aborted(self) -> None:
-        from core.generation import STOP_STOPPED, GenerationStats
+        from core.generation.decode import STOP_STOPPED, GenerationStats
 
         self._store_answer(GenerationStats(stop_reason=STOP_STOPPED))
 

@@ -37,9 +37,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core import compare, memory
-from core.catalog import ModelRef
+from core import memory
 from core.errors import NibbleError
+from core.lab import compare
+from core.model.catalog import ModelRef
 from core.settings import PRESETS
 from core.units import format_bytes, format_seconds
 from gui import dialogs, workers

@@ -43,15 +43,15 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core import session as session_mod
-from core.catalog import ModelRef
+from core.checks import Machine
 from core.errors import CancelledError, NibbleError
-from core.preflight import Machine
+from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
+from core.store import session as session_mod
 from gui import workers
 
 if TYPE_CHECKING:
-    from core.generation import GenerationQueue
+    from core.generation.queue import GenerationQueue
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ class Controller(QObject):
     @property
     def generation_queue(self) -> GenerationQueue:
         """The core's queue over the loaded model; the chat and a server submit to it
-        (created on first use, keeping core.generation out of the first paint)."""
+        (created on first use, keeping core.generation.decode out of the first paint)."""
         if self._queue is None:
-            from core.generation import GenerationQueue
+            from core.generation.queue import GenerationQueue
 
             self._queue = GenerationQueue(self.loaded)
         return self._queue
@@ -375,7 +375,7 @@ class Controller(QObject):
     def _on_loaded(self, loaded: Any) -> None:
         self._done()
         if self.closing:
-            from core import loader
+            from core.model import loader
 
             loader.unload(loaded)
             return
@@ -386,7 +386,7 @@ class Controller(QObject):
         self.generation_queue.set_model(loaded)
         self.model_changed.emit(loaded)
         if previous is not None:
-            from core import loader
+            from core.model import loader
 
             loader.unload(previous)
             self.model_unloaded.emit()
@@ -399,7 +399,7 @@ class Controller(QObject):
         """Drop the loaded model (not while it answers); True when one was dropped."""
         if self.loaded is None or self.running(ANSWER) is not None:
             return False
-        from core import loader
+        from core.model import loader
 
         self.generation_queue.set_model(None)
         self.model_changed.emit(None)
@@ -417,7 +417,7 @@ class Controller(QObject):
         """Queue an answer to `messages` (or a raw prompt) and stream it."""
         if self.loaded is None or self.running(ANSWER) is not None or self.closing:
             return None
-        from core.generation import GenerationRequest
+        from core.generation.queue import GenerationRequest
 
         request = GenerationRequest(messages, settings, raw=raw, source="chat")
         job = self.generation_queue.submit(request)
@@ -464,7 +464,7 @@ class Controller(QObject):
         """Estimate every preset for `model`; the worker returns a core Table."""
 
         def work(_progress: workers.Progress, _cancel: threading.Event) -> Any:
-            from core import estimate
+            from core.model import estimate
 
             return estimate.table(model, quant, options, context, device=device)
 
@@ -494,10 +494,10 @@ class Controller(QObject):
     def export(
         self, ref: Any, quant: Any, options: Any, out: str, force: bool = False
     ) -> workers.FunctionWorker:
-        """Save a quantized copy of `ref` (a fresh load; core.export)."""
+        """Save a quantized copy of `ref` (a fresh load; core.lab.export)."""
 
         def work(progress: workers.Progress, cancel: threading.Event) -> Any:
-            from core import export
+            from core.lab import export
 
             return export.export(
                 ref, quant, out, options, force=force, progress=progress, cancel=cancel
@@ -520,30 +520,30 @@ class Controller(QObject):
 
 def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Machine:
     """Import the stack once (core.stack); what this machine can run."""
-    from core import preflight, stack
-    from core.loader import quiet_libraries
+    from core import checks, stack
+    from core.model.loader import quiet_libraries
 
     quiet_libraries()  # before bitsandbytes logs its CPU-kernel notice on import
     stack.import_stack()
-    return preflight.probe_machine()
+    return checks.probe_machine()
 
 
 def _module_names(ref: ModelRef) -> list[str]:
-    from core import preflight
+    from core import checks
 
-    return preflight.module_names(ref)
+    return checks.module_names(ref)
 
 
 def _scan_catalog(
     _progress: workers.Progress, _cancel: threading.Event
 ) -> tuple[Any, list[Any]]:
-    from core import catalog
+    from core.model import catalog
 
     return catalog.default_ref(), catalog.scan_cache()
 
 
 def _resolve(text: str) -> ModelRef:
-    from core import catalog
+    from core.model import catalog
 
     return catalog.resolve(text)
 
@@ -555,7 +555,7 @@ def _load(
     progress: workers.Progress,
     cancel: threading.Event,
 ) -> Any:
-    from core import loader
+    from core.model import loader
 
     loaded = loader.load(ref, quant, options, progress=progress, cancel=cancel)
     if cancel.is_set():  # finished just as the user cancelled: drop it

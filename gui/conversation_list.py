@@ -1,6 +1,6 @@
 """The conversation list beside the chat: new, open, rename, delete with undo, search.
 
-The list reads and writes a `core.conversations.ConversationStore` (every call is a
+The list reads and writes a `core.store.conversations.ConversationStore` (every call is a
 small SQLite transaction, quick enough for the UI thread) and says what the user did
 through signals; the chat history glue (gui/chat_history.py) opens conversations.
 """
@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.conversations import ConversationInfo, ConversationStore
+from core.store.conversations import ConversationInfo, ConversationStore
 
 logger = logging.getLogger(__name__)
 

@@ -292,7 +292,7 @@ class EstimateView(QWidget):
         loaded = self._loaded
         if loaded is None:
             return
-        from core import estimate
+        from core.model import estimate
 
         row = self.table.current if self.table is not None else None
         same = (

@@ -1,4 +1,4 @@
-"""File ▸ Save quantized model… and Help ▸ Report…: the window's face on core.export.
+"""File ▸ Save quantized model… and Help ▸ Report…: the window's face on core.lab.export.
 
 The main window opens both dialogs; the export runs as the controller's job, so
 closing the window stops it with every other job.
@@ -28,8 +28,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core import report
 from core.errors import NibbleError
+from core.lab import report
 from core.settings import LoadOptions, QuantSettings
 from gui import dialogs, workers
 

@@ -323,7 +323,7 @@ class HubDialog(QDialog):
             self._discard()
 
     def _discard(self) -> None:
-        from core import hub_download
+        from core.hub import download as hub_download
 
         if self.plan is None:
             return
@@ -343,7 +343,7 @@ class HubDialog(QDialog):
     def _on_paused(self) -> None:
         if self._discard_after_stop:
             return  # _download_ended discards once the worker let go of the files
-        from core import hub_download
+        from core.hub import download as hub_download
 
         plan = hub_download.refresh(self.plan)
         self._fill_files()

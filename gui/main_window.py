@@ -37,12 +37,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core import default_model
-from core import session as session_mod
-from core.catalog import ModelRef
 from core.errors import NibbleError
+from core.model import default_model
+from core.model.catalog import ModelRef
 from core.paths import config_dir
 from core.settings import LoadOptions, QuantSettings
+from core.store import session as session_mod
 from core.units import format_bytes, format_seconds
 from gui import chat_history, dialogs, hub_dialog
 from gui.chat_view import ChatView
@@ -470,7 +470,7 @@ class MainWindow(QMainWindow):
         self.load_label.setText(text)
         self.picker.mark_current(loaded.ref)
         self.picker.set_recent(self.controller.session.recent_folders)
-        from core.generation import has_chat_template
+        from core.generation.decode import has_chat_template
 
         self.chat.set_chat_template(has_chat_template(loaded.tokenizer))
         self.chat.set_model_name(loaded.ref.name)

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.catalog import ModelRef
+from core.model.catalog import ModelRef
 from core.units import format_bytes
 from gui import dialogs
 
@@ -31,7 +31,7 @@ REF_ROLE = Qt.ItemDataRole.UserRole
 class ModelPicker(QWidget):
     """Lists models: `selected(ModelRef)` on a click, `picked(ModelRef)` to load it.
 
-    Folders and hub ids are validated by the window (in core.catalog), which then calls
+    Folders and hub ids are validated by the window (in core.model.catalog), which then calls
     `remember` for folders so they show under "Recent folders".
     """
 

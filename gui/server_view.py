@@ -33,8 +33,9 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import NibbleError
-from core.generation import GenerationQueue
-from core.server import (
+from core.generation.queue import GenerationQueue
+from gui import workers
+from server.app import (
     DEFAULT_PORT,
     RequestRecord,
     ServerConfig,
@@ -43,7 +44,6 @@ from core.server import (
     lan_address,
     python_snippet,
 )
-from gui import workers
 
 logger = logging.getLogger(__name__)
 

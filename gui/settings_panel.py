@@ -34,8 +34,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.checks import Machine, Problem, check_options, unknown_skip_modules
 from core.errors import NibbleError
-from core.preflight import Machine, Problem, check_options, unknown_skip_modules
 from core.settings import (
     EDITABLE_FIELDS,
     FIELD_BY_NAME,

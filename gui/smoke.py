@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtGui import QGuiApplication
 
-    from core.session import Session
+    from core.store.session import Session
     from gui.app import make_app
     from gui.main_window import MainWindow
 

@@ -1,7 +1,7 @@
 """An answer's variants: the badge on each answer, arrows between variants, side by side.
 
 "Regenerate with…" keeps every answer a message received under other settings as a
-variant (core.conversations). Here: the badge with the full provenance as its
+variant (core.store.conversations). Here: the badge with the full provenance as its
 tooltip, the ‹ 1/2 › switcher, the menu of presets to regenerate with, and the
 side-by-side dialog showing each variant's badge, tokens, tok/s and true size.
 """
@@ -26,9 +26,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.conversations import Message, Variant
-from core.provenance import Provenance
 from core.settings import PRESETS
+from core.store.conversations import Message, Variant
+from core.store.provenance import Provenance
 from core.units import format_bytes
 from gui.chat_view import render_html
 

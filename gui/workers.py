@@ -245,7 +245,7 @@ class JobWorker(Worker):
         super().cancel()
 
     def work(self) -> Any:
-        from core.generation import GenerationStats
+        from core.generation.decode import GenerationStats
 
         for item in self.job:
             if isinstance(item, GenerationStats):
@@ -256,7 +256,7 @@ class JobWorker(Worker):
 
 
 class CompareWorker(Worker):
-    """Run a comparison row by row with its own loads (core.compare.run).
+    """Run a comparison row by row with its own loads (core.lab.compare.run).
 
     `progressed(rows done, rows, message)` follows each row's stages,
     `row_finished(RowResult)` carries each row as it lands (failed rows too), and
@@ -279,7 +279,7 @@ class CompareWorker(Worker):
         self.row_finished.emit(row)
 
     def work(self) -> Any:
-        from core import compare
+        from core.lab import compare
 
         return compare.run(
             self.ref,
@@ -292,7 +292,7 @@ class CompareWorker(Worker):
 
 
 class HubSearchWorker(Worker):
-    """Search the hub (core.hub.search); returns a list of SearchResult."""
+    """Search the hub (core.hub.api.search); returns a list of SearchResult."""
 
     def __init__(self, text: str, limit: int = 30) -> None:
         super().__init__()
@@ -300,13 +300,13 @@ class HubSearchWorker(Worker):
         self.limit = limit
 
     def work(self) -> Any:
-        from core import hub
+        from core.hub import api as hub
 
         return hub.search(self.text, self.limit)
 
 
 class HubPlanWorker(Worker):
-    """Plan a download (core.hub.plan): files, disk, estimate table; returns a Plan."""
+    """Plan a download (core.hub.api.plan): files, disk, estimate table; returns a Plan."""
 
     def __init__(self, repo_id: str, revision: str = "main") -> None:
         super().__init__()
@@ -314,7 +314,7 @@ class HubPlanWorker(Worker):
         self.revision = revision
 
     def work(self) -> Any:
-        from core import hub
+        from core.hub import api as hub
 
         return hub.plan(self.repo_id, self.revision)
 
@@ -333,7 +333,8 @@ class HubDownloadWorker(Worker):
         self.plan = plan
 
     def work(self) -> Any:
-        from core import catalog, hub_download
+        from core.hub import download as hub_download
+        from core.model import catalog
 
         snapshot = hub_download.download(
             self.plan, self.fetched.emit, self.cancel_event
@@ -342,7 +343,7 @@ class HubDownloadWorker(Worker):
 
 
 class ServerStartWorker(Worker):
-    """Build the local API server (core.server) and start it; returns its ServerThread.
+    """Build the local API server (server.app) and start it; returns its ServerThread.
 
     uvicorn then runs on the ServerThread's own thread: this worker ends as soon as
     the socket listens, or errors when it cannot (e.g. the port is in use).
@@ -356,7 +357,7 @@ class ServerStartWorker(Worker):
         self.on_request = on_request
 
     def work(self) -> Any:
-        from core.server import Server, ServerThread
+        from server.app import Server, ServerThread
 
         self.server_thread = ServerThread(
             Server(self.queue, self.config, self.on_request)

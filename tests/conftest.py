@@ -28,7 +28,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 @pytest.fixture(scope="session")
 def default_dir() -> Path:
     """The converted default model (converted here on first use, ~20 s)."""
-    from core import default_model
+    from core.model import default_model
 
     return default_model.ensure()
 
@@ -80,7 +80,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Pat
 @pytest.fixture(scope="session", autouse=True)
 def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A window a test opens keeps its chats in a new, empty temporary database."""
-    from core import conversations
+    from core.store import conversations
 
     def fresh() -> Path:
         return tmp_path_factory.mktemp("history") / conversations.FILE_NAME

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog
 from core.errors import ModelNotFoundError
+from core.model import catalog
 
 
 def copy_model(src: Path, dst: Path) -> Path:

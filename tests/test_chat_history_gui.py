@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from PySide6.QtCore import QObject, Signal
 
-from core.catalog import ModelRef
-from core.conversations import ConversationStore
-from core.generation import GenerationStats
+from core.generation.decode import GenerationStats
+from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, preset
+from core.store.conversations import ConversationStore
 from gui.chat_history import ChatHistory
 from gui.chat_view import ChatView
 from gui.conversation_list import ConversationList

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core.conversations import ConversationStore
-from core.provenance import Provenance
 from core.settings import LoadOptions, preset
+from core.store.conversations import ConversationStore
+from core.store.provenance import Provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 

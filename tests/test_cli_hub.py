@@ -146,7 +146,8 @@ def test_estimate_hub_id_offline_reads_the_cached_config(
 ) -> None:
     from huggingface_hub import constants
 
-    from core import cli, hub
+    from cli import main as cli
+    from core.hub import api as hub
 
     hub.plan(REPO)  # fetches config.json into the cache
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

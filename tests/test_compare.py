@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import catalog, cli, compare, loader, measure
+from cli import main as cli
 from core.errors import CancelledError, LoadError, SettingsError
+from core.lab import compare, measure
+from core.model import catalog, loader
 from core.settings import LoadOptions, QuantSettings
 
 FAST = compare.CompareConfig(new_tokens=4, eval_tokens=96, window=64, stride=32)

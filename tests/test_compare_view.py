@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PySide6.QtGui import QGuiApplication, QImage
 
-from core import catalog, compare
 from core.errors import LoadError
+from core.lab import compare
+from core.model import catalog
 from gui import workers
 from gui.compare_view import ROW_STEPS, CompareView
 from tests.gui_helpers import controller_fixture  # noqa: F401
@@ -192,7 +193,7 @@ def test_in_the_window_it_follows_the_picker_and_stops_on_close(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from core import session as session_mod
+    from core.store import session as session_mod
     from gui.main_window import MainWindow
 
     monkeypatch.setenv("NIBBLE_CONFIG_DIR", str(tmp_path))

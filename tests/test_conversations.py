@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core import conversations as conv
-from core.conversations import ConversationStore
-from core.provenance import Provenance, with_seed
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
+from core.store import conversations as conv
+from core.store.conversations import ConversationStore
+from core.store.provenance import Provenance, with_seed
 
 
 def full_provenance(**changes: object) -> Provenance:
@@ -300,7 +300,8 @@ def test_with_seed_keeps_a_chosen_seed_and_picks_one_otherwise() -> None:
 def test_regenerate_with_int8_and_back_keeps_two_variants(
     tmp_path: Path, default_dir: Path
 ) -> None:
-    from core import catalog, generation, loader
+    from core.generation import decode
+    from core.model import catalog, loader
 
     ref = catalog.default_ref()
     gen = GenerationSettings(max_new_tokens=12, temperature=0.8)
@@ -310,9 +311,7 @@ def test_regenerate_with_int8_and_back_keeps_two_variants(
         loaded = loader.load(ref, preset("nf4").quant, LoadOptions())
         try:
             used = with_seed(gen)
-            text, stats = generation.generate_text(
-                loaded, store.get(cid).history(), used
-            )
+            text, stats = decode.generate_text(loaded, store.get(cid).history(), used)
             first = store.add_answer(
                 cid, text, Provenance.from_loaded(loaded, used, stats)
             )
@@ -323,7 +322,7 @@ def test_regenerate_with_int8_and_back_keeps_two_variants(
         assert again == used  # the same seed and sampling
         loaded = loader.load(ref, preset("int8").quant, LoadOptions())
         try:
-            text, stats = generation.generate_text(
+            text, stats = decode.generate_text(
                 loaded, store.get(cid).history(upto=first.id), again
             )
             store.add_variant(

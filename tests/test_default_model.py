@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core import default_model
+from core.model import default_model
 
 
 def test_ready_copy_has_weights_tokenizer_and_chat_template(default_dir: Path) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from core import desktop, selftest
+from cli import selftest
+from core import desktop
 
 ROOT = Path(__file__).resolve().parents[1]
 

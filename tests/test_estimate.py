@@ -9,9 +9,9 @@ import pytest
 import torch
 import transformers
 
-from core import catalog, estimate, loader
-from core.cli import run
-from core.fit import DeviceInfo, Gpu
+from cli.main import run
+from core.model import catalog, estimate, loader
+from core.model.fit import DeviceInfo, Gpu
 from core.settings import LoadOptions, QuantSettings, preset
 
 GiB = 2**30
@@ -360,7 +360,7 @@ def test_dtype_rule_is_the_loaders() -> None:
 
 
 def test_the_fit_verdict_is_its_own_result() -> None:
-    from core.fit import Fit, Need, judge
+    from core.model.fit import Fit, Need, judge
 
     need = Need(total_bytes=3 * GiB, on_gpu=False, quantized=True)
     assert judge(need, NO_GPU) == Fit("fits", "fits in RAM (29.0 GiB to spare)")

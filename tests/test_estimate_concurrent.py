@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog, estimate, loader
+from core.model import catalog, estimate, loader
 from core.settings import preset
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtGui import QFont
 
-from core import catalog, loader
+from core.model import catalog, loader
 from core.settings import LoadOptions, QuantSettings, preset
 from gui import workers
 from gui.estimate_view import COLUMNS, EstimateView

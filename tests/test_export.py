@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog, export, loader
-from core.cli import run
+from cli.main import run
 from core.errors import CancelledError, ExportError
+from core.lab import export
+from core.model import catalog, loader
 from core.settings import preset
 from core.units import format_bytes
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog
 from core.errors import ExportError
+from core.model import catalog
 from core.settings import QuantSettings, preset
 from gui import workers
 from tests.gui_helpers import controller_fixture  # noqa: F401
@@ -27,7 +27,7 @@ def tiny_ref(tiny_dir: Path) -> catalog.ModelRef:
 
 
 def test_export_job_signal_order(qtbot, controller, tiny_ref, tmp_path: Path) -> None:
-    from core import export
+    from core.lab import export
 
     chosen = preset("int8")
     steps: list[int] = []
@@ -115,7 +115,7 @@ def test_window_gets_save_and_report_actions(
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
-    from core import session as session_mod
+    from core.store import session as session_mod
     from gui.export_dialog import ExportDialog, ReportDialog
     from gui.main_window import MainWindow
 

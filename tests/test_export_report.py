@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog, generation, loader, report
-from core.cli import run
+from cli.main import run
+from core.generation import decode
+from core.lab import report
+from core.model import catalog, loader
 from core.settings import GenerationSettings, preset
 
 
@@ -20,7 +22,7 @@ def measured(tiny_dir: Path) -> dict:
     loaded = loader.load(ref, chosen.quant, chosen.load_options())
     gen = GenerationSettings(max_new_tokens=4, greedy=True)
     try:
-        _, stats = generation.generate_text(loaded, "Hello", gen, raw=True)
+        _, stats = decode.generate_text(loaded, "Hello", gen, raw=True)
         estimate = report.estimate_bytes(ref, chosen.quant, chosen.load_options())
         return report.build(
             report.model_id(ref),
@@ -125,7 +127,7 @@ def test_cli_report_with_a_model_and_prompt(
 # The real self-test runs in tests/test_install.py, through the installed launcher.
 def test_main_self_test_flag_runs_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import main
-    from core import selftest
+    from cli import selftest
 
     calls: list[bool] = []
     monkeypatch.setattr(selftest, "run", lambda: calls.append(True) or False)

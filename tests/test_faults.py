@@ -40,10 +40,15 @@ from pathlib import Path
 
 import pytest
 
-from core import cli, default_model, export, generation, interrupt, session
-from core.catalog import folder_ref
+from cli import main as cli
+from core import interrupt
 from core.errors import ExportError, NibbleError, SettingsError
+from core.generation import decode
+from core.lab import export
+from core.model import default_model
+from core.model.catalog import folder_ref
 from core.settings import preset
+from core.store import session
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMP = default_model.DEFAULT_NAME
@@ -312,7 +317,7 @@ def test_damaged_copy_is_rebuilt_on_load(
 def test_self_test_failure_offers_the_rebuild(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from core import selftest
+    from cli import selftest
 
     monkeypatch.setattr(selftest, "run", lambda: False)
     assert cli.run(["self-test"]) == 1
@@ -354,12 +359,12 @@ def test_long_prompt_is_measured_on_a_bounded_prefix() -> None:
         return {"input_ids": [0] * len(text.split())}
 
     with pytest.raises(NibbleError, match="longer than the model's context of 100"):
-        generation.check_length(tokenizer, "word " * 1_000_000, 100)
-    assert seen == [100 * generation.MAX_CHARS_PER_TOKEN]
+        decode.check_length(tokenizer, "word " * 1_000_000, 100)
+    assert seen == [100 * decode.MAX_CHARS_PER_TOKEN]
 
 
 def test_eval_file_is_read_bounded(tmp_path: Path) -> None:
-    from core import textio
+    from cli import textio
 
     big = tmp_path / "big.txt"
     big.write_bytes(b"x" * 2048)
@@ -636,7 +641,7 @@ def test_generation_failure_hint_in_the_cli(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fail(args: object) -> int:
-        raise generation.GenerationError("generation failed: boom", "see Details")
+        raise decode.GenerationError("generation failed: boom", "see Details")
 
     monkeypatch.setattr(cli, "cmd_snippet", fail)
     assert cli.run(["snippet"]) == 2

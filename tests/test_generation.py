@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog, generation, loader
 from core.errors import GenerationError
-from core.generation import GenerationStats
+from core.generation import decode
+from core.generation.decode import GenerationStats
+from core.model import catalog, loader
 from core.settings import GenerationSettings, preset
 
 GREEDY = GenerationSettings(greedy=True, max_new_tokens=12)
@@ -24,7 +25,7 @@ def tiny(tiny_dir: Path):
 
 def run(loaded, prompt, settings=GREEDY, stop=None, raw=False):
     chunks, stats = [], None
-    for item in generation.stream(loaded, prompt, settings, stop, raw=raw):
+    for item in decode.stream(loaded, prompt, settings, stop, raw=raw):
         if isinstance(item, GenerationStats):
             stats = item
         else:
@@ -52,7 +53,7 @@ def test_stop_takes_effect_within_a_token(tiny) -> None:
     chunks, stats = [], None
     settings = GenerationSettings(greedy=True, max_new_tokens=200)
     tokens_at_stop = None
-    for item in generation.stream(tiny, "Tell me a story", settings, stop):
+    for item in decode.stream(tiny, "Tell me a story", settings, stop):
         if isinstance(item, GenerationStats):
             stats = item
             continue
@@ -72,12 +73,12 @@ def test_raw_completion_without_chat_template(tiny) -> None:
     template = tiny.tokenizer.chat_template
     tiny.tokenizer.chat_template = None
     try:
-        assert generation.build_prompt(tiny.tokenizer, "The sky is") == "The sky is"
+        assert decode.build_prompt(tiny.tokenizer, "The sky is") == "The sky is"
         _chunks, stats = run(tiny, "The sky is")
         assert stats.prompt_tokens == len(tiny.tokenizer("The sky is")["input_ids"])
     finally:
         tiny.tokenizer.chat_template = template
-    text = generation.build_prompt(tiny.tokenizer, [{"role": "user", "content": "Hi"}])
+    text = decode.build_prompt(tiny.tokenizer, [{"role": "user", "content": "Hi"}])
     assert "<|im_start|>user" in text and text.endswith("<|im_start|>assistant\n")
 
 
@@ -114,7 +115,7 @@ def test_error_inside_generate_reaches_the_caller(tiny, monkeypatch) -> None:
     monkeypatch.setattr(tiny.model, "forward", failing_forward)
     items = []
     with pytest.raises(GenerationError, match="simulated kernel failure"):
-        for item in generation.stream(tiny, "Hello", GREEDY):
+        for item in decode.stream(tiny, "Hello", GREEDY):
             items.append(item)
     assert isinstance(items[-1], GenerationStats)
     assert items[-1].stop_reason == "error"
@@ -122,7 +123,7 @@ def test_error_inside_generate_reaches_the_caller(tiny, monkeypatch) -> None:
 
 def test_consumer_leaving_early_stops_the_thread(tiny) -> None:
     before = threading.active_count()
-    gen = generation.stream(
+    gen = decode.stream(
         tiny, "Hello", GenerationSettings(greedy=True, max_new_tokens=200)
     )
     next(gen)
@@ -138,7 +139,7 @@ def test_default_model_knows_paris(default_dir: Path, name: str) -> None:
         catalog.resolve("default"), chosen.quant, chosen.load_options()
     )
     try:
-        text, stats = generation.generate_text(
+        text, stats = decode.generate_text(
             loaded,
             "What is the capital of France?",
             GenerationSettings(greedy=True, max_new_tokens=24),

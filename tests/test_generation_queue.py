@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog, loader
 from core.errors import GenerationError
-from core.generation import (
+from core.generation.decode import GenerationStats
+from core.generation.queue import (
     GenerationQueue,
     GenerationRequest,
-    GenerationStats,
     NoModelError,
     QueueFullError,
 )
+from core.model import catalog, loader
 from core.settings import GenerationSettings, preset
 
 GREEDY = GenerationSettings(greedy=True, max_new_tokens=8)
@@ -40,7 +40,7 @@ def collect(job) -> tuple[str, GenerationStats]:
 
 
 def test_a_job_yields_what_stream_yields(tiny) -> None:
-    from core.generation import generate_text
+    from core.generation.decode import generate_text
 
     queue = GenerationQueue(tiny)
     try:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog, compare
 from core.errors import CancelledError
+from core.lab import compare
+from core.model import catalog
 from core.settings import GenerationSettings, LoadOptions, preset
 from gui import workers
 from tests.gui_helpers import (  # noqa: F401
@@ -112,7 +113,7 @@ def test_estimate_shown_during_the_start_up_load_equals_the_cli(
     qtbot, config_dir
 ) -> None:
     """The estimate runs while the default model loads, yet matches a lone one."""
-    from core.session import Session
+    from core.store.session import Session
     from gui.main_window import MainWindow
 
     session = Session(quant=preset("nf4").quant, options=LoadOptions("cpu"))

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QCoreApplication
 
-from core import conversations
-from core.conversations import ConversationStore
-from core.provenance import Provenance
-from core.session import Session
 from core.settings import LoadOptions, preset
+from core.store import conversations
+from core.store.conversations import ConversationStore
+from core.store.provenance import Provenance
+from core.store.session import Session
 from gui.main_window import MainWindow
 from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads, wait_threads  # noqa: F401
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from core import session as session_mod
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
+from core.store import session as session_mod
 from gui.main_window import MainWindow
 from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 

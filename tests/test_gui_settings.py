@@ -162,7 +162,7 @@ def test_python_pane_copies_snippet(panel):
 
 
 def test_invalid_settings_disable_load_with_the_reason(qtbot, config_dir):
-    from core.session import Session
+    from core.store.session import Session
     from gui.main_window import MainWindow
 
     window = MainWindow(Session(), auto_start=False, auto_load=False)
@@ -223,7 +223,7 @@ def test_wheel_over_an_unfocused_combo_changes_nothing(panel):
 
 
 def test_what_this_machine_cannot_run_is_red_and_blocks_load(panel):
-    from core.preflight import Machine
+    from core.checks import Machine
 
     panel.set_machine(Machine(0, False, "CPU"))
     panel.device_map.setCurrentText("cuda:0")

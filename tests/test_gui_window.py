@@ -11,7 +11,7 @@ import pytest
 from PySide6.QtCore import QCoreApplication, Qt
 from PySide6.QtTest import QTest
 
-from core import session as session_mod
+from core.store import session as session_mod
 from gui import workers
 from gui.chat_view import ChatView, render_html
 from gui.main_window import MainWindow
@@ -346,7 +346,7 @@ def test_raw_mode_is_forced_only_while_there_is_no_chat_template(qtbot):
 
 
 def test_picker_lists_cache_with_size_and_quantized_badge(qtbot, tmp_path):
-    from core.catalog import ModelRef
+    from core.model.catalog import ModelRef
     from gui.model_picker import ModelPicker
 
     picker = ModelPicker()

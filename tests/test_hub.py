@@ -1,4 +1,4 @@
-"""core.hub against huggingface_hub's real client and a local hub on 127.0.0.1."""
+"""core.hub.api against huggingface_hub's real client and a local hub on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core import hub, hub_download
 from core.errors import CancelledError
+from core.hub import api as hub
+from core.hub import download as hub_download
 from tests.fake_hub import CHUNK, REPO, FakeHub
 
 TOKEN = "hf_testTOKENdoNotPrint1234567890"
@@ -52,7 +53,7 @@ def test_search_lists_causal_lms_by_downloads_with_flags(
 def test_plan_picks_files_sizes_and_exact_estimate_before_weights(
     fake: FakeHub, repo_dir: Path
 ) -> None:
-    from core import catalog, loader
+    from core.model import catalog, loader
     from core.settings import preset
 
     plan = hub.plan(REPO)
@@ -112,7 +113,7 @@ def test_bin_only_repo_warns_about_pickles(fake: FakeHub, tmp_path: Path) -> Non
 
 
 def test_download_lands_in_the_hf_cache_and_loads_offline(fake: FakeHub) -> None:
-    from core import catalog
+    from core.model import catalog
 
     seen: list[hub_download.Progress] = []
     plan = hub.plan(REPO)
@@ -285,7 +286,8 @@ def test_offline_env_and_unreachable_hub(
 
 
 def test_downloaded_model_loads_in_nf4_and_answers(fake: FakeHub) -> None:
-    from core import catalog, generation, loader
+    from core.generation import decode
+    from core.model import catalog, loader
     from core.settings import GenerationSettings, preset
 
     snapshot = hub_download.download(hub.plan(REPO))
@@ -295,7 +297,7 @@ def test_downloaded_model_loads_in_nf4_and_answers(fake: FakeHub) -> None:
     )
     try:
         assert loaded.report.quantized_count > 0
-        text, stats = generation.generate_text(
+        text, stats = decode.generate_text(
             loaded, "Hello", GenerationSettings(max_new_tokens=8, greedy=True)
         )
     finally:
@@ -313,7 +315,8 @@ def test_default_model_through_the_hub_answers_paris_in_nf4(
     fake: FakeHub, default_dir: Path
 ) -> None:
     """The real 135M model, served by the local hub, downloaded, loaded in nf4."""
-    from core import catalog, generation, loader
+    from core.generation import decode
+    from core.model import catalog, loader
     from core.settings import GenerationSettings, preset
 
     fake.add_repo("nibble-test/SmolLM2-135M-Instruct", default_dir)
@@ -327,7 +330,7 @@ def test_default_model_through_the_hub_answers_paris_in_nf4(
     )
     try:
         assert loaded.report.true_bytes == nf4.model_bytes
-        text, _ = generation.generate_text(
+        text, _ = decode.generate_text(
             loaded,
             "What is the capital of France?",
             GenerationSettings(max_new_tokens=32, greedy=True),

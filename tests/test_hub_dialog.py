@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
-from core import session as session_mod
+from core.store import session as session_mod
 from gui.hub_dialog import HubDialog
 from gui.main_window import MainWindow
 from tests.fake_hub import CHUNK, REPO, FakeHub

@@ -12,8 +12,8 @@ import psutil
 import pytest
 import torch
 
-from core import catalog, loader
 from core.errors import CancelledError, LoadError
+from core.model import catalog, loader
 from core.settings import LoadOptions, QuantSettings, preset
 
 # Linear layers of the tiny Llama: per layer q(64x64) k(32x64) v(32x64) o(64x64)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core import catalog, loader, memory
+from core import memory
+from core.model import catalog, loader
 from core.settings import LoadOptions, QuantSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,8 @@ import json, sys
 sys.path.insert(0, {root!r})
 from core.stack import import_stack
 import_stack()
-from core import catalog, default_model, loader, memory
+from core import memory
+from core.model import catalog, default_model, loader
 from core.settings import LoadOptions, preset
 loader._tokenizer(str(default_model.ensure()), False)
 p = preset({name!r})

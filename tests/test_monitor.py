@@ -13,7 +13,8 @@ import numpy as np
 import psutil
 import pytest
 
-from core import cli, monitor
+from cli import main as cli
+from core import monitor
 from core.errors import SettingsError
 from core.monitor import GpuSample, History, HostSample, Marker, Sample, Sampler
 

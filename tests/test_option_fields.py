@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from core import cli
+from cli import main as cli
 from core.settings import (
     GENERATION_FIELDS,
     LOAD_FIELDS,

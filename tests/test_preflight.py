@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core import preflight
-from core.preflight import Machine, Problem
+from core import checks
+from core.checks import Machine, Problem
 from core.settings import LoadOptions, QuantSettings, preset
 
 NO_GPU = Machine(0, False, "CPU")
@@ -25,60 +25,58 @@ def fields(problems: list[Problem]) -> list[str]:
 
 
 def test_cuda_device_map_without_a_gpu() -> None:
-    problems = preflight.check_options(LoadOptions("cuda:0"), NO_GPU)
+    problems = checks.check_options(LoadOptions("cuda:0"), NO_GPU)
     assert fields(problems) == ["device_map"]
     assert "needs an NVIDIA GPU" in problems[0].message
     assert problems[0].hint == "pick cpu or auto"
-    assert preflight.check_options(LoadOptions("cuda:0"), ONE_GPU) == []
-    assert "1 GPU" in preflight.check_options(LoadOptions("cuda:1"), ONE_GPU)[0].message
+    assert checks.check_options(LoadOptions("cuda:0"), ONE_GPU) == []
+    assert "1 GPU" in checks.check_options(LoadOptions("cuda:1"), ONE_GPU)[0].message
 
 
 def test_flash_attention_needs_a_gpu_and_its_package() -> None:
     options = LoadOptions("auto", attn_implementation="flash_attention_2")
-    assert "NVIDIA GPU" in preflight.check_options(options, NO_GPU)[0].message
-    assert "flash-attn" in preflight.check_options(options, ONE_GPU)[0].message
-    assert preflight.check_options(options, Machine(1, True, "CUDA: x")) == []
+    assert "NVIDIA GPU" in checks.check_options(options, NO_GPU)[0].message
+    assert "flash-attn" in checks.check_options(options, ONE_GPU)[0].message
+    assert checks.check_options(options, Machine(1, True, "CUDA: x")) == []
     for attn in ("auto", "eager", "sdpa"):
-        assert (
-            preflight.check_options(LoadOptions(attn_implementation=attn), NO_GPU) == []
-        )
+        assert checks.check_options(LoadOptions(attn_implementation=attn), NO_GPU) == []
 
 
 def test_gpu_memory_caps_without_a_gpu() -> None:
-    problems = preflight.check_options(LoadOptions(max_memory="0=4GiB"), NO_GPU)
+    problems = checks.check_options(LoadOptions(max_memory="0=4GiB"), NO_GPU)
     assert fields(problems) == ["max_memory"]
 
 
 def test_matches_follows_the_library_rule() -> None:
     module = "model.layers.0.mlp.down_proj"
-    assert preflight.matches("mlp.down_proj", module)
-    assert preflight.matches("model.layers", module)
-    assert preflight.matches("model.layers.0", module)
-    assert not preflight.matches("model.layers.1", "model.layers.11.mlp")
-    assert not preflight.matches("mlp.gate", "model.layers.0.mlp.gate_proj")
+    assert checks.matches("mlp.down_proj", module)
+    assert checks.matches("model.layers", module)
+    assert checks.matches("model.layers.0", module)
+    assert not checks.matches("model.layers.1", "model.layers.11.mlp")
+    assert not checks.matches("mlp.gate", "model.layers.0.mlp.gate_proj")
 
 
 def test_unknown_skip_module_names_get_the_nearest_real_ones() -> None:
-    names = preflight.module_names(TINY)
+    names = checks.module_names(TINY)
     assert "lm_head" in names and "model.layers.1.mlp.down_proj" in names
     quant = preset("nf4").quant.replace(
         llm_int8_skip_modules=["lm_head", "mlp.down_prj", "model.layers.1", "visual"]
     )
-    problems = preflight.unknown_skip_modules(quant, names)
+    problems = checks.unknown_skip_modules(quant, names)
     assert [p.message for p in problems] == [
         "Keep unquantized: 'mlp.down_prj' matches no module of this model",
         "Keep unquantized: 'visual' matches no module of this model",
     ]
     assert problems[0].hint.startswith("did you mean mlp.down_proj")
     # Unquantized settings skip nothing; an unknown structure checks nothing.
-    assert preflight.unknown_skip_modules(QuantSettings(), names) == []
-    assert preflight.unknown_skip_modules(quant, []) == []
+    assert checks.unknown_skip_modules(QuantSettings(), names) == []
+    assert checks.unknown_skip_modules(quant, []) == []
 
 
 def test_load_errors_name_what_to_do() -> None:
     """The flash-attention error used to say only 'see Details for more'."""
-    from core.catalog import ModelRef
-    from core.loader import _explain
+    from core.model.catalog import ModelRef
+    from core.model.loader import _explain
 
     ref = ModelRef("default", "SmolLM2-135M-Instruct")
     flash = ImportError(

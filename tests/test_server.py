@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from core import catalog, loader
 from core.errors import SettingsError
-from core.generation import GenerationQueue, _until_stop
-from core.server import RequestRecord, Server, ServerConfig, ServerThread
+from core.generation.decode import _until_stop
+from core.generation.queue import GenerationQueue
+from core.model import catalog, loader
 from core.settings import preset
+from server.app import RequestRecord, Server, ServerConfig, ServerThread
 
 openai = pytest.importorskip("openai")
 
@@ -582,7 +583,7 @@ def test_cors_is_opt_in(queue: GenerationQueue, served: Served) -> None:
 def test_prompts_are_logged_only_when_asked(
     queue: GenerationQueue, served: Served, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="core.server")
+    caplog.set_level("INFO", logger="server.app")
     ask = {"prompt": "Zanzibar quokka", "max_tokens": 1}
     assert served.post("/v1/completions", ask)[0] == 200
     assert "/v1/completions 200" in caplog.text
@@ -598,7 +599,7 @@ def test_prompts_are_logged_only_when_asked(
 def test_presence_and_frequency_penalties_count_only_the_answer() -> None:
     import torch
 
-    from core.generation import _penalties
+    from core.generation.decode import _penalties
 
     (penalize,) = _penalties(2, presence=0.5, frequency=1.0)
     ids = torch.tensor([[0, 1, 3, 3, 4]])  # prompt 0 1, answer 3 3 4

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PySide6.QtGui import QGuiApplication
 
-from core import catalog, loader
-from core.generation import GenerationQueue
+from core.generation.queue import GenerationQueue
+from core.model import catalog, loader
 from core.settings import preset
 from gui.server_view import LOG_COLUMNS, ServerView, marker_label
 from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
@@ -127,9 +127,9 @@ def test_a_port_in_use_is_reported(qtbot, tiny) -> None:
 
 
 def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) -> None:
-    from core import session as session_mod
-    from core.server import RequestRecord
+    from core.store import session as session_mod
     from gui.main_window import MainWindow
+    from server.app import RequestRecord
 
     window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
     qtbot.addWidget(window)

@@ -4,7 +4,7 @@ From config.json alone (never the weights) the model is built on the meta device
 the dtype the loader would use, and every parameter and buffer is counted. Linear and
 Conv1D layers that bitsandbytes would replace (by transformers' own skip rules) are
 counted with the byte formulas of the packed weight and its quantization state, so
-weights + quantization state equal `core.loader.true_bytes` of the loaded model.
+weights + quantization state equal `core.model.loader.true_bytes` of the loaded model.
 
 The KV cache follows the config (GQA/MQA heads, sliding windows); activations and the
 CUDA context are a stated allowance (see OVERHEAD_NOTE). The verdict compares the total
@@ -20,9 +20,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.catalog import ConfigSource, ModelSpec, read_source
 from core.errors import NibbleError, SettingsError
-from core.fit import DeviceInfo, Fit, Need, Offload, Verdict, judge, probe_device
+from core.model.catalog import ConfigSource, ModelSpec, read_source
+from core.model.fit import DeviceInfo, Fit, Need, Offload, Verdict, judge, probe_device
 from core.settings import PRESETS, LoadOptions, QuantSettings, load_dtype
 from core.units import format_bytes
 

@@ -168,7 +168,7 @@ def module_names(model: object, dtype: str = "float32") -> list[str]:
     """Every module name of `model` (a ModelRef, 'default', a folder, a config dict)
     from the estimate's meta-device build, parents included; [] when it cannot be
     built."""
-    from core import estimate
+    from core.model import estimate
 
     try:
         struct = estimate.structure(estimate.read_source(model), dtype)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from core import interrupt
-from core.catalog import ModelRef
 from core.errors import CancelledError, ExportError, NibbleError, write_error
+from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, py_literal
 from core.units import format_bytes
 
@@ -181,7 +181,7 @@ def refuse_dangerous(out: Path, source: Path | None = None) -> None:
 
 def source_inside(out: Path) -> bool:
     """Whether `out` is a folder Nibble manages itself (the converted default model)."""
-    from core import default_model
+    from core.model import default_model
 
     try:
         return out.resolve() == default_model.model_dir().resolve()
@@ -223,7 +223,7 @@ def export(
     CancelledError
         `cancel` was set.
     """
-    from core import loader
+    from core.model import loader
 
     options = options or LoadOptions()
     report = progress or (lambda done, total, msg: None)
@@ -286,7 +286,7 @@ def export(
             )
         report(4, STEPS, "Writing the model card")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        from core.report import environment
+        from core.lab.report import environment
 
         result = ExportResult(
             path=out,
@@ -378,7 +378,7 @@ def _tokenizer_bytes(ref: ModelRef) -> int:
 def _save(loaded: Any, tmp: Path, progress: Progress) -> None:
     import warnings
 
-    from core.loader import _progress_hook, _Reporter
+    from core.model.loader import _progress_hook, _Reporter
 
     # The shard bar goes to our progress instead of the terminal.
     with _progress_hook(_Reporter(progress, None)), warnings.catch_warnings():
@@ -431,7 +431,7 @@ def verify(
     """Reload `folder` as it is (already quantized) and compare logits with `expected`."""
     import torch
 
-    from core import catalog, loader
+    from core.model import catalog, loader
 
     ref = catalog.folder_ref(folder, name=folder.name)
     reloaded = loader.load(ref, QuantSettings(), options, cancel=cancel)
@@ -488,7 +488,7 @@ def model_card(result: ExportResult, ref: ModelRef, quant: QuantSettings) -> str
     """A short README.md: source, settings, environment, true size, code to load it."""
     env = result.environment
     packages = env.get("packages", {})
-    from core.report import HUB_IDS
+    from core.lab.report import HUB_IDS
 
     base = HUB_IDS.get(ref.name) if ref.kind == "default" else ref.repo_id
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]

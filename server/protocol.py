@@ -1,5 +1,5 @@
 """The OpenAI API's side of a request: reading the body, refusing what is not
-supported, and errors in OpenAI's shape. No server here (see core/server.py).
+supported, and errors in OpenAI's shape. No server here (see server/app.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import NibbleError
-from core.generation import NoModelError, QueueFullError
+from core.generation.queue import NoModelError, QueueFullError
 from core.settings import GenerationSettings
 
 MAX_STOP_STRINGS = 4

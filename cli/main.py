@@ -13,7 +13,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core import cli_hub, interrupt, precheck, textio
+from cli import hub as cli_hub
+from cli import precheck, textio
+from core import interrupt
 from core.errors import CancelledError, NibbleError, SettingsError, write_error
 from core.settings import (
     EDITABLE_FIELDS,
@@ -179,7 +181,7 @@ def end_progress(show: Callable[[int, int, str], None] | None) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models Nibble can open: the default and the HF cache."""
-    from core import catalog
+    from core.model import catalog
 
     refs = [catalog.default_ref(), *catalog.scan_cache()]
     if args.json:
@@ -194,7 +196,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Load a model and stream one answer."""
-    from core import catalog, generation, loader
+    from core.generation import decode
+    from core.model import catalog, loader
 
     quant, options = settings_from_args(args)
     gen = generation_from_args(args)
@@ -211,7 +214,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     warnings = precheck.check_settings(ref, quant, options)
     chat = None
     if args.save_to_chat is not None:
-        from core.chat_cli import ChatRecorder
+        from cli.chats import ChatRecorder
 
         gen = ChatRecorder.seeded(gen)
         chat = ChatRecorder.open(args.save_to_chat, prompt, args.system, args.raw)
@@ -228,8 +231,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if chat is not None:
             chat.ask()
         with interrupt.signals_set(stop):
-            for item in generation.stream(loaded, messages, gen, stop, raw=args.raw):
-                if isinstance(item, generation.GenerationStats):
+            for item in decode.stream(loaded, messages, gen, stop, raw=args.raw):
+                if isinstance(item, decode.GenerationStats):
                     stats = item
                 else:
                     chunks.append(item)
@@ -277,7 +280,8 @@ def cmd_snippet(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Save a quantized copy of a model, verified by reloading it."""
-    from core import catalog, export
+    from core.lab import export
+    from core.model import catalog
 
     quant, options = settings_from_args(args)
     ref = catalog.resolve(args.model)
@@ -295,13 +299,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the reproducibility report, loading the model when one is named."""
-    from core import report
+    from core.lab import report
 
     quant, options = settings_from_args(args)
     load_report = stats = gen = estimate = None
     name = args.model
     if args.model:
-        from core import catalog, generation, loader
+        from core.generation import decode
+        from core.model import catalog, loader
 
         ref = catalog.resolve(args.model)
         name = report.model_id(ref)
@@ -316,7 +321,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if args.prompt:
                 gen = generation_from_args(args)
                 prompt = textio.read_prompt(args.prompt, sys.stdin)
-                _, stats = generation.generate_text(loaded, prompt, gen)
+                _, stats = decode.generate_text(loaded, prompt, gen)
         finally:
             loader.unload(loaded)
     data = report.build(name, quant, options, load_report, estimate, gen, stats)
@@ -329,7 +334,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_self_test(args: argparse.Namespace) -> int:
     """Load the default model in nf4 and check that it answers Paris."""
-    from core import default_model, selftest
+    from cli import selftest
+    from core.model import default_model
 
     if args.rebuild:
         print("rebuilding the default model", file=sys.stderr)
@@ -347,7 +353,7 @@ def cmd_self_test(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Print the footprint of every preset and the current settings, with verdicts."""
-    from core import estimate
+    from core.model import estimate
 
     quant, options = settings_from_args(args)
     result = cli_hub.hub_table(
@@ -364,7 +370,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Measure several settings on one model, one row at a time."""
-    from core import catalog, compare
+    from core.lab import compare
+    from core.model import catalog
 
     common: dict[str, str] = {}
     for item in args.set:
@@ -470,9 +477,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over the OpenAI API until Ctrl+C, then unload it."""
-    from core import catalog, loader, server
-    from core.generation import GenerationQueue
+    from core.generation.queue import GenerationQueue
+    from core.model import catalog, loader
     from core.stack import import_stack
+    from server import app as server
 
     config = server.ServerConfig(
         host=args.host,
@@ -616,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_compare)
 
-    from core.chat_cli import add_chats_parser
+    from cli.chats import add_chats_parser
 
     add_chats_parser(sub)
 

@@ -70,8 +70,9 @@ def window_check(say: Callable[[str], None] = print) -> bool:
 
 def run(say: Callable[[str], None] = print) -> bool:
     """Run the check, reporting each step through `say`; True when it passed."""
-    from core import catalog, generation, loader
-    from core.report import environment
+    from core.generation import decode
+    from core.lab.report import environment
+    from core.model import catalog, loader
 
     env = environment()
     packages = env["packages"]
@@ -95,7 +96,7 @@ def run(say: Callable[[str], None] = print) -> bool:
         if report.quantized_count == 0:
             say("FAIL: no layer was quantized to 4-bit")
             return False
-        text, stats = generation.generate_text(
+        text, stats = decode.generate_text(
             loaded, QUESTION, GenerationSettings(max_new_tokens=32, greedy=True)
         )
     finally:

@@ -24,19 +24,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.errors import GenerationError, NibbleError, SettingsError
-from core.generation import (
+from core.generation.decode import (
     STOP_MAX,
     STOP_STOPPED,
-    GenerationQueue,
-    GenerationRequest,
     GenerationStats,
-    Job,
-    NoModelError,
     build_prompt,
     context_length,
     has_chat_template,
 )
-from core.openai_api import (
+from core.generation.queue import GenerationQueue, GenerationRequest, Job, NoModelError
+from server.protocol import (
     ApiError,
     chat_messages,
     read_field,

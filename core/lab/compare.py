@@ -7,7 +7,7 @@ on the bundled evaluation text (strided windows), KL divergence and top-1 agreem
 the next-token distributions against the first (baseline) row, and the answer to a
 fixed prompt.
 
-The baseline's distributions stay in memory between rows (core.measure says how they
+The baseline's distributions stay in memory between rows (core.lab.measure says how they
 are kept and what the KL covers).
 """
 
@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from core import loader, measure
-from core.catalog import ModelRef
 from core.errors import CancelledError, NibbleError, SettingsError
+from core.lab import measure
+from core.model import loader
+from core.model.catalog import ModelRef
 from core.settings import (
     EDITABLE_FIELDS,
     PRESETS,

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from core import memory
-from core.catalog import ModelRef
 from core.errors import CancelledError, LoadError, NibbleError
+from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, check_compatible, load_dtype
 from core.stack import import_stack
 from core.stack import quiet_libraries as quiet_libraries  # the window calls it here
@@ -210,7 +210,7 @@ def load(
     Parameters
     ----------
     ref
-        What to load (see core.catalog.resolve).
+        What to load (see core.model.catalog.resolve).
     quant, options
         Quantization and placement; defaults are full precision on the best device.
     progress
@@ -402,7 +402,7 @@ def _tokenizer(source: str, trust_remote_code: bool) -> Any:
 
 def _local_path(ref: ModelRef, reporter: _Reporter) -> Any:
     if ref.kind == "default":
-        from core import default_model
+        from core.model import default_model
 
         return default_model.ensure(reporter.emit)
     return ref.path

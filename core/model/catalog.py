@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core import default_model
 from core.errors import ModelNotFoundError
-from core.files import folder_size, safetensors_whole
+from core.model import default_model
+from core.model.files import folder_size, safetensors_whole
 
 logger = logging.getLogger(__name__)
 

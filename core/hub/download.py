@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core import hub
 from core.errors import CancelledError, NibbleError
-from core.hub import DiskFullError, HubError, Plan, PlanFile, explain, storage_folder
+from core.hub import api as hub
+from core.hub.api import (
+    DiskFullError,
+    HubError,
+    Plan,
+    PlanFile,
+    explain,
+    storage_folder,
+)
 from core.units import format_bytes, format_seconds
 
 Cancel = threading.Event | Callable[[], bool] | None

@@ -43,7 +43,7 @@ def add_commands(sub: Any) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """List causal LMs on the hub, most downloaded first."""
-    from core import hub
+    from core.hub import api as hub
 
     _quiet_hub_logs(args)
     results = hub.search(args.text, limit=args.limit)
@@ -69,7 +69,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Plan, then download with progress on stderr; Ctrl+C keeps what arrived."""
-    from core import estimate, hub, hub_download
+    from core.hub import api as hub
+    from core.hub import download as hub_download
+    from core.model import estimate
 
     _quiet_hub_logs(args)
     plan = hub.plan(args.model, args.revision, context=args.context)
@@ -115,7 +117,8 @@ def hub_table(
     None for a folder or 'default', and for a hub id while the hub is offline: the
     estimate then reads config.json from the cache.
     """
-    from core import catalog, hub
+    from core.hub import api as hub
+    from core.model import catalog
 
     text = (model or "").strip()
     if not catalog._HUB_ID.match(text) or Path(text).expanduser().exists():
@@ -128,12 +131,12 @@ def hub_table(
         config = hub.cached_config(text)
         if config is None:
             return None
-        from core import estimate
+        from core.model import estimate
 
         source = estimate.ConfigSource(text, json.loads(config.read_text()), config)
         return estimate.table(source, quant, options, context=context, batch=batch)
     if plan.table is None:
-        from core.estimate import EstimateError
+        from core.model.estimate import EstimateError
 
         raise EstimateError(
             plan.estimate_error or f"no estimate for {text}", "try a local folder"

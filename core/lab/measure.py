@@ -22,7 +22,7 @@ from typing import Any
 
 from core import memory
 from core.errors import CancelledError, NibbleError
-from core.loader import LoadedModel
+from core.model.loader import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def evaluate(
 
 
 def _context_length(model: Any) -> int | None:
-    from core.generation import context_length
+    from core.generation.decode import context_length
 
     return context_length(model)
 
@@ -277,18 +277,18 @@ def measure_generation(
     from transformers import StoppingCriteria, StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
 
-    from core import generation
+    from core.generation import decode
 
     model, tokenizer = loaded.model, loaded.tokenizer
-    text = generation.build_prompt(tokenizer, prompt)
+    text = decode.build_prompt(tokenizer, prompt)
     inputs = tokenizer(
         text,
         return_tensors="pt",
-        add_special_tokens=not generation.has_chat_template(tokenizer),
+        add_special_tokens=not decode.has_chat_template(tokenizer),
     )
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     prompt_len = int(inputs["input_ids"].shape[1])
-    limit = generation.context_length(model)
+    limit = decode.context_length(model)
     if limit is not None:
         new_tokens = max(min(new_tokens, limit - prompt_len), 1)
     stamps: list[float] = []

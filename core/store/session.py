@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.catalog import ModelRef
 from core.errors import NibbleError
+from core.model.catalog import ModelRef
 from core.paths import config_dir
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
 
@@ -213,7 +213,7 @@ def ref_from_dict(data: dict[str, Any] | None) -> ModelRef:
     The folder is not checked here (that would slow the start); loading it reports a
     clear error when it has gone.
     """
-    from core import catalog
+    from core.model import catalog
 
     if not data or data.get("kind") == "default":
         return catalog.default_ref()

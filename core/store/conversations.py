@@ -28,8 +28,8 @@ from typing import Any
 
 from core.errors import NibbleError
 from core.paths import data_dir
-from core.provenance import Provenance, with_seed
 from core.settings import GenerationSettings
+from core.store.provenance import Provenance, with_seed
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core import default_model
+from core.model import default_model
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
 
@@ -163,9 +163,9 @@ def hardware() -> dict[str, Any]:
 def estimate_bytes(
     ref: Any, quant: QuantSettings, options: LoadOptions | None = None
 ) -> int | None:
-    """What core.estimate predicts for weights + quantization state, or None."""
-    from core import estimate
+    """What core.model.estimate predicts for weights + quantization state, or None."""
     from core.errors import NibbleError
+    from core.model import estimate
 
     try:
         return estimate.estimate(ref, quant, options or LoadOptions()).model_bytes

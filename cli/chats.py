@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core import conversations
 from core.errors import NibbleError
-from core.provenance import Provenance, with_seed
 from core.settings import GenerationSettings
+from core.store import conversations
+from core.store.provenance import Provenance, with_seed
 
 EXIT_OK = 0
 
@@ -92,7 +92,7 @@ class ChatRecorder:
         self, text: str, loaded: Any, gen: GenerationSettings, stats: Any, raw: bool
     ) -> None:
         """Store the answer with its provenance; an interrupted one is marked stopped."""
-        from core.generation import STOP_STOPPED, GenerationStats
+        from core.generation.decode import STOP_STOPPED, GenerationStats
 
         try:
             if not self.asked or self.conversation_id is None:

@@ -51,7 +51,7 @@ def check_max_memory(ref: Any, quant: QuantSettings, options: LoadOptions) -> li
     """max_memory on a machine without a GPU: refuse a cap the model exceeds."""
     if not options.max_memory:
         return []
-    from core import loader
+    from core.model import loader
 
     device_map = loader.resolve_device_map(options)
     if device_map != {"": "cpu"} and options.device_map != "cpu":
@@ -59,7 +59,7 @@ def check_max_memory(ref: Any, quant: QuantSettings, options: LoadOptions) -> li
     cap = options.max_memory.get("cpu")
     if cap is None:
         return [NO_EFFECT]
-    from core import estimate
+    from core.model import estimate
 
     try:
         needed = estimate.estimate(ref, quant, options).model_bytes

@@ -104,7 +104,7 @@ def _hash_damage(path: Path, hashes: dict[str, str]) -> str:
 
 def _damage(path: Path, deep: bool = True) -> str:
     """'' when the folder matches its manifest, else what is wrong with it."""
-    from core.files import safetensors_whole
+    from core.model.files import safetensors_whole
 
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():

@@ -3,7 +3,7 @@
 Everything goes through `huggingface_hub`'s own client (HfApi, hf_hub_download) and the
 standard HF cache, so other tools reuse what Nibble downloads. A plan fetches only
 metadata and config.json (plus a weight index for sharded repos) and pins the commit;
-core/hub_download.py then fetches the files, resumably. A token (HF_TOKEN or
+core/hub/download.py then fetches the files, resumably. A token (HF_TOKEN or
 `hf auth login`) is used by the client and never printed or logged here; `explain` turns
 what the client raises into one line and a hint.
 """
@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.catalog import PICKLE_WARNING, TOKENIZER_FILES, check_causal, quantized_label
 from core.errors import ModelNotFoundError, NibbleError
+from core.model.catalog import (
+    PICKLE_WARNING,
+    TOKENIZER_FILES,
+    check_causal,
+    quantized_label,
+)
 from core.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -187,7 +192,7 @@ class Plan:
     quantized: str | None = None
     loadable: bool = True
     warnings: list[str] = field(default_factory=list)
-    table: Any = None  # core.estimate.Table
+    table: Any = None  # core.model.estimate.Table
     estimate_error: str = ""
 
     @property
@@ -477,7 +482,7 @@ def _add_estimate(
     batch: int,
     device: Any,
 ) -> None:
-    from core import estimate
+    from core.model import estimate
 
     source = estimate.ConfigSource(
         result.repo_id, config, result.snapshot / "config.json"
