@@ -13,7 +13,6 @@ from core.model import catalog, loader
 from core.settings import LoadOptions, QuantSettings, preset
 from gui import workers
 from gui.estimate_view import COLUMNS, EstimateView
-from tests.gui_helpers import controller_fixture  # noqa: F401
 
 TINY = {
     "model_type": "llama",

@@ -16,12 +16,7 @@ from core.lab import compare
 from core.model import catalog
 from core.settings import GenerationSettings, LoadOptions, preset
 from gui import workers
-from tests.gui_helpers import (  # noqa: F401
-    config_dir_fixture,
-    controller_fixture,
-    no_dangling_qthreads,
-    wait_threads,
-)
+from tests.gui.helpers import wait_threads
 
 LONG = 180_000
 

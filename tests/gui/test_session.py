@@ -7,7 +7,6 @@ import json
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
 from core.store import session as session_mod
 from gui.main_window import MainWindow
-from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
 
 def test_missing_file_gives_defaults_silently(tmp_path):

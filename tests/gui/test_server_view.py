@@ -13,7 +13,6 @@ from core.generation.queue import GenerationQueue
 from core.model import catalog, loader
 from core.settings import preset
 from gui.server_view import LOG_COLUMNS, ServerView, marker_label
-from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
 openai = pytest.importorskip("openai")
 

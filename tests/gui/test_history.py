@@ -14,7 +14,7 @@ from core.store.conversations import ConversationStore
 from core.store.provenance import Provenance
 from core.store.session import Session
 from gui.main_window import MainWindow
-from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads, wait_threads  # noqa: F401
+from tests.gui.helpers import wait_threads
 
 
 def wait_for(condition, timeout_s: float = 180.0) -> None:

@@ -20,7 +20,6 @@ from core.store.conversations import ConversationStore
 from gui.chat_history import ChatHistory
 from gui.chat_view import ChatView
 from gui.conversation_list import ConversationList
-from tests.gui_helpers import no_dangling_qthreads  # noqa: F401
 
 REF = ModelRef("default", "SmolLM2-135M-Instruct")
 

@@ -12,7 +12,6 @@ from core.settings import (
     QuantSettings,
 )
 from gui.settings_panel import ModuleListEdit, SettingsPanel
-from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
 
 def values_for(spec):

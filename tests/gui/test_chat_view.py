@@ -8,7 +8,6 @@ from PySide6.QtTest import QTest
 
 from core.settings import GENERATION_FIELDS, GenerationSettings
 from gui.chat_view import ChatView, code_blocks, render_html
-from tests.gui_helpers import no_dangling_qthreads  # noqa: F401
 
 CODE = "Here:\n```python\ndef square(x):\n    return x * x\n```\nDone."
 

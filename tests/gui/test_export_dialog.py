@@ -11,7 +11,6 @@ from core.errors import ExportError
 from core.model import catalog
 from core.settings import QuantSettings, preset
 from gui import workers
-from tests.gui_helpers import controller_fixture  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ from core.store import session as session_mod
 from gui.hub_dialog import HubDialog
 from gui.main_window import MainWindow
 from tests.fake_hub import CHUNK, REPO, FakeHub
-from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
 
 @pytest.fixture

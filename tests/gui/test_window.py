@@ -15,7 +15,7 @@ from core.store import session as session_mod
 from gui import workers
 from gui.chat_view import ChatView, render_html
 from gui.main_window import MainWindow
-from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads, wait_threads  # noqa: F401
+from tests.gui.helpers import wait_threads
 
 PROMPT = "What is the capital of France?"
 

@@ -14,7 +14,6 @@ from core.lab import compare
 from core.model import catalog
 from gui import workers
 from gui.compare_view import ROW_STEPS, CompareView
-from tests.gui_helpers import controller_fixture  # noqa: F401
 
 LONG = 180_000  # ms: loads are slow on a busy 2-core machine
 

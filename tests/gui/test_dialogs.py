@@ -7,7 +7,6 @@ from pathlib import Path
 from PySide6.QtWidgets import QPushButton, QWidget
 
 from gui import dialogs
-from tests.gui_helpers import config_dir_fixture, no_dangling_qthreads  # noqa: F401
 
 
 def test_about_names_version_licence_libraries_and_links(qtbot) -> None:
