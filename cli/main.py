@@ -11,6 +11,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from cli import hub as cli_hub
@@ -194,6 +195,28 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def constraint_from_args(args: argparse.Namespace) -> Any:
+    """--json-object / --json-schema FILE as a Constraint, checked before any load."""
+    from core.generation.constrain import Constraint, load_schema
+
+    if args.json_schema is not None:
+        path = Path(args.json_schema).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot read the JSON schema {path}: {exc.strerror or exc}",
+                "pass the path of a .json file that holds the schema",
+            ) from None
+        constraint = Constraint.json_schema(load_schema(text), path.stem)
+    elif args.json_object:
+        constraint = Constraint.json_object()
+    else:
+        return None
+    constraint.check()
+    return constraint
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Load a model and stream one answer."""
     from core.generation import decode
@@ -201,6 +224,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     gen = generation_from_args(args)
+    constraint = constraint_from_args(args)
     prompt = textio.read_prompt(args.prompt, sys.stdin)
     if not prompt.strip():
         raise NibbleError("the prompt is empty", 'pass --prompt "..." or pipe text in')
@@ -231,7 +255,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if chat is not None:
             chat.ask()
         with interrupt.signals_set(stop):
-            for item in decode.stream(loaded, messages, gen, stop, raw=args.raw):
+            for item in decode.stream(
+                loaded, messages, gen, stop, raw=args.raw, constraint=constraint
+            ):
                 if isinstance(item, decode.GenerationStats):
                     stats = item
                 else:
@@ -240,7 +266,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                         print(item, end="", flush=True)
     finally:
         if chat is not None:
-            chat.save("".join(chunks), loaded, gen, stats, args.raw)
+            chat.save("".join(chunks), loaded, gen, stats, args.raw, constraint)
         report = loaded.report
         loader.unload(loaded)
     if args.json:
@@ -253,6 +279,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "settings": quant.to_dict(),
                     "options": options.to_dict(),
                     "generation": gen.to_dict(),
+                    "constraint": constraint.to_dict() if constraint else None,
                     "conversation_id": chat.conversation_id if chat else None,
                 },
                 indent=2,
@@ -478,11 +505,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over the OpenAI API until Ctrl+C, then unload it."""
     from core.generation.queue import GenerationQueue
+    from core.generation.switch import ModelSwitcher
     from core.model import catalog, loader
     from core.stack import import_stack
-    from server import app as server
+    from server import runner
+    from server.app import Server
 
-    config = server.ServerConfig(
+    config = runner.ServerConfig(
         host=args.host,
         port=args.port,
         api_key=args.api_key,
@@ -493,27 +522,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     quant, options = settings_from_args(args)
     if args.queue < 1:
         raise SettingsError(f"--queue {args.queue} is too small", "use 1 or more")
+    if args.idle_unload is not None and not args.idle_unload > 0:
+        raise SettingsError(
+            f"--idle-unload {args.idle_unload} is not a number of seconds",
+            "use a value above 0, e.g. 600",
+        )
     import_stack()
     show = stderr_progress(False)
     loaded = loader.load(catalog.resolve(args.model), quant, options, progress=show)
     if show:
         print("\r\033[K", end="", file=sys.stderr)
     queue = GenerationQueue(loaded, limit=args.queue)
-    api = server.Server(queue, config)
+    switcher = ModelSwitcher(
+        queue, directory=_servable_models, idle_unload_s=args.idle_unload
+    )
+    api = Server(queue, config, switcher=switcher)
 
     def ready(url: str) -> None:
         name = api.model_names()[0]
         print(f"Serving {name} ({quant.label()}) at {url}", flush=True)
-        print(server.curl_line(url, name, config.api_key), flush=True)
+        print(runner.curl_line(url, name, config.api_key), flush=True)
         print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
 
     try:
-        server.serve_forever(api, ready)
+        runner.serve_forever(api, ready)
     finally:
+        switcher.close()
         queue.close()
-        loader.unload(loaded)
+        loader.unload(queue.loaded)
     print("stopped; the model is unloaded", file=sys.stderr)
     return EXIT_OK
+
+
+def _servable_models() -> dict[str, Any]:
+    """What `serve` offers: the default, the window's recent folders, the HF cache."""
+    from core.generation.switch import servable
+    from core.store.session import load_session
+
+    session, _ = load_session()
+    return servable(session.recent_folders)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -540,6 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object at the end"
+    )
+    reply = p.add_mutually_exclusive_group()
+    reply.add_argument(
+        "--json-object",
+        action="store_true",
+        help="the answer is a JSON object (constrained decoding)",
+    )
+    reply.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        default=None,
+        help="the answer is JSON that matches the JSON schema in FILE",
     )
     add_quant_args(p)
     add_generation_args(p)
@@ -651,6 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--served-model-name", default=None, help="another name clients may use"
     )
     p.add_argument("--queue", type=int, default=16, help="requests that may wait (16)")
+    p.add_argument(
+        "--idle-unload",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="unload the model after this long without a request; the next "
+        "request loads it again",
+    )
     p.add_argument(
         "--cors",
         action="append",
