@@ -332,11 +332,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def repo_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
+def repo_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """The tiny Llama as a hub repo: safetensors, a .bin duplicate, GGUF and ONNX extras."""
     from tests.conftest import build_tiny_model
 
-    folder = build_tiny_model(tmp_path_factory.mktemp("repo") / "tiny", default_dir)
+    folder = build_tiny_model(tmp_path_factory.mktemp("repo") / "tiny", tokenizer_dir)
     (folder / "README.md").write_text("# tiny\n")
     (folder / "model.gguf").write_bytes(b"GGUF" + b"\0" * 100)
     (folder / "onnx").mkdir()
