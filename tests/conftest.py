@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -26,11 +27,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 
 @pytest.fixture(scope="session")
-def default_dir() -> Path:
-    """The converted default model (converted here on first use, ~20 s)."""
+def default_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted default model (converted here on first use, ~20 s).
+
+    Under `pytest -n`, the workers share one temporary root: a lock there lets the
+    first worker convert while the others wait for its copy.
+    """
     from core.model import default_model
 
-    return default_model.ensure()
+    lock = tmp_path_factory.getbasetemp().parent / "default-model.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return default_model.ensure()
 
 
 @pytest.fixture(scope="session")

@@ -649,13 +649,15 @@ def test_generation_failure_hint_in_the_cli(
     assert "Details" not in err and "--debug" in err
 
 
-def test_unknown_skip_module_is_refused_with_nearest_names(tiny_dir: Path) -> None:
-    done = nibble(
+def test_unknown_skip_module_is_refused_with_nearest_names(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run([
         "generate", str(tiny_dir), "--quant", "nf4", "--prompt", "hi",
         "--set", "llm_int8_skip_modules=down_prj,lm_head",
-    )  # fmt: skip
-    assert done.returncode == 2
-    err = done.stderr.decode()
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
     assert "llm_int8_skip_modules names no module of tiny-llama: 'down_prj'" in err
     assert "did you mean down_proj" in err
 
@@ -668,13 +670,16 @@ def test_known_skip_modules_pass(tiny_dir: Path) -> None:
         modules.check_skip_modules(tiny_dir, ["self_atn"])
 
 
-def test_cpu_cap_below_the_model_is_refused(tiny_dir: Path) -> None:
-    done = nibble(
+def test_cpu_cap_below_the_model_is_refused(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run([
         "generate", str(tiny_dir), "--quant", "nf4", "--prompt", "hi",
         "--device-map", "cpu", "--max-memory", "cpu=1KiB",
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert b"max memory caps the CPU at 1KiB, but the model needs" in done.stderr
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "max memory caps the CPU at 1KiB, but the model needs" in err
 
 
 def test_progress_is_a_line_per_stage_off_a_terminal(tiny_dir: Path) -> None:
