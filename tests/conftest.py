@@ -117,3 +117,17 @@ def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conversations, "database_path", fresh)
         yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that drives the window lives in tests/gui, under its thread check."""
+    gui = Path(__file__).parent / "gui"
+    for item in items:
+        if (
+            "qtbot" in getattr(item, "fixturenames", ())
+            and gui not in item.path.parents
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid} drives the window: move it to tests/gui, where "
+                "no test may leave a worker thread running"
+            )
