@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.output import EXIT_OK
 from core.errors import NibbleError
 from core.settings import GenerationSettings
 from core.store import conversations
 from core.store.provenance import Provenance, with_seed
-
-EXIT_OK = 0
 
 
 def open_store() -> conversations.ConversationStore:
