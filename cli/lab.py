@@ -9,12 +9,14 @@ import threading
 from typing import Any
 
 from cli import hub as cli_hub
-from cli import precheck, textio
+from cli import textio
 from cli.args import (
     add_generation_args,
     add_quant_args,
+    check_before_load,
     generation_from_args,
     load_options_from_args,
+    number,
     set_values,
     settings_from_args,
 )
@@ -29,9 +31,17 @@ def add_estimate(sub: Any) -> None:
     )
     p.add_argument("model", help="'default', a folder, a config.json, or a hub id")
     p.add_argument(
-        "--context", type=int, default=4096, help="tokens in the KV cache (4096)"
+        "--context",
+        type=number("--context", integer=True, low=1),
+        default=4096,
+        help="tokens in the KV cache (4096)",
     )
-    p.add_argument("--batch", type=int, default=1, help="sequences at once (1)")
+    p.add_argument(
+        "--batch",
+        type=number("--batch", integer=True, low=1),
+        default=1,
+        help="sequences at once (1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_quant_args(p)
     p.set_defaults(func=cmd_estimate)
@@ -68,14 +78,17 @@ def add_compare(sub: Any) -> None:
     )
     p.add_argument("model", help="'default', a local folder, or a hub id")
     p.add_argument(
-        "--tokens", type=int, default=32, help="greedy tokens to time per row (32)"
+        "--tokens",
+        type=number("--tokens", integer=True, low=1),
+        default=32,
+        help="greedy tokens to time per row (32)",
     )
     p.add_argument(
         "--prompt", "-p", default=None, help="the question every row answers"
     )
     p.add_argument(
         "--eval-tokens",
-        type=int,
+        type=number("--eval-tokens", integer=True, low=1),
         default=None,
         help="score only the first N tokens of the evaluation text (default: all)",
     )
@@ -120,7 +133,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     ref = catalog.resolve(args.model)
-    warn(precheck.check_settings(ref, quant, options))
+    warn(check_before_load(ref, quant, options))
     show = stderr_progress(args.json)
     result = export.export(ref, quant, args.out, options, args.force, show)
     end_progress(show)
@@ -144,7 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         ref = catalog.resolve(args.model)
         name = report.model_id(ref)
-        warn(precheck.check_settings(ref, quant, options))
+        warn(check_before_load(ref, quant, options))
         show = stderr_progress(False)
         estimate = report.estimate_bytes(ref, quant, options)
         loaded = loader.load(ref, quant, options, show)
@@ -186,9 +199,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ref = catalog.resolve(args.model)
     warnings: dict[str, None] = {}
     for spec in specs:
-        warnings |= dict.fromkeys(
-            precheck.check_settings(ref, spec.quant, spec.options)
-        )
+        warnings |= dict.fromkeys(check_before_load(ref, spec.quant, spec.options))
     warn(warnings)
     show = stderr_progress(args.json)
     # Ctrl+C stops at the next token; the rows done so far are still printed

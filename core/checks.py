@@ -8,8 +8,9 @@ or choke on. The same bad setting gives the same words everywhere.
 
 What a check needs that the settings alone do not say comes in two small objects:
 `Machine` (CUDA devices, flash-attn) and `ModelFacts` (module names from the
-estimate's meta-device build, and how many bytes the model needs). A check whose
-facts are missing (no machine probed yet, no module names) finds nothing.
+estimate's meta-device build, and how many bytes the model needs; see
+core.model.facts). A check whose facts are missing (no machine probed yet, no module
+names) finds nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from core.errors import NibbleError, SettingsError
 from core.settings import LoadOptions, QuantSettings, memory_amount, spec_of
@@ -54,9 +54,8 @@ def probe_machine() -> Machine:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the checks know of the model: its name, its modules, its size."""
+    """What the checks know of the model: its modules and its size."""
 
-    name: str = "this model"
     module_names: tuple[str, ...] = ()
     # The bytes the model's weights need with given settings; None when unknown.
     needed_bytes: Callable[[QuantSettings, LoadOptions], int | None] | None = None
@@ -119,17 +118,6 @@ def refuse(problems: Iterable[Problem]) -> list[Problem]:
         if not problem.warning:
             raise problem.error()
     return problems
-
-
-def check_load(
-    ref: Any,
-    quant: QuantSettings,
-    options: LoadOptions,
-    machine: Machine | None = None,
-) -> list[Problem]:
-    """`check` for a load of `ref` here: probes this machine and reads the model."""
-    machine = machine or probe_machine()
-    return check(quant, options, machine, model_facts(ref, options.trust_remote_code))
 
 
 # -- the checks ----------------------------------------------------------------------
@@ -332,7 +320,7 @@ def _skip_modules(
             Problem(
                 "llm_int8_skip_modules",
                 f"{label('llm_int8_skip_modules')}: {name!r} matches no module of "
-                f"{model.name}",
+                "this model",
                 hint,
             )
         )
@@ -390,57 +378,10 @@ def _suffixes(modules: list[str]) -> list[str]:
 
 def _examples(suggestions: list[str], count: int = 3) -> list[str]:
     """A few names a user would write: lm_head and the short per-block ones."""
-    short = sorted({s for s in suggestions if s.count(".") == 1})
+    short = sorted(
+        s
+        for s in suggestions
+        if s.count(".") == 1 and not any(part.isdigit() for part in s.split("."))
+    )
     picked = (["lm_head"] if "lm_head" in suggestions else []) + short
     return picked[:count] or suggestions[:count]
-
-
-def module_names(model: Any, dtype: str = "float32", trust_remote_code: bool = False):
-    """Every module name of `model` (a ModelRef, 'default', a folder, a config dict)
-    from the estimate's meta-device build, parents included; [] when it cannot be
-    built (the estimate and the load say why)."""
-    from core.model import estimate
-
-    try:
-        struct = estimate.structure(
-            estimate.read_source(model), dtype, trust_remote_code
-        )
-    except Exception as exc:
-        logger.debug("no module names for %s: %s", model, exc)
-        return []
-    names: dict[str, None] = {}
-    for module in (
-        *struct.linears,
-        *(t.module for t in (*struct.params, *struct.buffers)),
-    ):
-        parts = module.split(".")
-        for i in range(1, len(parts) + 1):
-            names[".".join(parts[:i])] = None
-    return list(names)
-
-
-def model_facts(
-    ref: Any, trust_remote_code: bool = False, build: bool = True
-) -> ModelFacts:
-    """What the checks need to know of `ref`, from the estimate (no weights read).
-
-    With `build` False the model's size is answered only from structures the
-    estimate has already built (the window asks on every edit, on its UI thread).
-    """
-    from core.model import estimate
-    from core.settings import load_dtype
-
-    try:
-        source = estimate.read_source(ref)
-    except Exception as exc:
-        logger.debug("no model facts for %s: %s", ref, exc)
-        return ModelFacts(getattr(ref, "name", str(ref)))
-
-    def needed(quant: QuantSettings, options: LoadOptions) -> int | None:
-        dtype = load_dtype(options, None, on_gpu=False)
-        if not build and not estimate.is_cached(source, dtype, trust_remote_code):
-            return None
-        return estimate.estimate(ref, quant, options).model_bytes
-
-    names = module_names(ref, "float32", trust_remote_code)
-    return ModelFacts(source.name, tuple(names), needed)

@@ -17,7 +17,7 @@ Signals, all emitted on the UI thread:
 - ``settings_changed(object)``: valid ``(QuantSettings, LoadOptions)``.
 - ``libraries_ready(str)`` / ``libraries_failed(object)``: the stack import ended.
 - ``catalog_scanned(object, object)``: the default ModelRef and the HF cache refs.
-- ``modules_found(object)``: the selected model's ModelFacts (for the checks).
+- ``modules_found(object)``: the selected model's module names (for the checks).
 - ``resolve_started(str)``, ``resolve_failed(object)``: checking a folder or hub id.
 - ``load_started(object, object)``: a load of (ModelRef, QuantSettings) began;
   ``load_progressed(int, int, str)`` follows its steps.
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.checks import Machine, ModelFacts
+from core.checks import Machine
 from core.errors import CancelledError, NibbleError
 from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
@@ -152,12 +152,12 @@ class Controller(QObject):
         worker = self.run(MODULES, lambda _p, _c: (ref, _module_names(ref)))
         worker.returned.connect(self._on_modules)
 
-    def _on_modules(self, result: tuple[ModelRef, ModelFacts]) -> None:
-        ref, facts = result
+    def _on_modules(self, result: tuple[ModelRef, list[str]]) -> None:
+        ref, names = result
         if ref != self.selected_ref:  # the user picked another model meanwhile
             return
-        self.module_names = list(facts.module_names)
-        self.modules_found.emit(facts)
+        self.module_names = names
+        self.modules_found.emit(names)
 
     def set_settings(self, quant: QuantSettings, options: LoadOptions) -> None:
         self.quant, self.options = quant, options
@@ -530,11 +530,10 @@ def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Mach
     return checks.probe_machine()
 
 
-def _module_names(ref: ModelRef) -> ModelFacts:
-    from core import checks
+def _module_names(ref: ModelRef) -> list[str]:
+    from core.model import facts
 
-    # The size only from the estimate's cache: the panel asks on every edit.
-    return checks.model_facts(ref, build=False)
+    return facts.module_names(ref)
 
 
 def _scan_catalog(

@@ -47,7 +47,6 @@ from core.settings import (
     spec_of,
 )
 from gui import dialogs, fields
-from gui.fields import ModuleListEdit
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +121,16 @@ class SettingsPanel(QWidget):
                     editor = fields.make_editor(spec)
                     if isinstance(editor, QCheckBox):
                         editor.setText("")  # the label beside it says it
-                    self._add_row(form, spec.name, editor, fields.make_label(spec, editor))
+                    self._add_row(
+                        form, spec.name, editor, fields.make_label(spec, editor)
+                    )
                 if spec.name == "llm_int8_skip_modules" and spec.applies == applies:
                     lm_head = spec_of(QuantSettings, "quantize_lm_head")
                     self.lm_head_check = fields.make_editor(lm_head)
                     self._add_row(form, lm_head.name, self.lm_head_check, QLabel())
             self.groups[applies] = box
             layout.addWidget(box)
-        for name, editor in self.editors.items():
+        for editor in self.editors.values():
             fields.changed_signal(editor).connect(self._on_edit)
 
         # -- load options, generated from the schema --
@@ -268,7 +269,7 @@ class SettingsPanel(QWidget):
         """What the checks know of the selected model (its module names, for the
         Keep-unquantized check); [] or None while it is not known."""
         if facts is not None and not isinstance(facts, ModelFacts):
-            facts = ModelFacts(self._model_name, tuple(facts)) if facts else None
+            facts = ModelFacts(tuple(facts)) if facts else None
         self._model = facts
         self._on_edit()
 

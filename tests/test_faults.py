@@ -43,12 +43,12 @@ import pytest
 from cli import generate, output
 from cli import main as cli
 from core import interrupt
-from core.errors import ExportError, NibbleError, SettingsError
+from core.errors import ExportError, NibbleError
 from core.generation import decode
 from core.lab import export
 from core.model import default_model
 from core.model.catalog import folder_ref
-from core.settings import preset
+from core.settings import LoadOptions, preset
 from core.store import session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -658,16 +658,24 @@ def test_unknown_skip_module_is_refused_with_nearest_names(tiny_dir: Path) -> No
     )  # fmt: skip
     assert done.returncode == 2
     err = done.stderr.decode()
-    assert "llm_int8_skip_modules names no module of tiny-llama: 'down_prj'" in err
-    assert "did you mean down_proj" in err
+    assert (
+        "error: Keep unquantized (llm_int8_skip_modules): 'down_prj' matches no "
+        "module of this model" in err
+    )
+    assert "hint: did you mean down_proj" in err
 
 
 def test_known_skip_modules_pass(tiny_dir: Path) -> None:
-    from core import modules
+    from core.model import facts
 
-    modules.check_skip_modules(tiny_dir, ["mlp.down_proj", "model.layers.0", "q_proj"])
-    with pytest.raises(SettingsError, match="self_atn"):
-        modules.check_skip_modules(tiny_dir, ["self_atn"])
+    quant = preset("nf4").quant
+    ok = quant.replace(
+        llm_int8_skip_modules=["mlp.down_proj", "model.layers.0", "q_proj"]
+    )
+    assert facts.check_load(tiny_dir, ok, LoadOptions("cpu")) == []
+    bad = quant.replace(llm_int8_skip_modules=["self_atn"])
+    problems = facts.check_load(tiny_dir, bad, LoadOptions("cpu"))
+    assert "'self_atn' matches no module" in problems[0].message
 
 
 def test_cpu_cap_below_the_model_is_refused(tiny_dir: Path) -> None:
@@ -676,7 +684,9 @@ def test_cpu_cap_below_the_model_is_refused(tiny_dir: Path) -> None:
         "--device-map", "cpu", "--max-memory", "cpu=1KiB",
     )  # fmt: skip
     assert done.returncode == 2
-    assert b"max memory caps the CPU at 1KiB, but the model needs" in done.stderr
+    assert (
+        b"error: Max memory: caps the CPU at 1KiB, but the model needs" in done.stderr
+    )
 
 
 def test_progress_is_a_line_per_stage_off_a_terminal(tiny_dir: Path) -> None:

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import memory
+from core import checks, memory
 from core.errors import CancelledError, LoadError, NibbleError
 from core.model.catalog import ModelRef
-from core import checks
 from core.settings import LoadOptions, QuantSettings, load_dtype
 from core.stack import import_stack
 from core.stack import quiet_libraries as quiet_libraries  # the window calls it here

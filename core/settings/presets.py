@@ -9,6 +9,7 @@ from core.errors import SettingsError
 from core.settings.load import LoadOptions
 from core.settings.quant import QuantSettings
 
+
 @dataclass(frozen=True)
 class Preset:
     """A named starting point: quantization plus the dtype of unquantized parts."""

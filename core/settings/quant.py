@@ -8,7 +8,6 @@ description, kind and the modes it applies to live on the field (see schema.py).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -47,8 +46,6 @@ _KNOWN_BOGUS = {
     "bnb_4bit_blocksize": "the 4-bit blocksize is fixed at 64 by bitsandbytes; remove it",
     "blocksize": "the 4-bit blocksize is fixed at 64 by bitsandbytes; remove it",
 }
-# QuantSettings fields are set on the command line by --set NAME=VALUE.
-_setting = functools.partial(setting, set_only=True)
 # BitsAndBytesConfig arguments that are not fields: `mode` sets them.
 DERIVED_FLAGS = ("load_in_8bit", "load_in_4bit")
 
@@ -74,21 +71,23 @@ def canonical_dtype(value: Any, allowed: Iterable[str], what: str) -> str | None
 class QuantSettings:
     """Every BitsAndBytesConfig argument, validated on construction."""
 
-    mode: Mode = _setting(
+    mode: Mode = setting(
         "none",
         "Quantization",
         "none loads full precision; 8bit sets load_in_8bit (LLM.int8), 4bit sets "
         "load_in_4bit (nf4 or fp4). Exactly one flag is ever set.",
         kind="choice",
+        set_only=True,  # --set NAME=VALUE on the command line
         choices=MODES,
     )
-    llm_int8_threshold: float = _setting(
+    llm_int8_threshold: float = setting(
         6.0,
         "Outlier threshold",
         "Activations whose magnitude exceeds this value are multiplied in 16-bit "
         "instead of int8. Lower keeps more in 16-bit (more accurate, slower); 6.0 is "
         "the value from the LLM.int8 paper.",
         kind="float",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="8bit",
         bnb=True,
         low=0.0,
@@ -96,89 +95,99 @@ class QuantSettings:
         step=0.5,
         hint="6.0 is the usual value; 0 keeps nothing in 16-bit",
     )
-    llm_int8_skip_modules: list[str] | None = _setting(
+    llm_int8_skip_modules: list[str] | None = setting(
         None,
         "Keep unquantized",
         "Module names that stay in full precision. Empty means the library's choice "
         "(the output head and tied modules). A custom list replaces that choice, so "
         "Nibble keeps lm_head in it unless you untick 'quantize lm_head'.",
         kind="list",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="both",
         bnb=True,
     )
-    llm_int8_enable_fp32_cpu_offload: bool = _setting(
+    llm_int8_enable_fp32_cpu_offload: bool = setting(
         False,
         "fp32 CPU offload",
         "Allow layers that do not fit on the GPU to run on the CPU in float32. Needed "
         "when the device map mixes a GPU with cpu or disk.",
         kind="bool",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="both",
         bnb=True,
     )
-    llm_int8_has_fp16_weight: bool = _setting(
+    llm_int8_has_fp16_weight: bool = setting(
         False,
         "Keep fp16 weights",
         "Keep a 16-bit copy of the weights beside the int8 ones, for fine-tuning. "
         "Costs the memory 8-bit was meant to save; leave off for inference.",
         kind="bool",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="8bit",
         bnb=True,
     )
-    bnb_4bit_compute_dtype: str | None = _setting(
+    bnb_4bit_compute_dtype: str | None = setting(
         None,
         "Compute dtype",
         "The dtype 4-bit weights are unpacked to for each matrix multiply. bfloat16 "
         "is fast on recent GPUs and CPUs with AVX512-BF16; default is float32.",
         kind="choice",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="4bit",
         bnb=True,
         choices=(None, *FLOAT_DTYPES),
     )
-    bnb_4bit_quant_type: str = _setting(
+    bnb_4bit_quant_type: str = setting(
         "fp4",
         "Quant type",
         "nf4 (NormalFloat) places its 16 levels where normally distributed weights "
         "fall and is the better choice for LLMs; fp4 is a plain 4-bit float. The "
         "library's default is fp4.",
         kind="choice",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="4bit",
         bnb=True,
         choices=("nf4", "fp4"),
     )
-    bnb_4bit_use_double_quant: bool = _setting(
+    bnb_4bit_use_double_quant: bool = setting(
         False,
         "Double quant",
         "Quantize the per-block scales themselves to 8-bit, saving about 0.37 bits "
         "per weight (roughly 3 GB on a 65B model) at a tiny cost in accuracy.",
         kind="bool",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="4bit",
         bnb=True,
     )
-    bnb_4bit_quant_storage: str | None = _setting(
+    bnb_4bit_quant_storage: str | None = setting(
         None,
         "Quant storage",
         "The tensor dtype the packed 4-bit values are stored in. uint8 (default) "
         "suits inference; match the model dtype for FSDP sharding.",
         kind="choice",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="4bit",
         bnb=True,
         choices=(None, *STORAGE_DTYPES),
     )
     # Not a BitsAndBytesConfig argument: with a custom skip list, lm_head is added to it
     # unless the user asks for it to be quantized on purpose.
-    quantize_lm_head: bool = _setting(
+    quantize_lm_head: bool = setting(
         False,
         "Quantize lm_head too",
         "A custom skip list replaces the library's, which would quantize the output "
         "head. Nibble keeps lm_head unquantized unless this is ticked.",
         kind="bool",
+        set_only=True,  # --set NAME=VALUE on the command line
         applies="both",
     )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise SettingsError(
-                f"mode {self.mode!r} is not valid", "use one of: none, 8bit, 4bit", "mode"
+                f"mode {self.mode!r} is not valid",
+                "use one of: none, 8bit, 4bit",
+                "mode",
             )
         check_numbers(self)
         self.llm_int8_skip_modules = _as_module_list(self.llm_int8_skip_modules)

@@ -217,7 +217,9 @@ def check_number(
         try:
             number = float(number)
         except OverflowError:
-            raise SettingsError(f"{name} {number} is out of range", hint, field) from None
+            raise SettingsError(
+                f"{name} {number} is out of range", hint, field
+            ) from None
     too_low = low is not None and (number <= low if above else number < low)
     if too_low or (high is not None and number > high):
         raise SettingsError(f"{name} {_shown(number)} is out of range", hint, field)

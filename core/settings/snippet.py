@@ -76,7 +76,9 @@ def to_python(
     if options.max_memory:
         out.append(f"    max_memory={py_literal(options.max_memory_value())},")
     if options.attn_implementation != "auto":
-        out.append(f"    attn_implementation={py_literal(options.attn_implementation)},")
+        out.append(
+            f"    attn_implementation={py_literal(options.attn_implementation)},"
+        )
     if options.trust_remote_code:
         out.append("    trust_remote_code=True,")
     out.append(")")
