@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 FILE_NAME = "conversations.db"
 SCHEMA_VERSION = 2
-ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 60
 UNDO_S = 60.0
 
