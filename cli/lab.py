@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from cli import hub as cli_hub
-from cli import textio
+from cli import render, textio
 from cli.args import (
     add_generation_args,
     add_quant_args,
@@ -122,7 +122,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(estimate.format_table(result))
+        print(render.estimate_table(result))
     return EXIT_OK
 
 
@@ -231,9 +231,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return done
     if not result.rows:
         return done
-    print(compare.format_table(result))
+    print(render.compare_table(result))
     print()
-    print(compare.format_seed_table(result))
+    print(render.compare_summary(result))
     print()
     for row in result.rows:
         if row.ok:

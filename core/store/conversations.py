@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 FILE_NAME = "conversations.db"
 SCHEMA_VERSION = 2
-ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 60
 UNDO_S = 60.0
 
@@ -805,12 +804,3 @@ def _provenance_block(provenance: Provenance) -> list[str]:
     lines += [f"- {line}" for line in provenance.describe()]
     lines += ["", "</details>", ""]
     return lines
-
-
-def format_list(conversations: Sequence[ConversationInfo]) -> str:
-    """The `chats list` table: id, last change, title."""
-    rows = [
-        f"{c.id:>6}  {iso(c.updated).replace('T', ' ')}  {c.display_title}"
-        for c in conversations
-    ]
-    return "\n".join(rows)
