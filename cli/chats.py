@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli import render
+from cli.output import EXIT_OK
 from core.errors import NibbleError
 from core.settings import GenerationSettings
 from core.store import conversations
 from core.store.provenance import Provenance, with_seed
-
-EXIT_OK = 0
 
 
 def open_store() -> conversations.ConversationStore:
@@ -146,7 +146,7 @@ def cmd_chats_list(args: argparse.Namespace) -> int:
             )
         )
     elif items:
-        print(conversations.format_list(items))
+        print(render.chats_list(items))
     else:
         print("no conversations yet", file=sys.stderr)
     return EXIT_OK

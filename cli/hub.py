@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli import render
+from cli.output import EXIT_INTERRUPTED, EXIT_OK
 from core.units import format_bytes, format_count, format_params
-
-EXIT_OK, EXIT_INTERRUPTED = 0, 130
 
 
 def add_commands(sub: Any) -> None:
@@ -71,7 +71,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     """Plan, then download with progress on stderr; Ctrl+C keeps what arrived."""
     from core.hub import api as hub
     from core.hub import download as hub_download
-    from core.model import estimate
 
     _quiet_hub_logs(args)
     plan = hub.plan(args.model, args.revision, context=args.context)
@@ -79,7 +78,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(plan.summary())
         if plan.table is not None:
             print()
-            print(estimate.format_table(plan.table))
+            print(render.estimate_table(plan.table))
         elif plan.estimate_error:
             print(f"estimate: {plan.estimate_error}")
         sys.stdout.flush()

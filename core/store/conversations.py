@@ -28,14 +28,21 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import NibbleError
 from core.paths import data_dir
 from core.settings import GenerationSettings
+from core.store import faults
+from core.store.faults import (
+    ConversationNotFoundError,
+    HistoryBusyError,
+    HistoryReadOnlyError,
+    HistoryUnavailableError,
+    HistoryWriteError,
+)
 from core.store.provenance import Provenance, with_seed
 
 logger = logging.getLogger(__name__)
@@ -272,71 +279,6 @@ def database_path() -> Path:
     return Path(override) if override else data_dir() / FILE_NAME
 
 
-class ConversationNotFoundError(NibbleError):
-    """No conversation or message with that id."""
-
-
-class HistoryWriteError(NibbleError):
-    """The database refused a write (disk full, read-only, locked too long)."""
-
-
-class HistoryBusyError(HistoryWriteError):
-    """Another process held the history locked for longer than `BUSY_WAIT_S`."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "the history is busy (another Nibble?)",
-            "close the other Nibble or let its answer finish, then try again",
-        )
-
-
-class HistoryReadOnlyError(HistoryWriteError):
-    """The history was opened read-only; nothing can be saved to it."""
-
-
-class HistoryUnavailableError(NibbleError):
-    """The history cannot be opened at all (a folder, a read-only disk, no access)."""
-
-
-_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
-_READ_ONLY = 8  # SQLITE_READONLY
-_DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-def _sqlite_code(exc: BaseException) -> int | None:
-    """The primary SQLite result code of `exc` (from its text before Python 3.11)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return int(code) & 0xFF
-    text = str(exc).lower()
-    for needle, value in (
-        ("locked", 5),
-        ("readonly", 8),
-        ("malformed", 11),
-        ("not a database", 26),
-    ):
-        if needle in text:
-            return value
-    return None
-
-
-class _DamagedError(sqlite3.DatabaseError):
-    """quick_check found damage."""
-
-
-def _writable(path: Path) -> bool:
-    """Whether `path` opens for writing (False for chmod 444, immutable, ro mounts)."""
-    import errno
-
-    try:
-        os.close(os.open(path, os.O_RDWR))
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return False
-        raise
-    return True
-
-
 class ConversationStore:
     """Conversations in one SQLite file; every method is one transaction.
 
@@ -399,25 +341,25 @@ class ConversationStore:
             )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.read_only = path.exists() and not _writable(path)
+            self.read_only = path.exists() and not faults.writable(path)
         except OSError as exc:
-            raise self._unavailable(exc) from exc
+            raise faults.unavailable(self.path, exc) from exc
         companions = [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")]
         before = {p for p in companions if p.exists()}
         try:
             return self._open_and_prepare()
         except HistoryUnavailableError:
-            self._remove_new(companions, before)
+            faults.remove_new(companions, before)
             raise
-        except (_NewerSchemaError, _DamagedError) as exc:
+        except (_NewerSchemaError, faults.DamagedError) as exc:
             damaged: BaseException = exc
         except sqlite3.DatabaseError as exc:
-            code = _sqlite_code(exc)
-            if code in _BUSY:
+            code = faults.sqlite_code(exc)
+            if code in faults.BUSY:
                 raise HistoryBusyError() from exc
-            if code not in _DAMAGED:
-                self._remove_new(companions, before)
-                raise self._unavailable(exc) from exc
+            if code not in faults.DAMAGED:
+                faults.remove_new(companions, before)
+                raise faults.unavailable(self.path, exc) from exc
             damaged = exc
         if self.read_only:
             raise HistoryUnavailableError(
@@ -425,13 +367,13 @@ class ConversationStore:
                 "make it writable so that it can be set aside, or move it away",
             ) from damaged
         self.notice = self._set_aside(damaged)
-        self._remove_new(companions, set())
+        faults.remove_new(companions, set())
         try:
             return self._open_and_prepare()
         except sqlite3.DatabaseError as exc:
-            if _sqlite_code(exc) in _BUSY:
+            if faults.sqlite_code(exc) in faults.BUSY:
                 raise HistoryBusyError() from exc
-            raise self._unavailable(exc) from exc
+            raise faults.unavailable(self.path, exc) from exc
 
     def _open_and_prepare(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -454,7 +396,7 @@ class ConversationStore:
         if version:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise _DamagedError(f"damaged: {check}")
+                raise faults.DamagedError(f"damaged: {check}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_WAIT_S * 1000)}")
         if self.read_only:
@@ -481,50 +423,9 @@ class ConversationStore:
                 "DELETE FROM conversations WHERE deleted < ?", (time.time() - UNDO_S,)
             )
         except sqlite3.OperationalError as exc:
-            if _sqlite_code(exc) not in _BUSY:
+            if faults.sqlite_code(exc) not in faults.BUSY:
                 raise
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_WAIT_S * 1000)}")
-
-    def _unavailable(self, exc: BaseException) -> HistoryUnavailableError:
-        """Why the file cannot be opened, and what to do, from what failed."""
-        import errno
-
-        assert self.path is not None
-        code = exc.errno if isinstance(exc, OSError) else None
-        folder = self.path.parent
-        if (
-            code == errno.EROFS
-            or _sqlite_code(exc) == _READ_ONLY
-            or (not isinstance(exc, OSError) and not os.access(folder, os.W_OK))
-        ):
-            reason = "its folder cannot be written to (a read-only disk?)"
-            hint = f"make {folder} writable, or set NIBBLE_CONVERSATIONS_DB to a file"
-        elif code in (errno.EACCES, errno.EPERM):
-            reason = "permission denied"
-            hint = f"check the permissions of {self.path} and {folder}"
-        else:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            hint = f"check {self.path} and its folder, or run again with --debug"
-        return HistoryUnavailableError(
-            f"cannot open the conversation history {self.path}: {reason}", hint
-        )
-
-    @staticmethod
-    def _remove_new(paths: Sequence[Path], before: set[Path]) -> None:
-        """Remove the -wal/-shm a failed open created, while its -wal is empty.
-
-        A -wal with anything in it may be another process's; it stays.
-        """
-        wal = next((p for p in paths if p.name.endswith("-wal")), None)
-        if wal is None or wal in before:
-            return
-        with contextlib.suppress(OSError):
-            if wal.exists() and wal.stat().st_size:
-                return
-            wal.unlink(missing_ok=True)
-            for extra in paths:
-                if extra.name.endswith("-shm") and extra not in before:
-                    extra.unlink(missing_ok=True)
 
     def _set_aside(self, exc: BaseException) -> str:
         assert self.path is not None
@@ -577,10 +478,10 @@ class ConversationStore:
                 raise
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            code = _sqlite_code(exc)
-            if code in _BUSY:
+            code = faults.sqlite_code(exc)
+            if code in faults.BUSY:
                 raise HistoryBusyError() from exc
-            if code == _READ_ONLY:
+            if code == faults.READ_ONLY:
                 raise HistoryReadOnlyError(
                     "the conversation history is read-only: nothing can be saved to it",
                     f"make {self.path} writable, then try again",
@@ -1088,15 +989,6 @@ def _provenance_block(provenance: Provenance) -> list[str]:
     lines += [f"- {line}" for line in provenance.describe()]
     lines += ["", "</details>", ""]
     return lines
-
-
-def format_list(conversations: Sequence[ConversationInfo]) -> str:
-    """The `chats list` table: id, last change, title."""
-    rows = [
-        f"{c.id:>6}  {iso(c.updated).replace('T', ' ')}  {c.display_title}"
-        for c in conversations
-    ]
-    return "\n".join(rows)
 
 
 def open_or_in_memory(path: Path | str | None = None) -> ConversationStore:
