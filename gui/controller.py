@@ -521,10 +521,8 @@ class Controller(QObject):
 def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Machine:
     """Import the stack once (core.stack); what this machine can run."""
     from core import checks, stack
-    from core.model.loader import quiet_libraries
 
-    quiet_libraries()  # before bitsandbytes logs its CPU-kernel notice on import
-    stack.import_stack()
+    stack.import_stack()  # quiets the libraries before bitsandbytes logs on import
     return checks.probe_machine()
 
 

@@ -105,13 +105,6 @@ _cache: dict[tuple[str, str, bool], Structure] = {}
 _cache_lock = threading.Lock()
 
 
-def is_cached(
-    source: ConfigSource, dtype: str, trust_remote_code: bool = False
-) -> bool:
-    """Whether `structure` answers without building (the window's fast path)."""
-    return (source.key, dtype, trust_remote_code) in _cache
-
-
 def structure(
     source: ConfigSource, dtype: str, trust_remote_code: bool = False
 ) -> Structure:

@@ -20,7 +20,6 @@ from core.errors import CancelledError, LoadError, NibbleError
 from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, check_compatible, load_dtype
 from core.stack import import_stack
-from core.stack import quiet_libraries as quiet_libraries  # the window calls it here
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 FILE_NAME = "conversations.db"
 SCHEMA_VERSION = 3
-ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 60
 UNDO_S = 60.0
 BUSY_WAIT_S = 10.0
