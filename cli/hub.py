@@ -84,7 +84,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     _quiet_hub_logs(args)
     plan = hub.plan(args.model, args.revision, context=args.context)
     if not args.json:
-        print(plan.summary())
+        print(render.hub_plan(plan))
         if plan.table is not None:
             print()
             print(render.estimate_table(plan.table))
@@ -150,7 +150,7 @@ def hub_table(
             plan.estimate_error or f"no estimate for {text}", "try a local folder"
         )
     if not quiet:
-        print(plan.summary(), end="\n\n", file=sys.stderr)
+        print(render.hub_plan(plan), end="\n\n", file=sys.stderr)
     return plan.table
 
 

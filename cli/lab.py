@@ -20,7 +20,14 @@ from cli.args import (
     set_values,
     settings_from_args,
 )
-from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
+from cli.output import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    end_progress,
+    stderr_progress,
+    tally,
+    warn,
+)
 from core import interrupt
 from core.errors import CancelledError
 
@@ -123,7 +130,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(render.estimate_table(result))
-    return EXIT_OK
+    sys.stdout.flush()  # the count below comes after the table, also in a shared log
+    unknown = sum(row.weights_bytes is None for row in result.rows)
+    return tally(
+        unknown,
+        len(result.rows),
+        "rows",
+        "have no estimate",
+        "the note 'weights not estimated' above says why",
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -218,29 +233,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"interrupted: {len(result.rows)} of {len(specs)} rows done",
             file=sys.stderr,
         )
-    done = EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
     if args.csv:
         result.save_csv(args.csv)
     if args.save_json:
         result.save_json(args.save_json)
-    for row in result.rows:
-        if not row.ok:
-            print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
+    failed = [row for row in result.rows if not row.ok]
+    for row in failed:
+        print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
     if args.json:
         print(result.to_json())
-        return done
-    if not result.rows:
-        return done
-    print(render.compare_table(result))
-    print()
-    print(render.compare_summary(result))
-    print()
-    for row in result.rows:
-        if row.ok:
-            print(f"{row.name}: {compare.one_line(row.answer)}")
-    print(
-        f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
-        f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
-        file=sys.stderr,
-    )
-    return done
+    elif result.rows:
+        print(render.compare_table(result))
+        print()
+        print(render.compare_summary(result))
+        print()
+        for row in result.rows:
+            if row.ok:
+                print(f"{row.name}: {compare.one_line(row.answer)}")
+        print(
+            f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
+            f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
+            file=sys.stderr,
+        )
+    sys.stdout.flush()  # the count below is the last line, also in a shared log
+    hints = {row.hint or "" for row in failed}
+    hint = hints.pop() if len(hints) == 1 else "each row's warning above says why"
+    done = tally(len(failed), len(result.rows), "rows", hint=hint)
+    return EXIT_INTERRUPTED if stop.is_set() else done

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from cli import render
 from cli.args import number
 from cli.output import EXIT_OK
 from core.errors import SettingsError
@@ -56,7 +57,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     with monitor.Sampler(pid=args.pid) as sampler:
         try:
             for sample in monitor.samples(sampler, interval, args.seconds):
-                line = json.dumps(sample.to_dict()) if args.json else sample.summary()
+                line = (
+                    json.dumps(sample.to_dict())
+                    if args.json
+                    else render.monitor_line(sample)
+                )
                 print(line, flush=True)
         except KeyboardInterrupt:  # the usual way to stop watching
             pass

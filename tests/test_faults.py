@@ -15,6 +15,7 @@
 |   the current folder, home; onto a symlink    | link replaced, nothing left behind  |
 | Ctrl+C / SIGTERM during generate              | partial answer, "stopped", exit 130 |
 | Ctrl+C during compare                         | finished rows printed + saved, 130  |
+| compare / estimate: some rows fail, all fail  | last line counts them; exit 3 / 1   |
 | monitor --pid -1 / of a process that exits    | exit 2 / a note and exit 0          |
 | `| head` closing the pipe                     | quiet exit                          |
 | unknown llm_int8_skip_modules, cpu cap on CPU | refused with the nearest names      |
@@ -603,6 +604,66 @@ def test_ctrl_c_during_compare_keeps_finished_rows(
     assert "baseline" in child.stdout
     lines = csv.read_text().splitlines()
     assert len(lines) == 2 and "baseline" in lines[1]
+
+
+# -- several units of work: some fail, all fail --
+
+
+def _loads_fail(monkeypatch: pytest.MonkeyPatch, *modes: str) -> None:
+    """Loads in these modes fail as a model too large for this machine does."""
+    from core.errors import LoadError
+    from core.lab import compare
+
+    real = compare.loader.load
+
+    def load(ref, quant=None, options=None, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+        if quant is not None and quant.mode in modes:
+            raise LoadError("the model does not fit", "pick a smaller preset")
+        return real(ref, quant, options, progress, cancel)
+
+    monkeypatch.setattr(compare.loader, "load", load)
+
+
+def test_compare_where_every_row_fails_does_not_exit_0(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _loads_fail(monkeypatch, "4bit", "8bit")
+    code = cli.run(["compare", str(tiny_dir), "--quant", "nf4,int8", "--tokens", "2"])
+    assert code == output.EXIT_UNEXPECTED == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "warning: row nf4 failed: the model does not fit" in err
+    assert err[-2:] == ["error: all 2 rows failed", "hint: pick a smaller preset"]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_compare_where_some_rows_fail_says_how_many(
+    tiny_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    as_json: bool,
+) -> None:
+    _loads_fail(monkeypatch, "8bit")
+    args = ["compare", str(tiny_dir), "--quant", "fp32,int8", "--tokens", "2"]
+    code = cli.run([*args, "--eval-tokens", "40", *(["--json"] if as_json else [])])
+    assert code == output.EXIT_PARTIAL == 3
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == "1 of 2 rows failed"
+    if as_json:
+        rows = json.loads(out)["rows"]
+        assert [r["status"] for r in rows] == ["ok", "failed"]
+    else:
+        assert "fp32: " in out and "failed: the model does not fit" in out
+
+
+def test_estimate_that_counts_no_row_does_not_exit_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {"model_type": "no-such-architecture", "hidden_size": 64}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert cli.run(["estimate", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "weights not estimated" in out  # the table still says why
+    assert err.splitlines()[0] == "error: all 8 rows have no estimate"
 
 
 # -- 9. monitor --pid --
