@@ -55,6 +55,7 @@ from server.protocol import (
     ToolCallDelta,
     ToolCallOut,
     Usage,
+    check_numbers,
     dump,
     refuse_unsupported,
     stop_strings,
@@ -267,6 +268,7 @@ class Serving:
     async def _complete(self, body: Any, request: Any, chat: bool) -> Any:
         started = request.scope.get("state", {}).get("started", time.perf_counter())
         try:
+            check_numbers(body)
             refuse_unsupported(body)
             stream = bool(body.stream)
             include_usage = bool(
@@ -352,8 +354,6 @@ def sampling(body: Any, max_new: int) -> GenerationSettings:
     """GenerationSettings from OpenAI's fields (temperature 0 is greedy)."""
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
-    if top_p == 0:
-        raise ApiError(400, "'top_p' 0 would allow no token; use a value above 0")
     return GenerationSettings(
         max_new_tokens=max_new,
         temperature=float(temperature),

@@ -79,8 +79,18 @@ Flag = Annotated[bool, Strict()]
 Text = Annotated[str, Strict()]
 
 
-def _range(low: float, high: float) -> Any:
-    return Field(default=None, ge=low, le=high)
+def _number(
+    low: float | None = None,
+    high: float | None = None,
+    integer: bool = False,
+    setting: bool = False,
+) -> Any:
+    """A numeric field whose range `check_numbers` enforces with core's one check.
+
+    `setting`: it is also a GenerationSettings field, whose own range applies.
+    """
+    rule = {"low": low, "high": high, "integer": integer, "setting": setting}
+    return Field(default=None, json_schema_extra={"number": rule})
 
 
 class _Shape(BaseModel):
@@ -160,17 +170,20 @@ class StreamOptions(_Shape):
 class _Sampling(_Shape):
     """The fields both endpoints share."""
 
+    # NaN and ±inf reach `check_numbers`, which answers in core's words.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
+
     model: Text | None = None
     stream: Flag | None = False
     stream_options: StreamOptions | None = None
-    temperature: Number | None = _range(0.0, 2.0)
-    top_p: Number | None = _range(0.0, 1.0)
-    top_k: Integer | None = _range(0, 1_000_000)
-    repetition_penalty: Number | None = _range(0.01, 10.0)
-    presence_penalty: Number | None = _range(-2.0, 2.0)
-    frequency_penalty: Number | None = _range(-2.0, 2.0)
-    seed: Integer | None = None
-    max_tokens: Integer | None = _range(1, 1_000_000)
+    temperature: Number | None = _number(setting=True)
+    top_p: Number | None = _number(setting=True)
+    top_k: Integer | None = _number(integer=True, setting=True)
+    repetition_penalty: Number | None = _number(setting=True)
+    presence_penalty: Number | None = _number(-2.0, 2.0)
+    frequency_penalty: Number | None = _number(-2.0, 2.0)
+    seed: Integer | None = _number(integer=True, setting=True)
+    max_tokens: Integer | None = _number(1, 1_000_000, integer=True)
     stop: Text | list[Text] | None = None
     # Refused unless they ask for what is done anyway (see `refuse_unsupported`).
     n: Any = None
@@ -187,7 +200,7 @@ class ChatCompletionRequest(_Sampling):
         list[ChatMessage],
         Field(min_length=1, json_schema_extra={"must_be": "a non-empty list"}),
     ]
-    max_completion_tokens: Integer | None = _range(1, 1_000_000)
+    max_completion_tokens: Integer | None = _number(1, 1_000_000, integer=True)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: Flag | None = None
@@ -404,12 +417,57 @@ def validation_error(
             rule = error.get("msg", "").replace("Input should be", "it must be")
         return ApiError(400, f"'{where}' is {value}; {rule}", param=where)
     if kind in ("finite_number",):
-        return ApiError(400, f"'{where}' must be a finite number", param=where)
+        return ApiError(
+            400, f"'{where}' must be a finite number, got {value!r}", param=where
+        )
     if kind in _KINDS:
         needed = _KINDS[kind].format(**{k: str(v) for k, v in ctx.items()})
         return ApiError(400, f"'{where}' must be {needed}, got {value!r}", param=where)
     message = str(error.get("msg", "is not valid"))
     return ApiError(400, f"'{where}': {message}", param=where)
+
+
+# -- numbers ---------------------------------------------------------------------------
+
+
+def check_numbers(request: BaseModel) -> None:
+    """NaN, ±inf, ranges and 64 bits: the same check as every other face's.
+
+    Each numeric field's range comes from its metadata (`_number`); a field that is
+    also a GenerationSettings field is then checked against that field's own range.
+
+    Raises
+    ------
+    ApiError
+        400 naming the field, in core's words.
+    """
+    from core.errors import SettingsError
+    from core.settings import GenerationSettings, check_number, spec_of
+
+    for name, field in type(request).model_fields.items():
+        extra = field.json_schema_extra
+        rule = extra.get("number") if isinstance(extra, dict) else None
+        value = getattr(request, name, None)
+        if not isinstance(rule, dict) or value is None:
+            continue
+        try:
+            value = check_number(
+                f"'{name}'",
+                value,
+                integer=bool(rule["integer"]),
+                low=rule["low"],  # type: ignore[arg-type]
+                high=rule["high"],  # type: ignore[arg-type]
+            )
+            if rule["setting"]:
+                try:
+                    value = spec_of(GenerationSettings, name).check(value)
+                except SettingsError as exc:
+                    raise SettingsError(
+                        f"'{name}': {exc.message}", exc.hint, name
+                    ) from None
+        except SettingsError as exc:
+            raise ApiError(400, f"{exc.message}; {exc.hint}", param=name) from None
+        setattr(request, name, value)
 
 
 # -- what this server does not do -----------------------------------------------------
