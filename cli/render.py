@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from core.units import format_bytes
 
 if TYPE_CHECKING:
+    from core import monitor
+    from core.hub import api as hub
     from core.lab import compare
     from core.model import estimate
     from core.store import conversations
@@ -125,3 +128,46 @@ def chats_list(items: Sequence[conversations.ConversationInfo]) -> str:
         for c in items
     ]
     return "\n".join(rows)
+
+
+def hub_plan(plan: hub.Plan) -> str:
+    """A download plan: the files with their size and state, the disk, warnings."""
+    lines = [f"{plan.repo_id} @ {plan.commit[:12]} ({plan.revision})"]
+    for f in plan.files:
+        state = (
+            "cached"
+            if f.cached
+            else f"{format_bytes(f.partial_bytes)} partial"
+            if f.partial_bytes
+            else ""
+        )
+        lines.append(f"  {f.name:44} {format_bytes(f.size):>11}  {state}")
+    lines.append(plan.disk_text())
+    if plan.quantized:
+        lines.append(f"already quantized: {plan.quantized}")
+    lines += [f"warning: {w}" for w in plan.warnings]
+    return "\n".join(lines)
+
+
+def monitor_line(sample: monitor.Sample) -> str:
+    """One sample on one line: the time, host RAM and CPU, the process, each GPU."""
+    host = sample.host
+    cpu = "—" if host.cpu_percent is None else f"{host.cpu_percent:.0f}%"
+    ours = (
+        ""
+        if host.process_cpu_percent is None
+        else f" (ours {host.process_cpu_percent:.0f}%)"
+    )
+    split = ""
+    if host.process_anon is not None and host.process_file is not None:
+        split = (
+            f" (anon {format_bytes(host.process_anon)}, "
+            f"file {format_bytes(host.process_file)})"
+        )
+    host_text = (
+        f"RAM {format_bytes(host.ram_used)} / {format_bytes(host.ram_total)} · "
+        f"RSS {format_bytes(host.process_rss)}{split} · CPU {cpu}{ours}"
+    )
+    stamp = time.strftime("%H:%M:%S", time.localtime(sample.time))
+    gpus = [g.summary() for g in sample.gpus] or [f"GPU: {sample.gpu_reason}"]
+    return "  ".join([stamp, host_text, *gpus])

@@ -102,24 +102,6 @@ class HostSample:
     process_anon: int | None = None
     process_file: int | None = None
 
-    def summary(self) -> str:
-        cpu = "—" if self.cpu_percent is None else f"{self.cpu_percent:.0f}%"
-        ours = (
-            ""
-            if self.process_cpu_percent is None
-            else f" (ours {self.process_cpu_percent:.0f}%)"
-        )
-        split = ""
-        if self.process_anon is not None and self.process_file is not None:
-            split = (
-                f" (anon {format_bytes(self.process_anon)}, "
-                f"file {format_bytes(self.process_file)})"
-            )
-        return (
-            f"RAM {format_bytes(self.ram_used)} / {format_bytes(self.ram_total)} · "
-            f"RSS {format_bytes(self.process_rss)}{split} · CPU {cpu}{ours}"
-        )
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -137,12 +119,6 @@ class Sample:
             "host": asdict(self.host),
             "gpu_reason": self.gpu_reason,
         }
-
-    def summary(self) -> str:
-        """One line for a terminal."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
-        gpus = [g.summary() for g in self.gpus] or [f"GPU: {self.gpu_reason}"]
-        return "  ".join([stamp, self.host.summary(), *gpus])
 
     def columns(self) -> dict[str, float]:
         """Flat numeric columns for History; None becomes NaN."""

@@ -320,6 +320,8 @@ class Controller(QObject):
         self.device = machine.description
         self._launch_waiting()
         self.libraries_ready.emit(machine.description)
+        if not self.module_names and self.running(MODULES) is None:
+            self.find_modules()  # the model selected at start was never select()ed
 
     # -- models --
 
@@ -527,9 +529,9 @@ def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Mach
 
 
 def _module_names(ref: ModelRef) -> list[str]:
-    from core import checks
+    from core.model import facts
 
-    return checks.module_names(ref)
+    return facts.module_names(ref)
 
 
 def _scan_catalog(

@@ -30,10 +30,10 @@ from core.lab import measure
 from core.model import loader
 from core.model.catalog import ModelRef
 from core.settings import (
-    EDITABLE_FIELDS,
     PRESETS,
     LoadOptions,
     QuantSettings,
+    fields_of,
     preset,
 )
 from core.stack import import_stack
@@ -314,7 +314,7 @@ class CompareResult:
 
     def to_csv(self) -> str:
         """One line per row: measures, every setting, load options and environment."""
-        setting_names = ["mode", *(f.name for f in EDITABLE_FIELDS), "quantize_lm_head"]
+        setting_names = [f.name for f in fields_of(QuantSettings)]
         option_names = ["device_map", "max_memory", "dtype", "attn_implementation"]
         header = [
             "model",
