@@ -344,24 +344,49 @@ def test_too_little_disk_is_said_in_words(
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "value"),
     [
-        (["search", "llama", "--limit", "-1"], "a search limit of -1 is not valid"),
-        (["search", "llama", "--limit", "0"], "a search limit of 0 is not valid"),
-        (["estimate", REPO, "--context", "0"], "context 0 is not valid"),
-        (["pull", REPO, "--context", "-5", "--plan-only"], "context -5 is not valid"),
+        (["search", "llama", "--limit", "-1"], "--limit -1"),
+        (["search", "llama", "--limit", "0"], "--limit 0"),
+        (["estimate", REPO, "--context", "0"], "--context 0"),
+        (["pull", REPO, "--context", "-5", "--plan-only"], "--context -5"),
     ],
 )
 def test_bad_numbers_are_exit_2_before_any_request(
     fake: FakeHub,
     args: list[str],
-    message: str,
+    value: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     before = len(fake.requests)
-    code, err, _ = timed(args, capsys)
+    try:
+        code = cli.run(args)
+    except SystemExit as exc:  # refused by the argument parser
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
     assert code == 2
-    assert f"error: {message}" in err
+    assert value in err and "out of range" in err
+    assert "Traceback" not in err
+    assert len(fake.requests) == before
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: hub.search("llama", limit=-1), "a search limit of -1 is not valid"),
+        (lambda: hub.plan(REPO, context=0), "context 0 is not valid"),
+        (lambda: hub.plan(REPO, context=-5), "context -5 is not valid"),
+    ],
+    ids=["search", "plan 0", "plan -5"],
+)
+def test_core_refuses_bad_numbers_from_any_face(
+    fake: FakeHub, call: Any, message: str
+) -> None:
+    from core.errors import SettingsError
+
+    before = len(fake.requests)
+    with pytest.raises(SettingsError, match=message):
+        call()
     assert len(fake.requests) == before
 
 
