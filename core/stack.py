@@ -69,11 +69,6 @@ def import_stack(bitsandbytes: bool = False) -> None:
             _bitsandbytes = True
 
 
-def is_imported() -> bool:
-    """Whether `import_stack()` has finished."""
-    return _done
-
-
 def quiet_libraries() -> None:
     """Silence log lines and warnings that mean nothing to our users.
 

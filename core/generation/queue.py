@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import GenerationError
+from core.generation.constrain import Constraint
 from core.generation.decode import (
     STOP_ERROR,
     STOP_STOPPED,
@@ -56,6 +57,11 @@ class GenerationRequest:
     """End the answer before the first of these strings (see `stream`)."""
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    constraint: Constraint | None = None
+    """Allow only answers it accepts (JSON, a JSON schema, a grammar); each request
+    has its own grammar state."""
+    tools: tuple[dict[str, Any], ...] | None = None
+    """Function definitions the chat template shows the model."""
 
 
 JOB_WAITING = "waiting"
@@ -385,6 +391,8 @@ class GenerationQueue:
                 stop_strings=request.stop,
                 presence_penalty=request.presence_penalty,
                 frequency_penalty=request.frequency_penalty,
+                constraint=request.constraint,
+                tools=request.tools,
             ):
                 if isinstance(item, GenerationStats):
                     job.stats = item

