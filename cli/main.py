@@ -493,13 +493,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     quant, options = settings_from_args(args)
     if args.queue < 1:
         raise SettingsError(f"--queue {args.queue} is too small", "use 1 or more")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise SettingsError(
+            f"--max-batch {args.max_batch} is too small",
+            "use 1 (one answer at a time) or more",
+        )
     import_stack()
     show = stderr_progress(False)
     loaded = loader.load(catalog.resolve(args.model), quant, options, progress=show)
     if show:
         print("\r\033[K", end="", file=sys.stderr)
-    queue = GenerationQueue(loaded, limit=args.queue)
+    queue = GenerationQueue(loaded, limit=args.queue, max_batch=args.max_batch)
     api = server.Server(queue, config)
+    print(f"answers decoded together: {queue.batch_reason}", file=sys.stderr)
 
     def ready(url: str) -> None:
         name = api.model_names()[0]
@@ -651,6 +657,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--served-model-name", default=None, help="another name clients may use"
     )
     p.add_argument("--queue", type=int, default=16, help="requests that may wait (16)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answers decoded together (default: what fits, up to 8; the reason is "
+        "printed); more requests wait",
+    )
     p.add_argument(
         "--cors",
         action="append",

@@ -128,6 +128,7 @@ def stream(
     stop_strings: Sequence[str] = (),
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
+    logits_processor: Callable[[Any, Any], Any] | None = None,
 ) -> Iterator[str | GenerationStats]:
     """Yield text chunks as they decode, then one GenerationStats.
 
@@ -149,6 +150,9 @@ def stream(
     presence_penalty, frequency_penalty
         OpenAI's additive penalties (-2 to 2) on the logits of tokens already in the
         answer: once for being there, and per occurrence.
+    logits_processor
+        A per-request hook `(input_ids, scores) -> scores` (a transformers
+        LogitsProcessor's signature), e.g. a grammar mask; see GenerationRequest.
 
     Raises
     ------
@@ -218,10 +222,17 @@ def stream(
     kwargs["max_new_tokens"] = max_new
     if tokenizer.pad_token_id is None:
         kwargs["pad_token_id"] = tokenizer.eos_token_id
-    if presence_penalty or frequency_penalty:
-        kwargs["logits_processor"] = _penalties(
-            prompt_tokens, presence_penalty, frequency_penalty
-        )
+    if presence_penalty or frequency_penalty or logits_processor is not None:
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList()
+        if presence_penalty or frequency_penalty:
+            processors.extend(
+                _penalties(prompt_tokens, presence_penalty, frequency_penalty)
+            )
+        if logits_processor is not None:
+            processors.append(logits_processor)
+        kwargs["logits_processor"] = processors
 
     def run() -> None:
         try:
