@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli import render
+from cli.output import EXIT_OK
 from core.errors import NibbleError
 from core.settings import GenerationSettings
 from core.store import conversations
 from core.store.provenance import Provenance, with_seed
-
-EXIT_OK = 0
 
 
 def open_store() -> conversations.ConversationStore:
@@ -26,12 +26,15 @@ def open_store() -> conversations.ConversationStore:
 
 def parse_id(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
+        value = 0
+    if not 0 < value < 2**63:  # SQLite's ids are positive 64-bit integers
         raise NibbleError(
-            f"{text!r} is not a conversation id",
+            f"{text[:40]!r} is not a conversation id",
             "use the number `python main.py chats list` shows",
-        ) from None
+        )
+    return value
 
 
 class ChatRecorder:
@@ -51,6 +54,7 @@ class ChatRecorder:
         self.system = system
         self.history = history
         self.asked = False
+        self.question_id: int | None = None
 
     @staticmethod
     def seeded(gen: GenerationSettings) -> GenerationSettings:
@@ -61,11 +65,20 @@ class ChatRecorder:
     def open(
         cls, target: str, prompt: str, system: str | None, raw: bool
     ) -> ChatRecorder:
-        """`target` is 'new' or the id of the conversation to continue."""
+        """`target` is 'new' or the id of the conversation to continue.
+
+        A history that could not keep the answer (read-only, busy) is refused here,
+        before the model loads.
+        """
         store = open_store()
-        if target == "new":
-            return cls(store, None, prompt, system, [])
-        conversation = store.get(parse_id(target))
+        try:
+            store.check_writable()
+            if target == "new":
+                return cls(store, None, prompt, system, [])
+            conversation = store.get(parse_id(target))
+        except BaseException:
+            store.close()
+            raise
         if system:
             store.close()
             raise NibbleError(
@@ -85,7 +98,8 @@ class ChatRecorder:
         """Store the question (before the answer starts, in its own transaction)."""
         if self.conversation_id is None:
             self.conversation_id = self.store.create(system_prompt=self.system or "")
-        self.store.add_message(self.conversation_id, "user", self.prompt)
+        question = self.store.add_message(self.conversation_id, "user", self.prompt)
+        self.question_id = question.id
         self.asked = True
 
     def save(
@@ -102,7 +116,9 @@ class ChatRecorder:
                     return
                 stats = GenerationStats(stop_reason=STOP_STOPPED)
             provenance = Provenance.from_loaded(loaded, gen, stats, raw)
-            self.store.add_answer(self.conversation_id, text, provenance)
+            self.store.add_answer(
+                self.conversation_id, text, provenance, reply_to=self.question_id
+            )
             print(f"saved to conversation {self.conversation_id}", file=sys.stderr)
         finally:
             self.store.close()
@@ -130,7 +146,7 @@ def cmd_chats_list(args: argparse.Namespace) -> int:
             )
         )
     elif items:
-        print(conversations.format_list(items))
+        print(render.chats_list(items))
     else:
         print("no conversations yet", file=sys.stderr)
     return EXIT_OK
@@ -173,6 +189,8 @@ def cmd_chats_search(args: argparse.Namespace) -> int:
 def cmd_chats_export(args: argparse.Namespace) -> int:
     if not (args.md or args.json):
         raise NibbleError("pick a format", "add --md or --json")
+    if args.out:
+        check_export_target(Path(args.out), force=args.force)
     with open_store() as store:
         if args.id == "all":
             if args.md:
@@ -190,16 +208,72 @@ def cmd_chats_export(args: argparse.Namespace) -> int:
     if not text.endswith("\n"):
         text += "\n"
     if args.out:
-        try:
-            Path(args.out).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise NibbleError(
-                f"cannot write {args.out}: {exc.strerror}", "pick another file"
-            ) from exc
+        write_export(Path(args.out), text, force=args.force)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def check_export_target(out: Path, force: bool) -> None:
+    """Refuse the history's own files, a folder, or (without --force) a file."""
+    history = conversations.database_path()
+    own = {Path(f"{history}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")}
+    target = out.resolve()
+    if any(target == p.resolve() for p in own):
+        raise NibbleError(
+            f"{out} is the conversation history itself",
+            "export to another file",
+        )
+    if target.is_dir():
+        raise NibbleError(f"{out} is a folder", "name a file inside it")
+    if target.exists() and not force:
+        raise NibbleError(
+            f"{out} already exists", "add --force to replace it, or pick another file"
+        )
+
+
+def write_export(out: Path, text: str, force: bool) -> None:
+    """Write `text` to `out` whole or not at all: a temporary file, then a rename.
+
+    A full disk mid-write leaves the old file as it was and no temporary behind.
+    A symlink at `out` is replaced by the file, never written through.
+    """
+    import os
+    import tempfile
+
+    from core.errors import write_error
+
+    check_export_target(out, force)
+    folder = out.parent
+    old = out.stat().st_mode & 0o777 if out.is_file() else None
+
+    def failed(exc: OSError) -> NibbleError:
+        mapped = write_error(exc, folder) or NibbleError(str(exc))
+        kept = f"; {out} was left as it was" if old is not None else ""
+        return NibbleError(mapped.message + kept, mapped.hint)
+
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise failed(exc) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if old is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
+        else:
+            os.chmod(temp, old)
+        os.replace(temp, out)
+    except BaseException as exc:
+        Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise failed(exc) from exc
+        raise
 
 
 def add_chats_parser(sub: Any) -> None:
@@ -228,4 +302,7 @@ def add_chats_parser(sub: Any) -> None:
     fmt.add_argument("--md", action="store_true", help="Markdown with provenance")
     fmt.add_argument("--json", action="store_true", help="JSON with every field")
     q.add_argument("--out", "-o", default=None, metavar="FILE")
+    q.add_argument(
+        "--force", action="store_true", help="replace FILE if it already exists"
+    )
     q.set_defaults(func=cmd_chats_export)

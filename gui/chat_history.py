@@ -62,6 +62,7 @@ class Pending:
     raw: bool
     loaded: Any
     variant_of: int | None = None  # the answer it becomes a variant of
+    reply_to: int | None = None  # the stored question it answers
     chunks: list[str] = field(default_factory=list)
 
 
@@ -128,7 +129,7 @@ class ChatHistory(QObject):
         self.chat = chat
         self.controller = controller
         self.apply_settings = apply_settings
-        self.store = store or conv.ConversationStore()
+        self.store = store or conv.open_or_in_memory()
         self.current: conv.Conversation | None = None
         self.pending: Pending | None = None
         self.regeneration: Regeneration | None = None
@@ -260,9 +261,11 @@ class ChatHistory(QObject):
         conversation_id = self.current.id
         variant_of = None
         last = self.chat.messages_widgets[-1] if self.chat.messages_widgets else None
-        if last is not None and getattr(last, "message_id", None) is None:
+        reply_to = getattr(last, "message_id", None)
+        if last is not None and reply_to is None:
             stored = self.store.add_message(conversation_id, last.role, last.text)
             self.decorate(last, stored)
+            reply_to = stored.id
         elif last is not None:
             # The chat dropped the answers after this question to ask again.
             after = self._messages_after(last.message_id)
@@ -271,7 +274,12 @@ class ChatHistory(QObject):
                 variant_of = answers[0].id
         self.current = self.store.get(conversation_id)
         self.pending = Pending(
-            conversation_id, settings, raw, self.controller.loaded, variant_of
+            conversation_id,
+            settings,
+            raw,
+            self.controller.loaded,
+            variant_of,
+            reply_to=reply_to,
         )
         self.list.refresh()
         self.list.mark_current(conversation_id)
@@ -314,7 +322,12 @@ class ChatHistory(QObject):
                 if pending.variant_of is not None:
                     self.store.add_variant(pending.variant_of, text, provenance)
                 else:
-                    self.store.add_answer(pending.conversation_id, text, provenance)
+                    self.store.add_answer(
+                        pending.conversation_id,
+                        text,
+                        provenance,
+                        reply_to=pending.reply_to,
+                    )
             except NibbleError as exc:  # the conversation went while it answered
                 self.error.emit(exc, "The answer could not be kept")
         if regeneration is not None:

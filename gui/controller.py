@@ -320,6 +320,8 @@ class Controller(QObject):
         self.device = machine.description
         self._launch_waiting()
         self.libraries_ready.emit(machine.description)
+        if not self.module_names and self.running(MODULES) is None:
+            self.find_modules()  # the model selected at start was never select()ed
 
     # -- models --
 
@@ -521,17 +523,15 @@ class Controller(QObject):
 def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Machine:
     """Import the stack once (core.stack); what this machine can run."""
     from core import checks, stack
-    from core.model.loader import quiet_libraries
 
-    quiet_libraries()  # before bitsandbytes logs its CPU-kernel notice on import
-    stack.import_stack()
+    stack.import_stack()  # quiets the libraries before bitsandbytes logs on import
     return checks.probe_machine()
 
 
 def _module_names(ref: ModelRef) -> list[str]:
-    from core import checks
+    from core.model import facts
 
-    return checks.module_names(ref)
+    return facts.module_names(ref)
 
 
 def _scan_catalog(

@@ -131,7 +131,7 @@ def test_estimate_shown_during_the_start_up_load_equals_the_cli(
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     expected = [
         (r["preset"], r["weights_bytes"], r["quant_state_bytes"])
