@@ -55,6 +55,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--log-prompts", action="store_true", help="log prompt texts (off by default)"
     )
+    p.add_argument(
+        "--idle-unload",
+        type=number("--idle-unload", low=0.001),
+        default=None,
+        metavar="SECONDS",
+        help="unload the model after this long without a request; the next "
+        "request loads it again",
+    )
     add_quant_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -62,11 +70,13 @@ def add_commands(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over the OpenAI API until Ctrl+C, then unload it."""
     from core.generation.queue import GenerationQueue
+    from core.generation.switch import ModelSwitcher
     from core.model import catalog, loader
     from core.stack import import_stack
-    from server import app as server
+    from server import runner
+    from server.app import Server
 
-    config = server.ServerConfig(
+    config = runner.ServerConfig(
         host=args.host,
         port=args.port,
         api_key=args.api_key,
@@ -89,19 +99,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)
     queue = GenerationQueue(loaded, limit=args.queue, max_batch=args.max_batch)
-    api = server.Server(queue, config)
     print(f"answers decoded together: {queue.batch_reason}", file=sys.stderr)
+    switcher = ModelSwitcher(
+        queue, directory=_servable_models, idle_unload_s=args.idle_unload
+    )
+    api = Server(queue, config, switcher=switcher)
 
     def ready(url: str) -> None:
         name = api.model_names()[0]
         print(f"Serving {name} ({quant.label()}) at {url}", flush=True)
-        print(server.curl_line(url, name, config.api_key), flush=True)
+        print(runner.curl_line(url, name, config.api_key), flush=True)
         print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
 
     try:
-        server.serve_forever(api, ready)
+        runner.serve_forever(api, ready)
     finally:
+        switcher.close()
         queue.close()
-        loader.unload(loaded)
+        loader.unload(queue.loaded)
     print("stopped; the model is unloaded", file=sys.stderr)
     return EXIT_OK
+
+
+def _servable_models() -> dict[str, Any]:
+    """What `serve` offers: the default, the window's recent folders, the HF cache."""
+    from core.generation.switch import servable
+    from core.store.session import load_session
+
+    session, _ = load_session()
+    return servable(session.recent_folders)

@@ -35,9 +35,9 @@ from PySide6.QtWidgets import (
 from core.errors import NibbleError
 from core.generation.queue import GenerationQueue
 from gui import workers
-from server.app import (
+from server.handlers import RequestRecord
+from server.runner import (
     DEFAULT_PORT,
-    RequestRecord,
     ServerConfig,
     curl_line,
     env_snippet,

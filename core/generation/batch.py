@@ -27,6 +27,7 @@ from typing import Any
 from core.errors import GenerationError
 from core.generation.decode import (
     STOP_EOS,
+    STOP_ERROR,
     STOP_MAX,
     STOP_STOPPED,
     STOP_STRING,
@@ -36,6 +37,7 @@ from core.generation.decode import (
     check_length,
     context_length,
     has_chat_template,
+    vocab_width,
 )
 from core.model.loader import LoadedModel
 from core.settings import GenerationSettings
@@ -115,6 +117,8 @@ class SequenceSpec:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logits_processor: LogitsHook | None = None
+    constraint: Any = None  # core.generation.constrain.Constraint
+    tools: Sequence[dict[str, Any]] | None = None
 
 
 class _StopFilter:
@@ -176,6 +180,8 @@ class Row:
         self._tail = max((len(s) for s in spec.stop), default=0) + 2
         self._hit = False
         self.on_token: Callable[[], Any] | None = None
+        self.grammar: Any = None  # the constraint's processor, once prepared
+        self.error: BaseException | None = None
 
     @property
     def done(self) -> bool:
@@ -264,7 +270,9 @@ class Batch:
     def prepare(self, seq: Row) -> None:
         """Tokenize and check the prompt (raises GenerationError on bad input)."""
         spec = seq.spec
-        text = build_prompt(self.tokenizer, spec.messages_or_prompt, spec.raw)
+        text = build_prompt(
+            self.tokenizer, spec.messages_or_prompt, spec.raw, spec.tools
+        )
         add_special = spec.raw or not has_chat_template(self.tokenizer)
         if self.limit is not None:
             check_length(self.tokenizer, text, self.limit)
@@ -276,6 +284,12 @@ class Batch:
                 "shorten the prompt or clear the chat",
             )
         seq.prompt_ids = list(ids)
+        if spec.constraint is not None:
+            from core.generation import constrain
+
+            seq.grammar = constrain.processor(
+                spec.constraint, self.tokenizer, vocab_width(self.model), len(ids)
+            )
         if self.limit is not None:
             seq.max_new = min(seq.max_new, self.limit - len(ids))
 
@@ -398,7 +412,14 @@ class Batch:
 
         now = time.perf_counter()
         for i, seq in enumerate(rows):
-            token = self._pick(seq, logits[i : i + 1].float())
+            try:
+                with torch.inference_mode():
+                    token = self._pick(seq, logits[i : i + 1].float())
+            except Exception as exc:  # one request's hook fails: only it ends
+                logger.debug("sampling failed for one answer", exc_info=True)
+                seq.error = exc
+                seq.finish(STOP_ERROR)
+                continue
             if seq.first is None:
                 seq.first = now
             seq.answer.append(token)
@@ -431,7 +452,8 @@ class Batch:
 
         spec = seq.spec
         settings = spec.settings
-        if settings.repetition_penalty != 1.0 or spec.logits_processor is not None:
+        hooked = spec.logits_processor is not None or seq.grammar is not None
+        if settings.repetition_penalty != 1.0 or hooked:
             ids = torch.tensor([seq.prompt_ids + seq.answer], device=scores.device)
         if settings.repetition_penalty != 1.0:
             taken = scores.gather(1, ids)
@@ -447,6 +469,8 @@ class Batch:
                 - spec.frequency_penalty * counts
                 - spec.presence_penalty * (counts > 0).to(scores)
             )
+        if seq.grammar is not None:
+            scores = seq.grammar(ids, scores)
         if spec.logits_processor is not None:
             scores = spec.logits_processor(ids, scores)
         if not settings.do_sample:

@@ -22,6 +22,7 @@ from core.generation.batch import (
     batching_blocker,
     kv_bytes_per_token,
 )
+from core.generation.constrain import Constraint
 from core.generation.decode import (
     STOP_ERROR,
     STOP_STOPPED,
@@ -70,13 +71,19 @@ class GenerationRequest:
     """End the answer before the first of these strings (see `stream`)."""
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    constraint: Constraint | None = None
+    """Allow only answers it accepts (JSON, a JSON schema, a grammar); each request
+    has its own grammar state, in a batch as alone."""
+    tools: tuple[dict[str, Any], ...] | None = None
+    """Function definitions the chat template shows the model."""
     logits_processor: LogitsHook | None = None
     """Per-request hook on the next token's logits, e.g. a JSON-schema or grammar
     mask: `hook(input_ids, scores) -> scores`, a transformers LogitsProcessor's
     signature (a LogitsProcessorList works). input_ids is (1, n): this request's prompt
     and answer so far; scores (1, vocab) float, after the penalties and before
     temperature/top-k/top-p. It runs on the queue's thread, once per token of this
-    request only, whether the request decodes alone or in a batch."""
+    request only, whether the request decodes alone or in a batch. It runs after
+    the `constraint`'s mask."""
 
 
 JOB_WAITING = "waiting"
@@ -625,6 +632,8 @@ class GenerationQueue:
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
             logits_processor=request.logits_processor,
+            constraint=request.constraint,
+            tools=request.tools,
         )
 
         def emit(text: str) -> None:
@@ -666,6 +675,12 @@ class GenerationQueue:
         del seqs[job_id]
         job = next(j for j in self._active if j.id == job_id)
         job.stats = seq.stats()
+        if error is None and seq.error is not None:
+            error = (
+                seq.error
+                if isinstance(seq.error, GenerationError)
+                else GenerationError(f"generation failed: {seq.error}", "see the log")
+            )
         if error is not None:
             job.error = error
             job.stats.error = error.message
@@ -709,6 +724,8 @@ class GenerationQueue:
                 stop_strings=request.stop,
                 presence_penalty=request.presence_penalty,
                 frequency_penalty=request.frequency_penalty,
+                constraint=request.constraint,
+                tools=request.tools,
                 logits_processor=request.logits_processor,
             ):
                 if isinstance(item, GenerationStats):

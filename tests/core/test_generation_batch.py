@@ -140,3 +140,37 @@ def test_stop_strings_and_status_in_a_batch(tiny) -> None:
     assert queue.close()
     assert text == full[: full.index(stop)]
     assert stats.stop_reason == "stop string"
+
+
+def test_a_constrained_answer_keeps_its_grammar_in_a_batch(tiny) -> None:
+    import json
+
+    from core.generation.constrain import JSON_SCHEMA, Constraint
+    from core.generation.decode import stream
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    constraint = Constraint(JSON_SCHEMA, schema=schema)
+    alone = "".join(
+        item
+        for item in stream(tiny, PROMPTS["mid"], greedy(40), constraint=constraint)
+        if isinstance(item, str)
+    )
+    queue = GenerationQueue(tiny, max_batch=4)
+    queue.pause()
+    plain = queue.submit(GenerationRequest(PROMPTS["long"], greedy(20)))
+    shaped = queue.submit(
+        GenerationRequest(PROMPTS["mid"], greedy(40), constraint=constraint)
+    )
+    queue.resume()
+    other = threading.Thread(target=collect, args=(plain,))
+    other.start()
+    text, stats = collect(shaped)
+    other.join(60)
+    assert queue.close()
+    assert json.loads(text)["city"] in schema["properties"]["city"]["enum"]
+    assert text == alone and stats.stop_reason == "eos"

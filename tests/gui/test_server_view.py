@@ -128,7 +128,7 @@ def test_a_port_in_use_is_reported(qtbot, tiny) -> None:
 def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) -> None:
     from core.store import session as session_mod
     from gui.main_window import MainWindow
-    from server.app import RequestRecord
+    from server.handlers import RequestRecord
 
     window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
     qtbot.addWidget(window)
