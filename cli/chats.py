@@ -103,7 +103,13 @@ class ChatRecorder:
         self.asked = True
 
     def save(
-        self, text: str, loaded: Any, gen: GenerationSettings, stats: Any, raw: bool
+        self,
+        text: str,
+        loaded: Any,
+        gen: GenerationSettings,
+        stats: Any,
+        raw: bool,
+        constraint: Any = None,
     ) -> None:
         """Store the answer with its provenance; an interrupted one is marked stopped."""
         from core.generation.decode import STOP_STOPPED, GenerationStats
@@ -115,7 +121,7 @@ class ChatRecorder:
                 if not text:
                     return
                 stats = GenerationStats(stop_reason=STOP_STOPPED)
-            provenance = Provenance.from_loaded(loaded, gen, stats, raw)
+            provenance = Provenance.from_loaded(loaded, gen, stats, raw, constraint)
             self.store.add_answer(
                 self.conversation_id, text, provenance, reply_to=self.question_id
             )

@@ -712,13 +712,15 @@ def test_generation_failure_hint_in_the_cli(
     assert "Details" not in err and "--debug" in err
 
 
-def test_unknown_skip_module_is_refused_with_nearest_names(tiny_dir: Path) -> None:
-    done = nibble(
+def test_unknown_skip_module_is_refused_with_nearest_names(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run([
         "generate", str(tiny_dir), "--quant", "nf4", "--prompt", "hi",
         "--set", "llm_int8_skip_modules=down_prj,lm_head",
-    )  # fmt: skip
-    assert done.returncode == 2
-    err = done.stderr.decode()
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
     assert (
         "error: Keep unquantized (llm_int8_skip_modules): 'down_prj' matches no "
         "module of this model" in err
@@ -739,15 +741,16 @@ def test_known_skip_modules_pass(tiny_dir: Path) -> None:
     assert "'self_atn' matches no module" in problems[0].message
 
 
-def test_cpu_cap_below_the_model_is_refused(tiny_dir: Path) -> None:
-    done = nibble(
+def test_cpu_cap_below_the_model_is_refused(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run([
         "generate", str(tiny_dir), "--quant", "nf4", "--prompt", "hi",
         "--device-map", "cpu", "--max-memory", "cpu=1KiB",
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert (
-        b"error: Max memory: caps the CPU at 1KiB, but the model needs" in done.stderr
-    )
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: Max memory: caps the CPU at 1KiB, but the model needs" in err
 
 
 def test_progress_is_a_line_per_stage_off_a_terminal(tiny_dir: Path) -> None:
