@@ -61,9 +61,11 @@ def test_same_problem_in_core_window_and_cli(
     assert first.text() in panel.field_errors[first.field].text()
     assert first.text() in panel.error
 
-    code = cli.run(["generate", str(tiny_dir), "--quant", "nf4", "-p", "hi", *flags])
-    assert code == 2
-    assert f"error: {first.message}\nhint: {first.hint}\n" in capsys.readouterr().err
+    for command in (["generate", "-p", "hi"], ["serve", "--port", "0"]):
+        argv = [command[0], str(tiny_dir), *command[1:], "--quant", "nf4", *flags]
+        assert cli.run(argv) == 2
+        err = capsys.readouterr().err
+        assert f"error: {first.message}\nhint: {first.hint}\n" in err
 
 
 def test_the_windows_numbers_take_the_same_check(qtbot) -> None:
