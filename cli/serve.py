@@ -38,6 +38,14 @@ def add_commands(sub: Any) -> None:
         help="requests that may wait (16)",
     )
     p.add_argument(
+        "--max-batch",
+        type=number("--max-batch", integer=True),
+        default=None,
+        metavar="N",
+        help="answers decoded together (default: what fits beside the model, up "
+        "to 8; the reason is printed); more requests wait",
+    )
+    p.add_argument(
         "--cors",
         action="append",
         default=[],
@@ -98,13 +106,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     quant, options = settings_from_args(args)
     if args.queue < 1:
         raise SettingsError(f"--queue {args.queue} is too small", "use 1 or more")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise SettingsError(
+            f"--max-batch {args.max_batch} is too small",
+            "use 1 (one answer at a time) or more",
+        )
     import_stack()
     ref = catalog.resolve(args.model)
     warn(check_before_load(ref, quant, options))
     show = stderr_progress(False)
     loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)
-    queue = GenerationQueue(loaded, limit=args.queue)
+    queue = GenerationQueue(loaded, limit=args.queue, max_batch=args.max_batch)
+    print(f"answers decoded together: {queue.batch_reason}", file=sys.stderr)
     switcher = ModelSwitcher(
         queue, directory=_servable_models, idle_unload_s=args.idle_unload
     )

@@ -83,7 +83,7 @@ class Server:
         return self.serving.model_names()
 
     def status(self) -> dict[str, Any]:
-        """Model, quantization, true bytes and queue length."""
+        """Model, quantization, true bytes, and the running and waiting requests."""
         return self.serving.status()
 
     def key_matches(self, headers: dict[str, str]) -> bool:

@@ -241,18 +241,13 @@ class Serving:
             ) from None
 
     def status(self) -> dict[str, Any]:
-        """Model, quantization, true bytes and queue length."""
+        """Model, quantization, true bytes, and the running and waiting requests."""
         loaded = self.queue.loaded
-        running = self.queue.running
         data: dict[str, Any] = {
             "model": None,
             "served_names": self.model_names(),
             "loading": self.switcher.loading if self.switcher else None,
-            "queue": {
-                "waiting": self.queue.waiting,
-                "running": running is not None,
-                "limit": self.queue.limit,
-            },
+            "queue": self.queue.status(),
         }
         if loaded is not None:
             data["model"] = loaded.ref.repo_id or loaded.ref.name

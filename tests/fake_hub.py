@@ -170,20 +170,6 @@ class FakeHub:
             self._server.shutdown()
             self._server.server_close()
 
-    def go_down(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Stop, as a hub that cannot be reached; the client gives up at once.
-
-        huggingface_hub retries a refused listing five times over 23 s before the
-        error a user sees; the tests want that error, not the waits.
-        """
-        from functools import partial
-
-        from huggingface_hub.utils import _pagination
-
-        backoff = partial(_pagination.http_backoff, max_retries=0)
-        monkeypatch.setattr(_pagination, "http_backoff", backoff)
-        self.stop()
-
     def ranges(self, name: str) -> list[str | None]:
         """The Range header of every GET of `name`, in order."""
         return [

@@ -149,6 +149,7 @@ def stream(
     frequency_penalty: float = 0.0,
     constraint: Constraint | None = None,
     tools: Sequence[dict[str, Any]] | None = None,
+    logits_processor: Callable[[Any, Any], Any] | None = None,
 ) -> Iterator[str | GenerationStats]:
     """Yield text chunks as they decode, then one GenerationStats.
 
@@ -174,6 +175,9 @@ def stream(
         Allow only answers this constraint accepts (JSON, a JSON schema, a grammar).
     tools
         Function definitions (OpenAI's shape) the chat template shows the model.
+    logits_processor
+        A per-request hook `(input_ids, scores) -> scores` (a transformers
+        LogitsProcessor's signature); see GenerationRequest.
 
     Raises
     ------
@@ -247,6 +251,10 @@ def stream(
     processors = request_processors(
         loaded, prompt_tokens, presence_penalty, frequency_penalty, constraint
     )
+    if logits_processor is not None:
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList([*(processors or []), logits_processor])
     if processors:
         kwargs["logits_processor"] = processors
 

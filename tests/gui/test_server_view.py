@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PySide6.QtGui import QGuiApplication
 
-from core.generation.queue import GenerationQueue
+from core.generation.queue import GenerationQueue, GenerationRequest
 from core.model import catalog, loader
-from core.settings import preset
+from core.settings import GenerationSettings, preset
 from gui.server_view import LOG_COLUMNS, ServerView, marker_label
 
 openai = pytest.importorskip("openai")
@@ -147,4 +147,37 @@ def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) 
     view._record_arrived.emit(record)
     assert len(window.monitor_view.markers) == before + 1
     assert window.monitor_view.markers[-1].marker.label == "API chat 12+64 tok"
+    view.batch_changed.emit(3, 1)  # three answers decode together, one waits
+    view.batch_changed.emit(3, 0)  # only the waiting count moved: no new marker
+    assert [e.marker.label for e in window.monitor_view.markers[before + 1 :]] == [
+        "Batch 3 +1 waiting"
+    ]
     window.close()
+
+
+def test_the_batch_size_shows_live(qtbot, tiny) -> None:
+    queue = GenerationQueue(tiny, max_batch=4)
+    view = ServerView(queue, tiny)
+    qtbot.addWidget(view)
+    queue.pause()
+    story = GenerationSettings(greedy=True, max_new_tokens=200)
+    jobs = [queue.submit(GenerationRequest("Tell me a story", story)) for _ in range(3)]
+    view.refresh_batch()
+    assert view.batch_label.text() == (
+        "Batch: 0 answers decoding together (up to 4), 3 waiting"
+    )
+    with qtbot.waitSignal(
+        view.batch_changed, timeout=20_000, check_params_cb=lambda r, w: r == 3
+    ):
+        queue.resume()
+    assert view.batch_label.text().startswith("Batch: 3 answers decoding together")
+    for job in jobs:
+        job.cancel()
+    assert queue.wait_idle(20)
+    qtbot.waitUntil(
+        lambda: (
+            view.batch_label.text() == "Batch: 0 answers decoding together (up to 4)"
+        ),
+        timeout=5_000,
+    )
+    assert queue.close()

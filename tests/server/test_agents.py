@@ -57,10 +57,10 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def tools_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
+def tools_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     target = build_tiny_model(
         tmp_path_factory.mktemp("tools") / "tiny-qwen-tools",
-        default_dir,
+        tokenizer_dir,
         "qwen2",
         max_position_embeddings=2048,
     )

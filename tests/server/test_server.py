@@ -269,7 +269,8 @@ def test_health_and_status(served: Served, model_name: str) -> None:
     assert status == 200
     assert body["model"] == model_name
     assert body["quantization"] and body["true_bytes"] > 1_000_000
-    assert body["queue"]["waiting"] == 0
+    assert body["queue"]["waiting"] == body["queue"]["running"] == 0
+    assert body["queue"]["batching"] is True and body["queue"]["max_batch"] >= 1
 
 
 # -- errors ---------------------------------------------------------------------
