@@ -28,18 +28,13 @@ def test_a_library_missing_its_own_file_is_not_a_failed_write() -> None:
 def test_the_cli_names_what_failed(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def broken(args: object) -> int:
-        raise FileNotFoundError(KERNELS)
+    from core.store import conversations
 
-    parser_func = cli.build_parser  # the command is looked up through its parser
+    def broken(*args: object) -> None:
+        raise FileNotFoundError(KERNELS)  # as a library raises it at import
 
-    def build() -> object:
-        parser = parser_func()
-        parser.set_defaults(func=broken)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", build)
-    assert cli.run(["self-test"]) == 2
+    monkeypatch.setattr(conversations, "ConversationStore", broken)
+    assert cli.run(["chats", "list"]) == 2
     err = capsys.readouterr().err
     assert f"error: a file was not found: {KERNELS}" in err
     assert "writing to" not in err and "disk" not in err
