@@ -128,6 +128,7 @@ def stream(
     stop_strings: Sequence[str] = (),
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
+    on_tokens: Callable[[int], Any] | None = None,
 ) -> Iterator[str | GenerationStats]:
     """Yield text chunks as they decode, then one GenerationStats.
 
@@ -149,6 +150,9 @@ def stream(
     presence_penalty, frequency_penalty
         OpenAI's additive penalties (-2 to 2) on the logits of tokens already in the
         answer: once for being there, and per occurrence.
+    on_tokens
+        Called (from the generate thread) with the number of new tokens so far,
+        after each decode step: a live count that costs no tokenizing.
 
     Raises
     ------
@@ -187,11 +191,15 @@ def stream(
     stop = stop_event or threading.Event()
     halt = threading.Event()  # set when our consumer goes away early
     timing: dict[str, float] = {}
+    counted = [0]
 
     class _Streamer(TextIteratorStreamer):
         def put(self, value: Any) -> None:
             if not (self.skip_prompt and self.next_tokens_are_prompt):
                 timing.setdefault("first", time.perf_counter())
+                counted[0] += int(value.numel())
+                if on_tokens is not None:
+                    on_tokens(counted[0])
             super().put(value)
 
     stops = tuple(s for s in stop_strings if s)

@@ -86,6 +86,8 @@ class Job:
         self.stats: GenerationStats | None = None
         self.error: BaseException | None = None
         self.model_name: str | None = None
+        self.new_tokens = 0
+        """Tokens decoded so far (live while it runs; the final count is in stats)."""
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._consumed_end = False
         self.on_item: Callable[[], Any] | None = None
@@ -141,6 +143,9 @@ class Job:
         finally:
             if not self._consumed_end:
                 self.cancel()  # the consumer left early
+
+    def _count(self, tokens: int) -> None:
+        self.new_tokens = tokens
 
     def _put(self, item: Any) -> None:
         self._items.put(item)
@@ -264,6 +269,22 @@ class GenerationQueue:
     def paused(self) -> bool:
         return self._paused
 
+    def jobs(self) -> list[Job]:
+        """The running job, then the waiting ones in order (cancelled ones left out)."""
+        with self._cond:
+            running = [self._running] if self._running is not None else []
+            return running + [j for j in self._waiting if not j.cancelled]
+
+    def cancel(self, job: Job) -> None:
+        """Stop `job`: a waiting one ends now (its consumer gets a "stopped" stats at
+        once, not after the running job), a running one within a token."""
+        job.cancel()
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._finish_unstarted(job)
+            self._cond.notify_all()
+
     def cancel_all(self) -> None:
         """Cancel every waiting job and stop the running one."""
         with self._cond:
@@ -385,6 +406,7 @@ class GenerationQueue:
                 stop_strings=request.stop,
                 presence_penalty=request.presence_penalty,
                 frequency_penalty=request.frequency_penalty,
+                on_tokens=job._count,
             ):
                 if isinstance(item, GenerationStats):
                     job.stats = item

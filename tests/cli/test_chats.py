@@ -16,7 +16,7 @@ from core.settings import LoadOptions, preset
 from core.store.conversations import ConversationStore
 from core.store.provenance import Provenance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def nibble(data: Path, *args: str) -> subprocess.CompletedProcess[str]:

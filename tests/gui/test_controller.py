@@ -41,8 +41,8 @@ def test_stop_all_ends_every_job_within_one_deadline(
     loaded = _load(qtbot, controller, tiny_ref)
     assert controller.generation_queue.loaded is loaded
     with qtbot.waitSignal(controller.first_token, timeout=LONG):
-        controller.send(
-            "Once upon a time", True, GenerationSettings(max_new_tokens=4000)
+        controller.ask(
+            "Once upon a time", GenerationSettings(max_new_tokens=4000), raw=True
         )
     from core import monitor
 
@@ -131,7 +131,7 @@ def test_estimate_shown_during_the_start_up_load_equals_the_cli(
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     expected = [
         (r["preset"], r["weights_bytes"], r["quant_state_bytes"])
