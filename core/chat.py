@@ -141,11 +141,10 @@ class Turn:
             self.job.cancel()
         if self.done:
             return self.answer
-        stats = self.stats
-        if stats is None:
-            stats = GenerationStats(new_tokens=self.tokens, stop_reason=STOP_STOPPED)
-        else:
-            stats.stop_reason = STOP_STOPPED
+        # Stats already seen mean the generator had ended: its own reason stands.
+        stats = self.stats or GenerationStats(
+            new_tokens=self.tokens, stop_reason=STOP_STOPPED
+        )
         return self.finish(stats)
 
 
@@ -229,8 +228,7 @@ class Chat:
             except NibbleError as exc:
                 unsaved = exc
         if stored is not None:
-            assert self.conversation is not None
-            prompt: str | list[Message] = self.conversation.history()
+            prompt: str | list[Message] = self.model_history()
         else:
             prompt = [
                 *self._history(system),
@@ -291,7 +289,7 @@ class Chat:
             if question is None:
                 return None
         assert self.conversation is not None
-        prompt: str | list[Message] = self.conversation.history(upto=upto)
+        prompt: str | list[Message] = self.model_history(upto=upto)
         if raw:
             prompt = question.text
         turn = Turn(
@@ -307,11 +305,31 @@ class Chat:
         self.turn = turn
         return turn
 
+    def model_history(self, upto: int | None = None) -> list[Message]:
+        """The conversation as the model reads it (stopping before message `upto`).
+
+        A question stored without an answer (the process died before the answer was
+        kept) is left out, so the question after it gets its own answer, not the
+        earlier one's.
+        """
+        if self.conversation is None:
+            return []
+        history = self.conversation.history(upto=upto)
+        return [
+            m
+            for i, m in enumerate(history)
+            if not (
+                m["role"] == "user"
+                and i + 1 < len(history)
+                and history[i + 1]["role"] == "user"
+            )
+        ]
+
     # -- inside --
 
     def _history(self, system: str | None) -> list[Message]:
         if self.conversation is not None:
-            return self.conversation.history()
+            return self.model_history()
         return (
             [{"role": "system", "content": system}] if system and system.strip() else []
         )

@@ -543,6 +543,7 @@ class MainWindow(QMainWindow):
                 system=self.chat.system_edit.toPlainText(),
             )
         except NibbleError as exc:
+            self.chat.drop_last_question()
             self.show_error(exc, "Cannot answer")
             return None
 

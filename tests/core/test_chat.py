@@ -198,3 +198,17 @@ def test_model_builds_run_one_at_a_time() -> None:
     assert {JobKind.LOAD, JobKind.ESTIMATE, JobKind.MODULES} == EXCLUSIVE
     app.ready = False
     assert not app.may_start(estimate)  # it needs the stack imported first
+
+
+def test_a_question_left_without_an_answer_is_not_answered_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """A process killed mid-answer left "What is 2+2?" to be answered with the
+    essay the question before it asked for."""
+    with ConversationStore(tmp_path / "c.db") as store:
+        cid = store.create()
+        store.add_message(cid, "user", "Write a long essay about Rome.")
+        chat = Chat(store)
+        chat.open(cid)
+        turn = chat.ask("What is 2+2?", GREEDY)
+        assert turn.prompt == [{"role": "user", "content": "What is 2+2?"}]

@@ -267,6 +267,45 @@ def test_load_says_reload_when_the_panel_differs(window):
 
 
 @pytest.mark.slow
+def test_the_chat_says_what_it_waits_behind_and_stop_frees_it(window, qtbot):
+    """A served request held the model for minutes while the chat showed "…";
+    Stop took the chat's request out of the queue, yet the chat stayed at "…"."""
+    from core.generation.queue import GenerationRequest
+    from core.settings import GenerationSettings
+
+    c = window.controller
+    queue = c.generation_queue
+    server = queue.submit(
+        GenerationRequest(
+            "Once upon a time",
+            GenerationSettings(max_new_tokens=2000, greedy=True),
+            raw=True,
+            source="server",
+        )
+    )
+    try:
+        qtbot.waitUntil(lambda: server.new_tokens > 0, timeout=60_000)
+        chat = window.chat
+        chat.input.setPlainText("Are you there?")
+        chat.send()
+        answer = chat.messages_widgets[-1]
+        assert answer.role == "assistant"
+        qtbot.waitUntil(lambda: "tokens so far)" in answer.body.text(), timeout=10_000)
+        assert "Waiting behind 1 server request (" in answer.body.text()
+        assert window.speed_status.text().startswith("Waiting behind 1 server")
+        chat.stop()
+        qtbot.waitUntil(lambda: not chat.busy, timeout=5_000)
+        assert queue.running is server  # the served request goes on
+        assert "Stopped before any text." in answer.body.text()
+        assert chat.send_button.text() == "Send"
+        assert window.speed_status.text() == ""
+    finally:
+        queue.cancel(server)
+        for _ in server:
+            pass
+
+
+@pytest.mark.slow
 def test_close_during_generation_keeps_the_partial_answer(window, qtbot):
     """Closing mid-answer lost the partial and left the question orphaned."""
     chat = window.chat
