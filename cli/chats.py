@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.output import EXIT_OK
 from core import chat as chat_mod
 from core.chat import Chat, Turn
 from core.errors import NibbleError
 from core.store import conversations
-
-EXIT_OK = 0
 
 
 def open_store() -> conversations.ConversationStore:

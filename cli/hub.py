@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli.output import EXIT_INTERRUPTED, EXIT_OK
 from core.units import format_bytes, format_count, format_params
-
-EXIT_OK, EXIT_INTERRUPTED = 0, 130
 
 
 def add_commands(sub: Any) -> None:

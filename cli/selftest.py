@@ -8,6 +8,7 @@ display too when there is one (each in a child process, so a Qt abort is reporte
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -15,7 +16,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from cli.output import EXIT_OK, EXIT_UNEXPECTED, stderr_progress
 from core.settings import GenerationSettings, preset
 from core.units import format_bytes
 
@@ -25,6 +28,36 @@ QUESTION = "What is the capital of France?"
 EXPECTED = "Paris"
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW_TIMEOUT_S = 120
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "self-test", help="load the default model in nf4 and check it answers"
+    )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="convert the default model again first (a damaged copy)",
+    )
+    p.set_defaults(func=cmd_self_test)
+
+
+def cmd_self_test(args: argparse.Namespace) -> int:
+    """Load the default model in nf4 and check that it answers Paris."""
+    from core.model import default_model
+
+    if args.rebuild:
+        print("rebuilding the default model", file=sys.stderr)
+        default_model.convert(default_model.model_dir(), stderr_progress(False))
+    if run():
+        return EXIT_OK
+    if not args.rebuild:
+        print(
+            "hint: if the default model is damaged, rebuild it: "
+            "python main.py --self-test --rebuild",
+            file=sys.stderr,
+        )
+    return EXIT_UNEXPECTED
 
 
 def window_check(say: Callable[[str], None] = print) -> bool:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from cli import generate, output
 from cli import main as cli
 from core import interrupt
 from core.errors import ExportError, NibbleError, SettingsError
@@ -631,10 +632,11 @@ def test_monitor_of_a_process_that_ends() -> None:
 
 def test_hints_point_to_debug_not_a_details_button() -> None:
     assert (
-        cli.cli_hint("see Details for more") == "run again with --debug for the details"
+        output.cli_hint("see Details for more")
+        == "run again with --debug for the details"
     )
-    assert cli.cli_hint("see the log") == "run again with --debug for the details"
-    assert cli.cli_hint("pick nf4") == "pick nf4"
+    assert output.cli_hint("see the log") == "run again with --debug for the details"
+    assert output.cli_hint("pick nf4") == "pick nf4"
 
 
 def test_generation_failure_hint_in_the_cli(
@@ -643,7 +645,7 @@ def test_generation_failure_hint_in_the_cli(
     def fail(args: object) -> int:
         raise decode.GenerationError("generation failed: boom", "see Details")
 
-    monkeypatch.setattr(cli, "cmd_snippet", fail)
+    monkeypatch.setattr(generate, "cmd_snippet", fail)
     assert cli.run(["snippet"]) == 2
     err = capsys.readouterr().err
     assert "Details" not in err and "--debug" in err

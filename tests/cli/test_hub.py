@@ -14,7 +14,7 @@ import pytest
 
 from tests.fake_hub import REPO, FakeHub
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_cliTOKENdoNotPrint0987654321"
 
 

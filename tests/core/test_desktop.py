@@ -19,7 +19,7 @@ import pytest
 from cli import selftest
 from core import desktop
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 LDD_MISSING = """\
 \tlinux-vdso.so.1 (0x00007ffd)

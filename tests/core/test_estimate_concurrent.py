@@ -18,7 +18,7 @@ import pytest
 from core.model import catalog, estimate, loader
 from core.settings import preset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BYTE_FIELDS = (
     "weights_bytes",
     "quant_state_bytes",

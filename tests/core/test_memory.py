@@ -14,7 +14,7 @@ from core import memory
 from core.model import catalog, loader
 from core.settings import LoadOptions, QuantSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the RSS split comes from /proc"

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from cli import main as cli
+from cli import args as cli_args
+from cli.main import build_parser
 from core.settings import (
     GENERATION_FIELDS,
     LOAD_FIELDS,
@@ -30,16 +31,16 @@ def test_metadata_covers_every_field_with_its_default(cls, specs) -> None:
 
 
 def test_every_field_is_a_flag_and_attention_can_be_set(capsys) -> None:
-    parser = cli.build_parser()
+    parser = build_parser()
     args = parser.parse_args(
         "generate default --attn-implementation eager --device-map cpu --max-memory"
         " cpu=2GiB --top-k 5 --seed 7 --greedy --dtype bf16".split()
     )
-    _, options = cli.settings_from_args(args)
+    _, options = cli_args.settings_from_args(args)
     assert options == LoadOptions(
         "cpu", {"cpu": "2GiB"}, "bfloat16", attn_implementation="eager"
     )
-    gen = cli.generation_from_args(args)
+    gen = cli_args.generation_from_args(args)
     assert (gen.top_k, gen.seed, gen.greedy, gen.temperature) == (5, 7, True, 0.7)
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "--help"])
@@ -49,12 +50,12 @@ def test_every_field_is_a_flag_and_attention_can_be_set(capsys) -> None:
 
 
 def test_a_preset_dtype_applies_unless_dtype_is_given() -> None:
-    parser = cli.build_parser()
-    _, options = cli.settings_from_args(
+    parser = build_parser()
+    _, options = cli_args.settings_from_args(
         parser.parse_args(["estimate", "default", "--quant", "bf16"])
     )
     assert options.dtype == "bfloat16"
-    _, options = cli.settings_from_args(
+    _, options = cli_args.settings_from_args(
         parser.parse_args(["estimate", "default", "--quant", "bf16", "--dtype", "fp32"])
     )
     assert options.dtype == "float32"

@@ -1,0 +1,235 @@
+"""The measuring commands: `estimate`, `export`, `report` and `compare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Any
+
+from cli import hub as cli_hub
+from cli import precheck, textio
+from cli.args import (
+    add_generation_args,
+    add_quant_args,
+    generation_from_args,
+    load_options_from_args,
+    set_values,
+    settings_from_args,
+)
+from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
+from core import interrupt
+from core.errors import CancelledError
+
+
+def add_estimate(sub: Any) -> None:
+    p = sub.add_parser(
+        "estimate", help="memory needed per preset and whether it fits, before loading"
+    )
+    p.add_argument("model", help="'default', a folder, a config.json, or a hub id")
+    p.add_argument(
+        "--context", type=int, default=4096, help="tokens in the KV cache (4096)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="sequences at once (1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quant_args(p)
+    p.set_defaults(func=cmd_estimate)
+
+
+def add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="save a quantized copy of a model, verified")
+    p.add_argument("model", help="'default', a local folder, or a hub id")
+    p.add_argument("--out", "-o", required=True, help="the folder to create")
+    p.add_argument(
+        "--force", action="store_true", help="replace a non-empty --out folder"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_quant_args(p)
+    p.set_defaults(func=cmd_export)
+
+
+def add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="settings, versions, hardware and measured numbers"
+    )
+    p.add_argument("model", nargs="?", default=None, help="load it to measure it")
+    p.add_argument("--prompt", "-p", default=None, help="also generate an answer")
+    p.add_argument("--json", action="store_true", help="JSON instead of Markdown")
+    p.add_argument("--save", default=None, metavar="PATH", help="write PATH.md + .json")
+    add_quant_args(p)
+    add_generation_args(p)
+    p.set_defaults(func=cmd_report)
+
+
+def add_compare(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare", help="measure several quantization settings side by side"
+    )
+    p.add_argument("model", help="'default', a local folder, or a hub id")
+    p.add_argument(
+        "--tokens", type=int, default=32, help="greedy tokens to time per row (32)"
+    )
+    p.add_argument(
+        "--prompt", "-p", default=None, help="the question every row answers"
+    )
+    p.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=None,
+        help="score only the first N tokens of the evaluation text (default: all)",
+    )
+    p.add_argument(
+        "--eval-file",
+        default=None,
+        help="a text file to score instead of the bundled one",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows")
+    p.add_argument("--save-json", default=None, metavar="FILE", help="also write JSON")
+    add_quant_args(
+        p,
+        quant_help="comma-separated rows, the first being the baseline: presets, "
+        "'baseline', or PRESET+FIELD=VALUE (default: baseline,int8,nf4,nf4-dq,fp4)",
+        set_help="set a BitsAndBytesConfig field on every quantized row",
+    )
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Print the footprint of every preset and the current settings, with verdicts."""
+    from core.model import estimate
+
+    quant, options = settings_from_args(args)
+    result = cli_hub.hub_table(
+        args.model, quant, options, args.context, args.batch, args.json
+    ) or estimate.table(
+        args.model, quant, options, context=args.context, batch=args.batch
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(estimate.format_table(result))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Save a quantized copy of a model, verified by reloading it."""
+    from core.lab import export
+    from core.model import catalog
+
+    quant, options = settings_from_args(args)
+    ref = catalog.resolve(args.model)
+    warn(precheck.check_settings(ref, quant, options))
+    show = stderr_progress(args.json)
+    result = export.export(ref, quant, args.out, options, args.force, show)
+    end_progress(show)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the reproducibility report, loading the model when one is named."""
+    from core.lab import report
+
+    quant, options = settings_from_args(args)
+    load_report = stats = gen = estimate = None
+    name = args.model
+    if args.model:
+        from core.generation import decode
+        from core.model import catalog, loader
+
+        ref = catalog.resolve(args.model)
+        name = report.model_id(ref)
+        warn(precheck.check_settings(ref, quant, options))
+        show = stderr_progress(False)
+        estimate = report.estimate_bytes(ref, quant, options)
+        loaded = loader.load(ref, quant, options, show)
+        end_progress(show)
+        try:
+            load_report = loaded.report
+            if args.prompt:
+                gen = generation_from_args(args)
+                prompt = textio.read_prompt(args.prompt, sys.stdin)
+                _, stats = decode.generate_text(loaded, prompt, gen)
+        finally:
+            loader.unload(loaded)
+    data = report.build(name, quant, options, load_report, estimate, gen, stats)
+    if args.save:
+        for path in report.save(data, args.save):
+            print(f"wrote {path}", file=sys.stderr)
+    print(report.to_json(data) if args.json else report.to_markdown(data), end="")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Measure several settings on one model, one row at a time."""
+    from core.lab import compare
+    from core.model import catalog
+
+    common = set_values(args.set)
+    base = load_options_from_args(args)
+    rows = args.quant if args.quant is not None else ",".join(compare.DEFAULT_ROWS)
+    specs = compare.parse_rows(rows, base, common)
+    eval_text = textio.read_file(args.eval_file) if args.eval_file else None
+    config = compare.CompareConfig(
+        prompt=textio.read_prompt(args.prompt, sys.stdin)
+        if args.prompt
+        else compare.DEFAULT_PROMPT,
+        new_tokens=args.tokens,
+        eval_text=eval_text,
+        eval_tokens=args.eval_tokens,
+    )
+    ref = catalog.resolve(args.model)
+    warnings: dict[str, None] = {}
+    for spec in specs:
+        warnings |= dict.fromkeys(
+            precheck.check_settings(ref, spec.quant, spec.options)
+        )
+    warn(warnings)
+    show = stderr_progress(args.json)
+    # Ctrl+C stops at the next token; the rows done so far are still printed
+    # and saved.
+    stop = threading.Event()
+    try:
+        with interrupt.signals_set(stop):
+            result = compare.run(ref, specs, config, progress=show, cancel=stop)
+    except CancelledError as exc:
+        result = getattr(exc, "partial", None)
+        if result is None:
+            raise
+    end_progress(show)
+    if stop.is_set():
+        print(
+            f"interrupted: {len(result.rows)} of {len(specs)} rows done",
+            file=sys.stderr,
+        )
+    done = EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
+    if args.csv:
+        result.save_csv(args.csv)
+    if args.save_json:
+        result.save_json(args.save_json)
+    for row in result.rows:
+        if not row.ok:
+            print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
+    if args.json:
+        print(result.to_json())
+        return done
+    if not result.rows:
+        return done
+    print(compare.format_table(result))
+    print()
+    print(compare.format_seed_table(result))
+    print()
+    for row in result.rows:
+        if row.ok:
+            print(f"{row.name}: {compare.one_line(row.answer)}")
+    print(
+        f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
+        f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
+        file=sys.stderr,
+    )
+    return done

@@ -1,0 +1,70 @@
+"""What the CLI prints besides its results: exit codes, progress, errors and warnings."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable
+
+from core import interrupt
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = interrupt.EXIT_INTERRUPTED
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool ended by SIGPIPE
+
+_COUNTER = re.compile(r"\s*\d+/\d+$")
+
+
+def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:
+    """A progress printer: a live line on a terminal, a line per stage elsewhere.
+
+    `quiet` (--json) silences the live line only: a line per stage on a redirected
+    stderr never mixes with the JSON on stdout, and tells a log where time went.
+    """
+    if quiet and sys.stderr.isatty():
+        return None
+    last = {"message": ""}
+    if not sys.stderr.isatty():
+
+        def log(done: int, total: int, message: str) -> None:
+            stage = _COUNTER.sub("", message).strip()
+            if stage and stage != last["message"]:
+                last["message"] = stage
+                print(stage, file=sys.stderr, flush=True)
+
+        log.live = False  # type: ignore[attr-defined]
+        return log
+
+    def show(done: int, total: int, message: str) -> None:
+        text = f"{message} {done}/{total}" if total else message
+        if text != last["message"]:
+            last["message"] = text
+            print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+    show.live = True  # type: ignore[attr-defined]
+    return show
+
+
+def end_progress(show: Callable[[int, int, str], None] | None) -> None:
+    """Clear a live progress line (a line-per-stage log needs nothing)."""
+    if show is not None and getattr(show, "live", False):
+        print("\r\033[K", end="", file=sys.stderr)
+
+
+def warn(warnings: Iterable[str]) -> None:
+    """Each warning on its own stderr line."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def cli_hint(hint: str) -> str:
+    """The window's hints point at its Details button; the CLI has --debug instead."""
+    if re.search(r"\bsee (the )?(details|log)\b", hint, re.IGNORECASE):
+        return "run again with --debug for the details"
+    return hint
+
+
+def print_error(message: str, hint: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)

@@ -1,0 +1,81 @@
+"""`serve`: a model over the OpenAI API until Ctrl+C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from cli.args import add_quant_args, settings_from_args
+from cli.output import EXIT_OK, end_progress, stderr_progress
+from core.errors import SettingsError
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a model over the OpenAI API")
+    p.add_argument("model", help="'default', a local folder, or a hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("NIBBLE_API_KEY") or None,
+        help="require this Bearer key (default: $NIBBLE_API_KEY); "
+        "needed to listen beyond this machine",
+    )
+    p.add_argument(
+        "--served-model-name", default=None, help="another name clients may use"
+    )
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait (16)")
+    p.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN call the API (repeatable)",
+    )
+    p.add_argument(
+        "--log-prompts", action="store_true", help="log prompt texts (off by default)"
+    )
+    add_quant_args(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over the OpenAI API until Ctrl+C, then unload it."""
+    from core.generation.queue import GenerationQueue
+    from core.model import catalog, loader
+    from core.stack import import_stack
+    from server import app as server
+
+    config = server.ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        served_model_name=args.served_model_name,
+        cors_origins=args.cors,
+        log_prompts=args.log_prompts,
+    )  # refuses a non-loopback host without a key before anything loads
+    quant, options = settings_from_args(args)
+    if args.queue < 1:
+        raise SettingsError(f"--queue {args.queue} is too small", "use 1 or more")
+    import_stack()
+    show = stderr_progress(False)
+    loaded = loader.load(catalog.resolve(args.model), quant, options, progress=show)
+    end_progress(show)
+    queue = GenerationQueue(loaded, limit=args.queue)
+    api = server.Server(queue, config)
+
+    def ready(url: str) -> None:
+        name = api.model_names()[0]
+        print(f"Serving {name} ({quant.label()}) at {url}", flush=True)
+        print(server.curl_line(url, name, config.api_key), flush=True)
+        print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
+
+    try:
+        server.serve_forever(api, ready)
+    finally:
+        queue.close()
+        loader.unload(loaded)
+    print("stopped; the model is unloaded", file=sys.stderr)
+    return EXIT_OK
