@@ -170,7 +170,7 @@ def test_stop_ends_the_answer(window, recorders, qtbot):
             chat.send()
     finally:
         window.controller.first_token.disconnect(chat.stop)
-    stats = done.args[0]
+    stats = done.args[0].stats
     assert stats.stop_reason == "stopped"
     assert stats.new_tokens < 30
     assert chat.messages_widgets[-1].stats_label.text().endswith("stopped")
