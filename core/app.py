@@ -75,9 +75,21 @@ NEEDS_NO_STACK = frozenset(
 )
 """Kinds that may start before torch, transformers and bitsandbytes are imported."""
 
-LEAVES_FILES = frozenset({JobKind.EXPORT, JobKind.DOWNLOAD, JobKind.SERVER})
-"""Kinds that must end before the process does, or they leave files (or a bound
-port) half done. The others hold nothing that outlives the process."""
+LEFT_RUNNING_ON_CLOSE = frozenset(
+    {
+        JobKind.IMPORT,
+        JobKind.CATALOG,
+        JobKind.RESOLVE,
+        JobKind.MODULES,
+        JobKind.ESTIMATE,
+        JobKind.HUB_SEARCH,
+        JobKind.HUB_PLAN,
+    }
+)
+"""Kinds that cannot be interrupted (a library import, a meta-device build, a call
+to the hub) and hold nothing that outlives the process: closing asks them to stop
+and does not wait for them. The others stop within a step (a token, a weight, a
+sample, a chunk of a download) and are waited for, so nothing is left half done."""
 
 
 class Cancellable(Protocol):

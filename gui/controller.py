@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.app import LEAVES_FILES, App, JobEntry, JobKind
+from core.app import LEFT_RUNNING_ON_CLOSE, App, JobEntry, JobKind
 from core.chat import Chat, Turn
 from core.checks import Machine
 from core.errors import CancelledError, NibbleError
@@ -273,14 +273,14 @@ class Controller(QObject):
     def stop_all(
         self,
         timeout_s: float = CLOSE_DEADLINE_S,
-        wait_for: frozenset[JobKind] | None = None,
+        leave_running: frozenset[JobKind] = frozenset(),
     ) -> bool:
         """Cancel every job and wait for them, `timeout_s` in total.
 
-        The chat's answer is kept as far as it got, marked "stopped". `wait_for`
-        limits the wait to those kinds (closing waits only for jobs that would leave
-        files behind); the rest are asked to stop and left to the process's end.
-        True when every awaited thread ended in time; the loaded model is then let go.
+        The chat's answer is kept as far as it got, marked "stopped". Jobs of the
+        kinds in `leave_running` are asked to stop but not waited for (closing
+        leaves the uninterruptible ones to the process's end). True when every
+        awaited thread ended in time; the loaded model is then let go.
         """
         self.app.close()
         # A thread that ends at the deadline needs a moment to hand back the GIL.
@@ -296,23 +296,21 @@ class Controller(QObject):
             worker.cancel()
         ok = True
         for worker in pending:
-            kind = kinds.get(id(worker))
-            if wait_for is not None and kind is not None and kind not in wait_for:
+            if kinds.get(id(worker)) in leave_running:
                 continue
             left_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if not workers.wait(worker, left_ms):
                 logger.warning("%s did not stop in time", worker.objectName() or worker)
                 ok = False
-        if wait_for is not None:
-            return ok
         # Drop the model without loader.unload's garbage collection (half a
         # second with torch): the process is about to end.
         return self.app.let_go(max(0.0, deadline - time.monotonic())) and ok
 
     def close_quickly(self, timeout_s: float = CLOSE_DEADLINE_S) -> bool:
-        """What closing the window needs: stop everything, wait only for the jobs
-        that would leave files (an export, a download) or a port behind."""
-        return self.stop_all(timeout_s, wait_for=LEAVES_FILES)
+        """What closing the window needs: stop everything, and wait (`timeout_s` in
+        all) only for the jobs that stop within a step; an import, a meta-device
+        build or a hub call in progress ends with the process."""
+        return self.stop_all(timeout_s, leave_running=LEFT_RUNNING_ON_CLOSE)
 
     # -- start-up --
 

@@ -740,10 +740,10 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save, keep the answer being written (marked stopped), stop every job, close.
 
-        Only jobs that would leave something half done (an export, a download, the
-        server's port) are waited for, CLOSE_DEADLINE_S in all; the rest (the
-        library import, a load, the answer) are told to stop and end with the
-        process, so the window never lingers for them.
+        Jobs that stop within a step (an answer, a load, an export, a download,
+        the sampler) are waited for, CLOSE_DEADLINE_S in all; those that cannot be
+        interrupted (the library import, a meta-device build, a call to the hub)
+        are left to end with the process, so the window never lingers for them.
         """
         if not self.hub_dialog.confirm_close():  # a download runs: the user may stay
             event.ignore()
