@@ -82,14 +82,16 @@ LEFT_RUNNING_ON_CLOSE = frozenset(
         JobKind.RESOLVE,
         JobKind.MODULES,
         JobKind.ESTIMATE,
+        JobKind.LOAD,
         JobKind.HUB_SEARCH,
         JobKind.HUB_PLAN,
     }
 )
-"""Kinds that cannot be interrupted (a library import, a meta-device build, a call
-to the hub) and hold nothing that outlives the process: closing asks them to stop
-and does not wait for them. The others stop within a step (a token, a weight, a
-sample, a chunk of a download) and are waited for, so nothing is left half done."""
+"""Kinds that hold nothing that outlives the process and may take long to stop (a
+library import, a meta-device build and a call to the hub cannot be interrupted; a
+load stops only at its next weight): closing asks them to stop and does not wait for
+them. The others stop within a step (a token, a sample, a chunk of a download, a
+file of an export) and are waited for, so nothing is left half done."""
 
 
 class Cancellable(Protocol):

@@ -308,8 +308,8 @@ class Controller(QObject):
 
     def close_quickly(self, timeout_s: float = CLOSE_DEADLINE_S) -> bool:
         """What closing the window needs: stop everything, and wait (`timeout_s` in
-        all) only for the jobs that stop within a step; an import, a meta-device
-        build or a hub call in progress ends with the process."""
+        all) only for the jobs that stop within a step; an import, a load, a
+        meta-device build or a hub call in progress ends with the process."""
         return self.stop_all(timeout_s, leave_running=LEFT_RUNNING_ON_CLOSE)
 
     # -- start-up --

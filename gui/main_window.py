@@ -740,10 +740,11 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save, keep the answer being written (marked stopped), stop every job, close.
 
-        Jobs that stop within a step (an answer, a load, an export, a download,
-        the sampler) are waited for, CLOSE_DEADLINE_S in all; those that cannot be
-        interrupted (the library import, a meta-device build, a call to the hub)
-        are left to end with the process, so the window never lingers for them.
+        Jobs that stop within a step (an answer, an export, a download, the
+        sampler) are waited for, CLOSE_DEADLINE_S in all; those that hold nothing
+        beyond the process and may take long to stop (the library import, a load,
+        a meta-device build, a call to the hub) are left to end with it, so the
+        window never lingers for them.
         """
         if not self.hub_dialog.confirm_close():  # a download runs: the user may stay
             event.ignore()
