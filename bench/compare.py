@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli import render
 from core.lab import compare
 from core.model import catalog
 from core.units import format_bytes, format_seconds
@@ -57,7 +58,7 @@ def main() -> None:
         f"{config.window}, stride {config.stride}; {config.new_tokens} greedy tokens"
     )
     print()
-    print(compare.format_table(result))
+    print(render.compare_table(result))
     print()
     print(f"{'row':10} {'row time':>10} {'load':>8} {'peak RSS':>10}  answer")
     for row in result.rows:
@@ -70,7 +71,7 @@ def main() -> None:
         else:
             print(f"{row.name:10} failed: {row.error}")
     print()
-    print(compare.format_seed_table(result))
+    print(render.compare_summary(result))
     print(f"\ntotal: {wall:.1f} s for {len(result.rows)} rows")
     if args.save:
         result.save_json(args.save)

@@ -1,20 +1,25 @@
-"""The argument groups several commands share: quantization, loading and generation."""
+"""The argument groups several commands share: quantization, loading and generation.
+
+Every settings flag is made from its field's Spec (core.settings), and every number
+a flag takes goes through core.settings.check_number, as the window's and the
+server's numbers do.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from core.errors import SettingsError
 from core.settings import (
-    EDITABLE_FIELDS,
-    GENERATION_FIELDS,
-    LOAD_FIELDS,
     PRESETS,
     GenerationSettings,
     LoadOptions,
-    OptionSpec,
     QuantSettings,
+    Spec,
+    check_number,
+    fields_of,
     preset,
 )
 
@@ -37,7 +42,7 @@ def add_quant_args(
         help=quant_help
         or f"start from a preset: {', '.join(PRESETS)} (default: none, full precision)",
     )
-    fields = ", ".join(["mode", *(f.name for f in EDITABLE_FIELDS), "quantize_lm_head"])
+    fields = ", ".join(f.name for f in fields_of(QuantSettings))
     group.add_argument(
         "--set",
         action="append",
@@ -45,16 +50,16 @@ def add_quant_args(
         metavar="FIELD=VALUE",
         help=set_help or f"set a BitsAndBytesConfig field (repeatable): {fields}",
     )
-    add_option_args(group, LOAD_FIELDS)
+    add_option_args(group, fields_of(LoadOptions))
 
 
-def add_option_args(group: Any, specs: tuple[OptionSpec, ...]) -> None:
-    """One flag per LoadOptions / GenerationSettings field, from its metadata.
+def add_option_args(group: Any, specs: tuple[Spec, ...]) -> None:
+    """One flag per LoadOptions / GenerationSettings field, from its Spec.
 
     Flags default to None (a bool to False) so that "not given" can fall back to a
-    preset's value; `option_values` collects what was given.
+    preset's value; `option_values` collects what was given. Numbers are checked
+    by the field itself (its range, NaN, ±inf) when the settings are made.
     """
-    types: dict[str, Any] = {"int": int, "float": float, "optional_int": int}
     for spec in specs:
         help_text = spec.description.rstrip(".")
         if spec.kind == "bool":
@@ -64,20 +69,34 @@ def add_option_args(group: Any, specs: tuple[OptionSpec, ...]) -> None:
             continue
         if spec.choices:
             help_text += f" ({', '.join(spec.choices)}{', …' if spec.editable else ''})"
-        if spec.default not in (None, ""):
+        if spec.default not in (None, "") and spec.default != {}:
             help_text += f"; default {spec.default}"
-        group.add_argument(
-            spec.flag,
-            dest=spec.name,
-            default=None,
-            type=types.get(spec.kind, str),
-            help=help_text,
-        )
+        group.add_argument(spec.flag, dest=spec.name, default=None, help=help_text)
 
 
-def option_values(
-    args: argparse.Namespace, specs: tuple[OptionSpec, ...]
-) -> dict[str, Any]:
+def number(
+    flag: str,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    above: bool = False,
+) -> Callable[[str], Any]:
+    """An argparse type for a numeric flag that is no setting (--seconds, --port):
+    core.settings.check_number's rule, refused by argparse with exit 2."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check_number(
+                flag, text, integer=integer, low=low, high=high, above=above
+            )
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "whole number" if integer else "number"
+    return parse
+
+
+def option_values(args: argparse.Namespace, specs: tuple[Spec, ...]) -> dict[str, Any]:
     """The fields of `specs` given on the command line (bools only when set)."""
     values = {spec.name: getattr(args, spec.name, None) for spec in specs}
     return {k: v for k, v in values.items() if v not in (None, False)}
@@ -87,7 +106,9 @@ def load_options_from_args(
     args: argparse.Namespace, dtype: str = "auto"
 ) -> LoadOptions:
     """LoadOptions from the loading flags; `dtype` when --dtype is not given."""
-    return LoadOptions(**{"dtype": dtype, **option_values(args, LOAD_FIELDS)})
+    return LoadOptions(
+        **{"dtype": dtype, **option_values(args, fields_of(LoadOptions))}
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[QuantSettings, LoadOptions]:
@@ -114,8 +135,21 @@ def set_values(items: list[str]) -> dict[str, str]:
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
-    add_option_args(parser.add_argument_group("generation"), GENERATION_FIELDS)
+    add_option_args(
+        parser.add_argument_group("generation"), fields_of(GenerationSettings)
+    )
 
 
 def generation_from_args(args: argparse.Namespace) -> GenerationSettings:
-    return GenerationSettings(**option_values(args, GENERATION_FIELDS))
+    return GenerationSettings(**option_values(args, fields_of(GenerationSettings)))
+
+
+def check_before_load(
+    ref: Any, quant: QuantSettings, options: LoadOptions
+) -> list[str]:
+    """core.checks' pipeline for a load of `ref` here: the first problem is raised
+    (exit 2, with the window's words); the warnings are returned to print."""
+    from core import checks
+    from core.model import facts
+
+    return [p.text() for p in checks.refuse(facts.check_load(ref, quant, options))]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli import render
 from cli.output import EXIT_OK
 from core import chat as chat_mod
 from core.chat import Chat, Turn
@@ -25,12 +26,15 @@ def open_store() -> conversations.ConversationStore:
 
 def parse_id(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
+        value = 0
+    if not 0 < value < 2**63:  # SQLite's ids are positive 64-bit integers
         raise NibbleError(
-            f"{text!r} is not a conversation id",
+            f"{text[:40]!r} is not a conversation id",
             "use the number `python main.py chats list` shows",
-        ) from None
+        )
+    return value
 
 
 def save_to_chat(target: str, system: str | None) -> Chat:
@@ -77,7 +81,7 @@ def cmd_chats_list(args: argparse.Namespace) -> int:
             )
         )
     elif items:
-        print(conversations.format_list(items))
+        print(render.chats_list(items))
     else:
         print("no conversations yet", file=sys.stderr)
     return EXIT_OK
@@ -120,6 +124,8 @@ def cmd_chats_search(args: argparse.Namespace) -> int:
 def cmd_chats_export(args: argparse.Namespace) -> int:
     if not (args.md or args.json):
         raise NibbleError("pick a format", "add --md or --json")
+    if args.out:
+        check_export_target(Path(args.out), force=args.force)
     with open_store() as store:
         if args.id == "all":
             if args.md:
@@ -137,16 +143,72 @@ def cmd_chats_export(args: argparse.Namespace) -> int:
     if not text.endswith("\n"):
         text += "\n"
     if args.out:
-        try:
-            Path(args.out).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise NibbleError(
-                f"cannot write {args.out}: {exc.strerror}", "pick another file"
-            ) from exc
+        write_export(Path(args.out), text, force=args.force)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def check_export_target(out: Path, force: bool) -> None:
+    """Refuse the history's own files, a folder, or (without --force) a file."""
+    history = conversations.database_path()
+    own = {Path(f"{history}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")}
+    target = out.resolve()
+    if any(target == p.resolve() for p in own):
+        raise NibbleError(
+            f"{out} is the conversation history itself",
+            "export to another file",
+        )
+    if target.is_dir():
+        raise NibbleError(f"{out} is a folder", "name a file inside it")
+    if target.exists() and not force:
+        raise NibbleError(
+            f"{out} already exists", "add --force to replace it, or pick another file"
+        )
+
+
+def write_export(out: Path, text: str, force: bool) -> None:
+    """Write `text` to `out` whole or not at all: a temporary file, then a rename.
+
+    A full disk mid-write leaves the old file as it was and no temporary behind.
+    A symlink at `out` is replaced by the file, never written through.
+    """
+    import os
+    import tempfile
+
+    from core.errors import write_error
+
+    check_export_target(out, force)
+    folder = out.parent
+    old = out.stat().st_mode & 0o777 if out.is_file() else None
+
+    def failed(exc: OSError) -> NibbleError:
+        mapped = write_error(exc, folder) or NibbleError(str(exc))
+        kept = f"; {out} was left as it was" if old is not None else ""
+        return NibbleError(mapped.message + kept, mapped.hint)
+
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise failed(exc) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if old is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
+        else:
+            os.chmod(temp, old)
+        os.replace(temp, out)
+    except BaseException as exc:
+        Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise failed(exc) from exc
+        raise
 
 
 def add_chats_parser(sub: Any) -> None:
@@ -175,4 +237,7 @@ def add_chats_parser(sub: Any) -> None:
     fmt.add_argument("--md", action="store_true", help="Markdown with provenance")
     fmt.add_argument("--json", action="store_true", help="JSON with every field")
     q.add_argument("--out", "-o", default=None, metavar="FILE")
+    q.add_argument(
+        "--force", action="store_true", help="replace FILE if it already exists"
+    )
     q.set_defaults(func=cmd_chats_export)

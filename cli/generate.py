@@ -8,10 +8,11 @@ import sys
 import threading
 from typing import Any
 
-from cli import precheck, textio
+from cli import textio
 from cli.args import (
     add_generation_args,
     add_quant_args,
+    check_before_load,
     generation_from_args,
     settings_from_args,
 )
@@ -70,7 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             {"role": "user", "content": prompt},
         ]
     ref = catalog.resolve(args.model)
-    warnings = precheck.check_settings(ref, quant, options)
+    warnings = check_before_load(ref, quant, options)
     turn = None
     chat = None
     if args.save_to_chat is not None:

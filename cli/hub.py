@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli import render
+from cli.args import number
 from cli.output import EXIT_INTERRUPTED, EXIT_OK
 from core.units import format_bytes, format_count, format_params
 
@@ -17,7 +19,12 @@ def add_commands(sub: Any) -> None:
     """Add `search` and `pull` to the CLI's subparsers."""
     p = sub.add_parser("search", help="search the hub for text-generation models")
     p.add_argument("text", nargs="?", default="", help="words in the model's name")
-    p.add_argument("--limit", type=int, default=20, help="how many results (20)")
+    p.add_argument(
+        "--limit",
+        type=number("--limit", integer=True, low=1),
+        default=20,
+        help="how many results (20)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_search)
 
@@ -31,7 +38,10 @@ def add_commands(sub: Any) -> None:
         "--revision", default="main", help="branch, tag or commit (default: main)"
     )
     p.add_argument(
-        "--context", type=int, default=4096, help="tokens in the KV cache (4096)"
+        "--context",
+        type=number("--context", integer=True, low=1),
+        default=4096,
+        help="tokens in the KV cache (4096)",
     )
     p.add_argument(
         "--plan-only", action="store_true", help="print the plan, download nothing"
@@ -70,15 +80,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     """Plan, then download with progress on stderr; Ctrl+C keeps what arrived."""
     from core.hub import api as hub
     from core.hub import download as hub_download
-    from core.model import estimate
 
     _quiet_hub_logs(args)
     plan = hub.plan(args.model, args.revision, context=args.context)
     if not args.json:
-        print(plan.summary())
+        print(render.hub_plan(plan))
         if plan.table is not None:
             print()
-            print(estimate.format_table(plan.table))
+            print(render.estimate_table(plan.table))
         elif plan.estimate_error:
             print(f"estimate: {plan.estimate_error}")
         sys.stdout.flush()
@@ -141,7 +150,7 @@ def hub_table(
             plan.estimate_error or f"no estimate for {text}", "try a local folder"
         )
     if not quiet:
-        print(plan.summary(), end="\n\n", file=sys.stderr)
+        print(render.hub_plan(plan), end="\n\n", file=sys.stderr)
     return plan.table
 
 

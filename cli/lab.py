@@ -9,16 +9,25 @@ import threading
 from typing import Any
 
 from cli import hub as cli_hub
-from cli import precheck, textio
+from cli import render, textio
 from cli.args import (
     add_generation_args,
     add_quant_args,
+    check_before_load,
     generation_from_args,
     load_options_from_args,
+    number,
     set_values,
     settings_from_args,
 )
-from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
+from cli.output import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    end_progress,
+    stderr_progress,
+    tally,
+    warn,
+)
 from core import interrupt
 from core.errors import CancelledError
 
@@ -29,9 +38,17 @@ def add_estimate(sub: Any) -> None:
     )
     p.add_argument("model", help="'default', a folder, a config.json, or a hub id")
     p.add_argument(
-        "--context", type=int, default=4096, help="tokens in the KV cache (4096)"
+        "--context",
+        type=number("--context", integer=True, low=1),
+        default=4096,
+        help="tokens in the KV cache (4096)",
     )
-    p.add_argument("--batch", type=int, default=1, help="sequences at once (1)")
+    p.add_argument(
+        "--batch",
+        type=number("--batch", integer=True, low=1),
+        default=1,
+        help="sequences at once (1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_quant_args(p)
     p.set_defaults(func=cmd_estimate)
@@ -68,14 +85,17 @@ def add_compare(sub: Any) -> None:
     )
     p.add_argument("model", help="'default', a local folder, or a hub id")
     p.add_argument(
-        "--tokens", type=int, default=32, help="greedy tokens to time per row (32)"
+        "--tokens",
+        type=number("--tokens", integer=True, low=1),
+        default=32,
+        help="greedy tokens to time per row (32)",
     )
     p.add_argument(
         "--prompt", "-p", default=None, help="the question every row answers"
     )
     p.add_argument(
         "--eval-tokens",
-        type=int,
+        type=number("--eval-tokens", integer=True, low=1),
         default=None,
         help="score only the first N tokens of the evaluation text (default: all)",
     )
@@ -109,8 +129,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(estimate.format_table(result))
-    return EXIT_OK
+        print(render.estimate_table(result))
+    sys.stdout.flush()  # the count below comes after the table, also in a shared log
+    unknown = sum(row.weights_bytes is None for row in result.rows)
+    return tally(
+        unknown,
+        len(result.rows),
+        "rows",
+        "have no estimate",
+        "the note 'weights not estimated' above says why",
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -120,7 +148,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     ref = catalog.resolve(args.model)
-    warn(precheck.check_settings(ref, quant, options))
+    warn(check_before_load(ref, quant, options))
     show = stderr_progress(args.json)
     result = export.export(ref, quant, args.out, options, args.force, show)
     end_progress(show)
@@ -144,7 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         ref = catalog.resolve(args.model)
         name = report.model_id(ref)
-        warn(precheck.check_settings(ref, quant, options))
+        warn(check_before_load(ref, quant, options))
         show = stderr_progress(False)
         estimate = report.estimate_bytes(ref, quant, options)
         loaded = loader.load(ref, quant, options, show)
@@ -186,9 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ref = catalog.resolve(args.model)
     warnings: dict[str, None] = {}
     for spec in specs:
-        warnings |= dict.fromkeys(
-            precheck.check_settings(ref, spec.quant, spec.options)
-        )
+        warnings |= dict.fromkeys(check_before_load(ref, spec.quant, spec.options))
     warn(warnings)
     show = stderr_progress(args.json)
     # Ctrl+C stops at the next token; the rows done so far are still printed
@@ -207,29 +233,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"interrupted: {len(result.rows)} of {len(specs)} rows done",
             file=sys.stderr,
         )
-    done = EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
     if args.csv:
         result.save_csv(args.csv)
     if args.save_json:
         result.save_json(args.save_json)
-    for row in result.rows:
-        if not row.ok:
-            print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
+    failed = [row for row in result.rows if not row.ok]
+    for row in failed:
+        print(f"warning: row {row.name} failed: {row.error}", file=sys.stderr)
     if args.json:
         print(result.to_json())
-        return done
-    if not result.rows:
-        return done
-    print(compare.format_table(result))
-    print()
-    print(compare.format_seed_table(result))
-    print()
-    for row in result.rows:
-        if row.ok:
-            print(f"{row.name}: {compare.one_line(row.answer)}")
-    print(
-        f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
-        f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
-        file=sys.stderr,
-    )
-    return done
+    elif result.rows:
+        print(render.compare_table(result))
+        print()
+        print(render.compare_summary(result))
+        print()
+        for row in result.rows:
+            if row.ok:
+                print(f"{row.name}: {compare.one_line(row.answer)}")
+        print(
+            f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
+            f"{result.rows[0].eval_tokens or 0} evaluation tokens]",
+            file=sys.stderr,
+        )
+    sys.stdout.flush()  # the count below is the last line, also in a shared log
+    hints = {row.hint or "" for row in failed}
+    hint = hints.pop() if len(hints) == 1 else "each row's warning above says why"
+    done = tally(len(failed), len(result.rows), "rows", hint=hint)
+    return EXIT_INTERRUPTED if stop.is_set() else done

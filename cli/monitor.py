@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from cli import render
+from cli.args import number
 from cli.output import EXIT_OK
 from core.errors import SettingsError
 
@@ -15,15 +17,21 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("monitor", help="print GPU, RAM and process memory samples")
     p.add_argument(
         "--seconds",
-        type=float,
+        type=number("--seconds", low=0, above=True),
         default=None,
         help="how long to watch (default: until Ctrl+C)",
     )
     p.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between samples, 0.25-5"
+        "--interval",
+        type=number("--interval"),
+        default=1.0,
+        help="seconds between samples, 0.25-5",
     )
     p.add_argument(
-        "--pid", type=int, default=None, help="the process to watch (default: this one)"
+        "--pid",
+        type=number("--pid", integer=True),
+        default=None,
+        help="the process to watch (default: this one)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_monitor)
@@ -49,7 +57,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     with monitor.Sampler(pid=args.pid) as sampler:
         try:
             for sample in monitor.samples(sampler, interval, args.seconds):
-                line = json.dumps(sample.to_dict()) if args.json else sample.summary()
+                line = (
+                    json.dumps(sample.to_dict())
+                    if args.json
+                    else render.monitor_line(sample)
+                )
                 print(line, flush=True)
         except KeyboardInterrupt:  # the usual way to stop watching
             pass

@@ -10,6 +10,7 @@ from core import interrupt
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = interrupt.EXIT_INTERRUPTED
+EXIT_PARTIAL = 3  # a command of several units of work: some failed, the rest are done
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool ended by SIGPIPE
 
 _COUNTER = re.compile(r"\s*\d+/\d+$")
@@ -68,3 +69,21 @@ def print_error(message: str, hint: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
+
+
+def tally(
+    failed: int, total: int, units: str, how: str = "failed", hint: str = ""
+) -> int:
+    """The exit status of `total` units of work of which `failed` failed.
+
+    0 when none failed; otherwise the last lines on stderr say how many (with `hint`
+    when all failed), and the status is EXIT_PARTIAL when some were done, and
+    EXIT_UNEXPECTED when none was.
+    """
+    if not failed:
+        return EXIT_OK
+    if failed >= total:
+        print_error(f"all {total} {units} {how}", cli_hint(hint))
+        return EXIT_UNEXPECTED
+    print(f"{failed} of {total} {units} {how}", file=sys.stderr)
+    return EXIT_PARTIAL

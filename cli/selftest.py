@@ -103,11 +103,11 @@ def window_check(say: Callable[[str], None] = print) -> bool:
 
 def run(say: Callable[[str], None] = print) -> bool:
     """Run the check, reporting each step through `say`; True when it passed."""
+    from core import machine
     from core.generation import decode
-    from core.lab.report import environment
     from core.model import catalog, loader
 
-    env = environment()
+    env = machine.environment()
     packages = env["packages"]
     say(
         f"Nibble {packages.get('nibble') or 'dev'} · Python {env['python']} · "

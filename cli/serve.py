@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any
 
-from cli.args import add_quant_args, settings_from_args
-from cli.output import EXIT_OK, end_progress, stderr_progress
+from cli.args import add_quant_args, check_before_load, number, settings_from_args
+from cli.output import EXIT_OK, end_progress, stderr_progress, warn
 from core.errors import SettingsError
 
 
@@ -16,7 +16,12 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a model over the OpenAI API")
     p.add_argument("model", help="'default', a local folder, or a hub id")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    p.add_argument(
+        "--port",
+        type=number("--port", integer=True, low=0, high=65535),
+        default=8000,
+        help="port to listen on (8000)",
+    )
     p.add_argument(
         "--api-key",
         default=os.environ.get("NIBBLE_API_KEY") or None,
@@ -26,7 +31,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--served-model-name", default=None, help="another name clients may use"
     )
-    p.add_argument("--queue", type=int, default=16, help="requests that may wait (16)")
+    p.add_argument(
+        "--queue",
+        type=number("--queue", integer=True),
+        default=16,
+        help="requests that may wait (16)",
+    )
     p.add_argument(
         "--cors",
         action="append",
@@ -60,8 +70,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.queue < 1:
         raise SettingsError(f"--queue {args.queue} is too small", "use 1 or more")
     import_stack()
+    ref = catalog.resolve(args.model)
+    warn(check_before_load(ref, quant, options))
     show = stderr_progress(False)
-    loaded = loader.load(catalog.resolve(args.model), quant, options, progress=show)
+    loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)
     queue = GenerationQueue(loaded, limit=args.queue)
     api = server.Server(queue, config)

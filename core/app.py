@@ -170,11 +170,12 @@ class App:
         return self._queue
 
     def open_history(self, store: ConversationStore | None = None) -> Chat:
-        """Keep the chat in `store` (default: the user's history) from now on."""
+        """Keep the chat in `store` (default: the user's history, or one in memory
+        when it cannot be opened; its `notice` says so) from now on."""
         if store is None:
-            from core.store.conversations import ConversationStore
+            from core.store.conversations import open_or_in_memory
 
-            store = ConversationStore()
+            store = open_or_in_memory()
         self.chat.store = store
         return self.chat
 

@@ -372,7 +372,10 @@ class Chat:
             message.active = variant.position
             message.text = text
             return message
-        stored = store.add_answer(turn.conversation_id, text, provenance)
+        question = turn.question.id if turn.question is not None else None
+        stored = store.add_answer(
+            turn.conversation_id, text, provenance, reply_to=question
+        )
         if mine:
             assert self.conversation is not None
             self.conversation.messages.append(stored)
@@ -386,8 +389,11 @@ def open_target(store: conv.ConversationStore, target: str, system: str | None) 
     Raises
     ------
     NibbleError
-        No such conversation, or a system prompt given for an existing one.
+        No such conversation, a system prompt given for an existing one, or a
+        history that could not keep the answer (read-only, busy): refused before
+        the model loads.
     """
+    store.check_writable()
     chat = Chat(store)
     if target == "new":
         return chat

@@ -24,7 +24,15 @@ class NibbleError(Exception):
 
 
 class SettingsError(NibbleError):
-    """A QuantSettings, LoadOptions or GenerationSettings value is invalid."""
+    """A QuantSettings, LoadOptions or GenerationSettings value is invalid.
+
+    `field` names the setting it is about ('' when none), so a face can mark that
+    field without reading the message.
+    """
+
+    def __init__(self, message: str, hint: str = "", field: str = "") -> None:
+        super().__init__(message, hint)
+        self.field = field
 
 
 class ModelNotFoundError(NibbleError):

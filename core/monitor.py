@@ -8,7 +8,6 @@ already initialised CUDA: the monitor never imports torch nor creates a CUDA con
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core import memory
+from core import machine, memory
 from core.errors import NibbleError, SettingsError
 from core.units import format_bytes
 
@@ -103,24 +102,6 @@ class HostSample:
     process_anon: int | None = None
     process_file: int | None = None
 
-    def summary(self) -> str:
-        cpu = "—" if self.cpu_percent is None else f"{self.cpu_percent:.0f}%"
-        ours = (
-            ""
-            if self.process_cpu_percent is None
-            else f" (ours {self.process_cpu_percent:.0f}%)"
-        )
-        split = ""
-        if self.process_anon is not None and self.process_file is not None:
-            split = (
-                f" (anon {format_bytes(self.process_anon)}, "
-                f"file {format_bytes(self.process_file)})"
-            )
-        return (
-            f"RAM {format_bytes(self.ram_used)} / {format_bytes(self.ram_total)} · "
-            f"RSS {format_bytes(self.process_rss)}{split} · CPU {cpu}{ours}"
-        )
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -138,12 +119,6 @@ class Sample:
             "host": asdict(self.host),
             "gpu_reason": self.gpu_reason,
         }
-
-    def summary(self) -> str:
-        """One line for a terminal."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
-        gpus = [g.summary() for g in self.gpus] or [f"GPU: {self.gpu_reason}"]
-        return "  ".join([stamp, self.host.summary(), *gpus])
 
     def columns(self) -> dict[str, float]:
         """Flat numeric columns for History; None becomes NaN."""
@@ -174,18 +149,6 @@ GPU_COLUMNS = (
     "torch_allocated",
     "torch_reserved",
 )
-
-
-def _gpu_reason(nvml: Any, exc: Exception) -> str:
-    """Say in the user's words why NVML cannot be used."""
-    code = getattr(exc, "value", None)
-    if code == getattr(nvml, "NVML_ERROR_LIBRARY_NOT_FOUND", object()):
-        return "No NVIDIA driver found"
-    if code == getattr(nvml, "NVML_ERROR_DRIVER_NOT_LOADED", object()):
-        return "The NVIDIA driver is not loaded"
-    if code == getattr(nvml, "NVML_ERROR_NO_PERMISSION", object()):
-        return "No permission to read the NVIDIA driver"
-    return f"The NVIDIA driver cannot be read: {exc}"
 
 
 class _Gpu:
@@ -219,7 +182,7 @@ class Sampler:
 
         self._psutil = psutil
         self._nvml_given = nvml
-        self.nvml: Any = None
+        self.nvml = machine.Nvml(nvml)
         self.pid = pid if pid is not None else os.getpid()
         try:
             self._process = psutil.Process(self.pid)
@@ -245,40 +208,17 @@ class Sampler:
         if self._opened:
             return
         self._opened = True
-        nvml = self._nvml_given
-        if nvml is None:
-            try:
-                import pynvml as nvml
-            except ImportError:
-                self.gpu_reason = "nvidia-ml-py is not installed"
-                return
-        self.nvml = nvml
-        try:
-            nvml.nvmlInit()
-        except nvml.NVMLError as exc:
-            self.gpu_reason = _gpu_reason(nvml, exc)
-            self.nvml = None
-            logger.info("no GPU monitoring: %s", self.gpu_reason)
-            return
-        try:
-            count = nvml.nvmlDeviceGetCount()
-            for index in range(count):
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                name = _text(_call(nvml, "nvmlDeviceGetName", handle)) or "NVIDIA GPU"
-                uuid = _text(_call(nvml, "nvmlDeviceGetUUID", handle))
-                self._gpus.append(_Gpu(index, handle, name, uuid))
-        except nvml.NVMLError as exc:
-            self.gpu_reason = _gpu_reason(nvml, exc)
-            self._gpus = []
-        if not self._gpus and self.gpu_reason is None:
-            self.gpu_reason = "No NVIDIA GPU found"
+        self.nvml = machine.Nvml(self._nvml_given)
+        self.nvml.open()
+        for index, handle in enumerate(self.nvml.handles):
+            name = self.nvml.text("nvmlDeviceGetName", handle) or "NVIDIA GPU"
+            uuid = self.nvml.text("nvmlDeviceGetUUID", handle)
+            self._gpus.append(_Gpu(index, handle, name, uuid))
+        self.gpu_reason = self.nvml.reason
 
     def close(self) -> None:
         """Shut NVML down; a later sample opens it again."""
-        if self.nvml is not None:
-            with contextlib.suppress(Exception):
-                self.nvml.nvmlShutdown()
-        self.nvml = None
+        self.nvml.close()
         self._gpus = []
         self._opened = False
         self.gpu_reason = None
@@ -329,10 +269,10 @@ class Sampler:
 
     def _sample_gpu(self, gpu: _Gpu) -> GpuSample:
         nvml, handle = self.nvml, gpu.handle
-        memory = _call(nvml, "nvmlDeviceGetMemoryInfo", handle)
-        rates = _call(nvml, "nvmlDeviceGetUtilizationRates", handle)
-        power_mw = _call(nvml, "nvmlDeviceGetPowerUsage", handle)
-        limit_mw = _call(nvml, "nvmlDeviceGetEnforcedPowerLimit", handle)
+        memory = nvml.call("nvmlDeviceGetMemoryInfo", handle)
+        rates = nvml.call("nvmlDeviceGetUtilizationRates", handle)
+        power_mw = nvml.call("nvmlDeviceGetPowerUsage", handle)
+        limit_mw = nvml.call("nvmlDeviceGetEnforcedPowerLimit", handle)
         allocated, reserved = self._torch_memory(gpu)
         return GpuSample(
             index=gpu.index,
@@ -350,19 +290,19 @@ class Sampler:
 
     def _temperature(self, gpu: _Gpu) -> float | None:
         nvml = self.nvml
-        sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
-        value = _call(nvml, gpu.temperature_call, gpu.handle, sensor)
+        sensor = getattr(nvml.binding, "NVML_TEMPERATURE_GPU", 0)
+        value = nvml.call(gpu.temperature_call, gpu.handle, sensor)
         if value is None and not gpu.temperature_seen:
             # Drivers before 550 lack the V call; the old one is deprecated, not gone.
             gpu.temperature_call = "nvmlDeviceGetTemperature"
-            value = _call(nvml, gpu.temperature_call, gpu.handle, sensor)
+            value = nvml.call(gpu.temperature_call, gpu.handle, sensor)
         if value is None:
             return None
         gpu.temperature_seen = True
         return float(value)
 
     def _process_memory(self, gpu: _Gpu, torch_reserved: int | None) -> int | None:
-        processes = _call(self.nvml, "nvmlDeviceGetComputeRunningProcesses", gpu.handle)
+        processes = self.nvml.call("nvmlDeviceGetComputeRunningProcesses", gpu.handle)
         if processes is None:
             return None
         used = [p.usedGpuMemory for p in processes if p.pid == self.pid]
@@ -412,23 +352,6 @@ class Sampler:
 
 def _uuid_key(uuid: str | None) -> str:
     return (uuid or "").lower().removeprefix("gpu-")
-
-
-def _call(nvml: Any, name: str, *args: Any) -> Any:
-    """An NVML query, or None where the GPU or driver does not support it."""
-    fn = getattr(nvml, name, None)
-    if fn is None:
-        return None
-    try:
-        return fn(*args)
-    except nvml.NVMLError:
-        return None
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return value
 
 
 def _int(value: Any) -> int | None:

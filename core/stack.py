@@ -60,11 +60,6 @@ def import_stack() -> None:
         logger.debug("ML stack imported")
 
 
-def is_imported() -> bool:
-    """Whether `import_stack()` has finished."""
-    return _done
-
-
 def quiet_libraries() -> None:
     """Silence log lines and warnings that mean nothing to our users.
 

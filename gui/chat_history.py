@@ -156,7 +156,8 @@ class ChatHistory(QObject):
         self.apply_settings = apply_settings
         self.chat: Chat = controller.chat
         if self.chat.store is None:
-            self.chat.store = store or conv.ConversationStore()
+            # The window starts even when the history cannot be opened (notice).
+            self.chat.store = store or conv.open_or_in_memory()
         self.store: conv.ConversationStore = self.chat.store
         self.regeneration: Regeneration | None = None
         self._restore_to: tuple[ModelRef, QuantSettings, LoadOptions] | None = None

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import NibbleError
-from core.settings import GENERATION_FIELDS, GenerationSettings
+from core.settings import GenerationSettings, fields_of
 from gui import fields
 
 logger = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ class ChatView(QWidget):
         bar.rangeChanged.connect(self._on_range_changed)
         layout.addWidget(self.scroll, 1)
 
-        # -- sampling, generated from GENERATION_FIELDS (collapsible) --
+        # -- sampling, generated from the schema (collapsible) --
         self.sampling_toggle = QToolButton()
         self.sampling_toggle.setCheckable(True)
         self.sampling_toggle.setAutoRaise(True)
@@ -340,7 +340,7 @@ class ChatView(QWidget):
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(8)
         self.sampling_fields: dict[str, QWidget] = {}
-        for i, spec in enumerate(GENERATION_FIELDS):
+        for i, spec in enumerate(fields_of(GenerationSettings)):
             editor = fields.make_editor(spec)
             self.sampling_fields[spec.name] = editor
             fields.changed_signal(editor).connect(self._update_sampling_summary)

@@ -341,6 +341,8 @@ class Controller(QObject):
         self.app.stack_ready(machine)
         self._launch_waiting()
         self.libraries_ready.emit(machine.description)
+        if not self.module_names and self.running(JobKind.MODULES) is None:
+            self.find_modules()  # the model selected at start was never select()ed
 
     # -- models --
 
@@ -620,15 +622,14 @@ def _import_stack(_progress: workers.Progress, _cancel: threading.Event) -> Mach
     """Import the stack once (core.stack); what this machine can run."""
     from core import checks, stack
 
-    stack.quiet_libraries()  # before bitsandbytes logs its CPU-kernel notice on import
-    stack.import_stack()
+    stack.import_stack()  # quiets the libraries before bitsandbytes logs on import
     return checks.probe_machine()
 
 
 def _module_names(ref: ModelRef) -> list[str]:
-    from core import checks
+    from core.model import facts
 
-    return checks.module_names(ref)
+    return facts.module_names(ref)
 
 
 def _scan_catalog(

@@ -10,6 +10,7 @@ from typing import Any
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox, QWidget
 
+from core import machine
 from core.errors import NibbleError
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,11 @@ ABOUT_LINKS = (
 
 def versions() -> dict[str, str]:
     """Nibble's version and those of the libraries it runs on (from metadata)."""
-    from importlib import metadata
-
-    out: dict[str, str] = {}
-    for name in ("nibble", *ABOUT_LIBRARIES):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    found = machine.versions()
+    return {
+        name: found.get(name) or "not installed"
+        for name in ("nibble", *ABOUT_LIBRARIES)
+    }
 
 
 def about_box(parent: QWidget) -> QMessageBox:

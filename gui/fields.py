@@ -1,6 +1,7 @@
-"""Widgets made from a setting's metadata (core.settings.OptionSpec), and the small
-behaviours every settings widget shares: no wheel changes unless focused, a red
-highlight for an invalid field.
+"""Widgets made from a setting's Spec (core.settings.schema), and the small behaviours
+every settings widget shares: no wheel changes unless focused, a red highlight for an
+invalid field. `make_editor` is the one factory of the settings panel and the chat's
+sampling fields.
 """
 
 from __future__ import annotations
@@ -14,17 +15,28 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QSpinBox,
+    QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
-from core.settings import OptionSpec
+from core.settings import Spec
 
 logger = logging.getLogger(__name__)
 
 INVALID = "invalid"  # the dynamic property the style sheet paints red
+# What "default" means where a choice may be None (the library picks).
+LIBRARY_DEFAULTS = {
+    "bnb_4bit_compute_dtype": "float32",
+    "bnb_4bit_quant_storage": "uint8",
+}
+DECIMALS = 2
 
 
 class _WheelGuard(QObject):
@@ -54,7 +66,7 @@ def guard_wheel(*widgets: QWidget) -> None:
         widget.installEventFilter(_guard)
 
 
-def tooltip(spec: OptionSpec, extra: str = "") -> str:
+def tooltip(spec: Spec, extra: str = "") -> str:
     text = f"<b>{spec.name}</b> ({spec.flag})<br>{spec.description}"
     return text + (f"<br><i>{extra}</i>" if extra else "")
 
@@ -70,26 +82,94 @@ class OptionalIntEdit(QLineEdit):
         self.textChanged.connect(lambda _t: self.changed.emit())
 
 
-def make_editor(spec: OptionSpec) -> QWidget:
+class ModuleListEdit(QWidget):
+    """An editable list of module names (llm_int8_skip_modules)."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.list = QListWidget()
+        self.list.setMaximumHeight(72)
+        self.list.itemChanged.connect(lambda _item: self.changed.emit())
+        self.add_button = QToolButton(text="+")
+        self.add_button.setToolTip("Add a module name")
+        self.remove_button = QToolButton(text="−")
+        self.remove_button.setToolTip("Remove the selected module name")
+        self.add_button.clicked.connect(self._add)
+        self.remove_button.clicked.connect(self._remove)
+        buttons = QVBoxLayout()
+        buttons.setContentsMargins(0, 0, 0, 0)
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.remove_button)
+        buttons.addStretch(1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(buttons)
+
+    def _new_item(self, text: str) -> QListWidgetItem:
+        item = QListWidgetItem(text)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+        return item
+
+    def _add(self) -> None:
+        item = self._new_item("lm_head")
+        self.list.addItem(item)
+        self.list.setCurrentItem(item)
+        self.list.editItem(item)
+        self.changed.emit()
+
+    def _remove(self) -> None:
+        for item in self.list.selectedItems():
+            self.list.takeItem(self.list.row(item))
+        self.changed.emit()
+
+    def value(self) -> list[str] | None:
+        names = [self.list.item(i).text().strip() for i in range(self.list.count())]
+        names = [n for n in names if n]
+        return names or None
+
+    def set_value(self, names: list[str] | None) -> None:
+        self.list.blockSignals(True)
+        self.list.clear()
+        for name in names or []:
+            self.list.addItem(self._new_item(name))
+        self.list.blockSignals(False)
+
+
+def make_editor(spec: Spec) -> QWidget:
     """The widget for `spec`, with its range, choices and tooltip."""
     editor: QWidget
     if spec.kind == "bool":
         editor = QCheckBox(spec.title)
     elif spec.kind == "int":
         editor = QSpinBox()
-        editor.setRange(int(spec.low), int(spec.high))
+        low = int(spec.low) + int(spec.above) if spec.low is not None else -(2**31)
+        high = int(spec.high) if spec.high is not None else 2**31 - 1
+        editor.setRange(low, high)
         editor.setSingleStep(int(spec.step))
     elif spec.kind == "float":
         editor = QDoubleSpinBox()
-        editor.setRange(spec.low, spec.high)
-        editor.setDecimals(2)
+        editor.setDecimals(DECIMALS)
+        low = spec.low if spec.low is not None else -1e9
+        if spec.above:
+            low += 10**-DECIMALS
+        editor.setRange(low, spec.high if spec.high is not None else 1e9)
         editor.setSingleStep(spec.step)
     elif spec.kind == "choice":
         editor = QComboBox()
         editor.setEditable(spec.editable)
-        editor.addItems(list(spec.choices))
+        for choice in spec.choices:
+            if choice is None:
+                shown = LIBRARY_DEFAULTS.get(spec.name, "library")
+                editor.addItem(f"default ({shown})", None)
+            else:
+                editor.addItem(str(choice), choice)
     elif spec.kind == "optional_int":
         editor = OptionalIntEdit(spec.placeholder)
+    elif spec.kind == "list":
+        editor = ModuleListEdit()
     else:
         editor = QLineEdit()
         editor.setPlaceholderText(spec.placeholder)
@@ -101,7 +181,7 @@ def make_editor(spec: OptionSpec) -> QWidget:
     return editor
 
 
-def make_label(spec: OptionSpec, editor: QWidget) -> QLabel:
+def make_label(spec: Spec, editor: QWidget) -> QLabel:
     label = QLabel(spec.title)
     label.setToolTip(tooltip(spec))
     label.setBuddy(editor)
@@ -116,7 +196,7 @@ def changed_signal(editor: QWidget) -> Any:
         return editor.valueChanged
     if isinstance(editor, QComboBox):
         return editor.currentTextChanged
-    if isinstance(editor, OptionalIntEdit):
+    if isinstance(editor, (OptionalIntEdit, ModuleListEdit)):
         return editor.changed
     return editor.textChanged
 
@@ -128,7 +208,11 @@ def value(editor: QWidget) -> Any:
     if isinstance(editor, (QSpinBox, QDoubleSpinBox)):
         return editor.value()
     if isinstance(editor, QComboBox):
-        return editor.currentText().strip()
+        if editor.isEditable():
+            return editor.currentText().strip()
+        return editor.currentData()
+    if isinstance(editor, ModuleListEdit):
+        return editor.value()
     if isinstance(editor, OptionalIntEdit):
         return editor.text().strip() or None
     if isinstance(editor, QLineEdit):
@@ -142,7 +226,15 @@ def set_value(editor: QWidget, new: Any) -> None:
     elif isinstance(editor, (QSpinBox, QDoubleSpinBox)):
         editor.setValue(new)
     elif isinstance(editor, QComboBox):
-        editor.setCurrentText(str(new))
+        index = editor.findData(new)
+        if index >= 0:
+            editor.setCurrentIndex(index)
+        elif editor.isEditable():
+            editor.setCurrentText(str(new))
+        else:
+            editor.setCurrentIndex(0)
+    elif isinstance(editor, ModuleListEdit):
+        editor.set_value(new)
     elif isinstance(editor, QLineEdit):
         if isinstance(new, dict):
             new = ",".join(f"{k}={v}" for k, v in new.items())

@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
 from core.app import JobKind
 from core.chat import Turn
 from core.errors import NibbleError
-from core.model import default_model
+from core.lab.report import model_id
 from core.model.catalog import ModelRef
 from core.model.loader import LoadedModel
 from core.paths import config_dir
@@ -346,7 +346,7 @@ class MainWindow(QMainWindow):
         c = self.controller
         s = c.session
         self.settings_panel.set_settings(s.quant, s.options)
-        self.settings_panel.set_model_name(_snippet_name(c.selected_ref))
+        self.settings_panel.set_model_name(model_id(c.selected_ref))
         self.chat.set_generation_settings(s.generation)
         self.chat.system_edit.setPlainText(s.system_prompt)
         self.chat.raw_check.setChecked(s.raw_mode)
@@ -422,7 +422,7 @@ class MainWindow(QMainWindow):
         self.controller.select(ref)
 
     def _on_selected(self, ref: ModelRef) -> None:
-        self.settings_panel.set_model_name(_snippet_name(ref))
+        self.settings_panel.set_model_name(model_id(ref))
         self.settings_panel.set_module_names([])
         self._update_actions()
 
@@ -776,12 +776,6 @@ def default_size() -> tuple[int, int]:
         width = min(width, free.width() - 16)
         height = min(height, free.height() - 40)
     return max(width, 640), max(height, 480)
-
-
-def _snippet_name(ref: ModelRef) -> str:
-    if ref.kind == "default":
-        return default_model.HUB_ID
-    return ref.repo_id or str(ref.path or ref.name)
 
 
 def _separator() -> QFrame:

@@ -1,9 +1,11 @@
-"""The settings panel: BitsAndBytesConfig and LoadOptions, built from their metadata.
+"""The settings panel: BitsAndBytesConfig and LoadOptions, built from their schema.
 
-Every quantization widget is generated from ``core.settings.FIELDS`` (title, kind,
-choices, description as tooltip, the modes it applies to), so the panel can never
-drift from QuantSettings. Invalid combinations are shown inline and reported through
-`validity_changed` before Load is pressed.
+Every widget is made by ``gui.fields.make_editor`` from the field's Spec (title, kind,
+range, choices, description as tooltip, the modes it applies to), so the panel can
+never drift from the settings. On every edit the panel runs the one check pipeline
+(``core.checks.check``) with what it knows of the machine and the selected model, and
+shows each problem red on its field with the reason right under it. Problems are
+reported through `validity_changed` before Load is pressed.
 """
 
 from __future__ import annotations
@@ -11,19 +13,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QMenu,
     QMessageBox,
     QPlainTextEdit,
@@ -34,87 +32,25 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.checks import Machine, Problem, check_options, unknown_skip_modules
-from core.errors import NibbleError
+from core.checks import Machine, ModelFacts, Problem, check
+from core.errors import NibbleError, SettingsError
 from core.settings import (
-    EDITABLE_FIELDS,
-    FIELD_BY_NAME,
-    LOAD_FIELD_BY_NAME,
-    LOAD_FIELDS,
+    BNB_FIELDS,
     MODE_TITLES,
     MODES,
     PRESETS,
-    FieldSpec,
     LoadOptions,
     QuantSettings,
-    check_compatible,
+    fields_of,
     preset_name_for,
+    reason_disabled,
+    spec_of,
 )
 from gui import dialogs, fields
 
 logger = logging.getLogger(__name__)
 
 GROUPS = (("4bit", "4-bit"), ("8bit", "8-bit"), ("both", "8-bit and 4-bit"))
-LIBRARY_DEFAULTS = {
-    "bnb_4bit_compute_dtype": "float32",
-    "bnb_4bit_quant_storage": "uint8",
-}
-
-
-class ModuleListEdit(QWidget):
-    """An editable list of module names (llm_int8_skip_modules)."""
-
-    changed = Signal()
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.list = QListWidget()
-        self.list.setMaximumHeight(72)
-        self.list.itemChanged.connect(lambda _item: self.changed.emit())
-        self.add_button = QToolButton(text="+")
-        self.add_button.setToolTip("Add a module name")
-        self.remove_button = QToolButton(text="−")
-        self.remove_button.setToolTip("Remove the selected module name")
-        self.add_button.clicked.connect(self._add)
-        self.remove_button.clicked.connect(self._remove)
-        buttons = QVBoxLayout()
-        buttons.setContentsMargins(0, 0, 0, 0)
-        buttons.addWidget(self.add_button)
-        buttons.addWidget(self.remove_button)
-        buttons.addStretch(1)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.list, 1)
-        layout.addLayout(buttons)
-
-    def _new_item(self, text: str) -> QListWidgetItem:
-        item = QListWidgetItem(text)
-        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-        return item
-
-    def _add(self) -> None:
-        item = self._new_item("lm_head")
-        self.list.addItem(item)
-        self.list.setCurrentItem(item)
-        self.list.editItem(item)
-        self.changed.emit()
-
-    def _remove(self) -> None:
-        for item in self.list.selectedItems():
-            self.list.takeItem(self.list.row(item))
-        self.changed.emit()
-
-    def value(self) -> list[str] | None:
-        names = [self.list.item(i).text().strip() for i in range(self.list.count())]
-        names = [n for n in names if n]
-        return names or None
-
-    def set_value(self, names: list[str] | None) -> None:
-        self.list.blockSignals(True)
-        self.list.clear()
-        for name in names or []:
-            self.list.addItem(self._new_item(name))
-        self.list.blockSignals(False)
 
 
 class SettingsPanel(QWidget):
@@ -129,10 +65,12 @@ class SettingsPanel(QWidget):
         self._model_name = "your-model-name"
         self._error = ""
         self._machine: Machine | None = None
-        self._module_names: list[str] = []
+        self._model: ModelFacts | None = None
         self.problems: list[Problem] = []
         self.editors: dict[str, QWidget] = {}
         self.labels: dict[str, QLabel] = {}
+        self.field_errors: dict[str, QLabel] = {}  # the reason, under its field
+        self._forms: dict[str, QFormLayout] = {}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
 
@@ -166,7 +104,7 @@ class SettingsPanel(QWidget):
         self.mode_group.idToggled.connect(self._on_edit)
         self.mode_group.idClicked.connect(self._on_mode_clicked)
 
-        # -- one group per "applies" value, fields generated from FIELDS --
+        # -- one group per "applies" value, fields generated from the schema --
         self.groups: dict[str, QGroupBox] = {}
         self.group_reasons: dict[str, QLabel] = {}
         for applies, title in GROUPS:
@@ -178,44 +116,36 @@ class SettingsPanel(QWidget):
             reason.setWordWrap(True)
             form.addRow(reason)
             self.group_reasons[applies] = reason
-            for spec in EDITABLE_FIELDS:
-                if spec.applies != applies:
-                    continue
-                editor = self._make_editor(spec)
-                label = QLabel(spec.title)
-                label.setToolTip(f"<b>{spec.name}</b><br>{spec.description}")
-                editor.setToolTip(f"<b>{spec.name}</b><br>{spec.description}")
-                label.setBuddy(editor)
-                form.addRow(label, editor)
-                self.editors[spec.name] = editor
-                self.labels[spec.name] = label
-                if spec.name == "llm_int8_skip_modules":
-                    self.lm_head_check = QCheckBox("Quantize lm_head too")
-                    self.lm_head_check.setToolTip(
-                        "<b>quantize_lm_head</b><br>A custom skip list replaces the "
-                        "library's, which would quantize the output head. Nibble keeps "
-                        "lm_head unquantized unless this is ticked."
+            for spec in BNB_FIELDS:
+                if spec.applies == applies:
+                    editor = fields.make_editor(spec)
+                    if isinstance(editor, QCheckBox):
+                        editor.setText("")  # the label beside it says it
+                    self._add_row(
+                        form, spec.name, editor, fields.make_label(spec, editor)
                     )
-                    self.lm_head_check.toggled.connect(self._on_edit)
-                    form.addRow("", self.lm_head_check)
+                if spec.name == "llm_int8_skip_modules" and spec.applies == applies:
+                    lm_head = spec_of(QuantSettings, "quantize_lm_head")
+                    self.lm_head_check = fields.make_editor(lm_head)
+                    self._add_row(form, lm_head.name, self.lm_head_check, QLabel())
             self.groups[applies] = box
             layout.addWidget(box)
+        for editor in self.editors.values():
+            fields.changed_signal(editor).connect(self._on_edit)
 
-        # -- load options, generated from LOAD_FIELDS --
+        # -- load options, generated from the schema --
         box = QGroupBox("Loading")
         form = QFormLayout(box)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
         self.option_editors: dict[str, QWidget] = {}
-        for option in LOAD_FIELDS:
+        for option in fields_of(LoadOptions):
             editor = fields.make_editor(option)
             self.option_editors[option.name] = editor
             if isinstance(editor, QCheckBox):
-                form.addRow("", editor)
-                self.labels[option.name] = QLabel()  # its text is on the box itself
+                label = QLabel()  # its text is on the box itself
             else:
                 label = fields.make_label(option, editor)
-                form.addRow(label, editor)
-                self.labels[option.name] = label
+            self._add_row(form, option.name, editor, label, quant=False)
         self.device_map = self.option_editors["device_map"]
         self.max_memory = self.option_editors["max_memory"]
         self.dtype = self.option_editors["dtype"]
@@ -256,58 +186,26 @@ class SettingsPanel(QWidget):
 
         self.set_settings(QuantSettings(), LoadOptions())
 
-    # -- widgets from metadata --
-    def _make_editor(self, spec: FieldSpec) -> QWidget:
-        if spec.kind == "bool":
-            editor: QWidget = QCheckBox()
-            editor.toggled.connect(self._on_edit)
-        elif spec.kind == "float":
-            editor = QDoubleSpinBox()
-            editor.setRange(0.0, 1000.0)
-            editor.setDecimals(2)
-            editor.setSingleStep(0.5)
-            editor.valueChanged.connect(self._on_edit)
-            fields.guard_wheel(editor)
-        elif spec.kind == "choice":
-            editor = QComboBox()
-            for choice in spec.choices:
-                if choice is None:
-                    shown = LIBRARY_DEFAULTS.get(spec.name, "library")
-                    editor.addItem(f"default ({shown})", None)
-                else:
-                    editor.addItem(str(choice), choice)
-            editor.currentIndexChanged.connect(self._on_edit)
-            fields.guard_wheel(editor)
-        elif spec.kind == "list":
-            editor = ModuleListEdit()
-            editor.changed.connect(self._on_edit)
-        else:  # pragma: no cover - FIELDS only holds the kinds above
-            raise ValueError(spec.kind)
-        editor.setObjectName(spec.name)
-        return editor
-
-    def _field_value(self, spec: FieldSpec) -> Any:
-        editor = self.editors[spec.name]
-        if isinstance(editor, QCheckBox):
-            return editor.isChecked()
-        if isinstance(editor, QDoubleSpinBox):
-            return editor.value()
-        if isinstance(editor, QComboBox):
-            return editor.currentData()
-        if isinstance(editor, ModuleListEdit):
-            return editor.value()
-        raise TypeError(type(editor))
-
-    def _set_field(self, spec: FieldSpec, value: Any) -> None:
-        editor = self.editors[spec.name]
-        if isinstance(editor, QCheckBox):
-            editor.setChecked(bool(value))
-        elif isinstance(editor, QDoubleSpinBox):
-            editor.setValue(float(value))
-        elif isinstance(editor, QComboBox):
-            editor.setCurrentIndex(max(0, editor.findData(value)))
-        elif isinstance(editor, ModuleListEdit):
-            editor.set_value(value)
+    def _add_row(
+        self,
+        form: QFormLayout,
+        name: str,
+        editor: QWidget,
+        label: QLabel,
+        quant: bool = True,
+    ) -> None:
+        """A field's row, and under it the row that says what is wrong with it."""
+        form.addRow(label, editor)
+        if quant:
+            self.editors[name] = editor
+        self.labels[name] = label
+        error = QLabel()
+        error.setObjectName("error")
+        error.setWordWrap(True)
+        form.addRow("", error)
+        form.setRowVisible(error, False)
+        self.field_errors[name] = error
+        self._forms[name] = form
 
     # -- reading and writing --
     def mode(self) -> str:
@@ -316,9 +214,8 @@ class SettingsPanel(QWidget):
     def raw_values(self) -> dict[str, Any]:
         """What the widgets hold, by QuantSettings field name."""
         values: dict[str, Any] = {"mode": self.mode()}
-        for spec in EDITABLE_FIELDS:
-            values[spec.name] = self._field_value(spec)
-        values["quantize_lm_head"] = self.lm_head_check.isChecked()
+        for name, editor in self.editors.items():
+            values[name] = fields.value(editor)
         return values
 
     def quant_settings(self) -> QuantSettings:
@@ -339,9 +236,8 @@ class SettingsPanel(QWidget):
         self._updating = True
         try:
             self.mode_buttons[quant.mode].setChecked(True)
-            for spec in EDITABLE_FIELDS:
-                self._set_field(spec, getattr(quant, spec.name))
-            self.lm_head_check.setChecked(quant.quantize_lm_head)
+            for name, editor in self.editors.items():
+                fields.set_value(editor, getattr(quant, name))
             for name, editor in self.option_editors.items():
                 fields.set_value(editor, getattr(options, name))
         finally:
@@ -369,9 +265,12 @@ class SettingsPanel(QWidget):
         self._machine = machine
         self._on_edit()
 
-    def set_module_names(self, names: list[str]) -> None:
-        """The selected model's module names, for the Keep-unquantized check."""
-        self._module_names = list(names)
+    def set_module_names(self, facts: ModelFacts | list[str] | None) -> None:
+        """What the checks know of the selected model (its module names, for the
+        Keep-unquantized check); [] or None while it is not known."""
+        if facts is not None and not isinstance(facts, ModelFacts):
+            facts = ModelFacts(tuple(facts)) if facts else None
+        self._model = facts
         self._on_edit()
 
     @property
@@ -385,32 +284,29 @@ class SettingsPanel(QWidget):
             return
         mode = self.mode()
         for applies, box in self.groups.items():
-            spec_reason = FieldSpec("", "", "", "bool", applies, None).reason_disabled(
-                mode
-            )
-            box.setEnabled(not spec_reason)
-            self.group_reasons[applies].setText(spec_reason)
-            self.group_reasons[applies].setVisible(bool(spec_reason))
-            for spec in EDITABLE_FIELDS:
-                if spec.applies == applies:
-                    tip = f"<b>{spec.name}</b><br>{spec.description}"
-                    if spec_reason:
-                        tip += f"<br><i>{spec_reason}</i>"
-                    self.editors[spec.name].setToolTip(tip)
-                    self.labels[spec.name].setToolTip(tip)
+            why = reason_disabled(applies, mode)
+            box.setEnabled(not why)
+            self.group_reasons[applies].setText(why)
+            self.group_reasons[applies].setVisible(bool(why))
+        for spec in fields_of(QuantSettings):
+            if spec.name in self.editors:
+                tip = fields.tooltip(spec, reason_disabled(spec.applies, mode))
+                self.editors[spec.name].setToolTip(tip)
+                self.labels[spec.name].setToolTip(tip)
         problems: list[Problem] = []
         quant = options = None
         try:
-            quant, options = self.settings()
-            check_compatible(quant, options)
-        except NibbleError as exc:
-            problems.append(_as_problem(exc))
+            quant = self.quant_settings()
+        except SettingsError as exc:
+            problems.append(Problem.from_error(exc))
+        try:
+            options = self.load_options()
+        except SettingsError as exc:
+            problems.append(Problem.from_error(exc))
         if quant is not None and options is not None:
-            if self._machine is not None:
-                problems += check_options(options, self._machine)
-            problems += unknown_skip_modules(quant, self._module_names)
+            problems += check(quant, options, self._machine, self._model)
         self._show_problems(problems)
-        if problems or quant is None or options is None:
+        if self._error or quant is None or options is None:
             self.python.setPlainText("# Fix the settings above to see the code.\n")
             self.preset_label.setText("")
             self._mark_preset(None)
@@ -434,23 +330,39 @@ class SettingsPanel(QWidget):
         if MODES[index] != "4bit":
             return
         untouched = all(
-            self._field_value(spec) == spec.default
-            for spec in EDITABLE_FIELDS
+            fields.value(self.editors[spec.name]) == spec.default
+            for spec in BNB_FIELDS
             if spec.applies == "4bit"
         )
         if untouched:
-            self._set_field(FIELD_BY_NAME["bnb_4bit_quant_type"], "nf4")
+            fields.set_value(self.editors["bnb_4bit_quant_type"], "nf4")
 
     def _show_problems(self, problems: list[Problem]) -> None:
-        """Say what is wrong in the label's words and paint those fields red."""
-        bad = {p.field for p in problems}
-        for name, editor in (*self.editors.items(), *self.option_editors.items()):
-            fields.mark_invalid(editor, name in bad)
-            fields.mark_invalid(self.labels[name], name in bad)
-        self._error = " · ".join(p.text() for p in problems)
+        """Paint each problem's field red and say why right under it; a problem of no
+        field goes to the line under the panel. Warnings are said, never painted."""
+        by_field: dict[str, list[Problem]] = {}
+        loose: list[Problem] = []
+        for problem in problems:
+            if problem.field in self.field_errors:
+                by_field.setdefault(problem.field, []).append(problem)
+            else:
+                loose.append(problem)
+        for name, error in self.field_errors.items():
+            mine = by_field.get(name, [])
+            bad = any(not p.warning for p in mine)
+            editor = self.editors.get(name) or self.option_editors[name]
+            fields.mark_invalid(editor, bad)
+            fields.mark_invalid(self.labels[name], bad)
+            error.setText("\n".join(_line(p) for p in mine))
+            error.setObjectName("error" if bad else "hint")
+            error.style().unpolish(error)
+            error.style().polish(error)
+            self._forms[name].setRowVisible(error, bool(mine))
+        blocking = [p for p in problems if not p.warning]
+        self._error = " · ".join(p.text() for p in blocking)
         self.problems = problems
-        self.error_label.setText("\n".join(f"⚠ {p.text()}" for p in problems))
-        self.error_label.setVisible(bool(problems))
+        self.error_label.setText("\n".join(_line(p) for p in loose))
+        self.error_label.setVisible(bool(loose))
 
     def _mark_preset(self, name: str | None) -> None:
         for action in self.presets_menu.actions():
@@ -486,26 +398,5 @@ class SettingsPanel(QWidget):
         dialogs.say_copied(self.copy_button)
 
 
-# Words in a SettingsError that name the LoadOptions field it is about.
-_OPTION_WORDS = {
-    "device map": "device_map",
-    "max memory": "max_memory",
-    "attention": "attn_implementation",
-    "dtype": "dtype",
-    "trust_remote_code": "trust_remote_code",
-}
-
-
-def _as_problem(exc: NibbleError) -> Problem:
-    """A settings error as a Problem on the field it names, in the label's words."""
-    text = exc.message
-    field = next((f.name for f in EDITABLE_FIELDS if f.name in text), "")
-    if not field:
-        field = next((n for w, n in _OPTION_WORDS.items() if w in text.lower()), "")
-    if "mixes a GPU" in text:
-        field = "max_memory"
-    title = FIELD_BY_NAME[field].title if field in FIELD_BY_NAME else ""
-    if field in LOAD_FIELD_BY_NAME:
-        title = LOAD_FIELD_BY_NAME[field].title
-    message = f"{title}: {text}" if title and not text.startswith(title) else text
-    return Problem(field, message, exc.hint)
+def _line(problem: Problem) -> str:
+    return f"{'' if problem.warning else '⚠ '}{problem.text()}"

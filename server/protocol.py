@@ -8,9 +8,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import NibbleError
+from core.errors import NibbleError, SettingsError
 from core.generation.queue import NoModelError, QueueFullError
-from core.settings import GenerationSettings
+from core.settings import GenerationSettings, check_number, spec_of
 
 MAX_STOP_STRINGS = 4
 
@@ -92,13 +92,31 @@ def read_field(
             for k in kinds
         )
         raise ApiError(400, f"'{name}' must be {names}, got {value!r}", param=name)
-    if numeric and (
-        (low is not None and value < low) or (high is not None and value > high)
-    ):
-        raise ApiError(
-            400, f"'{name}' is {value}; it must be from {low} to {high}", param=name
-        )
+    if numeric:
+        # NaN, ±inf (json reads them) and numbers past the range or 64 bits: the
+        # same check as every other face's.
+        try:
+            value = check_number(
+                f"'{name}'", value, integer=float not in kinds, low=low, high=high
+            )
+        except SettingsError as exc:
+            raise ApiError(400, f"{exc.message}; {exc.hint}", param=name) from None
     return value
+
+
+def setting_field(body: dict[str, Any], name: str, default: Any) -> Any:
+    """body[name] checked by the GenerationSettings field of that name (its range)."""
+    spec = spec_of(GenerationSettings, name)
+    kinds: tuple[type, ...] = (int,) if spec.kind != "float" else (int, float)
+    value = read_field(body, name, kinds, default)
+    if value is None or value is default:
+        return value
+    try:
+        return spec.check(value)
+    except SettingsError as exc:
+        raise ApiError(
+            400, f"'{name}': {exc.message}; {exc.hint}", param=name
+        ) from None
 
 
 def _refuse(
@@ -179,19 +197,14 @@ def _content(content: Any, where: str) -> str:
 
 def sampling(body: dict[str, Any], max_new: int) -> GenerationSettings:
     """GenerationSettings from OpenAI's fields (temperature 0 is greedy)."""
-    temperature = read_field(body, "temperature", (int, float), 1.0, 0.0, 2.0)
-    top_p = read_field(body, "top_p", (int, float), 1.0, 0.0, 1.0)
-    if top_p == 0:
-        raise ApiError(400, "'top_p' 0 would allow no token; use a value above 0")
+    temperature = setting_field(body, "temperature", 1.0)
     return GenerationSettings(
         max_new_tokens=max_new,
         temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=read_field(body, "top_k", int, 0, 0, 1_000_000),
-        repetition_penalty=float(
-            read_field(body, "repetition_penalty", (int, float), 1.0, 0.01, 10.0)
-        ),
-        seed=read_field(body, "seed", int, None),
+        top_p=float(setting_field(body, "top_p", 1.0)),
+        top_k=setting_field(body, "top_k", 0),
+        repetition_penalty=float(setting_field(body, "repetition_penalty", 1.0)),
+        seed=setting_field(body, "seed", None),
         greedy=temperature == 0,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -26,16 +27,43 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 
 @pytest.fixture(scope="session")
-def default_dir() -> Path:
-    """The converted default model (converted here on first use, ~20 s)."""
+def default_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted default model (converted here on first use, ~20 s).
+
+    Under `pytest -n`, the workers share one temporary root: a lock there lets the
+    first worker convert while the others wait for its copy.
+    """
     from core.model import default_model
 
-    return default_model.ensure()
+    lock = tmp_path_factory.getbasetemp().parent / "default-model.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return default_model.ensure()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's tokenizer and chat template, read out of its GGUF file.
+
+    The same bytes the conversion writes, in a few seconds instead of the ~20 s
+    that dequantizing the weights takes: tiny models need only the tokenizer.
+    """
+    from transformers import TokenizersBackend
+
+    from core.model import default_model
+
+    source = default_model.gguf_path()
+    tokenizer = TokenizersBackend.from_pretrained(
+        str(source.parent), gguf_file=source.name
+    )
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(str(folder))
+    return folder
 
 
 def build_tiny_model(
     target: Path,
-    default_dir: Path,
+    tokenizer_dir: Path,
     model_type: str = "llama",
     **overrides: object,
 ) -> Path:
@@ -66,15 +94,16 @@ def build_tiny_model(
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(target)
     for name in TOKENIZER_FILES:
-        if (default_dir / name).exists():
-            shutil.copy(default_dir / name, target / name)
+        shutil.copy(tokenizer_dir / name, target / name)
     return target
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A tiny Llama (2 layers, hidden 64) with the default model's tokenizer."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_dir)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer_dir
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -88,3 +117,17 @@ def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conversations, "database_path", fresh)
         yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that drives the window lives in tests/gui, under its thread check."""
+    gui = Path(__file__).parent / "gui"
+    for item in items:
+        if (
+            "qtbot" in getattr(item, "fixturenames", ())
+            and gui not in item.path.parents
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid} drives the window: move it to tests/gui, where "
+                "no test may leave a worker thread running"
+            )

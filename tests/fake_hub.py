@@ -167,6 +167,20 @@ class FakeHub:
             self._server.shutdown()
             self._server.server_close()
 
+    def go_down(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Stop, as a hub that cannot be reached; the client gives up at once.
+
+        huggingface_hub retries a refused listing five times over 23 s before the
+        error a user sees; the tests want that error, not the waits.
+        """
+        from functools import partial
+
+        from huggingface_hub.utils import _pagination
+
+        backoff = partial(_pagination.http_backoff, max_retries=0)
+        monkeypatch.setattr(_pagination, "http_backoff", backoff)
+        self.stop()
+
     def ranges(self, name: str) -> list[str | None]:
         """The Range header of every GET of `name`, in order."""
         return [
@@ -332,11 +346,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def repo_dir(tmp_path_factory: pytest.TempPathFactory, default_dir: Path) -> Path:
+def repo_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """The tiny Llama as a hub repo: safetensors, a .bin duplicate, GGUF and ONNX extras."""
     from tests.conftest import build_tiny_model
 
-    folder = build_tiny_model(tmp_path_factory.mktemp("repo") / "tiny", default_dir)
+    folder = build_tiny_model(tmp_path_factory.mktemp("repo") / "tiny", tokenizer_dir)
     (folder / "README.md").write_text("# tiny\n")
     (folder / "model.gguf").write_bytes(b"GGUF" + b"\0" * 100)
     (folder / "onnx").mkdir()

@@ -15,6 +15,7 @@
 |   the current folder, home; onto a symlink    | link replaced, nothing left behind  |
 | Ctrl+C / SIGTERM during generate              | partial answer, "stopped", exit 130 |
 | Ctrl+C during compare                         | finished rows printed + saved, 130  |
+| compare / estimate: some rows fail, all fail  | last line counts them; exit 3 / 1   |
 | monitor --pid -1 / of a process that exits    | exit 2 / a note and exit 0          |
 | `| head` closing the pipe                     | quiet exit                          |
 | unknown llm_int8_skip_modules, cpu cap on CPU | refused with the nearest names      |
@@ -43,12 +44,12 @@ import pytest
 from cli import generate, output
 from cli import main as cli
 from core import interrupt
-from core.errors import ExportError, NibbleError, SettingsError
+from core.errors import ExportError, NibbleError
 from core.generation import decode
 from core.lab import export
 from core.model import default_model
 from core.model.catalog import folder_ref
-from core.settings import preset
+from core.settings import LoadOptions, preset
 from core.store import session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -605,6 +606,66 @@ def test_ctrl_c_during_compare_keeps_finished_rows(
     assert len(lines) == 2 and "baseline" in lines[1]
 
 
+# -- several units of work: some fail, all fail --
+
+
+def _loads_fail(monkeypatch: pytest.MonkeyPatch, *modes: str) -> None:
+    """Loads in these modes fail as a model too large for this machine does."""
+    from core.errors import LoadError
+    from core.lab import compare
+
+    real = compare.loader.load
+
+    def load(ref, quant=None, options=None, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+        if quant is not None and quant.mode in modes:
+            raise LoadError("the model does not fit", "pick a smaller preset")
+        return real(ref, quant, options, progress, cancel)
+
+    monkeypatch.setattr(compare.loader, "load", load)
+
+
+def test_compare_where_every_row_fails_does_not_exit_0(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _loads_fail(monkeypatch, "4bit", "8bit")
+    code = cli.run(["compare", str(tiny_dir), "--quant", "nf4,int8", "--tokens", "2"])
+    assert code == output.EXIT_UNEXPECTED == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "warning: row nf4 failed: the model does not fit" in err
+    assert err[-2:] == ["error: all 2 rows failed", "hint: pick a smaller preset"]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_compare_where_some_rows_fail_says_how_many(
+    tiny_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    as_json: bool,
+) -> None:
+    _loads_fail(monkeypatch, "8bit")
+    args = ["compare", str(tiny_dir), "--quant", "fp32,int8", "--tokens", "2"]
+    code = cli.run([*args, "--eval-tokens", "40", *(["--json"] if as_json else [])])
+    assert code == output.EXIT_PARTIAL == 3
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == "1 of 2 rows failed"
+    if as_json:
+        rows = json.loads(out)["rows"]
+        assert [r["status"] for r in rows] == ["ok", "failed"]
+    else:
+        assert "fp32: " in out and "failed: the model does not fit" in out
+
+
+def test_estimate_that_counts_no_row_does_not_exit_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {"model_type": "no-such-architecture", "hidden_size": 64}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert cli.run(["estimate", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "weights not estimated" in out  # the table still says why
+    assert err.splitlines()[0] == "error: all 8 rows have no estimate"
+
+
 # -- 9. monitor --pid --
 
 
@@ -651,32 +712,45 @@ def test_generation_failure_hint_in_the_cli(
     assert "Details" not in err and "--debug" in err
 
 
-def test_unknown_skip_module_is_refused_with_nearest_names(tiny_dir: Path) -> None:
-    done = nibble(
+def test_unknown_skip_module_is_refused_with_nearest_names(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run([
         "generate", str(tiny_dir), "--quant", "nf4", "--prompt", "hi",
         "--set", "llm_int8_skip_modules=down_prj,lm_head",
-    )  # fmt: skip
-    assert done.returncode == 2
-    err = done.stderr.decode()
-    assert "llm_int8_skip_modules names no module of tiny-llama: 'down_prj'" in err
-    assert "did you mean down_proj" in err
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (
+        "error: Keep unquantized (llm_int8_skip_modules): 'down_prj' matches no "
+        "module of this model" in err
+    )
+    assert "hint: did you mean down_proj" in err
 
 
 def test_known_skip_modules_pass(tiny_dir: Path) -> None:
-    from core import modules
+    from core.model import facts
 
-    modules.check_skip_modules(tiny_dir, ["mlp.down_proj", "model.layers.0", "q_proj"])
-    with pytest.raises(SettingsError, match="self_atn"):
-        modules.check_skip_modules(tiny_dir, ["self_atn"])
+    quant = preset("nf4").quant
+    ok = quant.replace(
+        llm_int8_skip_modules=["mlp.down_proj", "model.layers.0", "q_proj"]
+    )
+    assert facts.check_load(tiny_dir, ok, LoadOptions("cpu")) == []
+    bad = quant.replace(llm_int8_skip_modules=["self_atn"])
+    problems = facts.check_load(tiny_dir, bad, LoadOptions("cpu"))
+    assert "'self_atn' matches no module" in problems[0].message
 
 
-def test_cpu_cap_below_the_model_is_refused(tiny_dir: Path) -> None:
-    done = nibble(
+def test_cpu_cap_below_the_model_is_refused(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run([
         "generate", str(tiny_dir), "--quant", "nf4", "--prompt", "hi",
         "--device-map", "cpu", "--max-memory", "cpu=1KiB",
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert b"max memory caps the CPU at 1KiB, but the model needs" in done.stderr
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: Max memory: caps the CPU at 1KiB, but the model needs" in err
 
 
 def test_progress_is_a_line_per_stage_off_a_terminal(tiny_dir: Path) -> None:

@@ -239,24 +239,6 @@ class Plan:
             text += " — NOT ENOUGH DISK SPACE"
         return text
 
-    def summary(self) -> str:
-        """The plan as lines for a terminal."""
-        lines = [f"{self.repo_id} @ {self.commit[:12]} ({self.revision})"]
-        for f in self.files:
-            state = (
-                "cached"
-                if f.cached
-                else f"{format_bytes(f.partial_bytes)} partial"
-                if f.partial_bytes
-                else ""
-            )
-            lines.append(f"  {f.name:44} {format_bytes(f.size):>11}  {state}")
-        lines.append(self.disk_text())
-        if self.quantized:
-            lines.append(f"already quantized: {self.quantized}")
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "repo_id": self.repo_id,

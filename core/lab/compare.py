@@ -30,10 +30,10 @@ from core.lab import measure
 from core.model import loader
 from core.model.catalog import ModelRef
 from core.settings import (
-    EDITABLE_FIELDS,
     PRESETS,
     LoadOptions,
     QuantSettings,
+    fields_of,
     preset,
 )
 from core.stack import import_stack
@@ -41,7 +41,7 @@ from core.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 EVAL_FILE = RESOURCES / "eval" / "pride_and_prejudice.txt"
 EVAL_SOURCE = "Jane Austen, Pride and Prejudice (1813), chapters 1-3 (public domain)"
 BASELINE = "baseline"
@@ -314,7 +314,7 @@ class CompareResult:
 
     def to_csv(self) -> str:
         """One line per row: measures, every setting, load options and environment."""
-        setting_names = ["mode", *(f.name for f in EDITABLE_FIELDS), "quantize_lm_head"]
+        setting_names = [f.name for f in fields_of(QuantSettings)]
         option_names = ["device_map", "max_memory", "dtype", "attn_implementation"]
         header = [
             "model",
@@ -494,48 +494,6 @@ def one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def format_table(result: CompareResult) -> str:
-    """A plain-text table of the measured rows for the terminal."""
-    headers = [
-        "name",
-        "load",
-        "peak",
-        "peak RSS",
-        "true",
-        "ttft",
-        "tok/s",
-        "ppl",
-        "KL",
-        "top-1",
-    ]
-    lines = []
-    for r in result.rows:
-        if not r.ok:
-            lines.append([r.name, f"failed: {r.error}"])
-            continue
-        lines.append(
-            [
-                r.name,
-                f"{r.load_s:.1f} s",
-                format_bytes(r.peak_bytes),
-                format_bytes(r.peak_rss_bytes),
-                format_bytes(r.true_bytes),
-                f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s is not None else "—",
-                f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "—",
-                f"{r.perplexity:.3f}" if r.perplexity is not None else "—",
-                f"{r.kl_vs_baseline:.5f}" if r.kl_vs_baseline is not None else "—",
-                f"{r.top1_agreement:.1%}" if r.top1_agreement is not None else "—",
-            ]
-        )
-    return _grid(headers, lines) + "\n" + PEAK_NOTE
-
-
-PEAK_NOTE = (
-    "peak: the highest anonymous memory during the load (VRAM on a GPU), what the "
-    "process really holds; peak RSS also counts mapped files the OS can drop"
-)
-
-
 def seed_markdown(result: CompareResult) -> str:
     """The at-a-glance table as Markdown, with the model and the text it was measured on."""
     lines = [
@@ -552,23 +510,6 @@ def seed_markdown(result: CompareResult) -> str:
         f"accuracy is against the first row on {source}."
     )
     return "\n".join(lines) + "\n"
-
-
-def format_seed_table(result: CompareResult) -> str:
-    rows = [[cells[c] for c in SEED_COLUMNS] for cells in seed_table(result)]
-    return _grid(list(SEED_COLUMNS), rows)
-
-
-def _grid(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        if len(row) == len(headers):
-            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    out.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))
-    return "\n".join(line.rstrip() for line in out)
 
 
 # -- running --

@@ -286,7 +286,7 @@ def export(
             )
         report(4, STEPS, "Writing the model card")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        from core.lab.report import environment
+        from core import machine
 
         result = ExportResult(
             path=out,
@@ -299,7 +299,7 @@ def export(
             true_bytes=true_bytes,
             verification=verification,
             seconds=0.0,
-            environment=environment(),
+            environment=machine.environment(),
         )
         result.seconds = time.perf_counter() - started
         (tmp / CARD).write_text(model_card(result, ref, quant), encoding="utf-8")

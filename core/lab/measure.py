@@ -17,10 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from core import memory
+from core import machine, memory
 from core.errors import CancelledError, NibbleError
 from core.model.loader import LoadedModel
 
@@ -29,23 +28,18 @@ logger = logging.getLogger(__name__)
 
 def environment() -> dict[str, Any]:
     """Library versions, CPU, GPUs and driver: what a row needs to be reproduced."""
-    from importlib import metadata
-
-    import psutil
-
+    host = machine.host()
+    versions = machine.versions()
     env: dict[str, Any] = {
         "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": psutil.cpu_count(logical=True),
-        "ram_bytes": psutil.virtual_memory().total,
+        "platform": machine.os_name(),
+        "cpu": host["cpu"],
+        "cpu_count": host["cores_logical"],
+        "ram_bytes": host["ram_total"],
     }
     for name in ("nibble", "torch", "transformers", "bitsandbytes", "accelerate"):
-        try:
-            env[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            env[name] = None
-    env["cuda"], env["gpus"], env["driver"] = None, [], None
+        env[name] = versions[name]
+    env["cuda"], env["gpus"], env["driver"] = None, [], machine.driver_version()
     try:
         import torch
 
@@ -56,28 +50,7 @@ def environment() -> dict[str, Any]:
             ]
     except Exception as exc:  # a broken CUDA install still gets its row data
         logger.debug("no CUDA info: %s", exc)
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            env["driver"] = driver.decode() if isinstance(driver, bytes) else driver
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as exc:  # no NVIDIA driver: a normal state
-        logger.debug("no NVML: %s", exc)
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class PeakMemory:

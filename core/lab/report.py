@@ -6,18 +6,15 @@ window's Report dialog and `python main.py report` all say the same thing.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import importlib.metadata
 import json
 import logging
 import os
-import platform
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from core import machine
 from core.model import default_model
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
@@ -25,18 +22,6 @@ from core.units import format_bytes, format_seconds
 logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-PACKAGES = (
-    "nibble",
-    "torch",
-    "transformers",
-    "bitsandbytes",
-    "accelerate",
-    "safetensors",
-    "tokenizers",
-    "huggingface_hub",
-    "PySide6-Essentials",
-    "numpy",
-)
 
 
 # The hub id of the embedded default, so a copied snippet runs anywhere.
@@ -52,95 +37,8 @@ def model_id(ref: Any) -> str:
     return str(ref.path) if ref.path else ref.name
 
 
-def package_version(name: str) -> str | None:
-    """The installed version of a distribution, or None (nothing is imported)."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def nibble_version() -> str | None:
-    """Nibble's version: installed metadata, else the pyproject.toml beside the code."""
-    version = package_version("nibble")
-    if version:
-        return version
-    with contextlib.suppress(OSError):
-        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
-        match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-        if match:
-            return match.group(1)
-    return None
-
-
-def environment() -> dict[str, Any]:
-    """Python, OS and the versions of every library that decides the numbers."""
-    packages = {name: package_version(name) for name in PACKAGES}
-    packages["nibble"] = nibble_version()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "frozen": bool(getattr(sys, "frozen", False)),
-        "packages": packages,
-    }
-
-
-def cpu_name() -> str:
-    """The CPU model as the OS names it."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features bitsandbytes' CPU kernels care about."""
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    return []
-
-
-def gpus() -> list[dict[str, Any]]:
-    """NVIDIA GPUs seen through NVML: name, memory, driver; [] without a driver."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    found: list[dict[str, Any]] = []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            found.append(
-                {
-                    "index": index,
-                    "name": pynvml.nvmlDeviceGetName(handle),
-                    "memory_total": int(memory.total),
-                    "driver": driver,
-                }
-            )
-    except pynvml.NVMLError as exc:
-        logger.debug("NVML: %s", exc)
-    finally:
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
-    return found
-
-
 def hardware() -> dict[str, Any]:
     """CPU, cores, RAM and GPUs of this machine."""
-    import psutil
-
     torch_info: dict[str, Any] = {}
     if "torch" in sys.modules:  # only when already loaded: importing it takes seconds
         torch = sys.modules["torch"]
@@ -149,15 +47,7 @@ def hardware() -> dict[str, Any]:
             "cuda_version": torch.version.cuda,
             "threads": torch.get_num_threads(),
         }
-    return {
-        "cpu": cpu_name(),
-        "cpu_flags": cpu_flags(),
-        "cores_logical": psutil.cpu_count(logical=True),
-        "cores_physical": psutil.cpu_count(logical=False),
-        "ram_total": int(psutil.virtual_memory().total),
-        "gpus": gpus(),
-        "torch": torch_info,
-    }
+    return {**machine.host(), "gpus": machine.gpus(), "torch": torch_info}
 
 
 def estimate_bytes(
@@ -209,7 +99,7 @@ def build(
         "label": quant.label(),
         "options": options.to_dict(),
         "python": quant.to_python(model or "your-model-name", options),
-        "environment": environment(),
+        "environment": machine.environment(),
         "hardware": hardware(),
         "memory": {
             "estimate_bytes": estimate_bytes,

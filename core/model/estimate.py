@@ -24,7 +24,6 @@ from core.errors import NibbleError, SettingsError
 from core.model.catalog import ConfigSource, ModelSpec, read_source
 from core.model.fit import DeviceInfo, Fit, Need, Offload, Verdict, judge, probe_device
 from core.settings import PRESETS, LoadOptions, QuantSettings, load_dtype
-from core.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +103,6 @@ class Structure:
 
 _cache: dict[tuple[str, str, bool], Structure] = {}
 _cache_lock = threading.Lock()
-
-
-def is_cached(
-    source: ConfigSource, dtype: str, trust_remote_code: bool = False
-) -> bool:
-    """Whether `structure` answers without building (the window's fast path)."""
-    return (source.key, dtype, trust_remote_code) in _cache
 
 
 def structure(
@@ -715,44 +707,6 @@ def recommend(rows: list[Estimate]) -> str | None:
             if row.verdict == verdict:
                 return row.preset
     return None
-
-
-def format_table(result: Table) -> str:
-    """The table as aligned text for a terminal."""
-    head = (
-        "preset",
-        "label",
-        "weights",
-        "quant state",
-        "KV cache",
-        "overhead",
-        "total",
-    )
-    lines = [
-        f"{result.model} · context {result.context} × batch {result.batch}",
-        result.device.describe(),
-        "",
-        f"{head[0]:8} {head[1]:9} {head[2]:>11} {head[3]:>11} {head[4]:>11} "
-        f"{head[5]:>11} {head[6]:>11}  verdict",
-    ]
-    for r in result.rows:
-        sizes = (
-            r.weights_bytes,
-            r.quant_state_bytes,
-            r.kv_cache_bytes,
-            r.overhead_bytes,
-            r.total_bytes,
-        )
-        cells = " ".join(f"{format_bytes(n):>11}" for n in sizes)
-        lines.append(f"{r.preset:8} {r.label:9} {cells}  {r.verdict}")
-    lines.append("")
-    current = result.current
-    lines.append(f"Current: {current.verdict} — {current.verdict_text}")
-    best = result.recommended
-    lines.append(f"Recommended: {best or 'none of the presets fits'}")
-    lines += [f"note: {n}" for n in result.notes]
-    lines.append(f"note: {OVERHEAD_NOTE}")
-    return "\n".join(lines)
 
 
 # -- estimated vs actual --

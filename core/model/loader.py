@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import memory
+from core import checks, memory
 from core.errors import CancelledError, LoadError, NibbleError
 from core.model.catalog import ModelRef
-from core.settings import LoadOptions, QuantSettings, check_compatible, load_dtype
+from core.settings import LoadOptions, QuantSettings, load_dtype
 from core.stack import import_stack
-from core.stack import quiet_libraries as quiet_libraries  # the window calls it here
 
 logger = logging.getLogger(__name__)
 
@@ -178,14 +177,11 @@ def cuda_available() -> bool:
 
 
 def resolve_device_map(options: LoadOptions) -> str | dict[str, str]:
-    """device_map for from_pretrained; 'auto' means the CPU when there is no CUDA device."""
-    has_cuda = cuda_available()
-    if options.device_map.startswith("cuda") and not has_cuda:
-        raise LoadError(
-            f"device {options.device_map} asked for, but no CUDA GPU is available",
-            "choose device map 'cpu' or 'auto'",
-        )
-    if options.device_map == "auto" and not has_cuda:
+    """device_map for from_pretrained; 'auto' means the CPU when there is no CUDA device.
+
+    Whether the device exists is core.checks' question, asked before this.
+    """
+    if options.device_map == "auto" and not cuda_available():
         return {"": "cpu"}
     return options.device_map_value()
 
@@ -221,7 +217,7 @@ def load(
     """
     quant = quant or QuantSettings()
     options = options or LoadOptions()
-    check_compatible(quant, options)
+    checks.refuse(checks.check(quant, options))
     return _in_fresh_thread(ref, quant, options, progress, cancel)
 
 
@@ -305,15 +301,9 @@ def _load(
             f"{ref.name} is already quantized; it cannot be quantized again",
             "set the mode to none to load it as it is",
         )
+    checks.refuse(checks.check(quant, options, checks.probe_machine()))
     device_map = resolve_device_map(options)
     on_gpu = device_map != {"": "cpu"}
-    if quant.quantized and quant.llm_int8_enable_fp32_cpu_offload and not on_gpu:
-        # transformers then skips every Linear (the "" device-map key matches them all).
-        raise LoadError(
-            "fp32 CPU offload with the whole model on the CPU would quantize nothing",
-            "turn off llm_int8_enable_fp32_cpu_offload: it is for splitting a model "
-            "between a GPU and the CPU",
-        )
     dtype = resolve_dtype(options, config, on_gpu)
     reporter.emit(0, 0, "Loading tokenizer")
     try:

@@ -7,9 +7,16 @@ full QuantSettings and LoadOptions, the generation settings and the seed, the st
 the run, the true size of the model and the library versions.
 
 Writes are single transactions: a user message is stored when it is sent, an answer
-when it ends, so a process killed mid-answer loses at most that partial answer. A
-database that cannot be read (not a database, damaged pages, a newer schema) is set
-aside under a new name and a fresh one is used; `ConversationStore.notice` says so.
+when it ends, so a process killed mid-answer loses at most that partial answer. Each
+answer names the question it replies to, so two processes answering in the same
+conversation at once still show each answer under its own question.
+
+Only a damaged database (not a database, damaged pages) or one of a newer schema is set
+aside under a new name, and a fresh one used; `ConversationStore.notice` says so. A
+history another process holds locked is waited for, then reported busy; a read-only
+file is opened read-only (`notice` says answers won't be saved); one that cannot be
+opened at all (a folder, a read-only disk) is a `HistoryUnavailableError`, and nothing
+is left beside it.
 """
 
 from __future__ import annotations
@@ -21,23 +28,31 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import NibbleError
 from core.paths import data_dir
 from core.settings import GenerationSettings
+from core.store import faults
+from core.store.faults import (
+    ConversationNotFoundError,
+    HistoryBusyError,
+    HistoryReadOnlyError,
+    HistoryUnavailableError,
+    HistoryWriteError,
+)
 from core.store.provenance import Provenance, with_seed
 
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "conversations.db"
-SCHEMA_VERSION = 2
-ROLES = ("system", "user", "assistant")
+SCHEMA_VERSION = 3
 TITLE_CHARS = 60
 UNDO_S = 60.0
+BUSY_WAIT_S = 10.0
+"""How long a write waits for another process's lock before the history is busy."""
 
 # Version 1 kept one answer per assistant message, its provenance in a column.
 SCHEMA_V1 = """
@@ -95,10 +110,21 @@ def _v1_answers_to_variants(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE messages DROP COLUMN provenance")
 
 
+# Version 3: an answer names the question it replies to; messages show in the order
+# of their questions, so answers written at once by two processes stay paired.
+MIGRATE_V2_TO_V3 = """
+ALTER TABLE messages ADD COLUMN reply_to INTEGER
+    REFERENCES messages(id) ON DELETE SET NULL;
+"""
+
 MIGRATIONS: dict[int, tuple[str, Any]] = {
     1: (SCHEMA_V1, None),
     2: (MIGRATE_V1_TO_V2, _v1_answers_to_variants),
+    3: (MIGRATE_V2_TO_V3, None),
 }
+
+# Where a message shows: an answer right after its question, others by their own id.
+ORDER_KEY = "COALESCE(reply_to, id)"
 
 
 def sampling_of(message: Message, fallback: GenerationSettings) -> GenerationSettings:
@@ -145,6 +171,8 @@ class Message:
     created: float
     variants: list[Variant] = field(default_factory=list)
     active: int = 0
+    reply_to: int | None = None
+    """The question an answer replies to (None: the message before it)."""
 
     @property
     def variant(self) -> Variant | None:
@@ -165,6 +193,7 @@ class Message:
             "created": iso(self.created),
         }
         if self.role == "assistant":
+            data["reply_to"] = self.reply_to
             data["active_variant"] = self.active
             data["variants"] = [v.to_dict() for v in self.variants]
         return data
@@ -249,14 +278,6 @@ def database_path() -> Path:
     return Path(override) if override else data_dir() / FILE_NAME
 
 
-class ConversationNotFoundError(NibbleError):
-    """No conversation or message with that id."""
-
-
-class HistoryWriteError(NibbleError):
-    """The database refused a write (disk full, read-only, locked too long)."""
-
-
 class ConversationStore:
     """Conversations in one SQLite file; every method is one transaction.
 
@@ -268,7 +289,17 @@ class ConversationStore:
     Attributes
     ----------
     notice
-        A sentence for the user when the file could not be used and was set aside.
+        A sentence for the user when the file was set aside or opened read-only.
+    read_only
+        True when the file could only be opened for reading: writes raise
+        `HistoryReadOnlyError`.
+
+    Raises
+    ------
+    HistoryUnavailableError
+        The file cannot be opened at all; nothing was changed or left behind.
+    HistoryBusyError
+        A new or older history had to be set up while another process held it.
     """
 
     def __init__(self, path: Path | str | None = None) -> None:
@@ -276,53 +307,124 @@ class ConversationStore:
         if path is None:
             self.path = database_path()
         self.notice: str | None = None
+        self.read_only = False
+        self._order = ORDER_KEY
         self._conn = self._open()
 
     # -- opening -----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        wait = BUSY_WAIT_S
         if self.path is None:
             conn = sqlite3.connect(":memory:", isolation_level=None)
+        elif self.read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=wait)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=wait)
         conn.row_factory = sqlite3.Row
+        conn.create_function("nibble_fold", 1, _fold, deterministic=True)
         return conn
 
     def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = self._connect()
+            self._prepare(conn)
+            return conn
+        path = self.path
+        if path.exists() and not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise HistoryUnavailableError(
+                f"cannot open the conversation history: {path} is {what}",
+                "move it away, or set NIBBLE_CONVERSATIONS_DB to another file",
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.read_only = path.exists() and not faults.writable(path)
+        except OSError as exc:
+            raise faults.unavailable(self.path, exc) from exc
+        companions = [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")]
+        before = {p for p in companions if p.exists()}
+        try:
+            return self._open_and_prepare()
+        except HistoryUnavailableError:
+            faults.remove_new(companions, before)
+            raise
+        except (_NewerSchemaError, faults.DamagedError) as exc:
+            damaged: BaseException = exc
+        except sqlite3.DatabaseError as exc:
+            code = faults.sqlite_code(exc)
+            if code in faults.BUSY:
+                raise HistoryBusyError() from exc
+            if code not in faults.DAMAGED:
+                faults.remove_new(companions, before)
+                raise faults.unavailable(self.path, exc) from exc
+            damaged = exc
+        if self.read_only:
+            raise HistoryUnavailableError(
+                f"the conversation history {path} is damaged and read-only",
+                "make it writable so that it can be set aside, or move it away",
+            ) from damaged
+        self.notice = self._set_aside(damaged)
+        faults.remove_new(companions, set())
+        try:
+            return self._open_and_prepare()
+        except sqlite3.DatabaseError as exc:
+            if faults.sqlite_code(exc) in faults.BUSY:
+                raise HistoryBusyError() from exc
+            raise faults.unavailable(self.path, exc) from exc
+
+    def _open_and_prepare(self) -> sqlite3.Connection:
         conn = self._connect()
         try:
             self._prepare(conn)
-            return conn
-        except (sqlite3.DatabaseError, _NewerSchemaError) as exc:
+        except BaseException:
             conn.close()
-            if self.path is None:
-                raise
-            self.notice = self._set_aside(exc)
-        conn = self._connect()
-        self._prepare(conn)
+            raise
+        if self.read_only:
+            self.notice = (
+                f"The conversation history {self.path} is read-only: it can be read, "
+                "but new answers won't be saved."
+            )
         return conn
 
-    @staticmethod
-    def _prepare(conn: sqlite3.Connection) -> None:
+    def _prepare(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise _NewerSchemaError(version)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=10000")
         if version:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"damaged: {check}")
+                raise faults.DamagedError(f"damaged: {check}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_WAIT_S * 1000)}")
+        if self.read_only:
+            if version < 2:
+                raise HistoryUnavailableError(
+                    f"the conversation history {self.path} is read-only and was "
+                    "written by an older Nibble",
+                    "make it writable once, so that it can be brought up to date",
+                )
+            if version < 3:
+                self._order = "id"
+            return
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             _migrate(conn, target)
         # Deletions older than a minute come from an earlier run: final now. Newer
         # ones may still be undone by another process (the window beside the CLI).
-        conn.execute(
-            "DELETE FROM conversations WHERE deleted < ?", (time.time() - UNDO_S,)
-        )
+        # Tidying is no reason to wait for another process's lock.
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute(
+                "DELETE FROM conversations WHERE deleted < ?", (time.time() - UNDO_S,)
+            )
+        except sqlite3.OperationalError as exc:
+            if faults.sqlite_code(exc) not in faults.BUSY:
+                raise
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_WAIT_S * 1000)}")
 
     def _set_aside(self, exc: BaseException) -> str:
         assert self.path is not None
@@ -352,9 +454,19 @@ class ConversationStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def check_writable(self) -> None:
+        """Raise now, before a long job, if its answer could not be saved."""
+        with self._write():
+            pass
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction; a full disk or a lock held too long is a NibbleError."""
+        if self.read_only:
+            raise HistoryReadOnlyError(
+                "the conversation history is read-only: nothing can be saved to it",
+                f"make {self.path} writable, then try again",
+            )
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -365,6 +477,14 @@ class ConversationStore:
                 raise
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
+            code = faults.sqlite_code(exc)
+            if code in faults.BUSY:
+                raise HistoryBusyError() from exc
+            if code == faults.READ_ONLY:
+                raise HistoryReadOnlyError(
+                    "the conversation history is read-only: nothing can be saved to it",
+                    f"make {self.path} writable, then try again",
+                ) from exc
             raise HistoryWriteError(
                 f"the conversation history could not be saved: {exc}",
                 f"check free space and permissions in {self.path.parent}"
@@ -410,11 +530,21 @@ class ConversationStore:
         """A conversation with all its messages and variants."""
         info = self.info(conversation_id)
         conn = self._conn
+        reply_to = "reply_to" if self._order == ORDER_KEY else "NULL"
         messages = [
-            Message(row[0], conversation_id, row[1], row[2], row[3], active=row[4])
+            Message(
+                row[0],
+                conversation_id,
+                row[1],
+                row[2],
+                row[3],
+                active=row[4],
+                reply_to=row[5],
+            )
             for row in conn.execute(
-                "SELECT id, role, text, created, active_variant FROM messages "
-                "WHERE conversation_id = ? ORDER BY id",
+                "SELECT id, role, text, created, active_variant, "
+                f"{reply_to} FROM messages "
+                f"WHERE conversation_id = ? ORDER BY {self._order}, id",
                 (conversation_id,),
             )
         ]
@@ -522,21 +652,45 @@ class ConversationStore:
         return Message(int(cur.lastrowid or 0), conversation_id, role, text, now)
 
     def add_answer(
-        self, conversation_id: int, text: str, provenance: Provenance | None
+        self,
+        conversation_id: int,
+        text: str,
+        provenance: Provenance | None,
+        reply_to: int | None = None,
     ) -> Message:
-        """Append an assistant message with its first variant."""
+        """Append an assistant message with its first variant.
+
+        `reply_to` is the id of the question it answers: the answer then shows right
+        after it, even if another question was asked in between (another process
+        answering in the same conversation). A question deleted meanwhile is
+        forgotten, and the answer shows last.
+        """
         now = time.time()
         with self._write() as conn:
+            if (
+                reply_to is not None
+                and not conn.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?",
+                    (reply_to, conversation_id),
+                ).fetchone()
+            ):
+                reply_to = None
             cur = conn.execute(
-                "INSERT INTO messages (conversation_id, role, text, created) "
-                "VALUES (?, 'assistant', ?, ?)",
-                (conversation_id, text, now),
+                "INSERT INTO messages (conversation_id, role, text, created, reply_to) "
+                "VALUES (?, 'assistant', ?, ?, ?)",
+                (conversation_id, text, now, reply_to),
             )
             message_id = int(cur.lastrowid or 0)
             variant = _insert_variant(conn, message_id, 0, text, now, provenance)
             self._touch(conn, conversation_id, now)
         return Message(
-            message_id, conversation_id, "assistant", text, now, variants=[variant]
+            message_id,
+            conversation_id,
+            "assistant",
+            text,
+            now,
+            variants=[variant],
+            reply_to=reply_to,
         )
 
     def add_variant(
@@ -601,9 +755,13 @@ class ConversationStore:
                     (text, message_id, message_id),
                 )
             if drop_following:
+                # "Following" as shown: by question, then by id.
                 conn.execute(
-                    "DELETE FROM messages WHERE conversation_id = ? AND id > ?",
-                    (row[0], message_id),
+                    f"DELETE FROM messages WHERE conversation_id = :c AND "
+                    f"({ORDER_KEY} > (SELECT {ORDER_KEY} FROM messages WHERE id = :m) "
+                    f"OR ({ORDER_KEY} = (SELECT {ORDER_KEY} FROM messages "
+                    "WHERE id = :m) AND id > :m))",
+                    {"c": row[0], "m": message_id},
                 )
             self._touch(conn, row[0], time.time())
 
@@ -630,32 +788,36 @@ class ConversationStore:
     # -- search, last open -------------------------------------------------------
 
     def search(self, text: str, limit: int = 200) -> list[SearchHit]:
-        """Conversations whose title or any message contains `text` (any case)."""
-        needle = text.strip()
+        """Conversations whose title or any message contains `text`.
+
+        Case is folded for all of Unicode ("école" finds "École", "strasse" finds
+        "STRAẞE"), not only for ASCII as SQL's LIKE does.
+        """
+        needle = _fold(text.strip())
         if not needle:
             return []
-        pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%")
-        pattern = pattern.replace("_", "\\_") + "%"
         hits: list[SearchHit] = []
         seen: set[int] = set()
         for row in self._conn.execute(
             "SELECT id, title FROM conversations WHERE deleted IS NULL AND "
-            "title LIKE ? ESCAPE '\\' ORDER BY updated DESC",
-            (pattern,),
+            "instr(nibble_fold(title), ?) ORDER BY updated DESC",
+            (needle,),
         ):
             seen.add(row[0])
             hits.append(SearchHit(row[0], row[1], None, row[1]))
         for row in self._conn.execute(
             "SELECT c.id, c.title, m.id, m.text FROM messages m "
             "JOIN conversations c ON c.id = m.conversation_id "
-            "WHERE c.deleted IS NULL AND m.text LIKE ? ESCAPE '\\' "
+            "WHERE c.deleted IS NULL AND instr(nibble_fold(m.text), ?) "
             "ORDER BY c.updated DESC, m.id",
-            (pattern,),
+            (needle,),
         ):
             if row[0] in seen:
                 continue
             seen.add(row[0])
-            hits.append(SearchHit(row[0], row[1], row[2], snippet(row[3], needle)))
+            hits.append(
+                SearchHit(row[0], row[1], row[2], snippet(row[3], text.strip()))
+            )
             if len(hits) >= limit:
                 break
         return hits[:limit]
@@ -747,10 +909,31 @@ def _migrate(conn: sqlite3.Connection, target: int) -> None:
     logger.info("conversation history schema now at version %d", target)
 
 
+def _fold(text: str | None) -> str:
+    """`text` with its case folded for all of Unicode (the search's comparison)."""
+    return text.casefold() if text else ""
+
+
+def _find_folded(text: str, needle: str) -> int:
+    """Where `needle` starts in `text`, both case-folded; -1 if it is absent.
+
+    Folding may change lengths ("ß" → "ss"), so the index is mapped back.
+    """
+    folded_needle = _fold(needle)
+    starts: list[int] = []
+    folded = []
+    for index, char in enumerate(text):
+        piece = char.casefold()
+        starts.extend([index] * len(piece))
+        folded.append(piece)
+    at = "".join(folded).find(folded_needle)
+    return starts[at] if at >= 0 else -1
+
+
 def snippet(text: str, needle: str, width: int = 80) -> str:
-    """The part of `text` around the first `needle`, on one line."""
+    """The part of `text` around the first `needle` (any case), on one line."""
     flat = " ".join(text.split())
-    at = flat.lower().find(needle.lower())
+    at = _find_folded(flat, needle)
     if at < 0:
         return flat[:width]
     start = max(0, at - width // 3)
@@ -807,10 +990,15 @@ def _provenance_block(provenance: Provenance) -> list[str]:
     return lines
 
 
-def format_list(conversations: Sequence[ConversationInfo]) -> str:
-    """The `chats list` table: id, last change, title."""
-    rows = [
-        f"{c.id:>6}  {iso(c.updated).replace('T', ' ')}  {c.display_title}"
-        for c in conversations
-    ]
-    return "\n".join(rows)
+def open_or_in_memory(path: Path | str | None = None) -> ConversationStore:
+    """The history at `path`; one in memory when it cannot be opened or is busy.
+
+    For the window, which must start even so: the `notice` says why, and that this
+    session's chats won't be kept.
+    """
+    try:
+        return ConversationStore(path)
+    except (HistoryUnavailableError, HistoryBusyError) as exc:
+        store = ConversationStore(":memory:")
+        store.notice = f"{exc}. This session's chats won't be kept."
+        return store

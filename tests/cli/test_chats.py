@@ -112,28 +112,41 @@ def test_chats_bad_input_says_why(history: Path, args: list[str], message: str) 
 
 
 def test_generate_saves_to_a_new_chat_then_continues_it(
-    tmp_path: Path, tiny_dir: Path
+    tmp_path: Path,
+    tiny_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from cli import main as cli
+    from core.store import conversations
+
+    # In this process (two loads cost a second, two fresh processes ten); the file
+    # is the one `chats` reads in the tests above.
+    monkeypatch.setattr(
+        conversations, "database_path", lambda: tmp_path / "conversations.db"
+    )
     common = ["--quant", "nf4", "--greedy", "--max-new-tokens", "4"]
-    first = nibble(
-        tmp_path, "generate", str(tiny_dir), *common, "--prompt", "Hi",
+    code = cli.run([
+        "generate", str(tiny_dir), *common, "--prompt", "Hi",
         "--system", "Be brief.", "--save-to-chat", "--json",
-    )  # fmt: skip
-    assert first.returncode == 0, first.stderr
-    cid = json.loads(first.stdout)["conversation_id"]
-    second = nibble(
-        tmp_path, "generate", str(tiny_dir), *common, "--prompt", "Again",
+    ])  # fmt: skip
+    first = capsys.readouterr()
+    assert code == 0, first.err
+    cid = json.loads(first.out)["conversation_id"]
+    code = cli.run([
+        "generate", str(tiny_dir), *common, "--prompt", "Again",
         "--save-to-chat", str(cid), "--json",
-    )  # fmt: skip
-    assert second.returncode == 0, second.stderr
-    assert f"saved to conversation {cid}" in second.stderr
+    ])  # fmt: skip
+    second = capsys.readouterr()
+    assert code == 0, second.err
+    assert f"saved to conversation {cid}" in second.err
     with ConversationStore(tmp_path / "conversations.db") as store:
         chat = store.get(cid)
     assert chat.system_prompt == "Be brief."
     assert chat.title == "Hi"
     assert [m.role for m in chat.messages] == ["user", "assistant"] * 2
     answer = chat.messages[3]
-    assert answer.text == json.loads(second.stdout)["text"]
+    assert answer.text == json.loads(second.out)["text"]
     prov = answer.provenance
     assert prov is not None
     assert prov.model_name == "tiny-llama"
@@ -144,7 +157,7 @@ def test_generate_saves_to_a_new_chat_then_continues_it(
     assert prov.stats["new_tokens"] == 4
     assert prov.versions["bitsandbytes"]
     # The second question was asked with the first exchange before it.
-    first_prompt = json.loads(first.stdout)["stats"]["prompt_tokens"]
+    first_prompt = json.loads(first.out)["stats"]["prompt_tokens"]
     assert prov.stats["prompt_tokens"] > first_prompt
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cli import main as cli
+from cli import render
 from core.errors import CancelledError, LoadError, SettingsError
 from core.lab import compare, measure
 from core.model import catalog, loader
@@ -252,7 +253,7 @@ def test_a_row_that_fails_is_reported_and_the_others_complete(
     assert int8.hint == "pick nf4" and int8.perplexity is None
     table = compare.seed_table(result)
     assert table[1]["Best for"] == "failed: the model does not fit"
-    assert "failed" in compare.format_table(result)
+    assert "failed" in render.compare_table(result)
 
 
 def test_an_unexpected_error_fails_its_row_only(
@@ -338,7 +339,7 @@ def test_pareto_front_and_the_seed_table_words_come_from_measurements() -> None:
         == "Nothing here: nf4 has lower perplexity in no more memory"
     )
     assert table["FP4"]["Bits"] == "4"
-    text = compare.format_seed_table(result)
+    text = render.compare_summary(result)
     assert text.splitlines()[0].split() == [
         "Method", "Bits", "Memory", "savings", "Accuracy", "hit", "Best", "for"
     ]  # fmt: skip

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,22 +88,39 @@ print(json.dumps({{"rss": after.rss - before.rss, "true": loaded.report.true_byt
 """
 
 
+GROWTH_PRESETS = ["nf4", "nf4-dq", "fp4", "int8"]
+
+
+@pytest.fixture(scope="module")
+def growth_runs(default_dir: Path) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """One fresh process per preset, all started at once: each measures only itself."""
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", GROWTH.format(root=str(ROOT), name=name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        for name in GROWTH_PRESETS
+    }
+    yield runs
+    for process in runs.values():
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
 @linux_only
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["nf4", "nf4-dq", "fp4", "int8"])
+@pytest.mark.parametrize("name", GROWTH_PRESETS)
 def test_rss_growth_of_a_quantized_load_is_close_to_its_true_size(
-    default_dir: Path, name: str
+    growth_runs: dict[str, subprocess.Popen[str]], name: str
 ) -> None:
     # A fresh process each: growth is measured from after the imports.
-    out = subprocess.run(
-        [sys.executable, "-c", GROWTH.format(root=str(ROOT), name=name)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=os.environ.copy(),
-        timeout=300,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    out, err = growth_runs[name].communicate(timeout=600)
+    assert growth_runs[name].returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
     goal = 1.25 * result["true"] + 32 * MiB
     assert result["rss"] <= goal, (
         f"{name}: RSS grew {result['rss'] / MiB:.0f} MiB for a model of "

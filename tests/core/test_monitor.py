@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from cli import main as cli
+from cli import render
 from core import monitor
 from core.errors import SettingsError
 from core.monitor import GpuSample, History, HostSample, Marker, Sample, Sampler
@@ -133,7 +134,7 @@ def test_real_nvml_without_driver_is_a_state_not_an_error() -> None:
     assert 0 < sample.host.ram_used <= total
     rss = psutil.Process().memory_info().rss
     assert 0.5 * rss < sample.host.process_rss < 2 * rss
-    assert "GPU: No NVIDIA driver found" in sample.summary()
+    assert "GPU: No NVIDIA driver found" in render.monitor_line(sample)
     data = json.loads(json.dumps(sample.to_dict()))
     assert data["gpus"] == [] and data["gpu_reason"] == "No NVIDIA driver found"
 

@@ -6,18 +6,18 @@ import inspect
 
 import pytest
 
+from core.checks import check
 from core.errors import SettingsError
 from core.settings import (
-    EDITABLE_FIELDS,
-    FIELD_BY_NAME,
-    FIELDS,
+    BNB_FIELDS,
     PRESETS,
     GenerationSettings,
     LoadOptions,
     QuantSettings,
-    check_compatible,
+    fields_of,
     preset,
     preset_name_for,
+    spec_of,
 )
 
 
@@ -26,13 +26,14 @@ def test_fields_match_bitsandbytesconfig_signature() -> None:
 
     params = inspect.signature(BitsAndBytesConfig.__init__).parameters
     library = {n for n, p in params.items() if n != "self" and p.kind != p.VAR_KEYWORD}
-    assert {f.name for f in FIELDS} == library
-    for spec in FIELDS:
+    assert {f.name for f in BNB_FIELDS} | {"load_in_8bit", "load_in_4bit"} == library
+    for spec in fields_of(QuantSettings):
         assert spec.title and len(spec.description) > 40
+        assert getattr(QuantSettings(), spec.name) == spec.default
+        assert spec.flag == f"--set {spec.name}=…"
+    for spec in BNB_FIELDS:
         assert spec.applies in ("8bit", "4bit", "both")
-        if not spec.derived:
-            assert params[spec.name].default == spec.default, spec.name
-            assert getattr(QuantSettings(), spec.name) == spec.default
+        assert params[spec.name].default == spec.default, spec.name
 
 
 def test_mode_sets_exactly_one_load_flag() -> None:
@@ -62,10 +63,16 @@ def test_integer_threshold_is_accepted_as_float() -> None:
     settings = QuantSettings(mode="8bit", llm_int8_threshold=6)
     assert settings.llm_int8_threshold == 6.0
     assert isinstance(settings.to_bnb_config().llm_int8_threshold, float)
-    with pytest.raises(SettingsError, match="positive"):
+    with pytest.raises(SettingsError, match="out of range") as info:
         QuantSettings(llm_int8_threshold=-1)
+    assert info.value.field == "llm_int8_threshold"
+    assert "6.0 is the usual value" in info.value.hint
     with pytest.raises(SettingsError, match="must be a number"):
         QuantSettings().with_values({"llm_int8_threshold": "six"})
+    assert (
+        QuantSettings().with_values({"llm_int8_threshold": "4.5"}).llm_int8_threshold
+        == 4.5
+    )
 
 
 def test_custom_skip_list_keeps_lm_head_unless_removed_on_purpose() -> None:
@@ -148,12 +155,12 @@ def test_seed_article_preset() -> None:
 
 
 def test_field_metadata_drives_applicability() -> None:
-    threshold = FIELD_BY_NAME["llm_int8_threshold"]
+    threshold = spec_of(QuantSettings, "llm_int8_threshold")
     assert threshold.applies_to("8bit") and not threshold.applies_to("4bit")
     assert "8-bit only" in threshold.reason_disabled("4bit")
     assert "without quantization" in threshold.reason_disabled("none")
-    assert FIELD_BY_NAME["llm_int8_skip_modules"].applies_to("4bit")
-    assert all(not f.derived for f in EDITABLE_FIELDS)
+    assert spec_of(QuantSettings, "llm_int8_skip_modules").applies_to("4bit")
+    assert spec_of(QuantSettings, "mode").applies_to("none")
 
 
 def test_python_snippet_is_the_seed_article_style() -> None:
@@ -186,11 +193,15 @@ def test_load_options_validation() -> None:
         LoadOptions(device_map="gpu")
     with pytest.raises(SettingsError, match="amount"):
         LoadOptions(max_memory="0=lots")
-    with pytest.raises(SettingsError, match="mixes a GPU with cpu"):
-        check_compatible(
-            QuantSettings(mode="4bit"), LoadOptions(max_memory="0=4GiB,cpu=30GiB")
-        )
-    check_compatible(
+    with pytest.raises(SettingsError, match="device map") as info:
+        LoadOptions(device_map="gpu")
+    assert info.value.field == "device_map"
+    mixed = check(
+        QuantSettings(mode="4bit"), LoadOptions(max_memory="0=4GiB,cpu=30GiB")
+    )
+    assert [p.field for p in mixed] == ["max_memory"]
+    assert "mixes a GPU with cpu" in mixed[0].message
+    assert not check(
         QuantSettings(mode="4bit", llm_int8_enable_fp32_cpu_offload=True),
         LoadOptions(max_memory="0=4GiB,cpu=30GiB"),
     )
@@ -207,5 +218,46 @@ def test_generation_settings_validation() -> None:
         {"temperature": -1},
         {"seed": "x"},
     ):
-        with pytest.raises(SettingsError):
+        with pytest.raises(SettingsError) as info:
             GenerationSettings(**bad)  # type: ignore[arg-type]
+        assert info.value.field == next(iter(bad))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("temperature", float("nan"), "temperature must be a finite number, got nan"),
+        ("top_p", float("inf"), "top_p must be a finite number, got inf"),
+        ("repetition_penalty", float("-inf"), "must be a finite number, got -inf"),
+        ("seed", 2**70, f"seed {2**70} is out of range"),
+        ("seed", float("nan"), "seed must be a finite number"),
+        ("max_new_tokens", 2.5, "max_new_tokens must be a whole number, got 2.5"),
+        ("top_k", True, "top_k must be a whole number, got True"),
+        ("top_p", 0, "top_p 0 is out of range"),
+        ("temperature", 10**400, "out of range"),
+        ("temperature", "hot", "temperature must be a number, got 'hot'"),
+    ],
+)
+def test_every_number_is_finite_and_in_its_range(field, value, words) -> None:
+    with pytest.raises(SettingsError) as info:
+        GenerationSettings(**{field: value})
+    assert words in info.value.message
+    assert info.value.field == field
+    assert info.value.hint.startswith("use ")
+
+
+def test_numbers_as_text_and_whole_floats_are_read() -> None:
+    gen = GenerationSettings(max_new_tokens="12", temperature="0.5", seed=7.0)
+    assert (gen.max_new_tokens, gen.temperature, gen.seed) == (12, 0.5, 7)
+    assert isinstance(gen.seed, int) and isinstance(gen.temperature, float)
+    assert GenerationSettings(seed=-(2**63)).seed == -(2**63)
+
+
+def test_one_range_per_field_for_every_face() -> None:
+    """The window's widgets, the CLI and the server read the ranges from the field."""
+    specs = {s.name: s for s in fields_of(GenerationSettings)}
+    assert (specs["temperature"].low, specs["temperature"].high) == (0.0, 10.0)
+    assert (specs["top_k"].low, specs["top_k"].high) == (0, 1_000_000)
+    assert GenerationSettings(temperature=10.0, top_k=1_000_000).top_k == 1_000_000
+    with pytest.raises(SettingsError):
+        GenerationSettings(temperature=10.01)

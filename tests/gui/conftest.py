@@ -13,9 +13,14 @@ from tests.gui.helpers import wait_threads
 
 @pytest.fixture(autouse=True)
 def no_dangling_qthreads(qapp: object) -> Iterator[None]:
-    """Fail any test that leaves a worker QThread running (threads get 1 s to end)."""
+    """Fail any test that leaves a worker QThread running.
+
+    The one check for every test of the window (no module keeps its own). A thread
+    quits right after its worker's `finished`; on a busy machine that can take a
+    moment, so threads get 5 s to end, which costs nothing when none is left.
+    """
     yield
-    left = wait_threads(1.0)
+    left = wait_threads(5.0)
     if left:
         for thread in workers.running_threads():
             thread.quit()

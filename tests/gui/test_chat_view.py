@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtTest import QTest
 
-from core.settings import GENERATION_FIELDS, GenerationSettings
+from core.settings import GenerationSettings, fields_of
 from gui.chat_view import ChatView, code_blocks, render_html
 
 CODE = "Here:\n```python\ndef square(x):\n    return x * x\n```\nDone."
@@ -85,12 +85,12 @@ def test_the_empty_chat_knows_a_model_is_loaded(qtbot) -> None:
 
 def test_sampling_fields_come_from_the_metadata(qtbot) -> None:
     chat = make(qtbot)
-    assert list(chat.sampling_fields) == [f.name for f in GENERATION_FIELDS]
+    assert list(chat.sampling_fields) == [f.name for f in fields_of(GenerationSettings)]
     wanted = GenerationSettings(max_new_tokens=99, top_k=7, seed=5, greedy=True)
     chat.set_generation_settings(wanted)
     assert chat.generation_settings() == wanted
     assert chat.sampling_toggle.text() == "Sampling: 99 tokens · greedy"
-    for spec in GENERATION_FIELDS:
+    for spec in fields_of(GenerationSettings):
         assert spec.description in chat.sampling_fields[spec.name].toolTip()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from gui import workers
 from gui.compare_view import ROW_STEPS, CompareView
 
 LONG = 180_000  # ms: loads are slow on a busy 2-core machine
-
-
-@pytest.fixture(autouse=True)
-def no_dangling_threads() -> Iterator[None]:
-    yield
-    left = workers.running_threads()
-    for thread in left:
-        thread.wait(5000)
-    assert not workers.running_threads(), "a worker thread was left running"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,6 @@ TINY = {
     "vocab_size": 128,
     "_name_or_path": "tiny-llama",
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_dangling_threads() -> Iterator[None]:
-    yield
-    assert workers.running_threads() == [], "an estimate thread was left running"
 
 
 def _view(qtbot, controller) -> EstimateView:

@@ -13,13 +13,6 @@ from core.settings import QuantSettings, preset
 from gui import workers
 
 
-@pytest.fixture(autouse=True)
-def _no_dangling_threads(qtbot):
-    yield
-    # A worker's thread quits right after `finished`; give it a moment, no more.
-    qtbot.waitUntil(lambda: workers.running_threads() == [], timeout=5000)
-
-
 @pytest.fixture(scope="module")
 def tiny_ref(tiny_dir: Path) -> catalog.ModelRef:
     return catalog.folder_ref(tiny_dir)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
@@ -22,12 +20,6 @@ from gui.monitor_view import (
 )
 
 MIB = 2**20
-
-
-@pytest.fixture(autouse=True)
-def _no_dangling_threads() -> Iterator[None]:
-    yield
-    assert workers.running_threads() == [], "a sampler thread was left running"
 
 
 def gpu_sample(t: float, ours: int, rss: int, util: float = 40.0) -> Sample:

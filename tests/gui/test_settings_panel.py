@@ -6,12 +6,13 @@ import pytest
 from PySide6.QtWidgets import QApplication, QCheckBox, QComboBox, QDoubleSpinBox
 
 from core.settings import (
-    EDITABLE_FIELDS,
+    BNB_FIELDS,
     PRESETS,
     LoadOptions,
     QuantSettings,
 )
-from gui.settings_panel import ModuleListEdit, SettingsPanel
+from gui.fields import ModuleListEdit
+from gui.settings_panel import SettingsPanel
 
 
 def values_for(spec):
@@ -32,7 +33,7 @@ def panel(qtbot):
     return widget
 
 
-@pytest.mark.parametrize("spec", EDITABLE_FIELDS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", BNB_FIELDS, ids=lambda s: s.name)
 def test_every_field_round_trips(panel, spec):
     for mode in ("8bit", "4bit"):
         for value in values_for(spec):
@@ -99,7 +100,7 @@ def test_fields_that_do_not_apply_are_disabled_with_reason(panel):
 
 
 def test_every_field_has_its_description_as_tooltip(panel):
-    for spec in EDITABLE_FIELDS:
+    for spec in BNB_FIELDS:
         assert spec.description in panel.editors[spec.name].toolTip()
         assert spec.name in panel.labels[spec.name].toolTip()
 
@@ -110,11 +111,12 @@ def test_invalid_combination_shown_inline(panel, qtbot):
         panel.max_memory.setText("0=4GiB,cpu=8GiB")
     assert blocker.args[0] is False
     assert "llm_int8_enable_fp32_cpu_offload" in blocker.args[1]
-    assert not panel.error_label.isHidden()
-    assert "mixes a GPU with cpu/disk" in panel.error_label.text()
+    under = panel.field_errors["max_memory"]
+    assert not under.isHidden()  # the reason sits under its field
+    assert "mixes a GPU with cpu/disk" in under.text()
     panel.editors["llm_int8_enable_fp32_cpu_offload"].setChecked(True)
     assert panel.error == ""
-    assert panel.error_label.isHidden()
+    assert under.isHidden()
     panel.max_memory.setText("lots")
     assert "has no '='" in panel.error
 
@@ -226,7 +228,7 @@ def test_what_this_machine_cannot_run_is_red_and_blocks_load(panel):
 
     panel.set_machine(Machine(0, False, "CPU"))
     panel.device_map.setCurrentText("cuda:0")
-    assert "Device map cuda:0 needs an NVIDIA GPU" in panel.error
+    assert "Device map: cuda:0 needs an NVIDIA GPU" in panel.error
     assert panel.device_map.property("invalid") is True
     assert panel.labels["device_map"].property("invalid") is True
     panel.device_map.setCurrentText("cpu")
@@ -234,7 +236,7 @@ def test_what_this_machine_cannot_run_is_red_and_blocks_load(panel):
     assert "runs only on an NVIDIA GPU" in panel.error
     assert panel.attn.property("invalid") and not panel.device_map.property("invalid")
     panel.attn.setCurrentText("sdpa")
-    assert panel.error == "" and panel.error_label.isHidden()
+    assert panel.error == "" and panel.field_errors["attn_implementation"].isHidden()
 
 
 def test_keep_unquantized_names_that_match_nothing_are_flagged(panel):
@@ -253,7 +255,8 @@ def test_keep_unquantized_names_that_match_nothing_are_flagged(panel):
 
 def test_errors_use_the_label_words_and_mark_the_field(panel):
     panel.max_memory.setText("lots")
-    assert panel.error.startswith("Max memory: ")
+    assert panel.error.startswith("max memory entry 'lots' has no '='")
+    assert "has no '='" in panel.field_errors["max_memory"].text()
     assert panel.max_memory.property("invalid") is True
     assert panel.labels["max_memory"].property("invalid") is True
     panel.max_memory.setText("")
@@ -274,3 +277,46 @@ def test_mode_and_presets_agree(panel):
     panel.editors["bnb_4bit_use_double_quant"].setChecked(True)
     assert panel.preset_label.text() == "Custom settings (nf4-dq)"
     assert not any(a.isChecked() for a in panel.presets_menu.actions())
+
+
+def test_the_window_flags_keep_unquantized_names_that_match_nothing(qtbot, config_dir):
+    """A typo in Keep unquantized is red on the field with real names under it, and
+    Load stays off; a bad memory cap says why under its own field too."""
+    from core.store.session import Session
+    from gui.main_window import MainWindow
+
+    window = MainWindow(Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    window.controller.import_libraries()
+    qtbot.waitUntil(
+        lambda: window.load_button.isEnabled() and bool(window.controller.module_names),
+        timeout=180_000,
+    )
+    panel = window.settings_panel
+    panel.mode_buttons["4bit"].click()
+    skip = panel.editors["llm_int8_skip_modules"]
+    under = panel.field_errors["llm_int8_skip_modules"]
+    for name, nearest in (
+        ("lm_haed", "did you mean lm_head?"),
+        ("not_a_module", "this model's names include lm_head, mlp.down_proj"),
+    ):
+        skip.set_value([name])
+        skip.changed.emit()
+        assert skip.property("invalid") is True
+        assert panel.labels["llm_int8_skip_modules"].property("invalid") is True
+        assert not under.isHidden()
+        assert f"'{name}' matches no module of this model" in under.text()
+        assert nearest in under.text()
+        assert not window.load_button.isEnabled()
+        window.request_load()
+        assert window.controller.running("load") is None
+    skip.set_value(["mlp.down_proj"])
+    skip.changed.emit()
+    assert under.isHidden() and window.load_button.isEnabled()
+
+    panel.max_memory.setText("0=4GiB,cpu=8GiB")
+    cap = panel.field_errors["max_memory"]
+    assert not cap.isHidden() and "mixes a GPU with cpu/disk" in cap.text()
+    assert "mixes a GPU" in window.load_button.toolTip()
+    panel.max_memory.setText("")
+    assert cap.isHidden()
