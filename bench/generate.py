@@ -50,7 +50,7 @@ def measure_ours(name: str) -> dict[str, float]:
 
 
 def measure_bare(name: str) -> dict[str, float]:
-    """The seed article's way, with nothing of Nibble in the path."""
+    """The plain transformers way, with nothing of Nibble in the path."""
     import torch
     from transformers import (
         AutoModelForCausalLM,

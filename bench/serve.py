@@ -205,7 +205,8 @@ def main() -> None:
     from core.model import catalog, loader
     from core.settings import preset
     from core.stack import import_stack
-    from server.app import Server, ServerConfig, ServerThread
+    from server.app import Server
+    from server.runner import ServerConfig, ServerThread
 
     import_stack()
     chosen = preset(args.preset)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from cli import textio
@@ -18,7 +19,7 @@ from cli.args import (
 )
 from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
 from core import interrupt
-from core.errors import NibbleError
+from core.errors import NibbleError, SettingsError
 from core.units import format_bytes
 
 
@@ -32,6 +33,18 @@ def add_generate(sub: Any) -> None:
     )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object at the end"
+    )
+    reply = p.add_mutually_exclusive_group()
+    reply.add_argument(
+        "--json-object",
+        action="store_true",
+        help="the answer is a JSON object (constrained decoding)",
+    )
+    reply.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        default=None,
+        help="the answer is JSON that matches the JSON schema in FILE",
     )
     add_quant_args(p)
     add_generation_args(p)
@@ -54,6 +67,28 @@ def add_snippet(sub: Any) -> None:
     p.set_defaults(func=cmd_snippet)
 
 
+def constraint_from_args(args: argparse.Namespace) -> Any:
+    """--json-object / --json-schema FILE as a Constraint, checked before any load."""
+    from core.generation.constrain import Constraint, load_schema
+
+    if args.json_schema is not None:
+        path = Path(args.json_schema).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot read the JSON schema {path}: {exc.strerror or exc}",
+                "pass the path of a .json file that holds the schema",
+            ) from None
+        constraint = Constraint.json_schema(load_schema(text), path.stem)
+    elif args.json_object:
+        constraint = Constraint.json_object()
+    else:
+        return None
+    constraint.check()
+    return constraint
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Load a model and stream one answer."""
     from core.generation import decode
@@ -61,6 +96,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     quant, options = settings_from_args(args)
     gen = generation_from_args(args)
+    constraint = constraint_from_args(args)
     prompt = textio.read_prompt(args.prompt, sys.stdin)
     if not prompt.strip():
         raise NibbleError("the prompt is empty", 'pass --prompt "..." or pipe text in')
@@ -96,10 +132,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
             # The question is stored before the answer starts; the turn keeps the
             # answer as it streams and stores it, stopped or not, at the end.
             system = textio.clean(args.system) if args.system else None
-            turn = chat.ask(prompt, gen, raw=args.raw, system=system, loaded=loaded)
+            turn = chat.ask(
+                prompt,
+                gen,
+                raw=args.raw,
+                system=system,
+                loaded=loaded,
+                constraint=constraint,
+            )
             messages, gen = turn.prompt, turn.settings
         with interrupt.signals_set(stop):
-            items = decode.stream(loaded, messages, gen, stop, raw=args.raw)
+            items = decode.stream(
+                loaded, messages, gen, stop, raw=args.raw, constraint=constraint
+            )
             for item in turn.follow(items) if turn is not None else items:
                 if isinstance(item, decode.GenerationStats):
                     stats = item
@@ -126,6 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "settings": quant.to_dict(),
                     "options": options.to_dict(),
                     "generation": gen.to_dict(),
+                    "constraint": constraint.to_dict() if constraint else None,
                     "conversation_id": turn.conversation_id if turn else None,
                 },
                 indent=2,

@@ -138,7 +138,7 @@ def hub_table(
     except hub.HubOfflineError:
         config = hub.cached_config(text)
         if config is None:
-            return None
+            raise  # asking the same hub again for config.json would only wait again
         from core.model import estimate
 
         source = estimate.ConfigSource(text, json.loads(config.read_text()), config)

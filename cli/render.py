@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def estimate_table(result: estimate.Table) -> str:
     """The estimate table as aligned text for a terminal."""
-    from core.model.estimate import OVERHEAD_NOTE
+    from core.model.estimate import OVERHEAD_NOTE, PEAK_NOTE
 
     head = (
         "preset",
@@ -28,13 +28,14 @@ def estimate_table(result: estimate.Table) -> str:
         "KV cache",
         "overhead",
         "total",
+        "load peak",
     )
     lines = [
         f"{result.model} · context {result.context} × batch {result.batch}",
         result.device.describe(),
         "",
         f"{head[0]:8} {head[1]:9} {head[2]:>11} {head[3]:>11} {head[4]:>11} "
-        f"{head[5]:>11} {head[6]:>11}  verdict",
+        f"{head[5]:>11} {head[6]:>11} {head[7]:>11}  verdict",
     ]
     for r in result.rows:
         sizes = (
@@ -43,6 +44,7 @@ def estimate_table(result: estimate.Table) -> str:
             r.kv_cache_bytes,
             r.overhead_bytes,
             r.total_bytes,
+            r.load_peak_bytes,
         )
         cells = " ".join(f"{format_bytes(n):>11}" for n in sizes)
         lines.append(f"{r.preset:8} {r.label:9} {cells}  {r.verdict}")
@@ -53,6 +55,7 @@ def estimate_table(result: estimate.Table) -> str:
     lines.append(f"Recommended: {best or 'none of the presets fits'}")
     lines += [f"note: {n}" for n in result.notes]
     lines.append(f"note: {OVERHEAD_NOTE}")
+    lines.append(f"note: {PEAK_NOTE}; the verdict judges the higher of total and peak")
     return "\n".join(lines)
 
 

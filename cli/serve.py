@@ -38,6 +38,14 @@ def add_commands(sub: Any) -> None:
         help="requests that may wait (16)",
     )
     p.add_argument(
+        "--max-batch",
+        type=number("--max-batch", integer=True),
+        default=None,
+        metavar="N",
+        help="answers decoded together (default: what fits beside the model, up "
+        "to 8; the reason is printed); more requests wait",
+    )
+    p.add_argument(
         "--cors",
         action="append",
         default=[],
@@ -47,6 +55,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--log-prompts", action="store_true", help="log prompt texts (off by default)"
     )
+    p.add_argument(
+        "--idle-unload",
+        type=number("--idle-unload", low=0.001),
+        default=None,
+        metavar="SECONDS",
+        help="unload the model after this long without a request; the next "
+        "request loads it again",
+    )
     add_quant_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -54,11 +70,13 @@ def add_commands(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over the OpenAI API until Ctrl+C, then unload it."""
     from core.generation.queue import GenerationQueue
+    from core.generation.switch import ModelSwitcher
     from core.model import catalog, loader
     from core.stack import import_stack
-    from server import app as server
+    from server import runner
+    from server.app import Server
 
-    config = server.ServerConfig(
+    config = runner.ServerConfig(
         host=args.host,
         port=args.port,
         api_key=args.api_key,
@@ -69,25 +87,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     quant, options = settings_from_args(args)
     if args.queue < 1:
         raise SettingsError(f"--queue {args.queue} is too small", "use 1 or more")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise SettingsError(
+            f"--max-batch {args.max_batch} is too small",
+            "use 1 (one answer at a time) or more",
+        )
     import_stack()
     ref = catalog.resolve(args.model)
     warn(check_before_load(ref, quant, options))
     show = stderr_progress(False)
     loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)
-    queue = GenerationQueue(loaded, limit=args.queue)
-    api = server.Server(queue, config)
+    queue = GenerationQueue(loaded, limit=args.queue, max_batch=args.max_batch)
+    print(f"answers decoded together: {queue.batch_reason}", file=sys.stderr)
+    switcher = ModelSwitcher(
+        queue, directory=_servable_models, idle_unload_s=args.idle_unload
+    )
+    api = Server(queue, config, switcher=switcher)
 
     def ready(url: str) -> None:
         name = api.model_names()[0]
         print(f"Serving {name} ({quant.label()}) at {url}", flush=True)
-        print(server.curl_line(url, name, config.api_key), flush=True)
+        print(runner.curl_line(url, name, config.api_key), flush=True)
         print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
 
     try:
-        server.serve_forever(api, ready)
+        runner.serve_forever(api, ready)
     finally:
+        switcher.close()
         queue.close()
-        loader.unload(loaded)
+        loader.unload(queue.loaded)
     print("stopped; the model is unloaded", file=sys.stderr)
     return EXIT_OK
+
+
+def _servable_models() -> dict[str, Any]:
+    """What `serve` offers: the default, the window's recent folders, the HF cache."""
+    from core.generation.switch import servable
+    from core.store.session import load_session
+
+    session, _ = load_session()
+    return servable(session.recent_folders)

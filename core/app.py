@@ -131,6 +131,8 @@ class App:
     ----------
     session
         What the last run left (model, settings); a fresh one by default.
+    queue
+        The generation queue to answer through (default: one made on first use).
 
     Events (plain callbacks, called on the thread that made the change):
     ``model_selected(ModelRef)``, ``settings_changed(QuantSettings, LoadOptions)``,
@@ -138,7 +140,11 @@ class App:
     ``model_unloaded()``.
     """
 
-    def __init__(self, session: session_mod.Session | None = None) -> None:
+    def __init__(
+        self,
+        session: session_mod.Session | None = None,
+        queue: GenerationQueue | None = None,
+    ) -> None:
         self.session = session or session_mod.Session()
         self.selected_ref: ModelRef = session_mod.ref_from_dict(self.session.model)
         self.quant: QuantSettings = self.session.quant
@@ -151,7 +157,7 @@ class App:
         self.last_stats: GenerationStats | None = None
         self.chat = Chat(None)
         self.jobs: list[JobEntry[Any]] = []
-        self._queue: GenerationQueue | None = None
+        self._queue: GenerationQueue | None = queue
         self.model_selected = Event()
         self.settings_changed = Event()
         self.model_changed = Event()
@@ -376,26 +382,22 @@ class App:
 
     def waiting_line(self, turn: Turn) -> str:
         """What the answer waits for, e.g. 'Waiting behind 1 server request (120
-        tokens so far)…', or '' once it runs."""
+        tokens so far)…', or '' once it runs (or joined the running batch)."""
         job = turn.job
         queue = self._queue
-        if job is None or queue is None or turn.chunks:
+        if job is None or queue is None or turn.chunks or queue.position(job) <= 0:
             return ""
         jobs = queue.jobs()
-        if job not in jobs or (jobs.index(job) == 0 and queue.running is job):
-            return ""
-        ahead = jobs[: jobs.index(job)]
-        if queue.paused and not ahead:
-            return "Waiting for the comparison…"
+        ahead = jobs[: jobs.index(job)] if job in jobs else []
         if not ahead:
-            return ""
+            return "Waiting for the comparison…" if queue.paused else ""
         servers = sum(1 for j in ahead if j.request.source == "server")
         what = "server request" if servers == len(ahead) else "request"
         plural = "s" if len(ahead) > 1 else ""
         line = f"Waiting behind {len(ahead)} {what}{plural}"
-        running = queue.running
-        if running is not None and running in ahead:
-            line += f" ({running.new_tokens:,} tokens so far)"
+        running = [j for j in ahead if j in queue.running_jobs]
+        if running:
+            line += f" ({sum(j.tokens for j in running):,} tokens so far)"
         return line + "…"
 
     # -- closing --

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import NibbleError
 from core.settings import GenerationSettings
@@ -50,6 +50,9 @@ class Turn:
         The stored answer this one becomes another variant of, or None.
     unsaved
         Why the question could not be stored (the answer still comes, unkept).
+    constraint
+        What the answer was constrained to (a decode.Constraint), kept in its
+        provenance.
     answer
         The stored answer once `finish()` ran (for a variant: its message).
     """
@@ -62,6 +65,7 @@ class Turn:
     question: conv.Message | None = None
     variant_of: int | None = None
     unsaved: NibbleError | None = None
+    constraint: Any = None
     chunks: list[str] = field(default_factory=list)
     stats: GenerationStats | None = None
     job: Job | None = None
@@ -79,7 +83,7 @@ class Turn:
         """Tokens decoded so far, as the generator counts them (no tokenizing)."""
         if self.stats is not None and self.stats.new_tokens:
             return self.stats.new_tokens
-        return self.job.new_tokens if self.job is not None else 0
+        return self.job.tokens if self.job is not None else 0
 
     def add(self, chunk: str) -> None:
         """Keep a chunk of the answer (safe from the thread that reads the stream)."""
@@ -211,6 +215,7 @@ class Chat:
         raw: bool = False,
         system: str | None = None,
         loaded: LoadedModel | None = None,
+        constraint: Any = None,
     ) -> Turn:
         """Store `question` and return the Turn that will carry its answer.
 
@@ -244,6 +249,7 @@ class Chat:
             loaded,
             question=stored,
             unsaved=unsaved,
+            constraint=constraint,
             _chat=self,
         )
         self.turn = turn

@@ -13,7 +13,9 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,19 +67,51 @@ def process_memory(pid: int | None = None) -> ProcessMemory | None:
     return ProcessMemory(values["VmRSS"], anon, file)
 
 
-def mapped_ranges(suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> list[range]:
-    """Address ranges of this process's mappings of files ending in `suffixes`."""
-    ranges = []
+@dataclass(frozen=True)
+class Mapping:
+    """One mapping of a file into this process: addresses, file offset, path."""
+
+    addresses: range
+    offset: int
+    path: str
+
+
+def mappings(suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> list[Mapping]:
+    """This process's mappings of files ending in `suffixes` (/proc/self/maps)."""
+    found = []
     try:
         with open("/proc/self/maps") as fh:
             for line in fh:
                 parts = line.split(maxsplit=5)
                 if len(parts) == 6 and parts[5].rstrip("\n").endswith(suffixes):
                     start, end = (int(x, 16) for x in parts[0].split("-"))
-                    ranges.append(range(start, end))
+                    path = parts[5].rstrip("\n")
+                    found.append(Mapping(range(start, end), int(parts[2], 16), path))
     except (OSError, ValueError):
         return []
-    return ranges
+    return found
+
+
+def mapped_ranges(suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> list[range]:
+    """Address ranges of this process's mappings of files ending in `suffixes`."""
+    return [m.addresses for m in mappings(suffixes)]
+
+
+def resident_mapped_bytes(suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> int:
+    """Resident bytes of this process's mappings of checkpoint files (/proc smaps)."""
+    total = 0
+    inside = False
+    try:
+        with open("/proc/self/smaps") as fh:
+            for line in fh:
+                first = line.split(maxsplit=1)[0]
+                if "-" in first and not first.endswith(":"):
+                    inside = line.rstrip("\n").endswith(suffixes)
+                elif inside and first == "Rss:":
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
 
 
 def _tensors(model: Any) -> list[tuple[Any, str, Any]]:
@@ -143,9 +177,120 @@ def detach_from_checkpoint(model: Any) -> int:
     return total
 
 
+def _libc() -> Any:
+    """glibc, or None where there is none (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt  # noqa: B018  (musl has no mallopt)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_MADV_DONTNEED = 4
+
+
+def release_checkpoint_pages(model: Any) -> int:
+    """Give back the pages of the checkpoint that no tensor of `model` uses.
+
+    After a quantizing load the unquantized rest (embedding, norms) still points
+    into the mapped checkpoint, and every page the quantization read stays resident
+    in the process and in the page cache. The rest stays mapped (clean file pages
+    the OS may drop and read again, as in an unquantized load); every page outside
+    it is unmapped from the process (MADV_DONTNEED, after which a read would fault
+    the same bytes back in) and dropped from the page cache (POSIX_FADV_DONTNEED).
+    Returns the bytes released.
+    """
+    found = mappings()
+    libc = _libc()
+    if not found or libc is None:
+        return 0
+    used: list[tuple[int, int]] = []
+    for _, _, tensor in _tensors(model):
+        if tensor.device.type != "cpu":
+            continue
+        storage = tensor.untyped_storage()
+        used.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+    page = os.sysconf("SC_PAGE_SIZE")
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released = 0
+    for mapping in found:
+        start, end = mapping.addresses.start, mapping.addresses.stop
+        inside = sorted(
+            (max(a, start), min(b, end)) for a, b in used if a < end and b > start
+        )
+        gaps, cursor = [], start
+        for a, b in inside:
+            if a > cursor:
+                gaps.append((cursor, a))
+            cursor = max(cursor, b)
+        if cursor < end:
+            gaps.append((cursor, end))
+        fd = _open_quietly(mapping.path)
+        try:
+            for a, b in gaps:
+                a = -(-a // page) * page  # whole pages only: a used one may share it
+                b = b // page * page
+                if b <= a:
+                    continue
+                if libc.madvise(a, b - a, _MADV_DONTNEED) != 0:
+                    continue
+                released += b - a
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(
+                            fd,
+                            mapping.offset + a - start,
+                            b - a,
+                            os.POSIX_FADV_DONTNEED,
+                        )
+        finally:
+            if fd is not None:
+                os.close(fd)
+    logger.debug("released %d bytes of checkpoint pages", released)
+    return released
+
+
+def _open_quietly(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+
+
 def trim_heap() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc only)."""
     gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+# glibc's mallopt parameter (docs/facts.md, "A quantizing load keeps every freed
+# temporary"); 128 KiB is glibc's own starting threshold.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+@contextlib.contextmanager
+def heap_for_loading() -> Iterator[None]:
+    """Make freed load temporaries go back to the OS at once, then trim the heap.
+
+    A load that quantizes reads each weight, quantizes it and frees the full-precision
+    temporaries, one tensor after another. glibc raises its mmap threshold to the size
+    of the first large block freed, so every later temporary comes from the heap, and
+    the heap only shrinks from its top, where the packed weights just allocated sit:
+    every temporary stays resident and the process grows by about the checkpoint's
+    size. A fixed threshold maps and unmaps each large block on its own. It stays
+    fixed after the load: the first forward of a 4-bit model on the CPU repacks every
+    weight and would leave the same holes (+40 MiB on the default model).
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        trim_heap()

@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 MODULES = (
     "torch",
     "transformers",
-    "bitsandbytes",
     "accelerate",
     "safetensors.torch",
     "transformers.generation",
@@ -40,24 +39,34 @@ NAMES = (
 
 _lock = threading.Lock()
 _done = False
+_bitsandbytes = False
 
 
-def import_stack() -> None:
-    """Import the ML stack once, thread-safely; a no-op after the first call."""
-    global _done
-    if _done:
+def import_stack(bitsandbytes: bool = False) -> None:
+    """Import the ML stack once, thread-safely; a no-op after the first call.
+
+    bitsandbytes only when asked (a quantized load): importing it compiles its
+    kernels' wrappers and holds ~50 MiB that an unquantized load never uses
+    (docs/facts.md, "What a load holds").
+    """
+    global _done, _bitsandbytes
+    if _done and (_bitsandbytes or not bitsandbytes):
         return
     with _lock:
-        if _done:
-            return
-        quiet_libraries()  # before the imports: bitsandbytes logs while importing
-        for name in MODULES:
-            importlib.import_module(name)
-        for module, attr in NAMES:
-            getattr(importlib.import_module(module), attr)
-        quiet_libraries()
-        _done = True
-        logger.debug("ML stack imported")
+        if not _done:
+            quiet_libraries()
+            for name in MODULES:
+                importlib.import_module(name)
+            for module, attr in NAMES:
+                getattr(importlib.import_module(module), attr)
+            quiet_libraries()
+            _done = True
+            logger.debug("ML stack imported")
+        if bitsandbytes and not _bitsandbytes:
+            quiet_libraries()  # before the import: bitsandbytes logs while importing
+            importlib.import_module("bitsandbytes")
+            quiet_libraries()
+            _bitsandbytes = True
 
 
 def quiet_libraries() -> None:

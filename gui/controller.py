@@ -95,10 +95,13 @@ class Controller(QObject):
     jobs_changed = Signal()
 
     def __init__(
-        self, session: session_mod.Session | None = None, parent: QObject | None = None
+        self,
+        session: session_mod.Session | None = None,
+        parent: QObject | None = None,
+        queue: GenerationQueue | None = None,
     ) -> None:
         super().__init__(parent)
-        self.app = App(session)
+        self.app = App(session, queue)
         self.app.model_selected.connect(self.model_selected.emit)
         self.app.settings_changed.connect(self.settings_changed.emit)
         self.app.model_changed.connect(self.model_changed.emit)

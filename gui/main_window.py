@@ -331,6 +331,7 @@ class MainWindow(QMainWindow):
         self.server_view.request_logged.connect(
             lambda r: self.monitor_view.add_marker(marker_label(r), r.time)
         )
+        self.server_view.batch_changed.connect(self.monitor_view.mark_batch)
         self.tabs.addTab(self.server_view, "Server")
 
     def show_monitor(self) -> None:

@@ -65,6 +65,11 @@ _SHORT = {
 }
 
 
+def batch_marker_label(running: int, waiting: int) -> str:
+    """'Batch 3' (answers decoding together), '+2 waiting' when some wait."""
+    return f"Batch {running}" + (f" +{waiting} waiting" if waiting else "")
+
+
 def _color(index: int) -> str:
     return COLORS[index % len(COLORS)]
 
@@ -208,6 +213,7 @@ class MonitorView(QWidget):
         self.t0 = time.time()
         self.paused = False
         self.markers: list[_MarkerEntry] = []
+        self._batch_marked = 0
         self.worker: workers.SamplerWorker | None = None
         self.gpu_indices: list[int] | None = None
         self.gpu_reason: str | None = None
@@ -552,6 +558,15 @@ class MonitorView(QWidget):
             line.setToolTip(text)
 
     # -- hooks for the window's signals --
+
+    @Slot(int, int)
+    def mark_batch(self, running: int, waiting: int) -> None:
+        """Mark a change of how many answers decode together (not of the waiting
+        count alone, which would crowd the charts)."""
+        if running == self._batch_marked:
+            return
+        self._batch_marked = running
+        self.add_marker(batch_marker_label(running, waiting))
 
     @Slot()
     def mark_load_started(self, *_args: object) -> None:

@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -37,9 +37,9 @@ from gui import workers
 
 if TYPE_CHECKING:
     from gui.controller import Controller
-from server.app import (
+from server.handlers import RequestRecord
+from server.runner import (
     DEFAULT_PORT,
-    RequestRecord,
     ServerConfig,
     curl_line,
     env_snippet,
@@ -70,6 +70,19 @@ def model_name(loaded: Any) -> str | None:
     return loaded.ref.repo_id or loaded.ref.name
 
 
+def batch_text(running: int, waiting: int, max_batch: int, note: str | None) -> str:
+    """The live batch line, e.g. 'Batch: 3 answers decoding together, 1 waiting
+    (up to 8)'."""
+    if note is not None:
+        head = f"One answer at a time ({note})"
+        if running:
+            head += ": 1 decoding"
+    else:
+        noun = "answer" if running == 1 else "answers"
+        head = f"Batch: {running} {noun} decoding together (up to {max_batch})"
+    return head + (f", {waiting} waiting" if waiting else "")
+
+
 def marker_label(record: RequestRecord) -> str:
     """The Monitor marker of one request, e.g. 'API 200 chat 12+64 tok'."""
     endpoint = record.endpoint.rsplit("/", 1)[-1].replace("completions", "")
@@ -92,6 +105,7 @@ class ServerView(QWidget):
     """
 
     serving_changed = Signal(bool)
+    batch_changed = Signal(int, int)  # answers decoding together, waiting
     request_logged = Signal(object)  # RequestRecord, on the UI thread
     _record_arrived = Signal(object)  # from the server's thread
 
@@ -107,6 +121,12 @@ class ServerView(QWidget):
         self._record_arrived.connect(self._add_record)
         self._build()
         self._refresh()
+        self._batch_shown: tuple[int, int, int, str | None] | None = None
+        self.batch_timer = QTimer(self)
+        self.batch_timer.setInterval(250)
+        self.batch_timer.timeout.connect(self.refresh_batch)
+        self.batch_timer.start()
+        self.refresh_batch()
 
     # -- layout --
 
@@ -118,6 +138,13 @@ class ServerView(QWidget):
             Qt.TextInteractionFlag.TextSelectableByMouse
         )
         layout.addWidget(self.status_label)
+        self.batch_label = QLabel()
+        self.batch_label.setToolTip(
+            "Requests and the chat's answers decode together in one batch; more "
+            "than the limit wait. The limit is what fits beside the model (serve "
+            "--max-batch sets it)."
+        )
+        layout.addWidget(self.batch_label)
 
         form = QFormLayout()
         self.port_spin = QSpinBox()
@@ -254,6 +281,23 @@ class ServerView(QWidget):
             python_snippet(url, shown, key)
         )
         self.snippet_edits["Environment"].setPlainText(env_snippet(url, key))
+
+    def refresh_batch(self) -> None:
+        """Show the queue's batch size now; emits batch_changed when it moved."""
+        queue = self.queue
+        shown = (queue.batch_size, queue.waiting, queue.max_batch, queue.batching_note)
+        if shown == self._batch_shown:
+            return
+        before = self._batch_shown
+        self._batch_shown = shown
+        self.batch_label.setText(batch_text(*shown))
+        self.batch_label.setToolTip(
+            f"Answers decoded together: {queue.batch_reason}"
+            if queue.batch_reason
+            else self.batch_label.toolTip()
+        )
+        if before is not None and before[:2] != shown[:2]:
+            self.batch_changed.emit(shown[0], shown[1])
 
     def new_key(self) -> None:
         self.key_edit.setText(f"nb-{secrets.token_urlsafe(24)}")

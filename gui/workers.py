@@ -360,7 +360,8 @@ class ServerStartWorker(Worker):
         self.on_request = on_request
 
     def work(self) -> Any:
-        from server.app import Server, ServerThread
+        from server.app import Server
+        from server.runner import ServerThread
 
         self.server_thread = ServerThread(
             Server(self.queue, self.config, self.on_request)

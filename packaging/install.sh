@@ -150,7 +150,8 @@ make_dirs "$HOME_DIR"
 record tree "$APP"
 mkdir "$APP"
 say "copying Nibble to $APP"
-cp -R "$SRC/main.py" "$SRC/core" "$SRC/gui" "$SRC/resources" "$SRC/pyproject.toml" "$APP/"
+cp -R "$SRC/main.py" "$SRC/core" "$SRC/cli" "$SRC/server" "$SRC/gui" "$SRC/resources" \
+    "$SRC/pyproject.toml" "$APP/"
 find "$APP" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # -- its own venv --

@@ -1,16 +1,20 @@
-"""The OpenAI API's side of a request: reading the body, refusing what is not
-supported, and errors in OpenAI's shape. No server here (see server/app.py).
+"""OpenAI's request and response shapes as pydantic models, and errors in its shape.
+
+FastAPI validates request bodies against these models; `validation_error` turns the
+first problem pydantic finds into the one-line message a client sees. Nothing here
+runs a model (see server/handlers.py) or listens (see server/runner.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+import re
+from typing import Annotated, Any, Literal
 
-from core.errors import NibbleError, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_serializer
+
+from core.errors import NibbleError
 from core.generation.queue import NoModelError, QueueFullError
-from core.settings import GenerationSettings, check_number, spec_of
 
 MAX_STOP_STRINGS = 4
 
@@ -42,6 +46,8 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.recorded = False
+        """Set once the request log has this error (so it is logged once)."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -64,174 +70,443 @@ class ApiError(Exception):
         return cls(400, text)
 
 
-# -- reading a request body ---------------------------------------------------
+# -- field types ----------------------------------------------------------------
+
+# Strict: a bool or a numeric string is not a number, as OpenAI answers.
+Number = Annotated[float, Strict()]
+Integer = Annotated[int, Strict()]
+Flag = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
 
 
-_MISSING = object()
-
-
-def read_field(
-    body: dict[str, Any],
-    name: str,
-    kinds: type | tuple[type, ...],
-    default: Any = None,
+def _number(
     low: float | None = None,
     high: float | None = None,
+    integer: bool = False,
+    setting: bool = False,
 ) -> Any:
-    """body[name] checked against `kinds` (bool is never a number) and a range."""
-    value = body.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return default
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    numeric = any(k in (int, float) for k in kinds)
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = " or ".join(
-            {"str": "a string", "int": "an integer", "float": "a number"}.get(
-                k.__name__, k.__name__
-            )
-            for k in kinds
+    """A numeric field whose range `check_numbers` enforces with core's one check.
+
+    `setting`: it is also a GenerationSettings field, whose own range applies.
+    """
+    rule = {"low": low, "high": high, "integer": integer, "setting": setting}
+    return Field(default=None, json_schema_extra={"number": rule})
+
+
+class _Shape(BaseModel):
+    """OpenAI sends fields this server does not read (user, metadata, store…)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class _Open(BaseModel):
+    """A shape whose extra fields are kept, e.g. a message's vendor fields."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+# -- requests -------------------------------------------------------------------
+
+
+class FunctionCall(_Open):
+    name: Text
+    arguments: Text = "{}"
+    """The arguments as a JSON text, as OpenAI sends them."""
+
+
+class ToolCall(_Open):
+    id: Text = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Open):
+    """One message of the history; the role and content are checked when it is read."""
+
+    role: Text
+    content: Text | list[Any] | None = None
+    name: Text | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: Text | None = None
+
+
+class FunctionDefinition(_Shape):
+    name: Annotated[str, Strict(), Field(min_length=1, max_length=64)]
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None
+    strict: Flag | None = None
+
+
+class Tool(_Shape):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Shape):
+    name: Text
+
+
+class NamedToolChoice(_Shape):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Shape):
+    name: Text = "answer"
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: Flag | None = None
+
+
+class ResponseFormat(_Shape):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StreamOptions(_Shape):
+    include_usage: Flag | None = None
+
+
+class _Sampling(_Shape):
+    """The fields both endpoints share."""
+
+    # NaN and ±inf reach `check_numbers`, which answers in core's words.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
+
+    model: Text | None = None
+    stream: Flag | None = False
+    stream_options: StreamOptions | None = None
+    temperature: Number | None = _number(setting=True)
+    top_p: Number | None = _number(setting=True)
+    top_k: Integer | None = _number(integer=True, setting=True)
+    repetition_penalty: Number | None = _number(setting=True)
+    presence_penalty: Number | None = _number(-2.0, 2.0)
+    frequency_penalty: Number | None = _number(-2.0, 2.0)
+    seed: Integer | None = _number(integer=True, setting=True)
+    max_tokens: Integer | None = _number(1, 1_000_000, integer=True)
+    stop: Text | list[Text] | None = None
+    # Refused unless they ask for what is done anyway (see `refuse_unsupported`).
+    n: Any = None
+    best_of: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    echo: Any = None
+    suffix: Any = None
+    logit_bias: Any = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: Annotated[
+        list[ChatMessage],
+        Field(min_length=1, json_schema_extra={"must_be": "a non-empty list"}),
+    ]
+    max_completion_tokens: Integer | None = _number(1, 1_000_000, integer=True)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: Flag | None = None
+    response_format: ResponseFormat | None = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Any = None
+    """One string (a list of one string is accepted); checked when read."""
+    response_format: ResponseFormat | None = None
+
+
+# -- responses ------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class _Sparse(BaseModel):
+    """A delta: only the keys that carry something are sent."""
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class FunctionDelta(_Sparse):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Sparse):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
+class Delta(_Sparse):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(_Sparse):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    loaded: bool | None = None
+    """Nibble's addition: whether this model is in memory now."""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def dump(shape: BaseModel) -> dict[str, Any]:
+    """A response model as the JSON-ready dict OpenAI's clients expect."""
+    return shape.model_dump(mode="json", by_alias=True)
+
+
+# -- validation errors ------------------------------------------------------------
+
+_KINDS = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "literal_error": "one of {expected}",
+    "union_tag_invalid": "one of {expected_tags}",
+}
+
+
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_UNION_MEMBERS = {"str", "int", "float", "bool", "list", "dict"}
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """('body', 'messages', 0, 'role') as 'messages[0].role'."""
+    text = ""
+    for i, part in enumerate(loc):
+        if i == 0 and part == "body":
+            continue
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _FIELD_NAME.fullmatch(str(part)) or part in _UNION_MEMBERS:
+            continue  # pydantic's name for a member of a union, not a field
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _must_be(model: type[BaseModel] | None, name: str) -> str | None:
+    field = model.model_fields.get(name) if model else None
+    extra = field.json_schema_extra if field else None
+    return extra.get("must_be") if isinstance(extra, dict) else None  # type: ignore[return-value]
+
+
+def _bounds(model: type[BaseModel] | None, name: str) -> tuple[Any, Any]:
+    field = model.model_fields.get(name) if model else None
+    low = high = None
+    for meta in field.metadata if field else ():
+        low = getattr(meta, "ge", low)
+        high = getattr(meta, "le", high)
+    return low, high
+
+
+def validation_error(
+    errors: list[dict[str, Any]], model: type[BaseModel] | None = None
+) -> ApiError:
+    """The first of pydantic's errors as a 400 that names the field and what it needs."""
+    if not errors:
+        return ApiError(400, "the request body is not valid")
+    error = errors[0]
+    kind = error.get("type", "")
+    where = _where(tuple(error.get("loc", ())))
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "json_invalid":
+        detail = ctx.get("error", error.get("msg", ""))
+        return ApiError(400, f"the body is not valid JSON: {detail}")
+    if not where:
+        return ApiError(400, "the body must be a JSON object")
+    name = where.split(".")[0].split("[")[0]
+    must_be = _must_be(model, name) if name == where else None
+    if kind == "missing":
+        return ApiError(400, f"'{where}' is required", param=where)
+    if kind in ("too_short", "list_type") and must_be:
+        return ApiError(400, f"'{where}' must be {must_be}", param=where)
+    if kind in (
+        "greater_than_equal",
+        "less_than_equal",
+        "greater_than",
+        "less_than",
+    ):
+        low, high = _bounds(model, name) if name == where else (None, None)
+        if low is not None and high is not None:
+            rule = f"it must be from {low} to {high}"
+        else:
+            rule = error.get("msg", "").replace("Input should be", "it must be")
+        return ApiError(400, f"'{where}' is {value}; {rule}", param=where)
+    if kind in ("finite_number",):
+        return ApiError(
+            400, f"'{where}' must be a finite number, got {value!r}", param=where
         )
-        raise ApiError(400, f"'{name}' must be {names}, got {value!r}", param=name)
-    if numeric:
-        # NaN, ±inf (json reads them) and numbers past the range or 64 bits: the
-        # same check as every other face's.
+    if kind in _KINDS:
+        needed = _KINDS[kind].format(**{k: str(v) for k, v in ctx.items()})
+        return ApiError(400, f"'{where}' must be {needed}, got {value!r}", param=where)
+    message = str(error.get("msg", "is not valid"))
+    return ApiError(400, f"'{where}': {message}", param=where)
+
+
+# -- numbers ---------------------------------------------------------------------------
+
+
+def check_numbers(request: BaseModel) -> None:
+    """NaN, ±inf, ranges and 64 bits: the same check as every other face's.
+
+    Each numeric field's range comes from its metadata (`_number`); a field that is
+    also a GenerationSettings field is then checked against that field's own range.
+
+    Raises
+    ------
+    ApiError
+        400 naming the field, in core's words.
+    """
+    from core.errors import SettingsError
+    from core.settings import GenerationSettings, check_number, spec_of
+
+    for name, field in type(request).model_fields.items():
+        extra = field.json_schema_extra
+        rule = extra.get("number") if isinstance(extra, dict) else None
+        value = getattr(request, name, None)
+        if not isinstance(rule, dict) or value is None:
+            continue
         try:
             value = check_number(
-                f"'{name}'", value, integer=float not in kinds, low=low, high=high
+                f"'{name}'",
+                value,
+                integer=bool(rule["integer"]),
+                low=rule["low"],  # type: ignore[arg-type]
+                high=rule["high"],  # type: ignore[arg-type]
             )
+            if rule["setting"]:
+                try:
+                    value = spec_of(GenerationSettings, name).check(value)
+                except SettingsError as exc:
+                    raise SettingsError(
+                        f"'{name}': {exc.message}", exc.hint, name
+                    ) from None
         except SettingsError as exc:
             raise ApiError(400, f"{exc.message}; {exc.hint}", param=name) from None
-    return value
+        setattr(request, name, value)
 
 
-def setting_field(body: dict[str, Any], name: str, default: Any) -> Any:
-    """body[name] checked by the GenerationSettings field of that name (its range)."""
-    spec = spec_of(GenerationSettings, name)
-    kinds: tuple[type, ...] = (int,) if spec.kind != "float" else (int, float)
-    value = read_field(body, name, kinds, default)
-    if value is None or value is default:
-        return value
-    try:
-        return spec.check(value)
-    except SettingsError as exc:
-        raise ApiError(
-            400, f"'{name}': {exc.message}; {exc.hint}", param=name
-        ) from None
+# -- what this server does not do -----------------------------------------------------
 
 
-def _refuse(
-    body: dict[str, Any], name: str, why: str, ok: Callable[[Any], bool]
-) -> None:
-    value = body.get(name)
+def _refuse(request: BaseModel, name: str, why: str, ok: Any) -> None:
+    value = getattr(request, name, None)
     if value is not None and not ok(value):
         raise ApiError(400, f"'{name}' is not supported: {why}", param=name)
 
 
-def stop_strings(body: dict[str, Any]) -> tuple[str, ...]:
-    """`stop`: one string or up to MAX_STOP_STRINGS; empty ones are dropped."""
-    value = body.get("stop")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise ApiError(400, "'stop' must be a string or a list of strings", "stop")
-    if len(value) > MAX_STOP_STRINGS:
-        raise ApiError(
-            400, f"'stop' has {len(value)} strings; at most {MAX_STOP_STRINGS}", "stop"
-        )
-    return tuple(s for s in value if s)
-
-
-def chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    """`messages` as {"role", "content"} texts; tool turns and images refused."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", "messages")
-    out = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise ApiError(400, f"'{where}' must be an object", where)
-        role = message.get("role")
-        if role == "developer":
-            role = "system"
-        if role not in ("system", "user", "assistant"):
-            why = (
-                "tool calls are not supported"
-                if role in ("tool", "function")
-                else "use system, user or assistant"
-            )
-            raise ApiError(400, f"'{where}.role' {role!r} is refused: {why}", where)
-        if message.get("tool_calls"):
-            raise ApiError(
-                400, f"'{where}.tool_calls' is not supported: no tool calls", where
-            )
-        out.append({"role": role, "content": _content(message.get("content"), where)})
-    return out
-
-
-def _content(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise ApiError(400, f"'{where}.content' must be a string or a list", where)
-    texts = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind in ("image_url", "input_image", "image", "input_audio", "file"):
-            raise ApiError(
-                400,
-                f"'{where}.content' has an {kind} part: this model reads text only",
-                where,
-                code="unsupported_content",
-            )
-        else:
-            raise ApiError(400, f"'{where}.content' has a part of type {kind!r}", where)
-    return "".join(texts)
-
-
-def sampling(body: dict[str, Any], max_new: int) -> GenerationSettings:
-    """GenerationSettings from OpenAI's fields (temperature 0 is greedy)."""
-    temperature = setting_field(body, "temperature", 1.0)
-    return GenerationSettings(
-        max_new_tokens=max_new,
-        temperature=float(temperature),
-        top_p=float(setting_field(body, "top_p", 1.0)),
-        top_k=setting_field(body, "top_k", 0),
-        repetition_penalty=float(setting_field(body, "repetition_penalty", 1.0)),
-        seed=setting_field(body, "seed", None),
-        greedy=temperature == 0,
-    )
-
-
-def refuse_unsupported(body: dict[str, Any]) -> None:
+def refuse_unsupported(request: BaseModel) -> None:
     """400 for what this server does not do, rather than ignoring it."""
-    _refuse(body, "n", "one choice per request", lambda v: v == 1)
-    _refuse(body, "best_of", "one choice per request", lambda v: v == 1)
-    _refuse(body, "logprobs", "no log probabilities", lambda v: not v)
-    _refuse(body, "top_logprobs", "no log probabilities", lambda v: not v)
-    _refuse(body, "echo", "the prompt is not repeated", lambda v: not v)
-    _refuse(body, "suffix", "no fill-in-the-middle", lambda v: not v)
-    _refuse(body, "logit_bias", "no logit bias", lambda v: not v)
-    for name in ("tools", "functions"):
-        _refuse(body, name, "no tool calls", lambda v: not v)
-    for name in ("tool_choice", "function_call"):
-        _refuse(body, name, "no tool calls", lambda v: v == "none")
-    _refuse(body, "audio", "text only", lambda v: False)
+    _refuse(request, "n", "one choice per request", lambda v: v == 1)
+    _refuse(request, "best_of", "one choice per request", lambda v: v == 1)
+    _refuse(request, "logprobs", "no log probabilities", lambda v: not v)
+    _refuse(request, "top_logprobs", "no log probabilities", lambda v: not v)
+    _refuse(request, "echo", "the prompt is not repeated", lambda v: not v)
+    _refuse(request, "suffix", "no fill-in-the-middle", lambda v: not v)
+    _refuse(request, "logit_bias", "no logit bias", lambda v: not v)
+    _refuse(request, "functions", "send 'tools' instead", lambda v: not v)
+    _refuse(request, "function_call", "send 'tool_choice' instead", lambda v: not v)
+    _refuse(request, "audio", "text only", lambda v: False)
     _refuse(
-        body,
+        request,
         "modalities",
         "text only",
         lambda v: isinstance(v, list) and all(m == "text" for m in v),
     )
-    _refuse(
-        body,
-        "response_format",
-        "only plain text answers",
-        lambda v: isinstance(v, dict) and v.get("type") == "text",
-    )
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """`stop`: one string or up to MAX_STOP_STRINGS; empty ones are dropped."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ApiError(
+            400, f"'stop' has {len(stop)} strings; at most {MAX_STOP_STRINGS}", "stop"
+        )
+    return tuple(s for s in stop if s)

@@ -5,7 +5,7 @@ It serves what the real client calls: `GET /api/models` (search), `GET
 safetensors parameter counts), and `HEAD`/`GET /{repo}/resolve/{rev}/{file}` with
 X-Repo-Commit, ETag, X-Linked-Etag, X-Linked-Size and range requests. Errors carry the
 hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo).
-It counts the bytes it sends and can cut a response off mid-file.
+It counts the bytes it sends and can cut a response off mid-file, or go silent.
 """
 
 from __future__ import annotations
@@ -129,6 +129,8 @@ class FakeHub:
         self.cut_after: dict[
             str, int
         ] = {}  # file name → cut the next GET after N bytes
+        self.stall_at: dict[str, int] = {}  # file → go silent at this offset
+        self.released = threading.Event()  # ends every stall (set by stop())
         self.delay_s = 0.0  # sleep per 64 KiB block, to slow a download down
         self.delay_from = 0  # ... once a response has sent this many bytes
         self.granted_tokens: set[str] = set()
@@ -163,23 +165,10 @@ class FakeHub:
         return f"http://{host}:{port}"
 
     def stop(self) -> None:
+        self.released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-
-    def go_down(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Stop, as a hub that cannot be reached; the client gives up at once.
-
-        huggingface_hub retries a refused listing five times over 23 s before the
-        error a user sees; the tests want that error, not the waits.
-        """
-        from functools import partial
-
-        from huggingface_hub.utils import _pagination
-
-        backoff = partial(_pagination.http_backoff, max_retries=0)
-        monkeypatch.setattr(_pagination, "http_backoff", backoff)
-        self.stop()
 
     def ranges(self, name: str) -> list[str | None]:
         """The Range header of every GET of `name`, in order."""
@@ -325,10 +314,16 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             return
         cut = self.fake.cut_after.pop(name, None)
+        stall = self.fake.stall_at.get(name)
         sent = 0
         with file.path.open("rb") as fh:
             fh.seek(start)
             while block := fh.read(_BLOCK):
+                if stall is not None and start + sent >= stall:
+                    self.wfile.flush()
+                    self.fake.released.wait(120)  # silent, the connection held open
+                    self.close_connection = True
+                    return
                 if cut is not None and sent + len(block) > cut:
                     block = block[: cut - sent]
                 self.wfile.write(block)

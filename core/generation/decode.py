@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -10,12 +11,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.errors import GenerationError
+from core.generation.constrain import Constraint
 from core.model.loader import LoadedModel
 from core.settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
-Message = dict[str, str]
+Message = dict[str, Any]
 STOP_EOS = "eos"
 STOP_MAX = "max tokens"
 STOP_STOPPED = "stopped"
@@ -59,9 +61,15 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 
 def build_prompt(
-    tokenizer: Any, messages_or_prompt: str | Sequence[Message], raw: bool = False
+    tokenizer: Any,
+    messages_or_prompt: str | Sequence[Message],
+    raw: bool = False,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """The text fed to the model: the chat template when there is one, else raw text."""
+    """The text fed to the model: the chat template when there is one, else raw text.
+
+    `tools` (OpenAI's function definitions) are shown to the model by its template.
+    """
     if isinstance(messages_or_prompt, str):
         if not messages_or_prompt.strip():
             raise GenerationError(
@@ -71,7 +79,9 @@ def build_prompt(
     else:
         messages = [dict(m) for m in messages_or_prompt]
         if not any(
-            m.get("content", "").strip() for m in messages if m.get("role") == "user"
+            (m.get("content") or "").strip()
+            for m in messages
+            if m.get("role") == "user"
         ):
             raise GenerationError(
                 "the prompt is empty", "type a question or some text first"
@@ -80,6 +90,15 @@ def build_prompt(
         if isinstance(messages_or_prompt, str):
             return messages_or_prompt
         return "\n\n".join(m["content"] for m in messages if m.get("content"))
+    if tools:
+        from core.generation.tools import history_for_template
+
+        return tokenizer.apply_chat_template(
+            history_for_template(messages),
+            tools=list(tools),
+            tokenize=False,
+            add_generation_prompt=True,
+        )
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True
     )
@@ -128,7 +147,9 @@ def stream(
     stop_strings: Sequence[str] = (),
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
-    on_tokens: Callable[[int], Any] | None = None,
+    constraint: Constraint | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
+    logits_processor: Callable[[Any, Any], Any] | None = None,
 ) -> Iterator[str | GenerationStats]:
     """Yield text chunks as they decode, then one GenerationStats.
 
@@ -150,15 +171,20 @@ def stream(
     presence_penalty, frequency_penalty
         OpenAI's additive penalties (-2 to 2) on the logits of tokens already in the
         answer: once for being there, and per occurrence.
-    on_tokens
-        Called (from the generate thread) with the number of new tokens so far,
-        after each decode step: a live count that costs no tokenizing.
+    constraint
+        Allow only answers this constraint accepts (JSON, a JSON schema, a grammar).
+    tools
+        Function definitions (OpenAI's shape) the chat template shows the model.
+    logits_processor
+        A per-request hook `(input_ids, scores) -> scores` (a transformers
+        LogitsProcessor's signature); see GenerationRequest.
 
     Raises
     ------
     GenerationError
-        Bad input (empty, longer than the context) before anything runs, or an error
-        inside generate, after a final GenerationStats with stop_reason 'error'.
+        Bad input (empty, longer than the context, a schema that cannot be enforced)
+        before anything runs, or an error inside generate, after a final
+        GenerationStats with stop_reason 'error'.
     """
     import torch
     from transformers import (
@@ -171,7 +197,7 @@ def stream(
     if loaded.model is None:
         raise GenerationError("no model is loaded", "load a model first")
     tokenizer, model = loaded.tokenizer, loaded.model
-    text = build_prompt(tokenizer, messages_or_prompt, raw)
+    text = build_prompt(tokenizer, messages_or_prompt, raw, tools)
     add_special = raw or not has_chat_template(tokenizer)
     limit = context_length(model)
     if limit is not None:
@@ -191,15 +217,11 @@ def stream(
     stop = stop_event or threading.Event()
     halt = threading.Event()  # set when our consumer goes away early
     timing: dict[str, float] = {}
-    counted = [0]
 
     class _Streamer(TextIteratorStreamer):
         def put(self, value: Any) -> None:
             if not (self.skip_prompt and self.next_tokens_are_prompt):
                 timing.setdefault("first", time.perf_counter())
-                counted[0] += int(value.numel())
-                if on_tokens is not None:
-                    on_tokens(counted[0])
             super().put(value)
 
     stops = tuple(s for s in stop_strings if s)
@@ -226,10 +248,15 @@ def stream(
     kwargs["max_new_tokens"] = max_new
     if tokenizer.pad_token_id is None:
         kwargs["pad_token_id"] = tokenizer.eos_token_id
-    if presence_penalty or frequency_penalty:
-        kwargs["logits_processor"] = _penalties(
-            prompt_tokens, presence_penalty, frequency_penalty
-        )
+    processors = request_processors(
+        loaded, prompt_tokens, presence_penalty, frequency_penalty, constraint
+    )
+    if logits_processor is not None:
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList([*(processors or []), logits_processor])
+    if processors:
+        kwargs["logits_processor"] = processors
 
     def run() -> None:
         try:
@@ -312,6 +339,44 @@ def _until_stop(
             sent = safe
     if len(text) > sent:
         yield text[sent:]
+
+
+def request_processors(
+    loaded: LoadedModel,
+    prompt_tokens: int,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    constraint: Constraint | None = None,
+) -> Any:
+    """One answer's own logits processors (penalties, grammar), or None if it has none.
+
+    They run before sampling's temperature and top-p, so a grammar narrows what the
+    model may say and sampling picks among what is left.
+    """
+    from transformers import LogitsProcessorList
+
+    processors = LogitsProcessorList()
+    if presence_penalty or frequency_penalty:
+        processors.extend(
+            _penalties(prompt_tokens, presence_penalty, frequency_penalty)
+        )
+    if constraint is not None:
+        from core.generation import constrain
+
+        processors.append(
+            constrain.processor(
+                constraint, loaded.tokenizer, vocab_width(loaded.model), prompt_tokens
+            )
+        )
+    return processors or None
+
+
+def vocab_width(model: Any) -> int:
+    """How many logits the model gives per step (may exceed the tokenizer's vocab)."""
+    config = model.config
+    with contextlib.suppress(AttributeError, TypeError):
+        config = config.get_text_config()
+    return int(config.vocab_size)
 
 
 def _penalties(prompt_tokens: int, presence: float, frequency: float) -> Any:

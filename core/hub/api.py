@@ -10,6 +10,7 @@ what the client raises into one line and a hint.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ModelNotFoundError, NibbleError
+from core import hubclient
+from core.errors import ModelNotFoundError, NibbleError, SettingsError
 from core.model.catalog import (
     PICKLE_WARNING,
     TOKENIZER_FILES,
@@ -80,10 +82,22 @@ class SearchResult:
         return dict(self.__dict__)
 
 
+MAX_SEARCH_RESULTS = 1000
+
+
 def search(text: str, limit: int = 20) -> list[SearchResult]:
     """Causal LMs on the hub matching `text`, most downloaded first."""
     from huggingface_hub import HfApi
 
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not (1 <= limit <= MAX_SEARCH_RESULTS)
+    ):
+        raise SettingsError(
+            f"a search limit of {limit!r} is not valid",
+            f"ask for 1 to {MAX_SEARCH_RESULTS} results",
+        )
     check_online()
     try:
         models = HfApi().list_models(
@@ -315,10 +329,15 @@ def plan(
     """
     from huggingface_hub import HfApi
 
+    from core.model.estimate import DEFAULT_CONTEXT, check_sizes
+
+    check_sizes(DEFAULT_CONTEXT if context is None else context, batch)
     check_online()
     revision = revision or "main"
     try:
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+        info = HfApi().model_info(
+            repo_id, revision=revision, files_metadata=True, timeout=hubclient.READ_S
+        )
     except Exception as exc:
         raise explain(exc, repo_id, revision) from None
     commit = info.sha or revision
@@ -474,7 +493,7 @@ def _add_estimate(
             source,
             quant,
             options,
-            context=context or estimate.DEFAULT_CONTEXT,
+            context=estimate.DEFAULT_CONTEXT if context is None else context,
             batch=batch,
             device=device,
         )
@@ -491,8 +510,10 @@ def _add_estimate(
 
 
 def check_online() -> None:
+    """Raise HubOfflineError when the hub is switched off; set up the client."""
     from huggingface_hub import constants
 
+    hubclient.configure()
     if constants.HF_HUB_OFFLINE:
         raise HubOfflineError(
             "the hub is switched off (HF_HUB_OFFLINE is set)",
@@ -525,6 +546,9 @@ def explain(
 
     if isinstance(exc, NibbleError):
         return exc
+    quiet = _silent_or_garbled(exc, repo_id)
+    if quiet is not None:
+        return quiet
     login = "log in with `hf auth login` or set HF_TOKEN"
     page = f"{constants.ENDPOINT}/{repo_id}"
     if isinstance(exc, GatedRepoError):
@@ -567,6 +591,17 @@ def explain(
             "the disk filled up during the download; what arrived is kept",
             "free some space, then download again to continue",
         )
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+    ):
+        where = exc.filename or cache_dir()
+        why = "is read-only" if exc.errno == errno.EROFS else "cannot be written to"
+        return HubError(
+            f"the Hugging Face cache {cache_dir()} {why} ({where})",
+            "make it writable, or set HF_HUB_CACHE to a folder you can write to",
+        )
     if _is_network_error(exc) or isinstance(exc, LocalEntryNotFoundError):
         return HubOfflineError(
             f"the hub cannot be reached ({constants.ENDPOINT})",
@@ -577,6 +612,34 @@ def explain(
         f"{repo_id}: {type(exc).__name__}: {exc}".splitlines()[0],
         "run again with --debug for details",
     )
+
+
+def _silent_or_garbled(exc: BaseException, repo_id: str) -> NibbleError | None:
+    """A hub that stayed silent, or answered with something that is not its API."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+
+    if isinstance(exc, httpx2.TimeoutException) and not isinstance(
+        exc, (httpx2.ConnectTimeout, httpx2.PoolTimeout)
+    ):
+        return HubOfflineError(
+            f"the hub ({constants.ENDPOINT}) accepted the connection but did not "
+            f"answer within {hubclient.READ_S:.0f} s",
+            "try again later; if it keeps happening, check HF_ENDPOINT and any proxy",
+        )
+    if isinstance(exc, HFValidationError):
+        return HubError(
+            f"{repo_id!r} is not a hub id", "write it as ORG/NAME, e.g. Qwen/Qwen3-0.6B"
+        )
+    if isinstance(exc, (json.JSONDecodeError, KeyError, TypeError, AttributeError)) or (
+        isinstance(exc, ValueError) and "json" in str(exc).lower()
+    ):
+        return HubError(
+            f"the hub answered something that is not its API ({constants.ENDPOINT})",
+            "check HF_ENDPOINT and any proxy or captive portal between you and the hub",
+        )
+    return None
 
 
 def _is_network_error(exc: BaseException) -> bool:

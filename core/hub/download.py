@@ -223,7 +223,10 @@ def _fetch(plan_: Plan, entry: PlanFile, tracker: _Tracker) -> None:
             f"the hub gave no version tag for {entry.name}", "try again later"
         )
     blobs = storage_folder(plan_.repo_id, plan_.cache_dir) / "blobs"
-    blobs.mkdir(parents=True, exist_ok=True)
+    try:
+        blobs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise explain(exc, plan_.repo_id) from None
     blob = blobs / etag
     if blob.is_file():
         tracker.add(entry.size, fetched=False)
@@ -236,8 +239,8 @@ def _fetch(plan_: Plan, entry: PlanFile, tracker: _Tracker) -> None:
         headers.pop("authorization", None)  # a signed CDN url: the token stays home
     # huggingface_hub's own lock for this blob: two writers would garble the partial.
     lock = plan_.cache_dir / ".locks" / blobs.parent.name / f"{etag}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
         with WeakFileLock(lock, timeout=1):
             _fetch_locked(location, headers, partial, blob, etag, size, entry, tracker)
     except Timeout:
@@ -246,6 +249,8 @@ def _fetch(plan_: Plan, entry: PlanFile, tracker: _Tracker) -> None:
             "program or window",
             "wait for that download to end, or stop it, then try again",
         ) from None
+    except OSError as exc:  # a read-only cache: the lock or the partial file
+        raise explain(exc, plan_.repo_id) from None
 
 
 def _fetch_locked(
@@ -267,20 +272,37 @@ def _fetch_locked(
             fh.truncate(0)
             resume = 0
         tracker.add(resume, fetched=False)
-        try:
-            http_get(
-                location,
-                _ProgressFile(fh, tracker, resume),
-                resume_size=resume,
-                headers=headers,
-                expected_size=size,
-                displayed_filename=entry.name,
-                tqdm_class=hub.QuietBar,  # type: ignore[arg-type]
-            )
-        except NibbleError:
-            raise
-        except Exception as exc:
-            raise explain(exc, tracker.repo_id) from None
+        # huggingface_hub resumes a broken body itself, five times afresh after
+        # every chunk: a hub stuck mid-file would hold the download for minutes.
+        # Here a try that brings new bytes is followed by another; one that brings
+        # nothing ends the download, and what arrived stays for the next pull.
+        while True:
+            start = fh.tell()
+            try:
+                http_get(
+                    location,
+                    _ProgressFile(fh, tracker, start),
+                    resume_size=start,
+                    headers=headers,
+                    expected_size=size,
+                    displayed_filename=entry.name,
+                    tqdm_class=hub.QuietBar,  # type: ignore[arg-type]
+                    _nb_retries=0,
+                )
+                break
+            except NibbleError:
+                raise
+            except Exception as exc:
+                if _is_transient(exc) and fh.tell() > start:
+                    continue
+                if _is_stall(exc):
+                    raise HubError(
+                        f"the download of {entry.name} stalled: the hub sent nothing "
+                        f"for {_stall_s():.0f} s; {format_bytes(fh.tell())} of "
+                        f"{format_bytes(size)} arrived and are kept",
+                        "run the same pull again to continue where it stopped",
+                    ) from None
+                raise explain(exc, tracker.repo_id) from None
     if _SHA256.match(etag) and not _sha256_matches(partial, etag, tracker):
         partial.unlink(missing_ok=True)
         raise HubError(
@@ -289,6 +311,28 @@ def _fetch_locked(
             "download again",
         )
     os.replace(partial, blob)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A broken or silent body that a resume may mend."""
+    import httpx2
+
+    return isinstance(
+        exc, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+    )
+
+
+def _is_stall(exc: BaseException) -> bool:
+    """A read that timed out: the hub went silent mid-file (not: cannot connect)."""
+    import httpx2
+
+    return isinstance(exc, httpx2.ReadTimeout)
+
+
+def _stall_s() -> float:
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
 
 
 def _sha256_matches(path: Path, expected: str, tracker: _Tracker) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core import hubclient
 from core.errors import ModelNotFoundError
 from core.model import default_model
 from core.model.files import folder_size, safetensors_whole
@@ -231,6 +232,7 @@ def scan_cache() -> list[ModelRef]:
 
 def hub_ref(repo_id: str) -> ModelRef:
     """A hub id: the cached snapshot when there is one, else the hub (which must answer)."""
+    hubclient.configure()
     try:
         from huggingface_hub import snapshot_download
 
@@ -254,6 +256,7 @@ def hub_reachable(repo_id: str, timeout: float = 5.0) -> bool:
 
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
+    hubclient.configure()
     try:
         from huggingface_hub import HfApi
 
@@ -337,6 +340,7 @@ def _load_json_file(file: Path) -> dict[str, Any]:
 
 
 def _hub_source(repo_id: str) -> ConfigSource:
+    hubclient.configure()
     try:
         from huggingface_hub import hf_hub_download
 

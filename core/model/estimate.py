@@ -45,6 +45,20 @@ OVERHEAD_NOTE = (
     "context on a GPU"
 )
 DEFAULT_CONTEXT = 4096
+# What quantizing one weight holds beside its result, in fp32 bytes of that weight:
+# bitsandbytes 0.50.2 quantizes on the CPU in plain torch (a float copy, scaled
+# values, bucket indices; fp4 also an int64 remap) (docs/facts.md, "What a quantizing
+# load holds"). On a GPU the weight is materialized at the load dtype first.
+QUANTIZE_TRANSIENT = {"nf4": 2.4, "fp4": 5.9, "int8": 2.25}
+# Per quantized layer: its module, parameter wrappers and quantization state objects
+# (measured: 27-30 KiB each on the default model and on small Llamas).
+MODULE_ALLOWANCE_BYTES = 32 * 1024
+PEAK_NOTE = (
+    "peak during load = weights + quantization state, or, while the last weights are "
+    "quantized, the quantized layers + what quantizing the largest one holds "
+    "(2.25-5.9x its fp32 size), whichever is higher, + 32 KiB per quantized layer "
+    "(+ CUDA context on a GPU)"
+)
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "uint8": 1, "int8": 1}
 _CORE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -359,6 +373,11 @@ class Estimate:
     offload: Offload | None = None
     groups: list[tuple[str, int, int]] = field(default_factory=list, repr=False)
     largest_quantized: int = field(default=0, repr=False)
+    quantized_linear_bytes: int = field(default=0, repr=False)
+    # Peak during the load on the device judged (RAM on the CPU, VRAM on a GPU), and
+    # on a GPU the host RAM the load passes through.
+    load_peak_bytes: int | None = None
+    load_peak_ram_bytes: int | None = None
 
     @property
     def model_bytes(self) -> int | None:
@@ -373,10 +392,18 @@ class Estimate:
         return None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
 
     @property
+    def judged_bytes(self) -> int | None:
+        """The higher of the steady total and the peak during load: what must fit."""
+        if self.total_bytes is None:
+            return None
+        return max(self.total_bytes, self.load_peak_bytes or 0)
+
+    @property
     def need(self) -> Need:
         """What the fit verdict judges."""
         return Need(
             total_bytes=self.total_bytes,
+            load_peak_bytes=self.load_peak_bytes,
             on_gpu=self.on_gpu,
             quantized=self.quantized,
             kv_cache_bytes=self.kv_cache_bytes,
@@ -402,6 +429,8 @@ class Estimate:
             "kv_cache_bytes": self.kv_cache_bytes,
             "overhead_bytes": self.overhead_bytes,
             "total_bytes": self.total_bytes,
+            "load_peak_bytes": self.load_peak_bytes,
+            "load_peak_ram_bytes": self.load_peak_ram_bytes,
             "verdict": self.verdict,
             "verdict_text": self.verdict_text,
             "max_memory": self.offload.max_memory if self.offload else None,
@@ -525,6 +554,7 @@ def estimate(
         )
     _count(row, struct, quant, options, on_gpu)
     row.overhead_bytes = _overhead(struct, row, quant, options, on_gpu)
+    row.load_peak_bytes, row.load_peak_ram_bytes = load_peak(row, quant, on_gpu)
     row.set_fit(judge(row.need, device))
     return row
 
@@ -557,7 +587,7 @@ def _count(
             "fp32 CPU offload with everything on the CPU keeps every Linear unquantized"
         )
     fp32 = _fp32_patterns(struct, row.dtype)
-    weights = state = 0
+    weights = state = quantized_total = 0
     breakdown: dict[str, int] = {}
     groups: dict[str, list[int]] = {}
     for t in [*struct.params, *struct.buffers]:
@@ -572,6 +602,7 @@ def _count(
                 # The weight stays as loaded; int8 copies appear at the first forward.
                 packed, extra = plain, 0
             kind = "quantized linear"
+            quantized_total += packed + extra
         else:
             packed, extra = plain, 0
             kind = t.kind
@@ -584,11 +615,48 @@ def _count(
     row.weights_bytes = weights
     row.quant_state_bytes = state
     row.quantized_modules = len(converted)
+    row.quantized_linear_bytes = quantized_total
     row.largest_quantized = max(
         (struct.linears[m][0] * struct.linears[m][1] for m in converted), default=0
     )
     row.breakdown = dict(sorted(breakdown.items(), key=lambda kv: -kv[1]))
     row.groups = [(name, q, p) for name, (q, p) in groups.items()]
+
+
+def load_peak(
+    row: Estimate, quant: QuantSettings, on_gpu: bool
+) -> tuple[int | None, int | None]:
+    """(peak on the device judged, host RAM on a GPU) while the model loads.
+
+    Weights are read one tensor at a time (transformers loads sequentially when it
+    quantizes on the fly) and each one's temporaries are returned at once (the
+    loader's `memory.heap_for_loading`), so the load holds what is loaded so far plus
+    one tensor's temporaries: the peak is either the end of the load or the moment
+    the largest weight is quantized with (nearly) everything else already packed.
+    """
+    model = row.model_bytes
+    if model is None:
+        return None, None
+    largest = row.largest_quantized
+    if not row.quantized or not largest:
+        peak = model
+        transient = 0
+    elif on_gpu:
+        # Materialized on the GPU at the load dtype; int8 also makes an fp16 copy.
+        itemsize = _DTYPE_BYTES[row.dtype] + (2 if quant.mode == "8bit" else 0)
+        transient = largest * itemsize
+    else:
+        kind = "int8" if quant.mode == "8bit" else quant.bnb_4bit_quant_type
+        transient = int(QUANTIZE_TRANSIENT.get(kind, max(QUANTIZE_TRANSIENT.values()))
+                        * largest * 4)  # fmt: skip
+    if row.quantized and largest:
+        peak = max(model, row.quantized_linear_bytes + transient)
+    allowance = MODULE_ALLOWANCE_BYTES * row.quantized_modules
+    peak += allowance
+    if not on_gpu:
+        return peak, None
+    # On the host a GPU load passes one tensor at a time (int8 copies each back).
+    return peak + CUDA_CONTEXT_BYTES, transient + allowance
 
 
 def _overhead(
@@ -672,6 +740,7 @@ class Table:
             "recommended": self.recommended,
             "device": self.device.to_dict(),
             "overhead": OVERHEAD_NOTE,
+            "load_peak": PEAK_NOTE,
             "notes": self.notes,
         }
 

@@ -108,6 +108,9 @@ def _nvml_gpus() -> list[Gpu]:
 class Need:
     """What a model with given settings needs, as far as the verdict cares.
 
+    `total_bytes` is the steady state after the load; `load_peak_bytes` what the
+    load itself holds at its highest. The verdict judges the higher of the two.
+
     `groups` are (block, bytes as loaded, bytes unquantized) in load order: a block
     offloaded to the CPU stays unquantized there.
     """
@@ -115,6 +118,7 @@ class Need:
     total_bytes: int | None
     on_gpu: bool
     quantized: bool
+    load_peak_bytes: int | None = None
     kv_cache_bytes: int | None = None
     overhead_bytes: int | None = None
     groups: tuple[tuple[str, int, int], ...] = ()
@@ -130,26 +134,35 @@ class Fit:
 
 
 def judge(need: Need, device: DeviceInfo) -> Fit:
-    """fits / fits with CPU offload / does not fit / unknown, with why."""
-    total = need.total_bytes
-    if total is None:
+    """fits / fits with CPU offload / does not fit / unknown, with why.
+
+    Judged on the higher of the steady total and the peak during load: a model
+    that would fit once loaded but not while loading does not fit.
+    """
+    if need.total_bytes is None:
         return Fit("unknown", "the weights could not be counted")
+    total = max(need.total_bytes, need.load_peak_bytes or 0)
+    when = " while loading" if total > need.total_bytes else ""
     if not need.on_gpu:
         ram = device.ram_available_bytes
         if total <= ram:
-            return Fit("fits", f"fits in RAM ({format_bytes(ram - total)} to spare)")
+            return Fit(
+                "fits", f"fits in RAM{when} ({format_bytes(ram - total)} to spare)"
+            )
         return Fit(
             "does not fit",
-            f"needs {format_bytes(total)}, {format_bytes(ram)} of RAM available",
+            f"needs {format_bytes(total)}{when}, {format_bytes(ram)} of RAM available",
         )
     free = device.gpu_free_bytes
     if total <= free:
-        return Fit("fits", f"fits on the GPU ({format_bytes(free - total)} to spare)")
+        return Fit(
+            "fits", f"fits on the GPU{when} ({format_bytes(free - total)} to spare)"
+        )
     offload = propose_offload(need, device)
     if offload is None:
         return Fit(
             "does not fit",
-            f"needs {format_bytes(total)}: more than {format_bytes(free)} free VRAM "
+            f"needs {format_bytes(total)}{when}: more than {format_bytes(free)} free VRAM "
             f"+ {format_bytes(device.ram_available_bytes)} RAM",
         )
     extra = "; turn on llm_int8_enable_fp32_cpu_offload" if need.quantized else ""

@@ -286,7 +286,7 @@ def _load(
     started = time.perf_counter()
     reporter.emit(0, 0, f"Preparing {ref.name}")
     path = _local_path(ref, reporter)
-    import_stack()
+    import_stack(bitsandbytes=quant.quantized)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = str(path) if path else ref.repo_id
@@ -326,7 +326,11 @@ def _load(
         kwargs["attn_implementation"] = options.attn_implementation
     model = None
     try:
-        with _progress_hook(reporter), warnings.catch_warnings():
+        with (
+            _progress_hook(reporter),
+            warnings.catch_warnings(),
+            memory.heap_for_loading(),
+        ):
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         model.eval()
@@ -342,8 +346,9 @@ def _load(
         raise _explain(exc, ref) from exc
     if quant.quantized:
         # Only the unquantized rest (embeddings, norms) still points into the
-        # checkpoint, and through it keeps the whole file mapped and resident.
-        memory.detach_from_checkpoint(model)
+        # checkpoint; the pages the quantization read go back (they would stay
+        # resident through the mapping).
+        memory.release_checkpoint_pages(model)
     free_memory()
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)

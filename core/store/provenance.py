@@ -7,6 +7,7 @@ shows on hover and what the Markdown export writes.
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from core.settings import (
 from core.units import format_bytes
 
 PROVENANCE_VERSION = 1
-RUN_FIELDS = ("generation", "seed", "raw", "stats")
+RUN_FIELDS = ("generation", "seed", "raw", "stats", "constraint")
 """What differs between the answers of one load (the rest is the "setup")."""
 VERSION_PACKAGES = ("nibble", "torch", "transformers", "bitsandbytes", "accelerate")
 
@@ -75,6 +76,8 @@ class Provenance:
     device: str | None = None
     load_s: float | None = None
     versions: dict[str, str | None] = field(default_factory=dict)
+    constraint: dict[str, Any] | None = None
+    """What the answer was held to (JSON object, JSON schema), see `Constraint`."""
 
     @classmethod
     def from_loaded(
@@ -83,6 +86,7 @@ class Provenance:
         generation: GenerationSettings,
         stats: Any = None,
         raw: bool = False,
+        constraint: Any = None,
     ) -> Provenance:
         """The provenance of an answer `loaded` (a loader.LoadedModel) just gave."""
         from core.lab import report
@@ -107,6 +111,7 @@ class Provenance:
             device=loaded.report.device,
             load_s=round(loaded.report.load_s, 3),
             versions=dict(library_versions()),
+            constraint=constraint.to_dict() if constraint is not None else None,
         )
 
     def quant_settings(self) -> QuantSettings:
@@ -162,6 +167,8 @@ class Provenance:
         )
         if self.raw:
             lines.append("Raw completion (no chat template)")
+        if self.constraint:
+            lines.append("Reply as: " + _constraint_text(self.constraint))
         stats = self.stats_line()
         if stats:
             lines.append(f"Stats: {stats}")
@@ -200,12 +207,25 @@ class Provenance:
             "device": self.device,
             "load_s": self.load_s,
             "versions": self.versions,
+            "constraint": self.constraint,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Provenance:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _constraint_text(data: dict[str, Any]) -> str:
+    kind = data.get("kind")
+    what = {"json_object": "JSON object", "json_schema": "JSON schema"}.get(
+        str(kind), str(kind)
+    )
+    if data.get("name"):
+        what += f' "{data["name"]}"'
+    if data.get("schema") is not None:
+        what += " " + json.dumps(data["schema"], ensure_ascii=False)
+    return what
 
 
 def model_revision(ref: Any, model: Any = None) -> str | None:

@@ -134,17 +134,11 @@ def test_offline_gated_and_missing_say_so_in_one_line(
 
 
 @pytest.mark.parametrize("command", ["search", "pull"])
-def test_unreachable_hub(
-    fake: FakeHub,
-    command: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from cli import main as cli
-
-    fake.go_down(monkeypatch)
-    assert cli.run([command, REPO]) == 2
-    assert capsys.readouterr().err.startswith("error: the hub cannot be reached")
+def test_unreachable_hub(fake: FakeHub, command: str) -> None:
+    fake.stop()
+    result = _main(command, REPO)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the hub cannot be reached")
 
 
 def test_estimate_hub_id_offline_reads_the_cached_config(

@@ -13,7 +13,7 @@ import pytest
 from core.app import EXCLUSIVE, App, JobKind
 from core.chat import Chat
 from core.generation.decode import GenerationStats
-from core.generation.queue import GenerationRequest
+from core.generation.queue import GenerationQueue, GenerationRequest
 from core.model import catalog, loader
 from core.model.loader import LoadedModel
 from core.settings import GenerationSettings, preset
@@ -131,7 +131,13 @@ def test_regenerating_keeps_a_second_variant(app: App) -> None:
     assert len(app.chat.messages) == 2
 
 
-def test_the_chat_waits_behind_a_server_request_and_can_leave(app: App) -> None:
+def test_the_chat_waits_behind_a_server_request_and_can_leave(
+    tiny: LoadedModel, tmp_path: Path
+) -> None:
+    # One answer at a time (a model that cannot batch, or a full batch).
+    app = App(queue=GenerationQueue(tiny, max_batch=1))
+    app.take_loaded(tiny)
+    app.open_history(ConversationStore(tmp_path / "conversations.db"))
     queue = app.generation_queue
     server = queue.submit(
         GenerationRequest(
@@ -141,30 +147,35 @@ def test_the_chat_waits_behind_a_server_request_and_can_leave(app: App) -> None:
             source="server",
         )
     )
-    served = iter(server)
-    next(served)  # the server request holds the model
-    turn = app.ask("Are you there?", GREEDY)
-    deadline = time.monotonic() + 30
-    while "tokens so far" not in app.waiting_line(turn):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    line = app.waiting_line(turn)
-    assert line.startswith("Waiting behind 1 server request (")
-    began = time.monotonic()
-    app.stop_answer()
-    items = list(turn.follow())  # ends now, not when the server request does
-    assert time.monotonic() - began < 2.0
-    assert queue.running is server
-    assert items[-1].stop_reason == "stopped"
-    app.end_answer(turn, turn.stats)
-    stored = app.chat.store.get(turn.conversation_id).messages
-    assert [(m.role, m.text) for m in stored] == [
-        ("user", "Are you there?"),
-        ("assistant", ""),
-    ]
-    server.cancel()
-    for _ in served:
-        pass
+    try:
+        served = iter(server)
+        next(served)  # the server request holds the model
+        turn = app.ask("Are you there?", GREEDY)
+        deadline = time.monotonic() + 30
+        while "tokens so far" not in app.waiting_line(turn):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        line = app.waiting_line(turn)
+        assert line.startswith("Waiting behind 1 server request (")
+        began = time.monotonic()
+        app.stop_answer()
+        items = list(turn.follow())  # ends now, not when the server request does
+        assert time.monotonic() - began < 2.0
+        assert queue.running is server
+        assert items[-1].stop_reason == "stopped"
+        app.end_answer(turn, turn.stats)
+        stored = app.chat.store.get(turn.conversation_id).messages
+        assert [(m.role, m.text) for m in stored] == [
+            ("user", "Are you there?"),
+            ("assistant", ""),
+        ]
+        server.cancel()
+        for _ in served:
+            pass
+    finally:
+        app.close()
+        assert app.let_go(10.0)
+        app.chat.store.close()
 
 
 def test_the_history_unwritable_still_answers(tiny: LoadedModel) -> None:

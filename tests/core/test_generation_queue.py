@@ -54,8 +54,8 @@ def test_a_job_yields_what_stream_yields(tiny) -> None:
         assert queue.close()
 
 
-def test_jobs_run_one_at_a_time_in_arrival_order(tiny) -> None:
-    queue = GenerationQueue(tiny)
+def test_jobs_beyond_the_batch_wait_and_start_in_arrival_order(tiny) -> None:
+    queue = GenerationQueue(tiny, max_batch=2)
     jobs = [queue.submit(GenerationRequest(f"Count to {i}", GREEDY)) for i in range(5)]
     answers: dict[int, str] = {}
 
@@ -69,9 +69,9 @@ def test_jobs_run_one_at_a_time_in_arrival_order(tiny) -> None:
         t.join(60)
     assert sorted(answers) == [j.id for j in jobs], "a job was lost"
     assert sorted(jobs, key=lambda j: j.started_at) == jobs
-    starts = [j.started_at for j in jobs]
-    ends = [j.ended_at for j in jobs]
-    assert all(ends[i] <= starts[i + 1] for i in range(4)), "two jobs overlapped"
+    for job in jobs:  # never more than two at once
+        overlapping = [j for j in jobs if j.started_at <= job.started_at < j.ended_at]
+        assert len(overlapping) <= 2, "more jobs ran than the batch allows"
     assert queue.close()
 
 

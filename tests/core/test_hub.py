@@ -279,7 +279,7 @@ def test_offline_env_and_unreachable_hub(
         assert info.value.message == "the hub is switched off (HF_HUB_OFFLINE is set)"
         assert "cache still load" in info.value.hint
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    fake.go_down(monkeypatch)
+    fake.stop()
     with pytest.raises(hub.HubOfflineError) as info:
         hub.search("tiny")
     assert info.value.message.startswith("the hub cannot be reached")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PySide6.QtGui import QGuiApplication
 
+from core.generation.queue import GenerationQueue, GenerationRequest
 from core.model import catalog, loader
-from core.settings import preset
+from core.settings import GenerationSettings, preset
 from gui.server_view import LOG_COLUMNS, ServerView, marker_label
 
 openai = pytest.importorskip("openai")
@@ -23,11 +24,11 @@ def tiny(tiny_dir: Path):
     loader.unload(loaded)
 
 
-def serving_view(qtbot, loaded) -> ServerView:
+def serving_view(qtbot, loaded, queue: GenerationQueue | None = None) -> ServerView:
     """The Server tab over a controller that answers with `loaded`."""
     from gui.controller import Controller
 
-    controller = Controller()
+    controller = Controller(queue=queue)
     controller.app.take_loaded(loaded)
     view = ServerView(controller)
     qtbot.addWidget(view)
@@ -135,7 +136,7 @@ def test_a_port_in_use_is_reported(qtbot, tiny) -> None:
 def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) -> None:
     from core.store import session as session_mod
     from gui.main_window import MainWindow
-    from server.app import RequestRecord
+    from server.handlers import RequestRecord
 
     window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
     qtbot.addWidget(window)
@@ -154,4 +155,36 @@ def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) 
     view._record_arrived.emit(record)
     assert len(window.monitor_view.markers) == before + 1
     assert window.monitor_view.markers[-1].marker.label == "API chat 12+64 tok"
+    view.batch_changed.emit(3, 1)  # three answers decode together, one waits
+    view.batch_changed.emit(3, 0)  # only the waiting count moved: no new marker
+    assert [e.marker.label for e in window.monitor_view.markers[before + 1 :]] == [
+        "Batch 3 +1 waiting"
+    ]
     window.close()
+
+
+def test_the_batch_size_shows_live(qtbot, tiny) -> None:
+    queue = GenerationQueue(tiny, max_batch=4)
+    view = serving_view(qtbot, tiny, queue)
+    queue.pause()
+    story = GenerationSettings(greedy=True, max_new_tokens=200)
+    jobs = [queue.submit(GenerationRequest("Tell me a story", story)) for _ in range(3)]
+    view.refresh_batch()
+    assert view.batch_label.text() == (
+        "Batch: 0 answers decoding together (up to 4), 3 waiting"
+    )
+    with qtbot.waitSignal(
+        view.batch_changed, timeout=20_000, check_params_cb=lambda r, w: r == 3
+    ):
+        queue.resume()
+    assert view.batch_label.text().startswith("Batch: 3 answers decoding together")
+    for job in jobs:
+        job.cancel()
+    assert queue.wait_idle(20)
+    qtbot.waitUntil(
+        lambda: (
+            view.batch_label.text() == "Batch: 0 answers decoding together (up to 4)"
+        ),
+        timeout=5_000,
+    )
+    assert queue.close()

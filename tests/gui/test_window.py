@@ -267,7 +267,9 @@ def test_load_says_reload_when_the_panel_differs(window):
 
 
 @pytest.mark.slow
-def test_the_chat_says_what_it_waits_behind_and_stop_frees_it(window, qtbot):
+def test_the_chat_says_what_it_waits_behind_and_stop_frees_it(
+    window, qtbot, monkeypatch
+):
     """A served request held the model for minutes while the chat showed "…";
     Stop took the chat's request out of the queue, yet the chat stayed at "…"."""
     from core.generation.queue import GenerationRequest
@@ -275,6 +277,8 @@ def test_the_chat_says_what_it_waits_behind_and_stop_frees_it(window, qtbot):
 
     c = window.controller
     queue = c.generation_queue
+    # The batch is full: the chat's answer cannot join the served one.
+    monkeypatch.setattr(queue, "max_batch", 1)
     server = queue.submit(
         GenerationRequest(
             "Once upon a time",
@@ -284,7 +288,7 @@ def test_the_chat_says_what_it_waits_behind_and_stop_frees_it(window, qtbot):
         )
     )
     try:
-        qtbot.waitUntil(lambda: server.new_tokens > 0, timeout=60_000)
+        qtbot.waitUntil(lambda: server.tokens > 0, timeout=60_000)
         chat = window.chat
         chat.input.setPlainText("Are you there?")
         chat.send()
