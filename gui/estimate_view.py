@@ -42,11 +42,24 @@ COLUMNS = (
     "Preset",
     "Verdict",
     "Total",
+    "Load peak",
     "Weights",
     "Quant state",
     "KV cache",
     "Overhead",
 )
+# Shorter headers where the numbers are narrower than the name, so the added peak
+# column does not widen the panel; the full name is the header's tooltip.
+HEADERS = {"Quant state": "State", "KV cache": "KV", "Overhead": "Other"}
+HEADER_TIPS = {
+    "Total": "Weights + quantization state + KV cache + overhead, once loaded",
+    "Load peak": "The most the load itself holds, before it settles; the verdict "
+    "judges the higher of this and Total",
+    "Quant state": "Quantization state: absmax and code per block of 64 weights",
+    "KV cache": "KV cache for the context below",
+    "Overhead": "Activations of one prefill, logits, a dequantized weight "
+    "(+ the CUDA context on a GPU)",
+}
 VERDICT = COLUMNS.index("Verdict")
 VERDICT_COLORS = {
     "fits": "#2e7d32",
@@ -103,7 +116,10 @@ class EstimateView(QWidget):
         self.device_label = QLabel("Device: checking…")
         self.device_label.setWordWrap(True)
         self.grid = QTableWidget(0, len(COLUMNS))
-        self.grid.setHorizontalHeaderLabels(COLUMNS)
+        for column, name in enumerate(COLUMNS):
+            header = QTableWidgetItem(HEADERS.get(name, name))
+            header.setToolTip(HEADER_TIPS.get(name, ""))
+            self.grid.setHorizontalHeaderItem(column, header)
         self.grid.verticalHeader().hide()
         self.grid.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.grid.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
@@ -254,6 +270,7 @@ class EstimateView(QWidget):
                 "Preset": name,
                 "Verdict": row.verdict,
                 "Total": format_bytes(row.total_bytes),
+                "Load peak": format_bytes(row.load_peak_bytes),
                 "Weights": format_bytes(row.weights_bytes),
                 "Quant state": format_bytes(row.quant_state_bytes),
                 "KV cache": format_bytes(row.kv_cache_bytes),
