@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from cli.args import add_quant_args, check_before_load, number, settings_from_args
+from cli.fit import add_fit_arg, fit_before_load
 from cli.output import EXIT_OK, end_progress, stderr_progress, warn
 from core.errors import SettingsError
 
@@ -57,7 +58,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--idle-unload",
-        type=number("--idle-unload", low=0.001),
+        type=number("--idle-unload", low=0, above=True),
         default=None,
         metavar="SECONDS",
         help="unload the model after this long without a request; the next "
@@ -79,6 +80,7 @@ def add_commands(sub: Any) -> None:
         "(repeatable; localhost and 127.0.0.1 always)",
     )
     add_quant_args(p)
+    add_fit_arg(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -114,6 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import_stack()
     ref = catalog.resolve(args.model)
     warn(check_before_load(ref, quant, options))
+    fitted = fit_before_load(args.fit, ref, quant, options)
+    ref, quant, options = fitted.ref, fitted.quant, fitted.options
     show = stderr_progress(False)
     loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)
