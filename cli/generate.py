@@ -108,15 +108,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ]
     ref = catalog.resolve(args.model)
     warnings = check_before_load(ref, quant, options)
+    turn = None
     chat = None
     if args.save_to_chat is not None:
-        from cli.chats import ChatRecorder
+        from cli.chats import save_to_chat
 
-        gen = ChatRecorder.seeded(gen)
-        chat = ChatRecorder.open(args.save_to_chat, prompt, args.system, args.raw)
-        messages = chat.messages(messages)
+        chat = save_to_chat(args.save_to_chat, args.system)
     show = stderr_progress(args.json)
-    loaded = loader.load(ref, quant, options, progress=show)
+    try:
+        loaded = loader.load(ref, quant, options, progress=show)
+    except BaseException:
+        if chat is not None and chat.store is not None:
+            chat.store.close()
+        raise
     end_progress(show)
     stop = threading.Event()
     chunks: list[str] = []
@@ -125,11 +129,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # written so far and its stats are kept.
     try:
         if chat is not None:
-            chat.ask()
+            # The question is stored before the answer starts; the turn keeps the
+            # answer as it streams and stores it, stopped or not, at the end.
+            system = textio.clean(args.system) if args.system else None
+            turn = chat.ask(
+                prompt,
+                gen,
+                raw=args.raw,
+                system=system,
+                loaded=loaded,
+                constraint=constraint,
+            )
+            messages, gen = turn.prompt, turn.settings
         with interrupt.signals_set(stop):
-            for item in decode.stream(
+            items = decode.stream(
                 loaded, messages, gen, stop, raw=args.raw, constraint=constraint
-            ):
+            )
+            for item in turn.follow(items) if turn is not None else items:
                 if isinstance(item, decode.GenerationStats):
                     stats = item
                 else:
@@ -137,8 +153,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if not args.json:
                         print(item, end="", flush=True)
     finally:
-        if chat is not None:
-            chat.save("".join(chunks), loaded, gen, stats, args.raw, constraint)
+        if turn is not None:
+            from cli.chats import keep_answer
+
+            keep_answer(turn)
+        elif chat is not None and chat.store is not None:
+            chat.store.close()
         report = loaded.report
         loader.unload(loaded)
     if args.json:
@@ -152,7 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "options": options.to_dict(),
                     "generation": gen.to_dict(),
                     "constraint": constraint.to_dict() if constraint else None,
-                    "conversation_id": chat.conversation_id if chat else None,
+                    "conversation_id": turn.conversation_id if turn else None,
                 },
                 indent=2,
             )

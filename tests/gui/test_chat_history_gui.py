@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from PySide6.QtCore import QObject, Signal
 
+from core.chat import Chat, Turn
 from core.generation.decode import GenerationStats
 from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, preset
@@ -49,28 +50,50 @@ def loaded_with(name: str) -> FakeLoaded:
 
 
 class FakeController(QObject):
-    """The controller's answer and load signals, and what was asked of it."""
+    """The controller's chat, answer and load signals, and what was asked of it.
 
-    answer_started = Signal()
+    The chat is the real core one; only the model is played: `answer()` streams
+    text into the turn and the view as the generation queue would.
+    """
+
+    answer_started = Signal(Turn)
     answer_chunk = Signal(str)
-    answer_finished = Signal(object)
-    answer_failed = Signal(object, object)
-    answer_aborted = Signal()
+    answer_finished = Signal(Turn)
+    answer_failed = Signal(Turn, Exception)
+    answer_aborted = Signal(Turn)
+    chat_error = Signal(Exception, str)
     model_loaded = Signal(object)
-    load_failed = Signal(object)
+    load_failed = Signal(Exception)
     load_cancelled = Signal()
 
     def __init__(self) -> None:
         super().__init__()
+        self.chat = Chat(None)
         self.loaded: Any = loaded_with("nf4")
         self.quant, self.options = self.loaded.quant, self.loaded.options
         self.sent: list[tuple[Any, bool, GenerationSettings]] = []
         self.loads: list[ModelRef] = []
+        self.turn: Turn | None = None
 
-    def send(self, messages: Any, raw: bool, settings: GenerationSettings) -> object:
-        self.sent.append((messages, raw, settings))
-        self.answer_started.emit()
-        return object()
+    def ask(
+        self, question: str, settings: GenerationSettings, *, raw=False, system=""
+    ) -> Turn:
+        turn = self.chat.ask(
+            question, settings, raw=raw, system=system, loaded=self.loaded
+        )
+        return self._start(turn)
+
+    def ask_again(self, settings, *, raw=False, answer_id=None) -> Turn | None:
+        turn = self.chat.again(
+            settings, raw=raw, loaded=self.loaded, answer_id=answer_id
+        )
+        return self._start(turn) if turn is not None else None
+
+    def _start(self, turn: Turn) -> Turn:
+        self.sent.append((turn.prompt, turn.raw, turn.settings))
+        self.turn = turn
+        self.answer_started.emit(turn)
+        return turn
 
     def load(self, ref: ModelRef) -> object:
         self.loads.append(ref)
@@ -80,12 +103,17 @@ class FakeController(QObject):
         self.quant, self.options = quant, options
 
     def answer(self, text: str, tokens: int = 5, speed: float = 20.0) -> None:
-        """Stream `text` and end the answer, as the generation queue would."""
-        for word in text.split(" "):
-            self.answer_chunk.emit(word if word == text.split(" ")[0] else " " + word)
-        self.answer_finished.emit(
+        """Stream `text` and end the answer, as the controller would."""
+        turn = self.turn
+        assert turn is not None
+        for i, word in enumerate(text.split(" ")):
+            chunk = word if i == 0 else " " + word
+            turn.add(chunk)
+            self.answer_chunk.emit(chunk)
+        turn.finish(
             GenerationStats(new_tokens=tokens, tokens_per_s=speed, stop_reason="eos")
         )
+        self.answer_finished.emit(turn)
 
 
 @pytest.fixture
@@ -99,21 +127,22 @@ def setup(qtbot, tmp_path: Path):
     chat.set_ready(True)
 
     # What the window does: the history stores the question, then the answer streams.
-    def send(messages: Any, raw: bool) -> None:
-        gen = history.prepare(messages, raw, chat.generation_settings())
-        controller.send(messages, raw, gen)
-
-    chat.send_requested.connect(send)
-    controller.answer_started.connect(chat.begin_answer)
+    chat.question_asked.connect(
+        lambda text: history.ask(text, chat.generation_settings())
+    )
+    chat.regenerate_requested.connect(
+        lambda: history.ask_again(chat.generation_settings())
+    )
+    controller.answer_started.connect(lambda _turn: chat.begin_answer())
     controller.answer_chunk.connect(chat.append_chunk)
-    controller.answer_finished.connect(lambda s: chat.end_answer(s.summary()))
+    controller.answer_finished.connect(lambda t: chat.end_answer(t.stats.summary()))
     yield chat, controller, history, store
     history.close()
 
 
 def variants_shown(chat: ChatView) -> str:
     """'2/2' when the last message shows its arrows, else ''."""
-    switcher = getattr(chat.messages_widgets[-1], "switcher", None)
+    switcher = chat.messages_widgets[-1].switcher
     return switcher.label.text() if switcher and not switcher.isHidden() else ""
 
 
@@ -121,7 +150,7 @@ def ask(qtbot, chat: ChatView, controller: FakeController, question: str, answer
     chat.input.setPlainText(question)
     chat.send()
     controller.answer(answer)
-    qtbot.waitUntil(lambda: hasattr(chat.messages_widgets[-1], "badge"))
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].badge is not None)
 
 
 def test_question_and_answer_are_kept_with_a_badge(qtbot, setup) -> None:
@@ -232,7 +261,7 @@ def test_edit_and_resend_then_delete(qtbot, setup) -> None:
     history.edit_and_resend(second, "And of Portugal?")
     assert controller.sent[-1][0][-1] == {"role": "user", "content": "And of Portugal?"}
     controller.answer("Lisbon.")
-    qtbot.waitUntil(lambda: hasattr(chat.messages_widgets[-1], "badge"))
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].badge is not None)
     texts = [m.text for m in store.get(history.current.id).messages]
     assert texts == ["Capital of Italy?", "Rome.", "And of Portugal?", "Lisbon."]
     history.delete_message(chat.messages_widgets[1].message_id)

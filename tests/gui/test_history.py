@@ -102,14 +102,14 @@ def test_regenerate_with_int8_and_back_in_the_window(
         chat.input.setPlainText("What is the capital of France?")
         with qtbot.waitSignal(c.answer_finished, timeout=120_000):
             chat.send()
-        wait_for(lambda: hasattr(chat.messages_widgets[-1], "badge"), 10)
+        wait_for(lambda: chat.messages_widgets[-1].badge is not None, 10)
         answer_id = chat.messages_widgets[-1].message_id
 
         with qtbot.waitSignal(c.answer_finished, timeout=180_000):
             window.history.regenerate_with(answer_id, "int8")
         wait_for(lambda: not window.history.busy and c.running("load") is None, 10)
         assert c.loaded.quant == preset("int8").quant
-        wait_for(lambda: getattr(chat.messages_widgets[-1], "switcher", None), 10)
+        wait_for(lambda: chat.messages_widgets[-1].switcher is not None, 10)
         widget = chat.messages_widgets[-1]
         assert widget.switcher.label.text() == "2/2"
         assert widget.badge.text() == "int8 · SmolLM2-135M"
