@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -17,6 +18,7 @@ from cli.args import (
     generation_from_args,
     settings_from_args,
 )
+from cli.fit import add_fit_arg, fit_before_load
 from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
 from core import interrupt
 from core.errors import NibbleError, SettingsError
@@ -47,6 +49,7 @@ def add_generate(sub: Any) -> None:
         help="the answer is JSON that matches the JSON schema in FILE",
     )
     add_quant_args(p)
+    add_fit_arg(p)
     add_generation_args(p)
     p.add_argument(
         "--save-to-chat",
@@ -108,6 +111,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ]
     ref = catalog.resolve(args.model)
     warnings = check_before_load(ref, quant, options)
+    fitted = fit_before_load(args.fit, ref, quant, options)
+    if fitted.step is not None:
+        ref, quant, options = fitted.ref, fitted.quant, fitted.options
+        if fitted.context is not None and gen.max_new_tokens > fitted.context:
+            gen = dataclasses.replace(gen, max_new_tokens=fitted.context)
     turn = None
     chat = None
     if args.save_to_chat is not None:
