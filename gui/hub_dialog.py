@@ -62,7 +62,7 @@ class HubDialog(QDialog):
         row = QHBoxLayout()
         self.search_edit = QLineEdit()
         self.search_edit.setPlaceholderText("Search text-generation models, e.g. qwen")
-        self.search_edit.returnPressed.connect(self.search)
+        self.search_edit.returnPressed.connect(self._search_again)
         self.search_button = QPushButton("Search")
         self.search_button.clicked.connect(self.search)
         row.addWidget(self.search_edit, 1)
@@ -162,11 +162,14 @@ class HubDialog(QDialog):
         self.cancel_button.setEnabled(self.downloading or partial)
         self.load_button.setEnabled(self.ref is not None and not self.downloading)
         self.results.setEnabled(not self.downloading)
-        self.search_button.setEnabled(self.search_worker is None)
+        searching = self.search_worker is not None
+        self.search_button.setText("Cancel search" if searching else "Search")
 
     # -- search --
     def search(self) -> None:
+        """Search the hub; while a search runs, the same button cancels it."""
         if self.search_worker is not None:
+            self._cancel_search()
             return
         worker = workers.HubSearchWorker(self.search_edit.text())
         worker.returned.connect(self._on_results)
@@ -177,8 +180,27 @@ class HubDialog(QDialog):
         self._update_buttons()
         self._start("hub search", worker, needs_stack=False)
 
-    def _search_ended(self) -> None:
+    def _search_again(self) -> None:
+        """Enter in the field searches for what it says now, dropping a running search."""
+        self._cancel_search()
+        self.search()
+
+    def _cancel_search(self) -> None:
+        """Drop the running search's answer; its thread ends when the hub answers or
+        its read timeout passes."""
+        worker = self.search_worker
+        if worker is None:
+            return
+        worker.cancel()
+        worker.returned.disconnect(self._on_results)
+        worker.errored.disconnect(self._show_error)
         self.search_worker = None
+        self.status.setText("Search cancelled.")
+        self._update_buttons()
+
+    def _search_ended(self) -> None:
+        if self.search_worker is self.sender():
+            self.search_worker = None
         self._update_buttons()
 
     def _on_results(self, results: list[Any]) -> None:
