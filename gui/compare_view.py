@@ -583,6 +583,7 @@ def _table(columns: tuple[str, ...]) -> QTableWidget:
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     header.setStretchLastSection(True)
     table.setWordWrap(True)
+    table.setTabKeyNavigation(False)  # one Tab stop; the arrows move inside
     return table
 
 

@@ -71,6 +71,7 @@ class HubDialog(QDialog):
 
         split = QSplitter()
         self.results = QTableWidget(0, 4)
+        self.results.setTabKeyNavigation(False)
         self.results.setHorizontalHeaderLabels(["Model", "Size", "Downloads", ""])
         self.results.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.results.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
@@ -91,6 +92,7 @@ class HubDialog(QDialog):
         self.title.setObjectName("heading")
         side.addWidget(self.title)
         self.files = QTableWidget(0, 3)
+        self.files.setTabKeyNavigation(False)
         self.files.setHorizontalHeaderLabels(["File", "Size", ""])
         self.files.verticalHeader().setVisible(False)
         self.files.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -102,6 +104,7 @@ class HubDialog(QDialog):
         self.disk_label.setWordWrap(True)
         side.addWidget(self.disk_label)
         self.estimate = QTableWidget(0, 3)
+        self.estimate.setTabKeyNavigation(False)
         self.estimate.setHorizontalHeaderLabels(["Preset", "Needs", "On this machine"])
         self.estimate.verticalHeader().setVisible(False)
         self.estimate.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)

@@ -189,21 +189,21 @@ class MainWindow(QMainWindow):
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
-        self.file_menu = bar.addMenu("File")
-        self.model_menu = bar.addMenu("Model")
-        self.view_menu = bar.addMenu("View")
-        self.help_menu = bar.addMenu("Help")
+        self.file_menu = bar.addMenu("&File")
+        self.model_menu = bar.addMenu("&Model")
+        self.view_menu = bar.addMenu("&View")
+        self.help_menu = bar.addMenu("&Help")
 
-        self.open_action = QAction("Open model folder…", self)
+        self.open_action = QAction("&Open model folder…", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self.picker.choose_folder)
-        self.save_action = QAction("Save quantized model…", self)
+        self.save_action = QAction("&Save quantized model…", self)
         self.save_action.setShortcut(QKeySequence("Ctrl+Shift+S"))
         self.save_action.setStatusTip(
             "Save the selected model, quantized, with a model card"
         )
         self.save_action.triggered.connect(self.open_export)
-        quit_action = QAction("Quit", self)
+        quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
         self.file_menu.addAction(self.open_action)
@@ -211,34 +211,44 @@ class MainWindow(QMainWindow):
         self.file_menu.addSeparator()
         self.file_menu.addAction(quit_action)
 
-        self.load_action = QAction("Load", self)
+        self.load_action = QAction("&Load", self)
         self.load_action.setShortcut(QKeySequence("Ctrl+L"))
         self.load_action.triggered.connect(lambda: self.request_load())
-        self.unload_action = QAction("Unload", self)
+        self.unload_action = QAction("&Unload", self)
         self.unload_action.triggered.connect(self.unload)
         self.model_menu.addAction(self.load_action)
         self.model_menu.addAction(self.unload_action)
-        self.model_menu.addMenu(self.settings_panel.presets_menu).setText("Presets")
-        self.compare_action = QAction("Compare settings…", self)
+        self.model_menu.addMenu(self.settings_panel.presets_menu).setText("&Presets")
+        self.compare_action = QAction("&Compare settings…", self)
         self.compare_action.setToolTip(
             "Measure presets side by side on the picked model"
         )
         self.compare_action.triggered.connect(self.show_compare)
         self.model_menu.addAction(self.compare_action)
 
-        self.picker_action = QAction("Model list", self, checkable=True, checked=True)
+        self.picker_action = QAction("&Model list", self, checkable=True, checked=True)
         self.picker_action.toggled.connect(self.picker.setVisible)
         self.view_menu.addAction(self.picker_action)
 
-        self.report_action = QAction("Report…", self)
+        self.report_action = QAction("&Report…", self)
         self.report_action.setStatusTip(
             "Settings, versions, hardware and measured numbers"
         )
         self.report_action.triggered.connect(self.open_report)
-        about = QAction("About Nibble", self)
+        about = QAction("&About Nibble", self)
         about.triggered.connect(self.show_about)
         self.help_menu.addAction(self.report_action)
         self.help_menu.addAction(about)
+        # F10 opens the menu bar, as on other desktops; Alt+letter opens one menu.
+        menu_key = QAction(self)
+        menu_key.setShortcut(QKeySequence(Qt.Key.Key_F10))
+        menu_key.triggered.connect(self._open_menu_bar)
+        self.addAction(menu_key)
+
+    def _open_menu_bar(self) -> None:
+        bar = self.menuBar()
+        bar.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        bar.setActiveAction(self.file_menu.menuAction())
 
     def menu(self, name: str) -> QMenu:
         """The File, Model, View or Help menu."""
@@ -479,6 +489,8 @@ class MainWindow(QMainWindow):
         self.chat.set_chat_template(has_chat_template(loaded.tokenizer))
         self.chat.set_model_name(loaded.ref.name)
         self._update_actions()
+        # Ready to ask: typing goes to the message box, not to the model list.
+        self.chat.input.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def _on_load_failed(self, exc: Exception) -> None:
         loaded = self.controller.loaded
