@@ -285,6 +285,7 @@ def _load(
     reporter = _Reporter(progress, cancel)
     started = time.perf_counter()
     reporter.emit(0, 0, f"Preparing {ref.name}")
+    memory.fix_mmap_threshold()  # from here on (docs/facts.md, "What a load holds")
     path = _local_path(ref, reporter)
     import_stack(bitsandbytes=quant.quantized)
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -313,6 +314,7 @@ def _load(
             f"no usable tokenizer for {ref.name}: {_first_line(exc)}",
             "the folder needs tokenizer.json or tokenizer_config.json and its vocab",
         ) from exc
+    memory.trim_heap()  # parsing the tokenizer freed more than the load will need
     kwargs: dict[str, Any] = {
         "device_map": device_map,
         "dtype": dtype,
