@@ -31,7 +31,12 @@ def test_every_menu_has_its_own_mnemonic_and_f10_opens_the_bar(
     window = _window(qtbot)
     titles = [a.text() for a in window.menuBar().actions()]
     assert titles == ["&File", "&Model", "&View", "&Help"]
-    for menu in (window.model_menu, window.help_menu):
+    for menu in (
+        window.file_menu,
+        window.model_menu,
+        window.view_menu,
+        window.help_menu,
+    ):
         texts = [a.text() for a in menu.actions() if not a.isSeparator()]
         assert all("&" in t for t in texts), texts
         keys = [t[t.index("&") + 1].lower() for t in texts]
