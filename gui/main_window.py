@@ -62,7 +62,7 @@ NARROW_SCREEN = 1280  # px of available width below which the conversation list 
 EXPORTS = (
     ("&Export conversation as Markdown…", "md"),
     ("Export conversation as &JSON…", "json"),
-    ("Export all conversations…", "all"),
+    ("Export &all conversations…", "all"),
 )
 
 if TYPE_CHECKING:

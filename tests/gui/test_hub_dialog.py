@@ -149,8 +149,10 @@ def test_errors_show_in_the_dialog(qtbot, fake: FakeHub, repo_dir: Path) -> None
 
 def test_a_slow_search_can_be_cancelled(qtbot, fake: FakeHub) -> None:
     """With a hub that does not answer, the search button cancels the search."""
+    from gui.controller import Controller
+
     fake.search_stalls = True
-    dialog = HubDialog()
+    dialog = HubDialog(Controller())
     qtbot.addWidget(dialog)
     dialog.search_edit.setText("tiny")
     dialog.search()
