@@ -57,7 +57,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--idle-unload",
-        type=number("--idle-unload", low=0.001),
+        type=number("--idle-unload", low=0, above=True),
         default=None,
         metavar="SECONDS",
         help="unload the model after this long without a request; the next "

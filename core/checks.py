@@ -216,6 +216,9 @@ def _cpu_cap(
     """accelerate ignores max_memory when the whole model goes to the CPU."""
     if not options.max_memory or not _on_cpu_only(options, machine):
         return []
+    if machine is not None and not machine.has_gpu:
+        if any(k.isdigit() for k in options.max_memory):
+            return []  # _gpu_caps says what is wrong with these caps
     what = label("max_memory")
     no_effect = Problem(
         "max_memory",

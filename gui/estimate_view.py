@@ -75,11 +75,15 @@ class EstimateView(QWidget):
 
     It follows the controller's selection, settings and loaded model, and runs its
     estimates as the controller's jobs (after the ML stack is imported).
-    `estimated(Table)` is emitted each time the table is refreshed;
-    `failed(NibbleError)` when the config cannot be read.
+    `estimated(Table)` is emitted each time the table is refreshed, and
+    `model_bytes_known(QuantSettings, LoadOptions, int | None)` with what the model's
+    weights need under the settings that table was computed for (the settings
+    panel's memory-cap check reads it); `failed(NibbleError)` when the config cannot
+    be read.
     """
 
     estimated = Signal(object)
+    model_bytes_known = Signal(object, object, object)
     failed = Signal(object)
 
     def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
@@ -92,6 +96,7 @@ class EstimateView(QWidget):
         self.device: Any = None
         self._device_at = 0.0
         self._worker: workers.FunctionWorker | None = None
+        self._computing: tuple[QuantSettings, LoadOptions] | None = None
         self._pending = False
         self._loaded: Any = None
         self._timer = QTimer(self)
@@ -201,6 +206,7 @@ class EstimateView(QWidget):
         self._pending = False
         if time.monotonic() - self._device_at > DEVICE_MAX_AGE_S:
             self.device = None  # probe free memory again in the worker
+        self._computing = (self.quant, self.options)
         worker = self.controller.estimate(
             self.model, self.quant, self.options, self.context.value(), self.device
         )
@@ -247,6 +253,8 @@ class EstimateView(QWidget):
         self.notes.setToolTip(table.to_dict()["overhead"])
         self._update_actual()
         self.estimated.emit(table)
+        if self._computing is not None:
+            self.model_bytes_known.emit(*self._computing, table.current.model_bytes)
 
     def _fill(self, table: Any) -> None:
         matching = preset_name_for(self.quant, self.options.dtype)

@@ -138,6 +138,29 @@ class ModuleListEdit(QWidget):
         self.list.blockSignals(False)
 
 
+class ReasonLabel(QLabel):
+    """The line under a field that says what is wrong with it, wrapped to the form's
+    width: its minimum height follows its text, so a form never clips it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWordWrap(True)
+        self.setObjectName("error")
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        self._fit()
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self._fit()
+
+    def _fit(self) -> None:
+        height = self.heightForWidth(self.width()) if self.text() else 0
+        if height != self.minimumHeight():
+            self.setMinimumHeight(max(height, 0))
+
+
 def make_editor(spec: Spec) -> QWidget:
     """The widget for `spec`, with its range, choices and tooltip."""
     editor: QWidget

@@ -269,6 +269,9 @@ class MainWindow(QMainWindow):
         c.resolve_failed.connect(self._on_resolve_failed)
         c.model_selected.connect(self._on_selected)
         c.modules_found.connect(self.settings_panel.set_module_names)
+        self.estimate_view.model_bytes_known.connect(
+            self.settings_panel.set_model_bytes
+        )
         c.settings_changed.connect(lambda _s: self._update_actions())
         c.load_started.connect(self._on_load_started)
         c.load_progressed.connect(self.load_bar.report)

@@ -65,11 +65,14 @@ class SettingsPanel(QWidget):
         self._model_name = "your-model-name"
         self._error = ""
         self._machine: Machine | None = None
-        self._model: ModelFacts | None = None
+        self._module_names: tuple[str, ...] = ()
+        # What the estimate said the weights need, and under which settings.
+        self._model_bytes: tuple[tuple[Any, ...], int] | None = None
+        self._emitted: tuple[QuantSettings, LoadOptions] | None = None
         self.problems: list[Problem] = []
         self.editors: dict[str, QWidget] = {}
         self.labels: dict[str, QLabel] = {}
-        self.field_errors: dict[str, QLabel] = {}  # the reason, under its field
+        self.field_errors: dict[str, fields.ReasonLabel] = {}  # the reason, under it
         self._forms: dict[str, QFormLayout] = {}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -199,9 +202,7 @@ class SettingsPanel(QWidget):
         if quant:
             self.editors[name] = editor
         self.labels[name] = label
-        error = QLabel()
-        error.setObjectName("error")
-        error.setWordWrap(True)
+        error = fields.ReasonLabel()
         form.addRow("", error)
         form.setRowVisible(error, False)
         self.field_errors[name] = error
@@ -263,15 +264,37 @@ class SettingsPanel(QWidget):
     def set_machine(self, machine: Machine) -> None:
         """What this machine can run: settings it cannot are shown red."""
         self._machine = machine
-        self._on_edit()
+        self._on_edit(quiet=True)
 
-    def set_module_names(self, facts: ModelFacts | list[str] | None) -> None:
-        """What the checks know of the selected model (its module names, for the
-        Keep-unquantized check); [] or None while it is not known."""
-        if facts is not None and not isinstance(facts, ModelFacts):
-            facts = ModelFacts(tuple(facts)) if facts else None
-        self._model = facts
-        self._on_edit()
+    def set_module_names(self, names: list[str] | None) -> None:
+        """The selected model's module names, for the Keep-unquantized check; [] while
+        they are not known (a new model: what the last one needed is dropped too)."""
+        self._module_names = tuple(names or ())
+        if not names:
+            self._model_bytes = None
+        self._on_edit(quiet=True)
+
+    def set_model_bytes(
+        self, quant: QuantSettings, options: LoadOptions, needed: int | None
+    ) -> None:
+        """What the selected model's weights need under these settings (from the
+        estimate), for the check of a CPU memory cap."""
+        self._model_bytes = (
+            None if needed is None else (_bytes_key(quant, options), needed)
+        )
+        # Quietly: settings passed on again would start another estimate, and so on.
+        self._on_edit(quiet=True)
+
+    def model_facts(self) -> ModelFacts:
+        """What the checks know of the selected model now."""
+        known = self._model_bytes
+
+        def needed(quant: QuantSettings, options: LoadOptions) -> int | None:
+            if known is None or known[0] != _bytes_key(quant, options):
+                return None
+            return known[1]
+
+        return ModelFacts(self._module_names, needed)
 
     @property
     def error(self) -> str:
@@ -279,7 +302,9 @@ class SettingsPanel(QWidget):
         return self._error
 
     # -- reactions --
-    def _on_edit(self, *_args: Any) -> None:
+    def _on_edit(self, *_args: Any, quiet: bool = False) -> None:
+        """Check the settings; pass them on when they are valid (when `quiet`, only
+        if they differ from the last ones passed on)."""
         if self._updating:
             return
         mode = self.mode()
@@ -304,7 +329,7 @@ class SettingsPanel(QWidget):
         except SettingsError as exc:
             problems.append(Problem.from_error(exc))
         if quant is not None and options is not None:
-            problems += check(quant, options, self._machine, self._model)
+            problems += check(quant, options, self._machine, self.model_facts())
         self._show_problems(problems)
         if self._error or quant is None or options is None:
             self.python.setPlainText("# Fix the settings above to see the code.\n")
@@ -323,7 +348,9 @@ class SettingsPanel(QWidget):
         self.python.setPlainText(quant.to_python(self._model_name, options))
         self.python.horizontalScrollBar().setValue(bar)
         self.validity_changed.emit(True, "")
-        self.changed.emit(quant, options)
+        if not quiet or self._emitted != (quant, options):
+            self._emitted = (quant, options)
+            self.changed.emit(quant, options)
 
     def _on_mode_clicked(self, index: int) -> None:
         # 4-bit from the library's defaults means fp4; nf4 is the better start.
@@ -396,6 +423,11 @@ class SettingsPanel(QWidget):
     def copy_python(self) -> None:
         QGuiApplication.clipboard().setText(self.python.toPlainText())
         dialogs.say_copied(self.copy_button)
+
+
+def _bytes_key(quant: QuantSettings, options: LoadOptions) -> tuple[Any, ...]:
+    """What the weights' size depends on (a memory cap does not change it)."""
+    return (quant.effective(), options.dtype, options.device_map)
 
 
 def _line(problem: Problem) -> str:

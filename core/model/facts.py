@@ -41,14 +41,21 @@ def module_names(
     return list(names)
 
 
-def model_facts(ref: Any, trust_remote_code: bool = False) -> ModelFacts:
-    """What the checks need to know of `ref`, from the estimate (no weights read)."""
+def model_facts(
+    ref: Any, trust_remote_code: bool = False, names: bool = True
+) -> ModelFacts:
+    """What the checks need to know of `ref`, from the estimate (no weights read).
+
+    The size is estimated only when a check asks for it; the module names (a
+    meta-device build) only with `names`.
+    """
     from core.model import estimate
 
     def needed(quant: QuantSettings, options: LoadOptions) -> int | None:
         return estimate.estimate(ref, quant, options).model_bytes
 
-    return ModelFacts(tuple(module_names(ref, "float32", trust_remote_code)), needed)
+    found = module_names(ref, "float32", trust_remote_code) if names else []
+    return ModelFacts(tuple(found), needed)
 
 
 def check_load(
@@ -60,4 +67,7 @@ def check_load(
     """core.checks.check for a load of `ref` here: probes this machine (imports
     torch) and reads the model's structure."""
     machine = machine or probe_machine()
-    return check(quant, options, machine, model_facts(ref, options.trust_remote_code))
+    # Only a Keep-unquantized list needs the module names: skip the build otherwise.
+    wanted = quant.quantized and bool(quant.llm_int8_skip_modules)
+    model = model_facts(ref, options.trust_remote_code, names=wanted)
+    return check(quant, options, machine, model)

@@ -110,3 +110,58 @@ def test_models_lists_the_default(default_dir: Path) -> None:
     models = json.loads(result.stdout)
     assert models[0]["kind"] == "default"
     assert models[0]["name"] == "SmolLM2-135M-Instruct"
+
+
+def test_generate_json_schema_answer_matches_and_is_recorded(
+    tmp_path: Path,
+    tiny_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from core.store import conversations
+    from core.store.conversations import ConversationStore
+
+    monkeypatch.setattr(
+        conversations, "database_path", lambda: tmp_path / "conversations.db"
+    )
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    (tmp_path / "answer.json").write_text(json.dumps(schema))
+    code = cli.run([
+        "generate", str(tiny_dir), "--quant", "nf4", "--temperature", "0.8",
+        "--max-new-tokens", "40", "--prompt", "Hi", "--json-schema",
+        str(tmp_path / "answer.json"), "--save-to-chat", "--json",
+    ])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = json.loads(out.out)
+    answer = json.loads(data["text"])  # a random model, held to the schema
+    assert isinstance(answer["ok"], bool) and answer["n"] in (1, 2, 3)
+    assert data["constraint"] == {
+        "kind": "json_schema",
+        "name": "answer",
+        "schema": schema,
+    }
+    with ConversationStore(tmp_path / "conversations.db") as store:
+        chat = store.get(data["conversation_id"])
+    provenance = chat.messages[-1].provenance
+    assert provenance.constraint == data["constraint"]
+    assert any(
+        line.startswith("Reply as: JSON schema") for line in provenance.describe()
+    )
+
+
+def test_generate_refuses_a_schema_it_cannot_enforce_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "s.json").write_text('{"type": "object", "if": {}, "then": {}}')
+    code = cli.run(["generate", "no-such-model", "--json-schema", str(tmp_path / "s.json"),
+                    "--prompt", "Hi"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert 'Unimplemented keys: ["if", "then"]' in err
+    assert "Traceback" not in err

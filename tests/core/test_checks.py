@@ -6,6 +6,7 @@ import pytest
 
 from core import checks
 from core.checks import Machine, ModelFacts, Problem
+from core.errors import SettingsError
 from core.model import facts
 from core.settings import LoadOptions, QuantSettings, preset
 
@@ -78,9 +79,10 @@ def test_a_cpu_cap_below_the_model_stops_and_any_cpu_cap_warns() -> None:
     roomy = checks.check(NF4, LoadOptions("cpu", "cpu=1GiB"), NO_GPU, model)
     assert [p.warning for p in roomy] == [True]
     assert checks.refuse(roomy) == roomy
-    with pytest.raises(Exception) as info:
+    with pytest.raises(SettingsError) as info:
         checks.refuse(small)
-    assert info.value.field == "max_memory"  # type: ignore[attr-defined]
+    assert info.value.field == "max_memory"
+    assert info.value.message == small[0].message
 
 
 def test_matches_follows_the_library_rule() -> None:

@@ -261,3 +261,23 @@ def test_one_range_per_field_for_every_face() -> None:
     assert GenerationSettings(temperature=10.0, top_k=1_000_000).top_k == 1_000_000
     with pytest.raises(SettingsError):
         GenerationSettings(temperature=10.01)
+
+
+@pytest.mark.parametrize(
+    ("generation", "words"),
+    [
+        ('{"temperature": NaN}', "temperature must be a finite number, got nan"),
+        ('{"seed": 1180591620717411303424}', "seed 1180591620717411303424 is out"),
+        ('{"top_k": Infinity}', "top_k must be a finite number, got inf"),
+        ('{"max_new_tokens": 1e400}', "max_new_tokens must be a finite number"),
+    ],
+)
+def test_session_json_numbers_get_the_same_check(tmp_path, generation, words) -> None:
+    from core.store import session as session_mod
+
+    path = tmp_path / "session.json"
+    path.write_text(f'{{"schema_version": 1, "generation": {generation}}}')
+    session, notice = session_mod.load_session(path)
+    assert session == session_mod.Session()
+    assert notice is not None and words in notice
+    assert (tmp_path / "session.json.bak").exists()

@@ -53,12 +53,44 @@ def test_same_problem_in_core_window_and_cli(
     panel = SettingsPanel()
     qtbot.addWidget(panel)
     panel.set_machine(machine)
-    panel.set_module_names(model)
+    panel.set_module_names(list(model.module_names))
+    # The window learns the weights' size from its estimate, for these settings.
+    panel.set_model_bytes(quant, options, model.needed_bytes(quant, options))
     panel.set_settings(quant, options)
     assert first in panel.problems
     assert first.text() in panel.field_errors[first.field].text()
     assert first.text() in panel.error
 
-    code = cli.run(["generate", str(tiny_dir), "--quant", "nf4", "-p", "hi", *flags])
-    assert code == 2
-    assert f"error: {first.message}\nhint: {first.hint}\n" in capsys.readouterr().err
+    for command in (["generate", "-p", "hi"], ["serve", "--port", "0"]):
+        argv = [command[0], str(tiny_dir), *command[1:], "--quant", "nf4", *flags]
+        assert cli.run(argv) == 2
+        err = capsys.readouterr().err
+        assert f"error: {first.message}\nhint: {first.hint}\n" in err
+
+
+def test_the_windows_numbers_take_the_same_check(qtbot) -> None:
+    """The sampling widgets get their ranges from the fields; what a spin box cannot
+    hold back (a typed seed) is refused with the words the CLI and server use."""
+    from core.errors import SettingsError
+    from core.settings import GenerationSettings, fields_of
+    from gui.chat_view import ChatView
+
+    chat = ChatView()
+    qtbot.addWidget(chat)
+    for spec in fields_of(GenerationSettings):
+        editor = chat.sampling_fields[spec.name]
+        if spec.kind in ("int", "float"):
+            assert editor.maximum() == spec.high
+            assert editor.minimum() >= spec.low
+    for typed, words in (
+        (str(2**70), f"seed {2**70} is out of range"),
+        ("nan", "seed must be a finite number, got nan"),
+        ("1.5", "seed must be a whole number, got 1.5"),
+    ):
+        chat.seed.setText(typed)
+        with pytest.raises(SettingsError) as info:
+            chat.generation_settings()
+        assert info.value.field == "seed" and words in info.value.message
+        assert words in chat.sampling_toggle.text()
+    chat.seed.setText("42")
+    assert chat.generation_settings().seed == 42

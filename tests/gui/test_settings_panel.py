@@ -320,3 +320,19 @@ def test_the_window_flags_keep_unquantized_names_that_match_nothing(qtbot, confi
     assert "mixes a GPU" in window.load_button.toolTip()
     panel.max_memory.setText("")
     assert cap.isHidden()
+
+    # A CPU cap below what the estimate says the model needs, as the CLI refuses it.
+    with qtbot.waitSignal(
+        window.estimate_view.model_bytes_known,
+        timeout=180_000,
+        check_params_cb=lambda quant, options, needed: options.device_map == "cpu",
+    ):
+        panel.device_map.setCurrentText("cpu")
+    panel.max_memory.setText("cpu=1KiB")
+    assert "Max memory: caps the CPU at 1KiB, but the model needs" in cap.text()
+    assert panel.max_memory.property("invalid") is True
+    assert not window.load_button.isEnabled()
+    panel.max_memory.setText("cpu=64GiB")
+    assert "has no effect, the model loads whole on the CPU" in cap.text()
+    assert not panel.max_memory.property("invalid")
+    assert window.load_button.isEnabled()
