@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import CancelledError
-
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[int, int, str], None]
@@ -108,7 +106,6 @@ def enable(
     key: str,
     context: int | None,
     emit: Emit,
-    is_cancelled: Callable[[], bool],
 ) -> FastDecode:
     """Switch `model` to a static cache + compiled decode step and compile it once.
 
@@ -159,17 +156,12 @@ def enable(
     started = time.perf_counter()
     thread = threading.Thread(target=warm, name="nibble-compile", daemon=True)
     thread.start()
-    try:
-        while thread.is_alive():
-            emit(
-                0,
-                0,
-                f"Compiling the decode step ({time.perf_counter() - started:.0f} s)",
-            )
-            thread.join(0.5)
-    except CancelledError:
-        # The compile cannot be interrupted; it ends in the background.
-        raise
+    while thread.is_alive():
+        # Raises CancelledError on cancel; the compile, which cannot be interrupted,
+        # then ends in the background and is dropped.
+        elapsed = time.perf_counter() - started
+        emit(0, 0, f"Compiling the decode step ({elapsed:.0f} s)")
+        thread.join(0.5)
     error = outcome.get("error")
     if error is not None:
         gen.cache_implementation, gen.compile_config = saved

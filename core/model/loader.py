@@ -390,7 +390,6 @@ def _fast_decode(
             key,
             context if isinstance(context, int) else None,
             reporter.emit,
-            lambda: _is_cancelled(cancel),
         )
     except CancelledError:
         free_memory()
