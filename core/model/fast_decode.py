@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -87,10 +86,21 @@ def cache_key(model: Any, settings: dict[str, Any], options: dict[str, Any]) -> 
 def blocker(model: Any) -> str | None:
     """Why this model cannot decode compiled here, or None."""
     if model.device.type == "cpu":
-        compiler = os.environ.get("CXX")
-        found = shutil.which(compiler) if compiler else shutil.which("g++")
-        if found is None:
-            return f"no C++ compiler ({compiler or 'g++'}) for torch.compile on the CPU"
+        from torch._inductor import config
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception:
+            names = (
+                [c for c in config.cpp.cxx if c]
+                if isinstance(config.cpp.cxx, (list, tuple))
+                else [config.cpp.cxx]
+            )
+            return (
+                f"no working C++ compiler ({', '.join(map(str, names))}) for "
+                "torch.compile on the CPU; install g++ or set CXX"
+            )
     if not getattr(model, "_can_compile_fullgraph", False):
         return f"transformers does not compile {type(model).__name__}"
     if getattr(model, "hf_device_map", None):
