@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nibble-installed
 
-.PHONY: run test test-fast lint format bench clean
+.PHONY: run test test-fast lint format bench clean bundle
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,6 +52,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
+
+# The PyInstaller bundle (dist/nibble/), then, from it, the self-test, a `generate`
+# and one served request. Minutes of CPU: not part of `make test`.
+bundle: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check pyinstaller
+	$(BIN)/pyinstaller packaging/nibble.spec --noconfirm
+	$(BIN)/python packaging/check_bundle.py dist/nibble/nibble
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

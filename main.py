@@ -9,6 +9,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--self-test"]:
         argv = ["self-test", *argv[1:]]
+    if argv[:1] == ["--window-smoke"]:  # the self-test's window check, in a bundle
+        from gui import smoke
+
+        return smoke.main(argv[1:])
     if not argv or argv[0] in ("--gui",):
         from core import desktop
 

@@ -436,24 +436,22 @@ def _params(size: str) -> int:
 
 def scale_table(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| model | shards | preset | way | true bytes | largest tensor (fp32) "
-        "| anon peak during load | bound | within | estimate's peak | estimate/measured |",
+        "| model | preset | way | true bytes | largest tensor (fp32) | anon peak "
+        "| bound | within | after + mapped | estimate's peak | estimate / needs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        peak, bound, pred = int(r["peak"]), int(r["bound"]), r["predicted"]  # type: ignore[call-overload]
-        ratio = f"{int(pred) / peak:.2f}" if pred and r["way"] == "nibble" else ""  # type: ignore[call-overload]
+        peak, bound = int(r["peak"]), int(r["bound"])  # type: ignore[call-overload]
+        after = int(r["after"]) + int(r["mapped"])  # type: ignore[call-overload]
+        need = max(peak, after)
+        pred = r["predicted"]
+        ratio = f"{int(pred) / need:.3f}" if pred and r["way"] == "nibble" else ""  # type: ignore[call-overload]
         lines.append(
-            f"| {r['size']} | {r['shards']} | {r['quant']} | {r['way']} "
+            f"| {r['size']} ({r['shards']} shards) | {r['quant']} | {r['way']} "
             f"| {int(r['true']) / MiB:.0f} MiB | {int(r['largest']) / MiB:.0f} MiB "  # type: ignore[call-overload]
             f"| {peak / MiB:.0f} MiB | {bound / MiB:.0f} MiB "
-            f"| {'yes' if peak <= bound else 'no'} "
+            f"| {'yes' if peak <= bound else 'no'} | {after / MiB:.0f} MiB "
             f"| {int(pred) / MiB:.0f} MiB | {ratio} |"  # type: ignore[call-overload]
-            if pred
-            else f"| {r['size']} | {r['shards']} | {r['quant']} | {r['way']} "
-            f"| {int(r['true']) / MiB:.0f} MiB | {int(r['largest']) / MiB:.0f} MiB "  # type: ignore[call-overload]
-            f"| {peak / MiB:.0f} MiB | {bound / MiB:.0f} MiB "
-            f"| {'yes' if peak <= bound else 'no'} | – | |"
         )
     return "\n".join(lines)
 

@@ -13,6 +13,14 @@ On the default model (nf4 unless --preset), in one process:
    equal the one-at-a-time ones (--no-batching skips it).
 
     .venv/bin/python bench/serve.py [--model default] [--preset nf4] [--repeats 3] [--tokens 64]
+
+4. --clients-only: the 1/4/8-client table alone (streamed, so each client's own decode
+   rate and time to first text are read), plus a newcomer's time to first text while
+   7 others decode. --before REF runs that table on a `git worktree` of REF (e.g. the
+   commit before batching) and on this tree, back to back, and prints both with
+   ratios: on a loaded machine, only ratios taken back to back mean anything.
+
+    .venv/bin/python bench/serve.py --before 8389a58 [--tokens 32]
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from _common import ROOT  # noqa: F401  (puts the project on sys.path)
+from _common import ROOT  # puts the project on sys.path
 
 PROMPT = "Write a detailed essay about the history of Paris."
 QUESTIONS = [
@@ -182,6 +191,235 @@ def batched(
     return row
 
 
+def stream_one(client: Any, model: str, question: str, tokens: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    first = last = None
+    used = 0
+    for chunk in client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        max_tokens=tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.usage is not None:
+            used = chunk.usage.completion_tokens
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter()
+            first = first or last
+    return {
+        "tokens": used,
+        "ttft_s": (first - started) if first else None,
+        "tok_s": decode_rate(used, first or 0.0, last or 0.0),
+        "end": last or time.perf_counter(),
+        "start": started,
+    }
+
+
+def clients_round(client: Any, model: str, n: int, tokens: int) -> dict[str, Any]:
+    """n streamed clients at once: aggregate tok/s and each client's own rate."""
+    rows: list[dict[str, Any]] = []
+
+    def ask(i: int) -> None:
+        rows.append(stream_one(client, model, QUESTIONS[i % len(QUESTIONS)], tokens))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    rates = [r["tok_s"] for r in rows if r["tok_s"]]
+    ttfts = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
+    return {
+        "clients": n,
+        "tokens": sum(r["tokens"] for r in rows),
+        "wall_s": wall,
+        "aggregate_tok_s": sum(r["tokens"] for r in rows) / wall,
+        "per_client_tok_s_min": min(rates) if rates else None,
+        "per_client_tok_s_median": statistics.median(rates) if rates else None,
+        "ttft_p50_s": percentile(ttfts, 0.5) if ttfts else None,
+        "ttft_p95_s": percentile(ttfts, 0.95) if ttfts else None,
+    }
+
+
+def newcomer_ttft(client: Any, model: str, tokens: int, repeats: int) -> dict[str, Any]:
+    """Time to first text of a newcomer while 7 other clients decode."""
+    busy = threading.Event()
+    started: list[int] = []
+    done = threading.Event()
+
+    def background(i: int) -> None:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            temperature=0,
+            max_tokens=4096,
+            stream=True,
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                started.append(i)
+                if len(set(started)) >= 7:
+                    busy.set()
+            if done.is_set():
+                stream.close()  # the client goes away; its slot frees
+                return
+
+    threads = [threading.Thread(target=background, args=(i,)) for i in range(7)]
+    for thread in threads:
+        thread.start()
+    ttfts: list[float] = []
+    try:
+        busy.wait(600)
+        for _ in range(repeats):
+            row = stream_one(client, model, "Say hello.", tokens)
+            if row["ttft_s"] is not None:
+                ttfts.append(row["ttft_s"])
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(600)
+    return {
+        "repeats": len(ttfts),
+        "ttft_p50_s": percentile(ttfts, 0.5) if ttfts else None,
+        "ttft_p95_s": percentile(ttfts, 0.95) if ttfts else None,
+        "all_decoding": busy.is_set(),
+    }
+
+
+def clients_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Part 4 in this process, on whichever code is first on sys.path."""
+    import inspect
+
+    import openai
+
+    from core.generation.queue import GenerationQueue
+    from core.model import catalog, loader
+    from core.settings import preset
+    from core.stack import import_stack
+    from server.app import Server
+
+    try:
+        from server.runner import ServerConfig, ServerThread
+    except ImportError:  # the layout before server/runner.py
+        from server.app import ServerConfig, ServerThread  # type: ignore
+
+    import_stack()
+    chosen = preset(args.preset)
+    loaded = loader.load(
+        catalog.resolve(args.model), chosen.quant, chosen.load_options()
+    )
+    kwargs: dict[str, Any] = {"limit": 64}
+    if "max_batch" in inspect.signature(GenerationQueue).parameters:
+        kwargs["max_batch"] = args.max_batch
+    queue = GenerationQueue(loaded, **kwargs)
+    server = Server(queue, ServerConfig(port=0), lambda record: None)
+    thread = ServerThread(server)
+    thread.start()
+    client = openai.OpenAI(base_url=thread.url, api_key="none", timeout=1200)
+    model = server.model_names()[0]
+    result: dict[str, Any] = {"batching": "max_batch" in kwargs, "rounds": []}
+    try:
+        stream_one(client, model, "Hi", 4)  # warm
+        for n in [int(c) for c in args.clients.split(",")]:
+            result["rounds"].append(clients_round(client, model, n, args.tokens))
+            say(f"{n} clients: {result['rounds'][-1]}")
+        if args.newcomers and result["batching"]:  # one at a time: it waits for all 7
+            result["newcomer"] = newcomer_ttft(
+                client, model, args.tokens, args.newcomers
+            )
+            say(f"newcomer while 7 decode: {result['newcomer']}")
+    finally:
+        thread.stop()
+        queue.close()
+        loader.unload(loaded)
+    return result
+
+
+def before_after(args: argparse.Namespace) -> None:
+    """Part 4 on a worktree of --before, then on this tree, back to back."""
+    import subprocess
+    import tempfile
+
+    here = Path(__file__).resolve()
+    tree = Path(tempfile.mkdtemp(prefix="nibble-before-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.before],
+        check=True,
+        capture_output=True,
+    )
+    common = [
+        "--clients-only",
+        "--json",
+        f"--model={args.model}",
+        f"--preset={args.preset}",
+        f"--tokens={args.tokens}",
+        f"--clients={args.clients}",
+        f"--newcomers={args.newcomers}",
+    ]
+    results: dict[str, Any] = {}
+    try:
+        for name, code in (("before", tree), ("after", ROOT)):
+            say(f"-- {name}: {code}")
+            out = subprocess.run(
+                [sys.executable, str(here), *common, f"--code={code}"],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+            ).stdout
+            results[name] = json.loads(out)
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+            capture_output=True,
+        )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"{args.model} · {args.preset} · {args.tokens} greedy tokens per client, streamed"
+    )
+    print(
+        "clients | before agg tok/s | after agg tok/s | after/before | "
+        "after per-client min / median | after TTFT p95"
+    )
+    for b, a in zip(
+        results["before"]["rounds"], results["after"]["rounds"], strict=True
+    ):
+        print(
+            f"{a['clients']:>7} | {b['aggregate_tok_s']:>15.2f} | "
+            f"{a['aggregate_tok_s']:>15.2f} | "
+            f"{a['aggregate_tok_s'] / b['aggregate_tok_s']:>12.2f} | "
+            f"{a['per_client_tok_s_min'] or 0:.2f} / {a['per_client_tok_s_median'] or 0:.2f}"
+            f" | {a['ttft_p95_s'] or 0:.2f} s"
+        )
+    for name in ("before", "after"):
+        rounds = results[name]["rounds"]
+        solo = rounds[0]["per_client_tok_s_median"] if rounds else None
+        last = rounds[-1] if rounds else None
+        if solo and last:
+            print(
+                f"{name}: {last['clients']} clients aggregate = "
+                f"{last['aggregate_tok_s'] / solo:.2f}x one client's rate; each client "
+                f">= {(last['per_client_tok_s_min'] or 0) / solo:.0%} of solo"
+            )
+        if "newcomer" in results[name]:
+            n = results[name]["newcomer"]
+            print(
+                f"{name}: newcomer time to first text while 7 decode: p50 "
+                f"{n['ttft_p50_s']} s, p95 {n['ttft_p95_s']} s ({n['repeats']} tries)"
+            )
+    b1, a1 = results["before"]["rounds"][0], results["after"]["rounds"][0]
+    if b1["clients"] == 1 and b1["per_client_tok_s_median"]:
+        print(
+            f"lone client: after/before decode tok/s = "
+            f"{a1['per_client_tok_s_median'] / b1['per_client_tok_s_median']:.3f}"
+        )
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -197,7 +435,21 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--no-batching", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--clients-only", action="store_true")
+    parser.add_argument("--before", default=None, metavar="REF")
+    parser.add_argument("--code", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max-batch", type=int, default=None)
+    parser.add_argument("--newcomers", type=int, default=5)
     args = parser.parse_args()
+    if args.code:
+        sys.path.insert(0, args.code)
+    if args.before:
+        before_after(args)
+        return
+    if args.clients_only:
+        result = clients_only(args)
+        print(json.dumps(result, indent=2))
+        return
 
     import openai
 

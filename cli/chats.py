@@ -10,10 +10,10 @@ from typing import Any
 
 from cli import render
 from cli.output import EXIT_OK
+from core import chat as chat_mod
+from core.chat import Chat, Turn
 from core.errors import NibbleError
-from core.settings import GenerationSettings
 from core.store import conversations
-from core.store.provenance import Provenance, with_seed
 
 
 def open_store() -> conversations.ConversationStore:
@@ -37,97 +37,26 @@ def parse_id(text: str) -> int:
     return value
 
 
-class ChatRecorder:
-    """Keeps one `generate` run in the history: the question, then the answer."""
+def save_to_chat(target: str, system: str | None) -> Chat:
+    """The conversation `generate --save-to-chat TARGET` continues ('new' or an id)."""
+    store = open_store()
+    try:
+        return chat_mod.open_target(store, target, system)
+    except BaseException:
+        store.close()
+        raise
 
-    def __init__(
-        self,
-        store: conversations.ConversationStore,
-        conversation_id: int | None,
-        prompt: str,
-        system: str | None,
-        history: list[dict[str, str]],
-    ) -> None:
-        self.store = store
-        self.conversation_id = conversation_id
-        self.prompt = prompt
-        self.system = system
-        self.history = history
-        self.asked = False
-        self.question_id: int | None = None
 
-    @staticmethod
-    def seeded(gen: GenerationSettings) -> GenerationSettings:
-        """A seed is recorded with every saved answer, so it can be regenerated."""
-        return with_seed(gen)
-
-    @classmethod
-    def open(
-        cls, target: str, prompt: str, system: str | None, raw: bool
-    ) -> ChatRecorder:
-        """`target` is 'new' or the id of the conversation to continue.
-
-        A history that could not keep the answer (read-only, busy) is refused here,
-        before the model loads.
-        """
-        store = open_store()
-        try:
-            store.check_writable()
-            if target == "new":
-                return cls(store, None, prompt, system, [])
-            conversation = store.get(parse_id(target))
-        except BaseException:
-            store.close()
-            raise
-        if system:
-            store.close()
-            raise NibbleError(
-                "--system only applies to a new conversation",
-                f"conversation {conversation.id} has its own system prompt; "
-                "leave --system out",
-            )
-        return cls(store, conversation.id, prompt, None, conversation.history())
-
-    def messages(self, asked: Any) -> Any:
-        """What to feed the model: the earlier messages, then this question."""
-        if not self.history:
-            return asked
-        return [*self.history, {"role": "user", "content": self.prompt}]
-
-    def ask(self) -> None:
-        """Store the question (before the answer starts, in its own transaction)."""
-        if self.conversation_id is None:
-            self.conversation_id = self.store.create(system_prompt=self.system or "")
-        question = self.store.add_message(self.conversation_id, "user", self.prompt)
-        self.question_id = question.id
-        self.asked = True
-
-    def save(
-        self,
-        text: str,
-        loaded: Any,
-        gen: GenerationSettings,
-        stats: Any,
-        raw: bool,
-        constraint: Any = None,
-    ) -> None:
-        """Store the answer with its provenance; an interrupted one is marked stopped."""
-        from core.generation.decode import STOP_STOPPED, GenerationStats
-
-        try:
-            if not self.asked or self.conversation_id is None:
-                return
-            if stats is None:
-                if not text:
-                    return
-                stats = GenerationStats(stop_reason=STOP_STOPPED)
-            provenance = Provenance.from_loaded(loaded, gen, stats, raw, constraint)
-            self.store.add_answer(
-                self.conversation_id, text, provenance, reply_to=self.question_id
-            )
-            print(f"saved to conversation {self.conversation_id}", file=sys.stderr)
-        finally:
-            self.store.close()
+def keep_answer(turn: Turn) -> None:
+    """Store the answer of `turn` (an interrupted one marked stopped); close the store."""
+    chat = turn._chat
+    try:
+        turn.finish()
+        if turn.answer is not None:
+            print(f"saved to conversation {turn.conversation_id}", file=sys.stderr)
+    finally:
+        if chat is not None and chat.store is not None:
+            chat.store.close()
 
 
 # -- chats ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -17,6 +18,7 @@ from cli.args import (
     generation_from_args,
     settings_from_args,
 )
+from cli.fit import add_fit_arg, fit_before_load
 from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
 from core import interrupt
 from core.errors import NibbleError, SettingsError
@@ -47,6 +49,7 @@ def add_generate(sub: Any) -> None:
         help="the answer is JSON that matches the JSON schema in FILE",
     )
     add_quant_args(p)
+    add_fit_arg(p)
     add_generation_args(p)
     p.add_argument(
         "--save-to-chat",
@@ -108,15 +111,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ]
     ref = catalog.resolve(args.model)
     warnings = check_before_load(ref, quant, options)
+    fitted = fit_before_load(args.fit, ref, quant, options)
+    if fitted.step is not None:
+        ref, quant, options = fitted.ref, fitted.quant, fitted.options
+        if fitted.context is not None and gen.max_new_tokens > fitted.context:
+            gen = dataclasses.replace(gen, max_new_tokens=fitted.context)
+    turn = None
     chat = None
     if args.save_to_chat is not None:
-        from cli.chats import ChatRecorder
+        from cli.chats import save_to_chat
 
-        gen = ChatRecorder.seeded(gen)
-        chat = ChatRecorder.open(args.save_to_chat, prompt, args.system, args.raw)
-        messages = chat.messages(messages)
+        chat = save_to_chat(args.save_to_chat, args.system)
     show = stderr_progress(args.json)
-    loaded = loader.load(ref, quant, options, progress=show)
+    try:
+        loaded = loader.load(ref, quant, options, progress=show)
+    except BaseException:
+        if chat is not None and chat.store is not None:
+            chat.store.close()
+        raise
     end_progress(show)
     stop = threading.Event()
     chunks: list[str] = []
@@ -125,11 +137,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # written so far and its stats are kept.
     try:
         if chat is not None:
-            chat.ask()
+            # The question is stored before the answer starts; the turn keeps the
+            # answer as it streams and stores it, stopped or not, at the end.
+            system = textio.clean(args.system) if args.system else None
+            turn = chat.ask(
+                prompt,
+                gen,
+                raw=args.raw,
+                system=system,
+                loaded=loaded,
+                constraint=constraint,
+            )
+            messages, gen = turn.prompt, turn.settings
         with interrupt.signals_set(stop):
-            for item in decode.stream(
+            items = decode.stream(
                 loaded, messages, gen, stop, raw=args.raw, constraint=constraint
-            ):
+            )
+            for item in turn.follow(items) if turn is not None else items:
                 if isinstance(item, decode.GenerationStats):
                     stats = item
                 else:
@@ -137,8 +161,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if not args.json:
                         print(item, end="", flush=True)
     finally:
-        if chat is not None:
-            chat.save("".join(chunks), loaded, gen, stats, args.raw, constraint)
+        if turn is not None:
+            from cli.chats import keep_answer
+
+            keep_answer(turn)
+        elif chat is not None and chat.store is not None:
+            chat.store.close()
         report = loaded.report
         loader.unload(loaded)
     if args.json:
@@ -152,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "options": options.to_dict(),
                     "generation": gen.to_dict(),
                     "constraint": constraint.to_dict() if constraint else None,
-                    "conversation_id": chat.conversation_id if chat else None,
+                    "conversation_id": turn.conversation_id if turn else None,
                 },
                 indent=2,
             )

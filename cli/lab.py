@@ -29,7 +29,7 @@ from cli.output import (
     warn,
 )
 from core import interrupt
-from core.errors import CancelledError
+from core.errors import CancelledError, SettingsError
 
 
 def add_estimate(sub: Any) -> None:
@@ -89,6 +89,13 @@ def add_compare(sub: Any) -> None:
         type=number("--tokens", integer=True, low=1),
         default=32,
         help="greedy tokens to time per row (32)",
+    )
+    p.add_argument(
+        "--streams",
+        default=None,
+        metavar="N,N",
+        help="also time N answers decoding together, e.g. 1,4,8: aggregate and "
+        "per-stream tok/s per row",
     )
     p.add_argument(
         "--prompt", "-p", default=None, help="the question every row answers"
@@ -200,6 +207,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stream_counts(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(
+            f"--streams {text!r} is not a list of counts", "e.g. --streams 1,4,8"
+        ) from None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Measure several settings on one model, one row at a time."""
     from core.lab import compare
@@ -219,6 +237,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         new_tokens=args.tokens,
         eval_text=eval_text,
         eval_tokens=args.eval_tokens,
+        streams=_stream_counts(args.streams),
     )
     ref = catalog.resolve(args.model)
     warnings: dict[str, None] = {}
@@ -259,6 +278,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for row in result.rows:
             if row.ok:
                 print(f"{row.name}: {compare.one_line(row.answer)}")
+        if config.streams:
+            print()
+            print(render.streams_lines(result))
         print(
             f"\n[{result.model} · {len(result.rows)} rows in {result.total_s:.1f} s · "
             f"{result.rows[0].eval_tokens or 0} evaluation tokens]",

@@ -20,7 +20,9 @@ from cli.output import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_UNEXPECTED,
+    WRITE_ERRNOS,
     cli_hint,
+    os_problem,
     print_error,
 )
 from core import interrupt
@@ -87,9 +89,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # a file or folder the user named, a full disk
         mapped = write_error(exc, exc.filename or "the disk")
-        print_error(
-            mapped.message if mapped else str(exc), mapped.hint if mapped else ""
-        )
+        if mapped is not None and exc.errno in WRITE_ERRNOS:
+            print_error(mapped.message, mapped.hint)
+        else:
+            print_error(os_problem(exc), "run again with --debug for the traceback")
         if args.debug:
             traceback.print_exc()
         return EXIT_BAD_INPUT

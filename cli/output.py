@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -87,3 +88,26 @@ def tally(
         return EXIT_UNEXPECTED
     print(f"{failed} of {total} {units} {how}", file=sys.stderr)
     return EXIT_PARTIAL
+
+
+# What a failed write looks like; any other OSError is named for what it is.
+WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+}
+
+
+def os_problem(exc: OSError) -> str:
+    """An OSError that is no failed write, in words: what was not found, and where."""
+    what = {
+        FileNotFoundError: "a file was not found",
+        IsADirectoryError: "a folder was given where a file was expected",
+        NotADirectoryError: "a file was given where a folder was expected",
+    }.get(type(exc), type(exc).__name__)
+    detail = exc.strerror if exc.errno is not None else str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{what}: {detail}{where}" if detail else f"{what}{where}"

@@ -103,6 +103,23 @@ PEAK_NOTE = (
 )
 
 
+def streams_lines(result: compare.CompareResult) -> str:
+    """'nf4: 1 stream 31.2 tok/s · 4 streams 80.1 aggregate (20.3 each) · …'."""
+    lines = ["concurrent streams (greedy answers decoding together):"]
+    for row in result.rows:
+        if not row.ok or not row.streams:
+            continue
+        parts = []
+        for n, m in row.streams.items():
+            agg, each = m.get("aggregate_tok_s"), m.get("per_stream_tok_s")
+            text = f"{n} × {agg:.1f} tok/s aggregate" if agg else f"{n} × —"
+            if each:
+                text += f" ({each:.1f} each)"
+            parts.append(text)
+        lines.append(f"{row.name}: " + " · ".join(parts))
+    return "\n".join(lines)
+
+
 def compare_summary(result: compare.CompareResult) -> str:
     """The at-a-glance table (Method, Bits, Memory savings, …) as plain text."""
     from core.lab.compare import SEED_COLUMNS, seed_table

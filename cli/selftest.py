@@ -9,16 +9,18 @@ display too when there is one (each in a child process, so a Qt abort is reporte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cli.output import EXIT_OK, EXIT_UNEXPECTED, stderr_progress
+from cli.output import EXIT_OK, EXIT_UNEXPECTED, os_problem, stderr_progress
+from core.errors import NibbleError
 from core.settings import GenerationSettings, preset
 from core.units import format_bytes
 
@@ -60,6 +62,13 @@ def cmd_self_test(args: argparse.Namespace) -> int:
     return EXIT_UNEXPECTED
 
 
+def smoke_command() -> list[str]:
+    """The command that opens and closes the window: in a bundle, itself."""
+    if getattr(sys, "frozen", False):  # PyInstaller: no `-m`, the app is the binary
+        return [sys.executable, "--window-smoke"]
+    return [sys.executable, "-m", "gui.smoke"]
+
+
 def window_check(say: Callable[[str], None] = print) -> bool:
     """Open and close the window offscreen and, when there is a display, on it."""
     from core import desktop
@@ -79,7 +88,7 @@ def window_check(say: Callable[[str], None] = print) -> bool:
     for where, run_env in runs:
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "gui.smoke"],
+                smoke_command(),
                 cwd=ROOT,
                 env=run_env,
                 capture_output=True,
@@ -101,46 +110,87 @@ def window_check(say: Callable[[str], None] = print) -> bool:
     return True
 
 
+class StepFailed(Exception):
+    """A step of the self-test failed; `say` has told which and why."""
+
+
+@contextlib.contextmanager
+def step(name: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Run one named step; a failure is said as 'FAIL at <step>: <what failed>'."""
+    try:
+        yield
+    except StepFailed:
+        raise
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, NibbleError):
+            why, hint = exc.message, exc.hint
+        elif isinstance(exc, OSError):
+            why, hint = os_problem(exc), "run again with --debug for the traceback"
+        else:
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            hint = "run again with --debug for the traceback"
+        logger.debug("self-test step %r failed", name, exc_info=True)
+        say(f"FAIL at {name}: {why}")
+        if hint:
+            say(f"hint: {hint}")
+        raise StepFailed(name) from exc
+
+
 def run(say: Callable[[str], None] = print) -> bool:
     """Run the check, reporting each step through `say`; True when it passed."""
-    from core import machine
-    from core.generation import decode
-    from core.model import catalog, loader
+    try:
+        return _run(say)
+    except StepFailed:
+        return False
 
-    env = machine.environment()
-    packages = env["packages"]
+
+def _run(say: Callable[[str], None]) -> bool:
+    with step("reading the versions", say):
+        from core import machine
+
+        env = machine.environment()
+        packages = env["packages"]
     say(
         f"Nibble {packages.get('nibble') or 'dev'} · Python {env['python']} · "
         f"torch {packages.get('torch')} · transformers {packages.get('transformers')} · "
         f"bitsandbytes {packages.get('bitsandbytes')}"
     )
+    with step("importing the model libraries", say):
+        from core import stack
+        from core.generation import decode
+        from core.model import catalog, loader
+
+        stack.import_stack()
     chosen = preset("nf4")
     started = time.perf_counter()
-    loaded = loader.load(
-        catalog.resolve("default"), chosen.quant, chosen.load_options()
-    )
+    with step("preparing the default model", say):
+        ref = catalog.resolve("default")
+    with step("loading the default model in nf4", say):
+        loaded = loader.load(ref, chosen.quant, chosen.load_options())
     try:
         report = loaded.report
         say(
             f"loaded {report.model} in nf4 on {report.device}: "
-            f"{format_bytes(report.true_bytes)}, {report.quantized_count} 4-bit layers, "
-            f"{report.load_s:.1f} s"
+            f"{format_bytes(report.true_bytes)}, {report.quantized_count} 4-bit "
+            f"layers, {report.load_s:.1f} s"
         )
         if report.quantized_count == 0:
-            say("FAIL: no layer was quantized to 4-bit")
+            say("FAIL at loading the default model in nf4: no layer is 4-bit")
             return False
-        text, stats = decode.generate_text(
-            loaded, QUESTION, GenerationSettings(max_new_tokens=32, greedy=True)
-        )
+        with step("answering", say):
+            text, stats = decode.generate_text(
+                loaded, QUESTION, GenerationSettings(max_new_tokens=32, greedy=True)
+            )
     finally:
         loader.unload(loaded)
     say(f"Q: {QUESTION}")
     say(f"A: {text.strip()}")
     say(stats.summary())
     if EXPECTED.lower() not in text.lower():
-        say(f"FAIL: the answer does not contain {EXPECTED!r}")
+        say(f"FAIL at answering: the answer does not contain {EXPECTED!r}")
         return False
-    if not window_check(say):
-        return False
+    with step("opening the window", say):
+        if not window_check(say):
+            return False
     say(f"PASS in {time.perf_counter() - started:.1f} s")
     return True

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from cli.args import add_quant_args, check_before_load, number, settings_from_args
+from cli.fit import add_fit_arg, fit_before_load
 from cli.output import EXIT_OK, end_progress, stderr_progress, warn
 from core.errors import SettingsError
 
@@ -63,7 +64,23 @@ def add_commands(sub: Any) -> None:
         help="unload the model after this long without a request; the next "
         "request loads it again",
     )
+    p.add_argument(
+        "--default-max-tokens",
+        type=number("--default-max-tokens", integer=True, low=1),
+        default=None,
+        metavar="N",
+        help="answer length when a request names none (1024)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name a keyless server on this machine also answers to "
+        "(repeatable; localhost and 127.0.0.1 always)",
+    )
     add_quant_args(p)
+    add_fit_arg(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -83,7 +100,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         cors_origins=args.cors,
         log_prompts=args.log_prompts,
+        allowed_hosts=args.allowed_host,
+        default_max_tokens=args.default_max_tokens or runner.DEFAULT_MAX_TOKENS,
     )  # refuses a non-loopback host without a key before anything loads
+    # A taken port or a wrong address is said now, not after the model loaded.
+    runner.check_can_listen(config.host, config.port)
     quant, options = settings_from_args(args)
     if args.queue < 1:
         raise SettingsError(f"--queue {args.queue} is too small", "use 1 or more")
@@ -95,6 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import_stack()
     ref = catalog.resolve(args.model)
     warn(check_before_load(ref, quant, options))
+    fitted = fit_before_load(args.fit, ref, quant, options)
+    ref, quant, options = fitted.ref, fitted.quant, fitted.options
     show = stderr_progress(False)
     loaded = loader.load(ref, quant, options, progress=show)
     end_progress(show)

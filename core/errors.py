@@ -94,7 +94,9 @@ def write_error(exc: BaseException, folder: object) -> NibbleError | None:
             f"cannot write to {folder}: permission denied",
             "choose a folder you can write to",
         )
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # Without an errno it was raised by a library's own code (a data file of
+        # its own missing at import, say): not a failed write.
         return WriteError(
             f"writing to {folder} failed: {exc.strerror or exc}",
             "check the folder and the disk, or run again with --debug",

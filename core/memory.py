@@ -287,10 +287,15 @@ def heap_for_loading() -> Iterator[None]:
     fixed after the load: the first forward of a 4-bit model on the CPU repacks every
     weight and would leave the same holes (+40 MiB on the default model).
     """
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    fix_mmap_threshold()
     try:
         yield
     finally:
         trim_heap()
+
+
+def fix_mmap_threshold() -> None:
+    """Fix glibc's mmap threshold at 128 KiB (see heap_for_loading); idempotent."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -137,11 +136,13 @@ def run_app(argv: list[str] | None = None) -> int:
     window = MainWindow(session, notice)
     window.show()
     code = app.exec()
+    # Everything is saved by now (session, geometry, the history, a stopped answer).
+    # Leave without the interpreter's shutdown: tearing down torch and the threads
+    # told to stop (the library import, a load) took seconds after the window went.
     if workers.running_threads():
-        # A worker stuck in a library call must not hang the process or abort it
-        # with "QThread destroyed while running": everything is saved by now.
-        logger.warning("exiting with work still running")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        logger.info("exiting with work still running")
+    logging.shutdown()
+    from core import interrupt
+
+    interrupt.exit_now(code)
     return code

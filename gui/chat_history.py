@@ -1,12 +1,13 @@
-"""The chat's memory: conversations kept in SQLite, answers with their provenance.
+"""The chat's conversations in the window: the list, badges, variants, Regenerate with.
 
-`ChatHistory` sits between the chat view and the controller. Before an answer is
-queued, `prepare()` stores the question and fixes a seed; when the answer ends it is
-stored with its provenance (the loaded model, its settings, the sampling, the stats).
-It fills the chat from a stored conversation, decorates each message (badge with the
-full provenance on hover, ‹ 1/2 › between variants, a menu to edit and resend,
-delete, regenerate with another preset, compare variants side by side), and reopens
-the last conversation on start.
+The conversation itself has one home, the core's `Chat` (core/chat.py, the
+controller's `chat`): it stores each question, records each answer with its
+provenance as it ends, and keeps the open conversation in memory. `ChatHistory`
+shows it: it fills the chat view from that conversation, decorates each message
+(badge with the full provenance on hover, ‹ 1/2 › between variants, a menu to edit
+and resend, delete, regenerate with another preset, compare variants side by side),
+and when an answer ends decorates that one message in place; nothing is read back
+from SQLite after an answer. It reopens the last conversation on start.
 
 "Regenerate with…" loads the model again with a preset (or the panel's settings),
 answers with the same seed and sampling, keeps the new answer as a variant, and then
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PySide6.QtCore import QObject, QTimer, Signal
-from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
@@ -33,10 +33,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.chat import Chat, Turn
 from core.errors import NibbleError
+from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
 from core.store import conversations as conv
-from core.store.provenance import Provenance, quant_label, with_seed
+from core.store.provenance import quant_label
 from gui.chat_view import ChatView, MessageWidget
 from gui.conversation_list import ConversationList, export_path
 from gui.variants_view import (
@@ -47,23 +49,13 @@ from gui.variants_view import (
     regenerate_menu,
 )
 
+if TYPE_CHECKING:
+    from core.model.loader import LoadedModel
+
 logger = logging.getLogger(__name__)
 
 LIST_WIDTH = 170
 NARROW_SCREEN = 1280  # px of available width below which the list starts hidden
-
-
-@dataclass
-class Pending:
-    """An answer on its way: where it goes and what it will be recorded with."""
-
-    conversation_id: int
-    settings: GenerationSettings
-    raw: bool
-    loaded: Any
-    variant_of: int | None = None  # the answer it becomes a variant of
-    reply_to: int | None = None  # the stored question it answers
-    chunks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,8 +64,40 @@ class Regeneration:
 
     message_id: int
     label: str
-    previous: tuple[Any, QuantSettings, LoadOptions] | None
+    previous: tuple[ModelRef, QuantSettings, LoadOptions] | None
     loading: bool = False
+
+
+class ChatController(Protocol):
+    """What the history needs of the window's controller (gui.controller)."""
+
+    chat: Chat
+    quant: QuantSettings
+    options: LoadOptions
+    answer_finished: Any
+    answer_failed: Any
+    answer_aborted: Any
+    model_loaded: Any
+    load_failed: Any
+    load_cancelled: Any
+    chat_error: Any
+
+    @property
+    def loaded(self) -> LoadedModel | None: ...
+
+    def ask(
+        self, question: str, settings: GenerationSettings, *, raw: bool, system: str
+    ) -> Turn | None: ...
+
+    def ask_again(
+        self,
+        settings: GenerationSettings,
+        *,
+        raw: bool = False,
+        answer_id: int | None = None,
+    ) -> Turn | None: ...
+
+    def load(self, ref: ModelRef | None = None) -> object | None: ...
 
 
 class RestoreBar(QWidget):
@@ -95,14 +119,15 @@ class RestoreBar(QWidget):
 
 
 class ChatHistory(QObject):
-    """Keeps the chat in a ConversationStore; see the module docstring.
+    """Shows the controller's chat with its list of conversations; see the module
+    docstring.
 
     Parameters
     ----------
-    chat
-        The chat view it fills and follows.
+    view
+        The chat view it fills.
     controller
-        The window's controller: the loaded model, `send`, `load` and their signals.
+        The window's controller: its `chat`, `ask`, `ask_again`, `load` and signals.
     apply_settings
         Shows (QuantSettings, LoadOptions) in the settings panel, which passes them on
         to the controller (the panel's `set_settings`).
@@ -114,25 +139,28 @@ class ChatHistory(QObject):
     """Something the user must read (a damaged history was set aside)."""
     status = Signal(str)
     """A short line for the status bar."""
-    error = Signal(object, str)
+    error = Signal(Exception, str)
     conversation_opened = Signal(int)
 
     def __init__(
         self,
-        chat: ChatView,
-        controller: Any,
+        view: ChatView,
+        controller: ChatController,
         apply_settings: Any,
         store: conv.ConversationStore | None = None,
         parent: QObject | None = None,
     ) -> None:
-        super().__init__(parent or chat)
-        self.chat = chat
+        super().__init__(parent or view)
+        self.view = view
         self.controller = controller
         self.apply_settings = apply_settings
-        self.store = store or conv.open_or_in_memory()
-        self.current: conv.Conversation | None = None
-        self.pending: Pending | None = None
+        self.chat: Chat = controller.chat
+        if self.chat.store is None:
+            # The window starts even when the history cannot be opened (notice).
+            self.chat.store = store or conv.open_or_in_memory()
+        self.store: conv.ConversationStore = self.chat.store
         self.regeneration: Regeneration | None = None
+        self._restore_to: tuple[ModelRef, QuantSettings, LoadOptions] | None = None
         self.dialogs: list[VariantsDialog] = []
         self.closed = False
         self.list = ConversationList(self.store)
@@ -143,20 +171,27 @@ class ChatHistory(QObject):
         self.list.export_requested.connect(self._export_dialog)
         self.restore_bar = RestoreBar()
         self.restore_bar.back_button.clicked.connect(self.restore_previous)
-        chat.layout().insertWidget(1, self.restore_bar)
-        # Clearing would lose nothing now: the list's New starts an empty chat.
-        chat.clear_button.hide()
-        chat.clear_button.clicked.connect(self.new_conversation)
+        view.layout().insertWidget(1, self.restore_bar)
+        view.clear_requested.connect(self.new_conversation)
         c = controller
-        c.answer_chunk.connect(self._on_chunk)
-        c.answer_finished.connect(self._on_finished)
-        c.answer_failed.connect(self._on_failed)
-        c.answer_aborted.connect(self._on_aborted)
+        c.answer_finished.connect(self._on_answer_ended)
+        c.answer_failed.connect(self._on_answer_ended)
+        c.answer_aborted.connect(self._on_answer_ended)
+        c.chat_error.connect(self.error)
         c.model_loaded.connect(self._on_model_loaded)
         c.load_failed.connect(self._on_load_ended)
         c.load_cancelled.connect(self._on_load_ended)
         if self.store.notice:
             QTimer.singleShot(0, self, lambda: self.notice.emit(self.store.notice))
+
+    @property
+    def current(self) -> conv.Conversation | None:
+        """The open conversation (the core chat's)."""
+        return self.chat.conversation
+
+    @property
+    def busy(self) -> bool:
+        return self.chat.busy or self.regeneration is not None
 
     # -- conversations --
     def restore_last(self) -> None:
@@ -168,17 +203,17 @@ class ChatHistory(QObject):
     def open(self, conversation_id: int) -> None:
         """Show a stored conversation in the chat."""
         if self.busy:
-            self.list.mark_current(self.current.id if self.current else None)
+            self.list.mark_current(self.chat.id)
             self.status.emit("Wait for the answer to finish, or stop it.")
             return
         try:
-            self.current = self.store.get(conversation_id)
+            self.chat.open(conversation_id)
         except NibbleError as exc:
             self.error.emit(exc, "Cannot open the conversation")
             self.list.refresh()
             return
-        self.store.set_last_open(conversation_id)
-        self.chat.system_edit.setPlainText(self.current.system_prompt)
+        assert self.current is not None
+        self.view.system_edit.setPlainText(self.current.system_prompt)
         self.render()
         self.list.mark_current(conversation_id)
         self.conversation_opened.emit(conversation_id)
@@ -187,197 +222,117 @@ class ChatHistory(QObject):
         """An empty chat; it is stored with its first question."""
         if self.busy:
             return
-        self.current = None
-        self.chat.reset()
-        self.store.set_last_open(None)
+        self.chat.new()
+        self.view.reset()
         self.list.mark_current(None)
         self.restore_bar.hide()
 
     def render(self, upto: int | None = None) -> None:
-        """Fill the chat with the current conversation (stopping before `upto`)."""
-        self.chat.reset()
-        if self.current is None:
-            return
-        for message in self.current.messages:
+        """Show the open conversation (stopping before message `upto`)."""
+        self.view.reset()
+        for message in self.chat.messages:
             if message.id == upto:
                 break
-            widget = self.chat.add_message(message.role, message.text)
+            widget = self.view.add_message(message.role, message.text)
             self.decorate(widget, message)
 
-    def reload(self) -> None:
-        if self.current is not None and not self.closed:
-            self.current = self.store.get(self.current.id)
-            self.render()
-            self.list.refresh()
-
-    def _on_deleted(self, conversation_id: int) -> None:
-        if self.current is not None and self.current.id == conversation_id:
-            self.new_conversation()
-
-    @property
-    def busy(self) -> bool:
-        return self.pending is not None or self.regeneration is not None
-
-    # -- sending --
-    def send(self, messages: Any, raw: bool, settings: GenerationSettings) -> Any:
-        """Store the question, then queue the answer with the controller.
-
-        Returns the controller's worker, or None when it could not queue it.
-        """
-        settings = self.prepare(messages, raw, settings)
-        try:
-            worker = self.controller.send(messages, raw, settings)
-        except BaseException:
-            self.pending = None
-            raise
-        if worker is None:
-            self.pending = None
-        return worker
-
-    def prepare(
-        self, messages: Any, raw: bool, settings: GenerationSettings
-    ) -> GenerationSettings:
-        """Store the question the chat is about to send; the settings, with a seed.
-
-        Called for a new question and for the chat's Regenerate (the new answer then
-        becomes a variant of the stored one).
-        """
-        settings = with_seed(settings)
-        try:
-            self._store_question(raw, settings)
-        except NibbleError as exc:  # the answer still comes; it is just not kept
-            self.pending = None
-            self.error.emit(exc, "The chat history could not be saved")
-        return settings
-
-    def _store_question(self, raw: bool, settings: GenerationSettings) -> None:
-        system = self.chat.system_edit.toPlainText()
-        if self.current is None:
-            conversation_id = self.store.create(system_prompt=system)
-            self.current = self.store.get(conversation_id)
-            self.store.set_last_open(conversation_id)
-        elif system != self.current.system_prompt:
-            self.store.set_system_prompt(self.current.id, system)
-        conversation_id = self.current.id
-        variant_of = None
-        last = self.chat.messages_widgets[-1] if self.chat.messages_widgets else None
-        reply_to = getattr(last, "message_id", None)
-        if last is not None and reply_to is None:
-            stored = self.store.add_message(conversation_id, last.role, last.text)
-            self.decorate(last, stored)
-            reply_to = stored.id
-        elif last is not None:
-            # The chat dropped the answers after this question to ask again.
-            after = self._messages_after(last.message_id)
-            answers = [m for m in after if m.role == "assistant"]
-            if answers:
-                variant_of = answers[0].id
-        self.current = self.store.get(conversation_id)
-        self.pending = Pending(
-            conversation_id,
-            settings,
-            raw,
-            self.controller.loaded,
-            variant_of,
-            reply_to=reply_to,
-        )
-        self.list.refresh()
-        self.list.mark_current(conversation_id)
-
-    def _messages_after(self, message_id: int) -> list[conv.Message]:
-        assert self.current is not None
-        ids = [m.id for m in self.current.messages]
-        if message_id not in ids:
-            return []
-        return self.current.messages[ids.index(message_id) + 1 :]
-
-    def _on_chunk(self, chunk: str) -> None:
-        if self.pending is not None:
-            self.pending.chunks.append(chunk)
-
-    def _on_finished(self, stats: Any) -> None:
-        self._store_answer(stats)
-
-    def _on_failed(self, exc: Any, stats: Any) -> None:
-        self._store_answer(stats)
-
-    def _on_aborted(self) -> None:
-        from core.generation.decode import STOP_STOPPED, GenerationStats
-
-        self._store_answer(GenerationStats(stop_reason=STOP_STOPPED))
-
-    def _store_answer(self, stats: Any) -> None:
+    def _changed(self) -> None:
+        """The conversation changed around the chat (edit, delete, variant shown)."""
         if self.closed:
             return
-        pending, self.pending = self.pending, None
-        regeneration = self.regeneration
-        if pending is None:
-            return
-        text = "".join(pending.chunks)
-        if text and pending.loaded is not None:
-            provenance = Provenance.from_loaded(
-                pending.loaded, pending.settings, stats, pending.raw
-            )
-            try:
-                if pending.variant_of is not None:
-                    self.store.add_variant(pending.variant_of, text, provenance)
-                else:
-                    self.store.add_answer(
-                        pending.conversation_id,
-                        text,
-                        provenance,
-                        reply_to=pending.reply_to,
-                    )
-            except NibbleError as exc:  # the conversation went while it answered
-                self.error.emit(exc, "The answer could not be kept")
-        if regeneration is not None:
-            self._end_regeneration(bool(text))
-        if self.current is not None and self.current.id == pending.conversation_id:
-            # After the window painted the end of the answer.
-            QTimer.singleShot(0, self, self.reload)
-        else:
+        try:
+            self.chat.reread()
+        except NibbleError:
+            self.chat.new()
+        self.render()
+        self.list.refresh()
+
+    def _on_deleted(self, conversation_id: int) -> None:
+        if self.chat.id == conversation_id:
+            self.new_conversation()
+
+    # -- asking --
+    def ask(self, question: str, settings: GenerationSettings) -> Turn | None:
+        """Store the question the view shows last and stream its answer."""
+        raw = self.view.raw_check.isChecked()
+        system = self.view.system_edit.toPlainText()
+        try:
+            turn = self.controller.ask(question, settings, raw=raw, system=system)
+        except NibbleError as exc:
+            self.error.emit(exc, "Cannot answer")
+            self.render()  # the question shown was not sent (or has no answer)
+            return None
+        if turn is None:
+            return None
+        if turn.unsaved is not None:
+            self.error.emit(turn.unsaved, "The chat history could not be saved")
+        widget = self.view.last_message("user")
+        if turn.question is not None and widget is not None:
+            self.decorate(widget, turn.question)
             self.list.refresh()
+            self.list.mark_current(turn.conversation_id)
+        return turn
+
+    def ask_again(self, settings: GenerationSettings) -> Turn | None:
+        """Answer the last question again (the view dropped the answers after it);
+        the new answer becomes another variant of the stored one."""
+        try:
+            return self.controller.ask_again(
+                settings, raw=self.view.raw_check.isChecked()
+            )
+        except NibbleError as exc:
+            self.error.emit(exc, "Cannot answer")
+            self.render()
+            return None
+
+    def _on_answer_ended(self, turn: Turn, *_error: object) -> None:
+        """Decorate the answer just written with what the chat stored; no reload."""
+        if self.closed:
+            return
+        regeneration = self.regeneration
+        if regeneration is not None and not regeneration.loading:
+            self._end_regeneration(bool(turn.text))
+        answer = turn.answer
+        if answer is None or self.chat.id != turn.conversation_id:
+            self.list.refresh()
+            return
+        last = self.chat.messages[-1] if self.chat.messages else None
+        widget = self.view.last_message("assistant")
+        if last is not None and last.id == answer.id and widget is not None:
+            self.decorate(widget, answer)
+        else:  # an answer in the middle got a variant: show what follows it again
+            self.render()
+        self.list.refresh()
 
     # -- decorations --
     def decorate(self, widget: MessageWidget, message: conv.Message) -> None:
         """Badge, variant arrows and the message's menu, beside Copy."""
-        widget.message_id = message.id  # type: ignore[attr-defined]
-        head = widget.layout().itemAt(0).layout()
-        at = head.indexOf(widget.copy_button)
+        widget.message_id = message.id
+        badge = switcher = None
         if message.role == "assistant":
             badge = Badge()
             badge.set_provenance(message.provenance)
-            widget.badge = badge  # type: ignore[attr-defined]
-            head.insertWidget(1, badge)
-            at += 1
             switcher = VariantSwitcher()
             switcher.set_state(message.active, len(message.variants))
             switcher.changed.connect(
                 lambda position, m=message.id: self.show_variant(m, position)
             )
-            widget.switcher = switcher  # type: ignore[attr-defined]
-            head.insertWidget(at, switcher)
-            at += 1
             provenance = message.provenance
-            if provenance is not None and provenance.stats:
+            if provenance is not None and provenance.stats and not widget.has_stats():
                 widget.set_stats(provenance.stats_line())
         more = QToolButton(text="⋯")
         more.setAutoRaise(True)
         more.setToolTip("Edit, delete, regenerate with other settings")
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         more.setMenu(self._message_menu(more, message))
-        widget.more_button = more  # type: ignore[attr-defined]
-        head.insertWidget(at + 1, more)
+        widget.set_decorations(badge, switcher, more)
 
     def _message_menu(self, parent: QWidget, message: conv.Message) -> QMenu:
         menu = QMenu(parent)
         if message.role == "user":
             menu.addAction("Edit and resend…", lambda: self._edit_dialog(message.id))
         if message.role == "assistant":
-            label = ""
-            settings = self._panel_settings()
-            if settings is not None:
-                label = quant_label(*settings)
+            label = quant_label(*self._panel_settings())
             menu.addMenu(
                 regenerate_menu(
                     menu,
@@ -398,30 +353,25 @@ class ChatHistory(QObject):
         if self.busy:
             return
         self.store.set_active_variant(message_id, position)
-        self.reload()
+        self._changed()
 
     def show_side_by_side(self, message_id: int) -> VariantsDialog | None:
-        message = self._message(message_id)
+        message = self.chat.message(message_id)
         if message is None:
             return None
-        dialog = VariantsDialog(message, self.chat)
+        dialog = VariantsDialog(message, self.view)
         dialog.chosen.connect(lambda position: self.show_variant(message_id, position))
         self.dialogs = [d for d in self.dialogs if d.isVisible()] + [dialog]
         dialog.show()
         return dialog
 
-    def _message(self, message_id: int) -> conv.Message | None:
-        if self.current is None:
-            return None
-        return next((m for m in self.current.messages if m.id == message_id), None)
-
     # -- editing --
     def _edit_dialog(self, message_id: int) -> None:
-        message = self._message(message_id)
+        message = self.chat.message(message_id)
         if message is None or self.busy:
             return
         text, ok = QInputDialog.getMultiLineText(
-            self.chat, "Edit and resend", "Your message:", message.text
+            self.view, "Edit and resend", "Your message:", message.text
         )
         if ok and text.strip():
             self.edit_and_resend(message_id, text.strip())
@@ -431,19 +381,24 @@ class ChatHistory(QObject):
         if self.busy or self.current is None:
             return
         self.store.edit_message(message_id, text, drop_following=True)
-        self.reload()
-        self.chat.regenerate()  # the chat sends its last question again
+        self._changed()
+        self.ask_again(self._sampling())
 
     def delete_message(self, message_id: int) -> None:
         if self.busy:
             return
         self.store.delete_message(message_id)
-        self.reload()
+        self._changed()
+
+    def _sampling(self) -> GenerationSettings:
+        try:
+            return self.view.generation_settings()
+        except NibbleError:
+            return GenerationSettings()
 
     # -- regenerate with --
-    def _panel_settings(self) -> tuple[QuantSettings, LoadOptions] | None:
-        c = self.controller
-        return (c.quant, c.options) if c.quant is not None else None
+    def _panel_settings(self) -> tuple[QuantSettings, LoadOptions]:
+        return self.controller.quant, self.controller.options
 
     def regenerate_with(self, message_id: int, choice: str) -> None:
         """Answer `message_id` again under preset `choice` (or CURRENT panel settings).
@@ -452,14 +407,11 @@ class ChatHistory(QObject):
         uses the same seed and sampling and is kept as another variant.
         """
         loaded = self.controller.loaded
-        message = self._message(message_id)
+        message = self.chat.message(message_id)
         if message is None or loaded is None or self.busy:
             return
         if choice == CURRENT:
-            settings = self._panel_settings()
-            if settings is None:
-                return
-            quant, options = settings
+            quant, options = self._panel_settings()
         else:
             chosen = preset(choice)
             quant, options = chosen.quant, chosen.load_options(loaded.options)
@@ -482,12 +434,12 @@ class ChatHistory(QObject):
                 "Regenerate with",
             )
 
-    def _on_model_loaded(self, _loaded: Any) -> None:
+    def _on_model_loaded(self, _loaded: LoadedModel) -> None:
         if self.regeneration is not None and self.regeneration.loading:
             self.regeneration.loading = False
             self._regenerate_now()
 
-    def _on_load_ended(self, *_args: Any) -> None:
+    def _on_load_ended(self, *_args: object) -> None:
         """A Regenerate-with load failed or was cancelled: the old model stays."""
         regeneration, self.regeneration = self.regeneration, None
         if regeneration is not None and regeneration.previous is not None:
@@ -496,37 +448,23 @@ class ChatHistory(QObject):
 
     def _regenerate_now(self) -> None:
         regeneration = self.regeneration
-        assert regeneration is not None and self.current is not None
-        self.current = self.store.get(self.current.id)
-        message = self._message(regeneration.message_id)
+        assert regeneration is not None
+        message = self.chat.message(regeneration.message_id)
         if message is None:
             self.regeneration = None
             return
-        try:
-            fallback = self.chat.generation_settings()
-        except NibbleError:
-            fallback = GenerationSettings()
-        settings = conv.sampling_of(message, fallback)
+        settings = conv.sampling_of(message, self._sampling())
         provenance = message.provenance
         raw = provenance.raw if provenance is not None else False
-        history = self.current.history(upto=message.id)
-        if raw:
-            history = next(
-                (m["content"] for m in reversed(history) if m["role"] == "user"), ""
-            )
         self.render(upto=message.id)
-        self.pending = Pending(
-            self.current.id, settings, raw, self.controller.loaded, message.id
-        )
         try:
-            worker = self.controller.send(history, raw, settings)
+            turn = self.controller.ask_again(settings, raw=raw, answer_id=message.id)
         except NibbleError as exc:
-            worker = None
+            turn = None
             self.error.emit(exc, "Cannot answer")
-        if worker is None:
-            self.pending = None
+        if turn is None:
             self.regeneration = None
-            self.reload()
+            self.render()
 
     def _end_regeneration(self, answered: bool) -> None:
         regeneration, self.regeneration = self.regeneration, None
@@ -547,7 +485,7 @@ class ChatHistory(QObject):
 
     def restore_previous(self) -> None:
         """Load the settings that were loaded before the last Regenerate with…."""
-        target = getattr(self, "_restore_to", None)
+        target = self._restore_to
         self.restore_bar.hide()
         if target is None:
             return
@@ -587,7 +525,7 @@ class ChatHistory(QObject):
             title = self.store.info(conversation_id).display_title
             safe = "".join(ch if ch.isalnum() else "-" for ch in title)[:40].strip("-")
             suggested = f"{safe or 'conversation'}.{kind}"
-        path = export_path(self.chat, suggested, kind)
+        path = export_path(self.view, suggested, kind)
         if not path:
             return
         try:
@@ -607,16 +545,16 @@ class ChatHistory(QObject):
         if self.closed:
             return
         self.closed = True
-        self.pending = None
-        self.list._forget_undo()
+        self.list.forget_undo()
         self.store.close()
 
 
 def install(window: Any) -> ChatHistory:
     """Put the history beside `window`'s chat and reopen the last conversation.
 
-    `window` is the main window: its chat, controller, settings panel, the splitter
-    around the chat, and its show_notice / show_error / status bar.
+    `window` is the main window: its chat, controller, settings panel and the
+    splitter around the chat. The window owns its menus and connects the history's
+    notices and errors itself.
     """
     history = ChatHistory(
         window.chat, window.controller, window.settings_panel.set_settings
@@ -627,33 +565,5 @@ def install(window: Any) -> ChatHistory:
     splitter.setStretchFactor(1, 1)
     total = max(sum(splitter.sizes()), 600)
     splitter.setSizes([LIST_WIDTH, total - LIST_WIDTH])
-    # On a narrow screen the list starts hidden (View ▸ Conversation list shows it),
-    # so the window still fits; the chat's Clear then starts a new conversation.
-    screen = window.screen()
-    narrow = screen is not None and screen.availableGeometry().width() < NARROW_SCREEN
-    shown = QAction("Conversation list", window, checkable=True, checked=not narrow)
-    shown.toggled.connect(history.list.setVisible)
-    shown.toggled.connect(lambda on: history.chat.clear_button.setVisible(not on))
-    history.list.setVisible(not narrow)
-    history.chat.clear_button.setVisible(narrow)
-    window.menu("View").addAction(shown)
-    history.list_action = shown
-    # The list's width comes out of the chat, not out of the settings column.
-    window.fit_middle_column()
-    history.notice.connect(window.show_notice)
-    history.error.connect(window.show_error)
-    history.status.connect(lambda text: window.statusBar().showMessage(text, 5000))
-    menu = window.menu("File")
-    # Above the separator that sets Quit apart.
-    anchor = next((a for a in reversed(menu.actions()) if a.isSeparator()), None)
-    menu.insertSeparator(anchor)
-    for title, kind in (
-        ("Export conversation as Markdown…", "md"),
-        ("Export conversation as JSON…", "json"),
-        ("Export all conversations…", "all"),
-    ):
-        action = QAction(title, menu)
-        action.triggered.connect(lambda _=False, k=kind: history.export_current(k))
-        menu.insertAction(anchor, action)
     history.restore_last()
     return history

@@ -1,8 +1,11 @@
 """The Chat tab: messages with roles, streaming answers, sampling parameters.
 
-The view does no generation itself: it emits `send_requested(messages, raw)` and the
-controller streams the answer from its generation queue into `append_chunk`. Chunks are
+The view does no generation and keeps no conversation: it shows one. It emits
+`question_asked(text)` (and `regenerate_requested()`); the chat (core.chat, through the
+controller) stores the question and streams the answer into `append_chunk`. Chunks are
 buffered and painted at most every FLUSH_MS so a fast model never floods the event loop.
+While the user is at the bottom, the view follows new messages and the answer as it
+grows; scrolled up, it stays where the user left it.
 """
 
 from __future__ import annotations
@@ -112,6 +115,12 @@ class MessageWidget(QFrame):
         super().__init__(parent)
         self.role = role
         self._text = text
+        self.message_id: int | None = None
+        """The stored message this widget shows (None until it is stored)."""
+        self.badge: QWidget | None = None
+        self.switcher: QWidget | None = None
+        self.more_button: QWidget | None = None
+        self._waiting = ""
         self.setObjectName(f"message_{role}")
         self.setFrameShape(QFrame.Shape.StyledPanel)
         layout = QVBoxLayout(self)
@@ -127,6 +136,7 @@ class MessageWidget(QFrame):
         self.copy_button.setToolTip("Copy this message")
         self.copy_button.clicked.connect(self.copy)
         head.addWidget(self.copy_button)
+        self._head = head
         layout.addLayout(head)
         self.body = QLabel()
         self.body.setTextFormat(Qt.TextFormat.RichText)
@@ -156,7 +166,42 @@ class MessageWidget(QFrame):
         self._render()
 
     def _render(self) -> None:
-        self.body.setText(render_html(self._text, self._copied) if self._text else "…")
+        if self._text:
+            self.body.setText(render_html(self._text, self._copied))
+        else:
+            self.body.setText(html.escape(self._waiting) if self._waiting else "…")
+
+    def set_waiting(self, text: str) -> None:
+        """What an answer with no text yet waits for ('' shows "…")."""
+        if text != self._waiting:
+            self._waiting = text
+            if not self._text:
+                self._render()
+
+    def set_empty_text(self, text: str) -> None:
+        """What an answer that ended without text says instead."""
+        if not self._text:
+            self.body.setText(f"<i>{html.escape(text)}</i>")
+
+    def set_decorations(
+        self, badge: QWidget | None, switcher: QWidget | None, more: QWidget
+    ) -> None:
+        """Put the badge after the role, the variant switcher before Copy and the
+        message's menu after it (replacing earlier ones)."""
+        for old in (self.badge, self.switcher, self.more_button):
+            if old is not None:
+                old.setParent(None)
+                old.deleteLater()
+        self.badge, self.switcher, self.more_button = badge, switcher, more
+        head = self._head
+        if badge is not None:
+            head.insertWidget(1, badge)
+        if switcher is not None:
+            head.insertWidget(head.indexOf(self.copy_button), switcher)
+        head.insertWidget(head.indexOf(self.copy_button) + 1, more)
+
+    def has_stats(self) -> bool:
+        return bool(self.stats_label.text())
 
     def set_stats(self, text: str) -> None:
         self.stats_label.setText(text)
@@ -188,7 +233,12 @@ class MessageWidget(QFrame):
 class ChatView(QWidget):
     """Messages, the input box and the sampling parameters."""
 
-    send_requested = Signal(object, bool)  # messages (or a raw prompt), raw mode
+    question_asked = Signal(str)
+    """The user sent this question (its message is already shown)."""
+    regenerate_requested = Signal()
+    """Answer the last question again (the answers after it are no longer shown)."""
+    clear_requested = Signal()
+    """Clear was pressed while `clear_starts_new` is set: start a new conversation."""
     stop_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -201,6 +251,8 @@ class ChatView(QWidget):
         self._ready_reason = "Load a model first."
         self._model_name = ""
         self._cleared: list[tuple[str, str, str]] = []
+        self._follow = True  # the view is at the bottom: new text scrolls into view
+        self.clear_starts_new = False
         self._flush = QTimer(self)
         self._flush.setInterval(FLUSH_MS)
         self._flush.timeout.connect(self.flush)
@@ -232,7 +284,7 @@ class ChatView(QWidget):
         top.addWidget(self.raw_check)
         self.clear_button = QPushButton("Clear")
         self.clear_button.setToolTip("Remove every message (Undo brings them back)")
-        self.clear_button.clicked.connect(self.clear)
+        self.clear_button.clicked.connect(self._on_clear_clicked)
         top.addWidget(self.clear_button)
         self.regenerate_button = QPushButton("Regenerate")
         self.regenerate_button.setToolTip("Answer the last message again")
@@ -268,6 +320,9 @@ class ChatView(QWidget):
         self.list_layout.addWidget(self.undo_bar)
         self.list_layout.addStretch(1)
         self.scroll.setWidget(holder)
+        bar = self.scroll.verticalScrollBar()
+        bar.valueChanged.connect(self._on_scrolled)
+        bar.rangeChanged.connect(self._on_range_changed)
         layout.addWidget(self.scroll, 1)
 
         # -- sampling, generated from the schema (collapsible) --
@@ -455,16 +510,21 @@ class ChatView(QWidget):
         self._scroll_to_end()
         return widget
 
-    def history(self) -> list[dict[str, str]]:
-        """The conversation as chat messages, system prompt first."""
-        out = []
-        system = self.system_edit.toPlainText().strip()
-        if system:
-            out.append({"role": "system", "content": system})
-        for widget in self.messages_widgets:
-            if widget.text:
-                out.append({"role": widget.role, "content": widget.text})
-        return out
+    def last_message(self, role: str) -> MessageWidget | None:
+        """The last shown message of `role`, if any."""
+        return next(
+            (w for w in reversed(self.messages_widgets) if w.role == role), None
+        )
+
+    def set_clear_visible(self, visible: bool) -> None:
+        """Show or hide Clear (hidden where the conversation list's New does it)."""
+        self.clear_button.setVisible(visible)
+
+    def _on_clear_clicked(self) -> None:
+        if self.clear_starts_new:
+            self.clear_requested.emit()
+        else:
+            self.clear()
 
     def clear(self) -> None:
         """Remove every message; Undo (under the empty chat) brings them back."""
@@ -500,26 +560,35 @@ class ChatView(QWidget):
         if not text:
             return
         self.input.clear()
+        self._follow = True  # the user's own question always comes into view
         self.add_message("user", text)
-        self._request()
+        self.question_asked.emit(text)
 
     def regenerate(self) -> None:
         """Drop the last answer and ask again."""
         if self._busy or self._ready_reason:
             return
+        self.drop_after_last_question()
+        if self.messages_widgets:
+            self.regenerate_requested.emit()
+
+    def drop_last_question(self) -> None:
+        """Take back a question that could not be sent: it returns to the input."""
+        if self.messages_widgets and self.messages_widgets[-1].role == "user":
+            widget = self.messages_widgets.pop()
+            self.input.setPlainText(widget.text)
+            widget.setParent(None)
+            widget.deleteLater()
+            self.empty_label.setVisible(not self.messages_widgets)
+            self._update_buttons()
+
+    def drop_after_last_question(self) -> None:
+        """Stop showing the answers after the last question."""
         while self.messages_widgets and self.messages_widgets[-1].role != "user":
             widget = self.messages_widgets.pop()
             widget.setParent(None)
             widget.deleteLater()
-        if self.messages_widgets:
-            self._request()
-
-    def _request(self) -> None:
-        raw = self.raw_check.isChecked()
-        payload: Any = self.history()
-        if raw:
-            payload = self.messages_widgets[-1].text
-        self.send_requested.emit(payload, raw)
+        self._update_buttons()
 
     def _on_send_clicked(self) -> None:
         if self._busy:
@@ -546,12 +615,13 @@ class ChatView(QWidget):
     def flush(self) -> None:
         """Paint the buffered chunks (called on a timer while streaming)."""
         if self._pending and self._current is not None:
-            bar = self.scroll.verticalScrollBar()
-            at_end = bar.value() >= bar.maximum() - 4
             self._current.append(self._pending)
             self._pending = ""
-            if at_end:
-                self._scroll_to_end()
+
+    def set_waiting(self, text: str) -> None:
+        """What the answer being written waits for ('' once it runs)."""
+        if self._current is not None:
+            self._current.set_waiting(text)
 
     def end_answer(
         self, stats_text: str = "", error: NibbleError | None = None
@@ -563,20 +633,36 @@ class ChatView(QWidget):
             if error is not None:
                 stats_text = f"error: {error.message}"
             self._current.set_stats(stats_text)
-            if not self._current.text and error is not None:
-                self._current.body.setText("<i>No answer.</i>")
+            stopped = error is None and stats_text.endswith("stopped")
+            self._current.set_empty_text(
+                "Stopped before any text." if stopped else "No answer."
+            )
         self._current = None
         self._busy = False
         self._update_buttons()
 
-    def current_answer(self) -> str:
-        """The text of the answer being written, buffered chunks included."""
-        if self._current is None:
-            return ""
-        return self._current.text + self._pending
+    @property
+    def answer_widget(self) -> MessageWidget | None:
+        """The answer being written, if any."""
+        return self._current
+
+    def _on_scrolled(self, value: int) -> None:
+        bar = self.scroll.verticalScrollBar()
+        self._follow = value >= bar.maximum() - 4
+
+    def _on_range_changed(self, _low: int, high: int) -> None:
+        # The content grew (a message, a chunk): stay at the bottom if we were.
+        if self._follow:
+            self.scroll.verticalScrollBar().setValue(high)
+
+    @property
+    def following(self) -> bool:
+        """Whether new text scrolls into view (the user is at the bottom)."""
+        return self._follow
 
     def _scroll_to_end(self) -> None:
-        QTimer.singleShot(0, self, self._to_end)
+        if self._follow:
+            self._to_end()
 
     def _to_end(self) -> None:
         bar = self.scroll.verticalScrollBar()

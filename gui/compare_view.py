@@ -67,6 +67,7 @@ TABLE_COLUMNS = (
     "KL vs baseline",
     "Top-1 agreement",
     "Answer",
+    "Concurrent streams",
 )
 COLUMN_TIPS = {
     "Peak during load": "The highest anonymous memory of the process while loading "
@@ -166,12 +167,18 @@ class CompareView(QWidget):
         self.eval_tokens.setSuffix(" tokens")
         self.eval_tokens.setToolTip(compare.EVAL_SOURCE)
         self.prompt = QLineEdit(compare.DEFAULT_PROMPT)
+        self.streams_check = QCheckBox("Also time 1, 4 and 8 answers decoding together")
+        self.streams_check.setToolTip(
+            "Per row: aggregate tok/s of n greedy answers decoded together by the "
+            "generation queue, and each answer's own tok/s (in brackets)"
+        )
         form = QFormLayout()
         form.addRow("Decode modes", decode_row)
         form.addRow("Variations", self.variations)
         form.addRow("Timed answer", self.tokens)
         form.addRow("Evaluation text", self.eval_tokens)
         form.addRow("Prompt", self.prompt)
+        form.addRow("Concurrent streams", self.streams_check)
         note = QLabel(f"{MEMORY_NOTE}\nMemory, {memory.MEANING_LINE}.")
         note.setWordWrap(True)
         note.setObjectName("compareMemoryNote")
@@ -299,6 +306,7 @@ class CompareView(QWidget):
             prompt=self.prompt.text(),
             new_tokens=self.tokens.value(),
             eval_tokens=self.eval_tokens.value() or None,
+            streams=(1, 4, 8) if self.streams_check.isChecked() else (),
         )
 
     # -- running --
@@ -467,6 +475,7 @@ class CompareView(QWidget):
                     _num(r.kl_vs_baseline, "{:.5f}"),
                     _num(r.top1_agreement, "{:.1%}"),
                     compare.one_line(r.answer),
+                    streams_text(r.streams),
                 ]
             )
         _fill(self.table, cells)
@@ -592,6 +601,18 @@ def _table(columns: tuple[str, ...]) -> QTableWidget:
     header.setStretchLastSection(True)
     table.setWordWrap(True)
     return table
+
+
+def streams_text(streams: dict[str, dict[str, float | None]]) -> str:
+    """'1: 30.1 · 4: 80.2 (20.1 each) · 8: …' (aggregate tok/s), or '—'."""
+    parts = []
+    for n, m in streams.items():
+        agg, each = m.get("aggregate_tok_s"), m.get("per_stream_tok_s")
+        text = f"{n}: {agg:.1f}" if agg else f"{n}: —"
+        if each and n != "1":
+            text += f" ({each:.1f} each)"
+        parts.append(text)
+    return " · ".join(parts) if parts else "—"
 
 
 def _fill(table: QTableWidget, rows: list[list[str]]) -> None:

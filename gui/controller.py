@@ -1,11 +1,11 @@
-"""The window's state and every job it runs, in one typed QObject.
+"""The Qt adapter over `core.app.App`: jobs on QThreads, typed signals for the views.
 
-The controller owns the selected model, the settings, the loaded model (and its
-report), the core's GenerationQueue over that model, and every job: the stack import,
-the catalog scan, checking a folder or hub id, loads, answers, estimates,
-comparisons, exports and memory sampling. Views call its methods and follow its
-signals; none of them starts a thread of its own. `stop_all(timeout_s)` cancels every
-job and waits for all of them against one deadline.
+The App (plain Python) holds the selection, the settings, the loaded model, the chat
+and the book of jobs with its one-at-a-time rule. The controller runs each job as a
+worker of `gui.workers` when the App says it may start, and re-emits what happens as
+typed signals on the UI thread. Views call its methods and follow its signals; none of
+them starts a thread of its own (the Server tab and the Get a model dialog included).
+`stop_all(timeout_s)` cancels every job and waits for them against one deadline.
 
 Jobs that need torch / transformers / bitsandbytes wait until `core.stack`'s
 `import_stack()` has finished on a worker (the first such job starts that import),
@@ -14,21 +14,21 @@ so no estimate or load ever races the import or another job's first import.
 Signals, all emitted on the UI thread:
 
 - ``model_selected(ModelRef)``: a model was picked (not loaded yet).
-- ``settings_changed(object)``: valid ``(QuantSettings, LoadOptions)``.
-- ``libraries_ready(str)`` / ``libraries_failed(object)``: the stack import ended.
-- ``catalog_scanned(object, object)``: the default ModelRef and the HF cache refs.
-- ``modules_found(object)``: the selected model's module names (for the checks).
-- ``resolve_started(str)``, ``resolve_failed(object)``: checking a folder or hub id.
-- ``load_started(object, object)``: a load of (ModelRef, QuantSettings) began;
+- ``settings_changed(QuantSettings, LoadOptions)``: valid settings.
+- ``libraries_ready(str)`` / ``libraries_failed(Exception)``: the stack import ended.
+- ``catalog_scanned(ModelRef | None, list)``: the default model and the HF cache refs.
+- ``modules_found(list)``: the selected model's module names (for the checks).
+- ``resolve_started(str)``, ``resolve_failed(Exception)``: checking a folder or hub id.
+- ``load_started(ModelRef, QuantSettings)``: a load began;
   ``load_progressed(int, int, str)`` follows its steps.
-- ``model_loaded(LoadedModel)``, ``load_failed(object)``, ``load_cancelled()``.
+- ``model_loaded(LoadedModel)``, ``load_failed(Exception)``, ``load_cancelled()``.
 - ``model_unloaded()``: the previous model was dropped.
-- ``model_changed(object)``: the LoadedModel the generation queue now answers with,
-  or None (for anything else that submits to `generation_queue`, e.g. a server).
-- ``answer_started()``, ``first_token()``, ``answer_chunk(str)``,
-  ``answer_finished(GenerationStats)`` (stopped answers too),
-  ``answer_failed(object, object)`` (error, stats of the partial run),
-  ``answer_aborted()``.
+- ``model_changed(LoadedModel | None)``: what the generation queue now answers with
+  (for anything else that submits to `generation_queue`, e.g. a server).
+- ``answer_started(Turn)``, ``first_token()``, ``answer_chunk(str)``,
+  ``answer_finished(Turn)`` (stopped answers too; `turn.stats`, `turn.answer`),
+  ``answer_failed(Turn, Exception)``, ``answer_aborted(Turn)``.
+- ``chat_error(Exception, str)``: the history could not keep something (error, title).
 - ``compare_started()`` / ``compare_ended()``: the chat's queue is paused between.
 - ``jobs_changed()``: a job started or ended (views re-check what they enable).
 """
@@ -43,194 +43,214 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from core.app import LEFT_RUNNING_ON_CLOSE, App, JobEntry, JobKind
+from core.chat import Chat, Turn
 from core.checks import Machine
 from core.errors import CancelledError, NibbleError
+from core.generation.decode import GenerationStats
 from core.model.catalog import ModelRef
+from core.model.loader import LoadedModel, LoadReport
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from core.store import session as session_mod
 from gui import workers
 
 if TYPE_CHECKING:
     from core.generation.queue import GenerationQueue
+    from core.lab.compare import CompareConfig, RowSpec
+    from core.model.estimate import Table
 
 logger = logging.getLogger(__name__)
 
 CLOSE_DEADLINE_S = 2.0
 GIL_MARGIN_S = 0.15
 
-# Kinds of job; at most one of each runs, except "resolve".
-IMPORT, CATALOG, RESOLVE, LOAD, ANSWER = (
-    "import",
-    "catalog",
-    "resolve",
-    "load",
-    "answer",
-)
-ESTIMATE, COMPARE, EXPORT, SAMPLER = "estimate", "compare", "export", "sampler"
-MODULES = "modules"
-EXCLUSIVE = (LOAD, ESTIMATE, MODULES)
-
 
 class Controller(QObject):
     """Selection, settings, the loaded model and every job of the window."""
 
-    model_selected = Signal(object)
-    settings_changed = Signal(object)
+    model_selected = Signal(ModelRef)
+    settings_changed = Signal(QuantSettings, LoadOptions)
     libraries_ready = Signal(str)
-    libraries_failed = Signal(object)
-    catalog_scanned = Signal(object, object)
-    modules_found = Signal(object)
+    libraries_failed = Signal(Exception)
+    catalog_scanned = Signal(ModelRef, list)
+    modules_found = Signal(list)
     resolve_started = Signal(str)
-    resolve_failed = Signal(object)
-    load_started = Signal(object, object)
+    resolve_failed = Signal(Exception)
+    load_started = Signal(ModelRef, QuantSettings)
     load_progressed = Signal(int, int, str)
-    model_loaded = Signal(object)
-    load_failed = Signal(object)
+    model_loaded = Signal(LoadedModel)
+    load_failed = Signal(Exception)
     load_cancelled = Signal()
     model_unloaded = Signal()
-    model_changed = Signal(object)
-    answer_started = Signal()
+    model_changed = Signal(LoadedModel)
+    answer_started = Signal(Turn)
     first_token = Signal()
     answer_chunk = Signal(str)
-    answer_finished = Signal(object)
-    answer_failed = Signal(object, object)
-    answer_aborted = Signal()
+    answer_finished = Signal(Turn)
+    answer_failed = Signal(Turn, Exception)
+    answer_aborted = Signal(Turn)
+    chat_error = Signal(Exception, str)
     compare_started = Signal()
     compare_ended = Signal()
     jobs_changed = Signal()
 
     def __init__(
-        self, session: session_mod.Session | None = None, parent: QObject | None = None
+        self,
+        session: session_mod.Session | None = None,
+        parent: QObject | None = None,
+        queue: GenerationQueue | None = None,
     ) -> None:
         super().__init__(parent)
-        self.session = session or session_mod.Session()
-        self.selected_ref: ModelRef = session_mod.ref_from_dict(self.session.model)
-        self.quant: QuantSettings = self.session.quant
-        self.options: LoadOptions = self.session.options
-        self.loaded: Any = None
-        self.device = ""
-        self.machine: Machine | None = None
-        self.module_names: list[str] = []
-        self.ready = False
-        self.closing = False
-        self._queue: GenerationQueue | None = None
-        self.last_stats: Any = None
-        self._answer_chunks = 0
-        self._jobs: list[tuple[str, workers.Worker]] = []  # not done yet
+        self.app = App(session, queue)
+        self.app.model_selected.connect(self.model_selected.emit)
+        self.app.settings_changed.connect(self.settings_changed.emit)
+        self.app.model_changed.connect(self.model_changed.emit)
+        self.app.model_unloaded.connect(self.model_unloaded.emit)
+        self.turn: Turn | None = None  # the chat's answer being followed
+        self.first_token_at: float | None = None
         self._live: list[workers.Worker] = []  # whose thread has not finished
-        self._waiting: list[tuple[str, workers.Worker, bool]] = []
+        self._waiting: list[JobEntry[workers.Worker]] = []
+
+    # -- the App's state, as the views read it --
+
+    @property
+    def session(self) -> session_mod.Session:
+        return self.app.session
+
+    @property
+    def selected_ref(self) -> ModelRef:
+        return self.app.selected_ref
+
+    @property
+    def quant(self) -> QuantSettings:
+        return self.app.quant
+
+    @quant.setter
+    def quant(self, value: QuantSettings) -> None:
+        self.app.quant = value
+
+    @property
+    def options(self) -> LoadOptions:
+        return self.app.options
+
+    @options.setter
+    def options(self, value: LoadOptions) -> None:
+        self.app.options = value
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self.app.loaded
+
+    @property
+    def report(self) -> LoadReport | None:
+        """The LoadReport of the loaded model, or None."""
+        return self.app.loaded.report if self.app.loaded is not None else None
+
+    @property
+    def last_stats(self) -> GenerationStats | None:
+        return self.app.last_stats
+
+    @property
+    def machine(self) -> Machine | None:
+        return self.app.machine
+
+    @property
+    def device(self) -> str:
+        return self.app.device
+
+    @property
+    def module_names(self) -> list[str]:
+        return self.app.module_names
+
+    @property
+    def ready(self) -> bool:
+        return self.app.ready
+
+    @property
+    def closing(self) -> bool:
+        return self.app.closing
+
+    @property
+    def chat(self) -> Chat:
+        return self.app.chat
 
     @property
     def generation_queue(self) -> GenerationQueue:
-        """The core's queue over the loaded model; the chat and a server submit to it
-        (created on first use, keeping core.generation.decode out of the first paint)."""
-        if self._queue is None:
-            from core.generation.queue import GenerationQueue
-
-            self._queue = GenerationQueue(self.loaded)
-        return self._queue
+        """The core's queue over the loaded model; the chat and a server submit to it."""
+        return self.app.generation_queue
 
     # -- selection and settings --
 
-    @property
-    def report(self) -> Any:
-        """The LoadReport of the loaded model, or None."""
-        return self.loaded.report if self.loaded is not None else None
-
     def select(self, ref: ModelRef) -> None:
         """Make `ref` the selected model (emits model_selected when it changes)."""
-        if ref == self.selected_ref:
-            return
-        self.selected_ref = ref
-        self.module_names = []
-        self.model_selected.emit(ref)
-        self.find_modules()
+        if self.app.select(ref):
+            self.find_modules()
 
     def find_modules(self) -> None:
         """Read the selected model's module names (meta-device build) on a worker."""
         ref = self.selected_ref
-        worker = self.run(MODULES, lambda _p, _c: (ref, _module_names(ref)))
+        worker = self.run(JobKind.MODULES, lambda _p, _c: (ref, _module_names(ref)))
         worker.returned.connect(self._on_modules)
 
     def _on_modules(self, result: tuple[ModelRef, list[str]]) -> None:
         ref, names = result
         if ref != self.selected_ref:  # the user picked another model meanwhile
             return
-        self.module_names = names
+        self.app.module_names = names
         self.modules_found.emit(names)
 
     def set_settings(self, quant: QuantSettings, options: LoadOptions) -> None:
-        self.quant, self.options = quant, options
-        self.session.quant, self.session.options = quant, options
-        self.settings_changed.emit((quant, options))
+        self.app.set_settings(quant, options)
 
     def differs_from_loaded(self) -> bool:
         """Whether Load would load something other than what is loaded now."""
-        loaded = self.loaded
-        return loaded is not None and (
-            loaded.ref != self.selected_ref
-            or loaded.quant != self.quant
-            or loaded.options != self.options
-        )
+        return self.app.differs_from_loaded()
 
     # -- jobs in general --
 
-    def running(self, kind: str) -> workers.Worker | None:
-        """The job of `kind` that runs or waits for the stack, if any."""
-        for k, worker in self._jobs:
-            if k == kind:
-                return worker
-        return None
+    def running(self, kind: JobKind | str) -> workers.Worker | None:
+        """The worker of the `kind` job that runs or waits to, if any."""
+        entry = self.app.running(JobKind(kind))
+        return entry.handle if entry is not None else None
 
-    def jobs(self) -> list[tuple[str, workers.Worker]]:
+    def jobs(self) -> list[tuple[JobKind, workers.Worker]]:
         """Every job that has not finished, as (kind, worker)."""
-        return list(self._jobs)
+        return [(e.kind, e.handle) for e in self.app.jobs]
 
-    def start(
-        self, kind: str, worker: workers.Worker, needs_stack: bool = True
-    ) -> workers.Worker:
-        """Track `worker` and run it from the next event-loop turn.
-
-        The caller connects to the worker's signals before it runs. A job that needs
-        the ML stack waits for `import_libraries()`, which the window starts after
-        its first paint (and which loads, comparisons and exports start themselves).
-        """
-        self._jobs.append((kind, worker))
+    def start(self, kind: JobKind | str, worker: workers.Worker) -> workers.Worker:
+        """Track `worker` and run it once the App's rules let it (the stack imported
+        when the kind needs it, one model build at a time), from the next event-loop
+        turn at the earliest. The caller connects to its signals before that."""
+        entry = self.app.add_job(JobKind(kind), worker)
         self._live.append(worker)
         # Bound methods of this (UI-thread) object, never lambdas: a lambda would
         # run on the worker's thread.
         worker.finished.connect(self._on_job_finished)
-        self._waiting.append((kind, worker, needs_stack))
+        self._waiting.append(entry)
         QTimer.singleShot(0, self, self._launch_waiting)
         self.jobs_changed.emit()
         return worker
 
     def _launch_waiting(self) -> None:
-        still: list[tuple[str, workers.Worker, bool]] = []
-        for kind, worker, needs_stack in self._waiting:
-            if (needs_stack and not self.ready) or self._must_wait(kind):
-                still.append((kind, worker, needs_stack))
+        if self.closing:
+            return
+        still: list[JobEntry[workers.Worker]] = []
+        for entry in self._waiting:
+            if self.app.may_start(entry):
+                entry.started = True
+                workers.start(entry.handle)
             else:
-                workers.start(worker)
+                still.append(entry)
         self._waiting = still
-
-    def _must_wait(self, kind: str) -> bool:
-        # from_pretrained and from_config change process-global state while they
-        # run (the default dtype): a load and the meta-device builds of estimates
-        # and module names run one at a time, never beside each other.
-        return kind in EXCLUSIVE and any(
-            k in EXCLUSIVE and w.thread_ is not None for k, w in self._jobs
-        )
 
     def run(
         self,
-        kind: str,
+        kind: JobKind | str,
         fn: Callable[[workers.Progress, threading.Event], Any],
-        needs_stack: bool = True,
     ) -> workers.FunctionWorker:
         """Run `fn(progress, cancel)` as a job; connect to the returned worker."""
-        worker = workers.FunctionWorker(fn, kind)
-        self.start(kind, worker, needs_stack)
+        worker = workers.FunctionWorker(fn, str(kind))
+        self.start(kind, worker)
         return worker
 
     def _on_job_finished(self) -> None:
@@ -247,67 +267,73 @@ class Controller(QObject):
             self._ended(worker)
 
     def _ended(self, worker: workers.Worker) -> None:
-        if not any(w is worker for _, w in self._jobs):
+        if not self.app.end_job(worker):
             return
-        self._jobs = [(k, w) for k, w in self._jobs if w is not worker]
         if self._waiting and not self.closing:
             self._launch_waiting()
         self.jobs_changed.emit()
 
-    def stop_all(self, timeout_s: float = CLOSE_DEADLINE_S) -> bool:
-        """Cancel every job and wait for all of them, `timeout_s` in total.
+    def stop_all(
+        self,
+        timeout_s: float = CLOSE_DEADLINE_S,
+        leave_running: frozenset[JobKind] = frozenset(),
+    ) -> bool:
+        """Cancel every job and wait for them, `timeout_s` in total.
 
-        True when every thread ended in time; the loaded model is then let go.
+        The chat's answer is kept as far as it got, marked "stopped". Jobs of the
+        kinds in `leave_running` are asked to stop but not waited for (closing
+        leaves the uninterruptible ones to the process's end). True when every
+        awaited thread ended in time; the loaded model is then let go.
         """
-        self.closing = True
+        self.app.close()
         # A thread that ends at the deadline needs a moment to hand back the GIL.
         deadline = time.monotonic() + max(0.0, timeout_s - GIL_MARGIN_S)
         waiting, self._waiting = self._waiting, []
-        for _kind, worker, _ in waiting:  # never started: end them here
-            worker.cancel()
-            worker.aborted.emit()
-            worker.finished.emit()
+        for entry in waiting:  # never started: end them here
+            entry.handle.cancel()
+            entry.handle.aborted.emit()
+            entry.handle.finished.emit()
+        kinds = {id(e.handle): e.kind for e in self.app.jobs}
         pending = list(self._live)
         for worker in pending:
             worker.cancel()
-        queue = self._queue
-        if queue is not None:
-            queue.cancel_all()
         ok = True
         for worker in pending:
+            if kinds.get(id(worker)) in leave_running:
+                continue
             left_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if not workers.wait(worker, left_ms):
                 logger.warning("%s did not stop in time", worker.objectName() or worker)
                 ok = False
-        if queue is not None:
-            ok = queue.close(max(0.0, deadline - time.monotonic())) and ok
-        if ok:
-            # Drop the model without loader.unload's garbage collection (half a
-            # second with torch): the process is about to end.
-            if queue is not None:
-                queue.set_model(None)
-            self.loaded = None
-        return ok
+        # Drop the model without loader.unload's garbage collection (half a
+        # second with torch): the process is about to end.
+        return self.app.let_go(max(0.0, deadline - time.monotonic())) and ok
+
+    def close_quickly(self, timeout_s: float = CLOSE_DEADLINE_S) -> bool:
+        """What closing the window needs: stop everything, and wait (`timeout_s` in
+        all) only for the jobs that stop within a step; an import, a load, a
+        meta-device build or a hub call in progress ends with the process."""
+        return self.stop_all(timeout_s, leave_running=LEFT_RUNNING_ON_CLOSE)
 
     # -- start-up --
 
     def import_libraries(self) -> None:
         """Import the ML stack on a worker (once); jobs that need it wait for it."""
-        if self.ready or self.running(IMPORT) is not None or self.closing:
+        if self.ready or self.running(JobKind.IMPORT) is not None or self.closing:
             return
-        worker = self.run(IMPORT, _import_stack, needs_stack=False)
+        worker = self.run(JobKind.IMPORT, _import_stack)
         worker.returned.connect(self._on_libraries)
         worker.errored.connect(self.libraries_failed)
 
     def scan_catalog(self) -> None:
         """Scan the HF cache and check the embedded default, off the UI thread."""
-        if self.running(CATALOG) is not None:
+        if self.running(JobKind.CATALOG) is not None:
             return
-        worker = self.run(CATALOG, _scan_catalog, needs_stack=False)
+        worker = self.run(JobKind.CATALOG, _scan_catalog)
         worker.returned.connect(self._on_catalog)
         worker.errored.connect(self._on_catalog_failed)
 
-    def _on_catalog(self, result: tuple[Any, list[Any]]) -> None:
+    def _on_catalog(self, result: tuple[ModelRef | None, list[ModelRef]]) -> None:
         self.catalog_scanned.emit(*result)
 
     def _on_catalog_failed(self, exc: Exception) -> None:
@@ -315,19 +341,17 @@ class Controller(QObject):
         self.catalog_scanned.emit(None, [])
 
     def _on_libraries(self, machine: Machine) -> None:
-        self.ready = True
-        self.machine = machine
-        self.device = machine.description
+        self.app.stack_ready(machine)
         self._launch_waiting()
         self.libraries_ready.emit(machine.description)
-        if not self.module_names and self.running(MODULES) is None:
+        if not self.module_names and self.running(JobKind.MODULES) is None:
             self.find_modules()  # the model selected at start was never select()ed
 
     # -- models --
 
     def open_location(self, text: str) -> workers.FunctionWorker:
         """Check a folder or hub id off the UI thread, then select and load it."""
-        worker = self.run(RESOLVE, lambda _p, _c: _resolve(text), needs_stack=False)
+        worker = self.run(JobKind.RESOLVE, lambda _p, _c: _resolve(text))
         worker.returned.connect(self._on_resolved)
         worker.errored.connect(self.resolve_failed)
         self.resolve_started.emit(text)
@@ -344,13 +368,7 @@ class Controller(QObject):
 
     def load_blocker(self) -> str:
         """Why Load cannot start now, or '' when it can."""
-        if self.closing:
-            return "Nibble is closing."
-        if self.running(LOAD) is not None:
-            return "A model is loading."
-        if self.running(ANSWER) is not None:
-            return "Wait for the answer to finish (or stop it)."
-        return ""
+        return self.app.load_blocker()
 
     def load(self, ref: ModelRef | None = None) -> workers.FunctionWorker | None:
         """Load `ref` (default: the selected model) with the current settings."""
@@ -359,7 +377,8 @@ class Controller(QObject):
         ref = ref or self.selected_ref
         quant, options = self.quant, self.options
         worker = self.run(
-            LOAD, lambda progress, cancel: _load(ref, quant, options, progress, cancel)
+            JobKind.LOAD,
+            lambda progress, cancel: _load(ref, quant, options, progress, cancel),
         )
         worker.progressed.connect(self.load_progressed)
         worker.returned.connect(self._on_loaded)
@@ -370,114 +389,157 @@ class Controller(QObject):
         return worker
 
     def cancel_load(self) -> None:
-        worker = self.running(LOAD)
+        worker = self.running(JobKind.LOAD)
         if worker is not None:
             worker.cancel()
 
-    def _on_loaded(self, loaded: Any) -> None:
+    def _on_loaded(self, loaded: LoadedModel) -> None:
         self._done()
         if self.closing:
             from core.model import loader
 
             loader.unload(loaded)
             return
-        previous = self.loaded
-        self.loaded = loaded
-        if loaded.ref != self.selected_ref:  # what is loaded is what is selected
-            self.select(loaded.ref)
-        self.generation_queue.set_model(loaded)
-        self.model_changed.emit(loaded)
-        if previous is not None:
-            from core.model import loader
-
-            loader.unload(previous)
-            self.model_unloaded.emit()
-        self.last_stats = None
-        self.session.model = session_mod.ref_to_dict(loaded.ref)
-        self.session.quant, self.session.options = loaded.quant, loaded.options
+        self.app.take_loaded(loaded)
         self.model_loaded.emit(loaded)
 
     def unload(self) -> bool:
         """Drop the loaded model (not while it answers); True when one was dropped."""
-        if self.loaded is None or self.running(ANSWER) is not None:
-            return False
-        from core.model import loader
-
-        self.generation_queue.set_model(None)
-        self.model_changed.emit(None)
-        loader.unload(self.loaded)
-        self.loaded = None
-        self.last_stats = None
-        self.model_unloaded.emit()
-        return True
+        return self.app.unload()
 
     # -- answers --
 
-    def send(
-        self, messages: Any, raw: bool, settings: GenerationSettings
-    ) -> workers.JobWorker | None:
-        """Queue an answer to `messages` (or a raw prompt) and stream it."""
-        if self.loaded is None or self.running(ANSWER) is not None or self.closing:
-            return None
-        from core.generation.queue import GenerationRequest
+    def ask(
+        self,
+        question: str,
+        settings: GenerationSettings,
+        *,
+        raw: bool = False,
+        system: str = "",
+    ) -> Turn | None:
+        """Store `question` in the chat and stream its answer; None when an answer
+        is already on its way.
 
-        request = GenerationRequest(messages, settings, raw=raw, source="chat")
-        job = self.generation_queue.submit(request)
-        worker = workers.JobWorker(job)
-        self._answer_chunks = 0
+        Raises
+        ------
+        NibbleError
+            No model is loaded, or the queue refused the request.
+        """
+        if self.running(JobKind.ANSWER) is not None or self.closing:
+            return None
+        turn = self.app.ask(question, settings, raw=raw, system=system)
+        self._follow(turn)
+        return turn
+
+    def ask_again(
+        self,
+        settings: GenerationSettings,
+        *,
+        raw: bool = False,
+        answer_id: int | None = None,
+    ) -> Turn | None:
+        """Answer the last question (or `answer_id`'s) again, kept as a variant."""
+        if self.running(JobKind.ANSWER) is not None or self.closing:
+            return None
+        turn = self.app.ask_again(settings, raw=raw, answer_id=answer_id)
+        if turn is not None:
+            self._follow(turn)
+        return turn
+
+    def _follow(self, turn: Turn) -> None:
+        assert turn.job is not None
+        worker = workers.JobWorker(turn.job, turn.follow())
+        self.turn = turn
+        self.first_token_at = None
         worker.yielded.connect(self._on_answer_chunk)
         worker.returned.connect(self._on_answer)
         worker.errored.connect(self._on_answer_error)
         worker.aborted.connect(self._on_answer_aborted)
-        self.start(ANSWER, worker)
-        self.answer_started.emit()
-        return worker
+        self.start(JobKind.ANSWER, worker)
+        self.answer_started.emit(turn)
 
     def stop_answer(self) -> None:
-        worker = self.running(ANSWER)
-        if isinstance(worker, workers.JobWorker):
-            worker.stop()
+        """Stop the chat's answer (one waiting behind a server request too)."""
+        self.app.stop_answer()
+
+    def answer_speed(self) -> float | None:
+        """Live tokens per second of the answer being written, from the generator's
+        own count; None before its second token."""
+        turn, first = self.turn, self.first_token_at
+        if turn is None or first is None:
+            return None
+        seconds = time.perf_counter() - first
+        tokens = turn.tokens
+        if seconds <= 0.3 or tokens < 2:
+            return None
+        return (tokens - 1) / seconds
+
+    def waiting_line(self) -> str:
+        """What the chat's answer waits for ('' when it runs or there is none)."""
+        turn = self.turn
+        return self.app.waiting_line(turn) if turn is not None else ""
 
     def _on_answer_chunk(self, chunk: str) -> None:
-        self._answer_chunks += 1
-        if self._answer_chunks == 1:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
             self.first_token.emit()
         self.answer_chunk.emit(chunk)
 
-    def _on_answer(self, stats: Any) -> None:
+    def _end_turn(self, stats: GenerationStats | None) -> Turn | None:
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return None
+        try:
+            self.app.end_answer(turn, stats)
+        except NibbleError as exc:  # the conversation went while it answered
+            self.chat_error.emit(exc, "The answer could not be kept")
+        return turn
+
+    def _on_answer(self, stats: GenerationStats) -> None:
         self._done()
-        self.last_stats = stats
-        self.answer_finished.emit(stats)
+        turn = self._end_turn(stats)
+        if turn is not None:
+            self.answer_finished.emit(turn)
 
     def _on_answer_error(self, exc: Exception) -> None:
         self._done()
-        worker = self.sender()
-        self.answer_failed.emit(exc, getattr(worker, "stats", None))
+        turn = self._end_turn(self.turn.stats if self.turn is not None else None)
+        if turn is not None:
+            self.answer_failed.emit(turn, exc)
 
     def _on_answer_aborted(self) -> None:
         self._done()
-        self.answer_aborted.emit()
+        turn = self._end_turn(None)
+        if turn is not None:
+            self.answer_aborted.emit(turn)
 
     # -- estimates, comparisons, exports, sampling --
 
     def estimate(
-        self, model: Any, quant: Any, options: Any, context: int, device: Any = None
+        self,
+        model: ModelRef | str | dict[str, Any],
+        quant: QuantSettings,
+        options: LoadOptions,
+        context: int,
+        device: Any = None,
     ) -> workers.FunctionWorker:
         """Estimate every preset for `model`; the worker returns a core Table."""
 
-        def work(_progress: workers.Progress, _cancel: threading.Event) -> Any:
+        def work(_progress: workers.Progress, _cancel: threading.Event) -> Table:
             from core.model import estimate
 
             return estimate.table(model, quant, options, context, device=device)
 
-        return self.run(ESTIMATE, work)
+        return self.run(JobKind.ESTIMATE, work)
 
-    def compare(self, ref: ModelRef, rows: Any, config: Any) -> workers.CompareWorker:
+    def compare(
+        self, ref: ModelRef, rows: list[RowSpec], config: CompareConfig | None
+    ) -> workers.CompareWorker:
         """Run a comparison; the chat's answers wait (paused queue) until it ends."""
         worker = workers.CompareWorker(ref, rows, config)
         worker.started.connect(self._pause_answers)
         worker.finished.connect(self._resume_answers)
-        self.start(COMPARE, worker)
+        self.start(JobKind.COMPARE, worker)
         self.import_libraries()
         return worker
 
@@ -491,10 +553,15 @@ class Controller(QObject):
 
     @property
     def comparing(self) -> bool:
-        return self.running(COMPARE) is not None
+        return self.running(JobKind.COMPARE) is not None
 
     def export(
-        self, ref: Any, quant: Any, options: Any, out: str, force: bool = False
+        self,
+        ref: ModelRef,
+        quant: QuantSettings,
+        options: LoadOptions,
+        out: str,
+        force: bool = False,
     ) -> workers.FunctionWorker:
         """Save a quantized copy of `ref` (a fresh load; core.lab.export)."""
 
@@ -505,15 +572,49 @@ class Controller(QObject):
                 ref, quant, out, options, force=force, progress=progress, cancel=cancel
             )
 
-        worker = self.run(EXPORT, work)
+        worker = self.run(JobKind.EXPORT, work)
         self.import_libraries()
         return worker
 
     def sample(self, sampler: Any, interval: float) -> workers.SamplerWorker:
         """Take memory samples every `interval` seconds until stopped."""
         worker = workers.SamplerWorker(sampler, interval)
-        worker.name = SAMPLER
-        self.start(SAMPLER, worker, needs_stack=False)
+        worker.name = str(JobKind.SAMPLER)
+        self.start(JobKind.SAMPLER, worker)
+        return worker
+
+    # -- the hub and the server --
+
+    def search_hub(self, text: str) -> workers.HubSearchWorker:
+        """Search the hub for causal LMs; the worker returns SearchResults."""
+        worker = workers.HubSearchWorker(text)
+        self.start(JobKind.HUB_SEARCH, worker)
+        return worker
+
+    def plan_download(self, repo_id: str) -> workers.HubPlanWorker:
+        """Plan a download of `repo_id` (files, disk, estimate); returns a Plan."""
+        worker = workers.HubPlanWorker(repo_id)
+        self.start(JobKind.HUB_PLAN, worker)
+        return worker
+
+    def download(self, plan: Any) -> workers.HubDownloadWorker:
+        """Download `plan` into the HF cache; cancelling pauses (the partial stays)."""
+        worker = workers.HubDownloadWorker(plan)
+        self.start(JobKind.DOWNLOAD, worker)
+        return worker
+
+    def start_server(
+        self, config: Any, on_request: Callable[[Any], Any]
+    ) -> workers.ServerStartWorker:
+        """Serve the generation queue over HTTP; the worker returns a ServerThread."""
+        worker = workers.ServerStartWorker(self.generation_queue, config, on_request)
+        self.start(JobKind.SERVER, worker)
+        return worker
+
+    def stop_server(self, thread: Any) -> workers.ServerStopWorker:
+        """Stop a ServerThread (its requests are cancelled) on a worker."""
+        worker = workers.ServerStopWorker(thread)
+        self.start(JobKind.SERVER, worker)
         return worker
 
 
@@ -536,7 +637,7 @@ def _module_names(ref: ModelRef) -> list[str]:
 
 def _scan_catalog(
     _progress: workers.Progress, _cancel: threading.Event
-) -> tuple[Any, list[Any]]:
+) -> tuple[ModelRef | None, list[ModelRef]]:
     from core.model import catalog
 
     return catalog.default_ref(), catalog.scan_cache()
@@ -554,7 +655,7 @@ def _load(
     options: LoadOptions,
     progress: workers.Progress,
     cancel: threading.Event,
-) -> Any:
+) -> LoadedModel:
     from core.model import loader
 
     loaded = loader.load(ref, quant, options, progress=progress, cancel=cancel)
@@ -564,4 +665,4 @@ def _load(
     return loaded
 
 
-__all__ = ["CLOSE_DEADLINE_S", "Controller", "NibbleError"]
+__all__ = ["CLOSE_DEADLINE_S", "Controller", "JobKind", "NibbleError"]

@@ -123,7 +123,7 @@ class ConversationList(QWidget):
         self._undo_timer = QTimer(self)
         self._undo_timer.setSingleShot(True)
         self._undo_timer.setInterval(UNDO_MS)
-        self._undo_timer.timeout.connect(self._forget_undo)
+        self._undo_timer.timeout.connect(self.forget_undo)
 
         self._search_timer = QTimer(self)
         self._search_timer.setSingleShot(True)
@@ -222,7 +222,7 @@ class ConversationList(QWidget):
 
     def delete(self, conversation_id: int) -> None:
         """Delete a conversation; Undo under the list brings it back for a while."""
-        self._forget_undo()
+        self.forget_undo()
         title = self.store.info(conversation_id).display_title
         self.store.delete(conversation_id)
         self._undo_id = conversation_id
@@ -247,7 +247,7 @@ class ConversationList(QWidget):
         self.refresh()
         self.restored.emit(conversation_id)
 
-    def _forget_undo(self) -> None:
+    def forget_undo(self) -> None:
         """The last deletion is final now."""
         if self._undo_id is not None:
             self._undo_id = None

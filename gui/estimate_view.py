@@ -179,9 +179,8 @@ class EstimateView(QWidget):
         self.quant, self.options = quant, options
         self.refresh()
 
-    def on_settings_changed(self, value: Any) -> None:
-        """Slot for the window's settings_changed((QuantSettings, LoadOptions))."""
-        quant, options = value
+    def on_settings_changed(self, quant: QuantSettings, options: LoadOptions) -> None:
+        """Slot for the controller's settings_changed(QuantSettings, LoadOptions)."""
         self.set_settings(quant, options)
 
     def set_context(self, tokens: int) -> None:

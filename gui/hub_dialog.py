@@ -8,7 +8,7 @@ progress. A finished download is added to the picker's HF cache section and sele
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -31,6 +31,9 @@ from core.errors import NibbleError
 from core.units import format_bytes, format_count, format_params
 from gui import workers
 
+if TYPE_CHECKING:
+    from gui.controller import Controller
+
 logger = logging.getLogger(__name__)
 
 RESULT_ROLE = Qt.ItemDataRole.UserRole
@@ -46,7 +49,7 @@ class HubDialog(QDialog):
     downloaded = Signal(object)
     load_requested = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Get a model")
         self.resize(1000, 620)
@@ -55,7 +58,7 @@ class HubDialog(QDialog):
         self.search_worker: workers.Worker | None = None
         self.plan_worker: workers.Worker | None = None
         self.download_worker: workers.HubDownloadWorker | None = None
-        self.controller: Any = None  # the window's Controller, which runs the jobs
+        self.controller = controller  # runs the jobs (closing stops them in time)
         self._discard_after_stop = False
 
         layout = QVBoxLayout(self)
@@ -168,14 +171,13 @@ class HubDialog(QDialog):
     def search(self) -> None:
         if self.search_worker is not None:
             return
-        worker = workers.HubSearchWorker(self.search_edit.text())
+        worker = self.controller.search_hub(self.search_edit.text())
         worker.returned.connect(self._on_results)
         worker.errored.connect(self._show_error)
         worker.finished.connect(self._search_ended)
         self.search_worker = worker
         self.status.setText("Searching the hub…")
         self._update_buttons()
-        self._start("hub search", worker, needs_stack=False)
 
     def _search_ended(self) -> None:
         self.search_worker = None
@@ -229,14 +231,13 @@ class HubDialog(QDialog):
             self.plan_worker.cancel()  # its result is dropped
         self.plan, self.ref = None, None
         self.title.setText(f"{repo_id}: reading the file list and config.json…")
-        worker = workers.HubPlanWorker(repo_id)
+        worker = self.controller.plan_download(repo_id)
         worker.returned.connect(self._on_plan)
         worker.errored.connect(self._show_error)
         # A bound method, not a lambda: it must run on the UI thread.
         worker.finished.connect(self._plan_ended)
         self.plan_worker = worker
         self._update_buttons()
-        self._start("hub plan", worker, needs_stack=False)  # the estimate imports it
 
     def _plan_ended(self) -> None:
         if self.plan_worker is self.sender():
@@ -299,7 +300,7 @@ class HubDialog(QDialog):
     def start_download(self) -> None:
         if self.plan is None or self.downloading:
             return
-        worker = workers.HubDownloadWorker(self.plan)
+        worker = self.controller.download(self.plan)
         worker.fetched.connect(self._on_progress)
         worker.returned.connect(self._on_downloaded)
         worker.errored.connect(self._show_error)
@@ -308,7 +309,6 @@ class HubDialog(QDialog):
         self.download_worker = worker
         self.status.setText(f"Downloading {self.plan.repo_id}…")
         self._update_buttons()
-        self._start("download", worker, needs_stack=False)
 
     def pause(self) -> None:
         if self.download_worker is not None:
@@ -378,14 +378,6 @@ class HubDialog(QDialog):
         if self.plan is None:
             self.title.setText("No plan")
 
-    def _start(self, kind: str, worker: workers.Worker, needs_stack: bool) -> None:
-        """Run `worker` as one of the window controller's jobs when there is one, so
-        closing the window stops it within the shared deadline."""
-        if self.controller is not None:
-            self.controller.start(kind, worker, needs_stack)
-        else:
-            workers.start(worker)
-
     # -- closing --
     def stop(self, timeout_ms: int = 2000) -> bool:
         """Pause any download (its partial is kept) and wait for the workers."""
@@ -399,8 +391,6 @@ class HubDialog(QDialog):
     def confirm_close(self) -> bool:
         """Ask whether to stop a download in progress; True when the window may close."""
         if not self.downloading:
-            if self.controller is None:
-                self.stop()
             return True
         answer = QMessageBox.question(
             self.parentWidget() or self,
@@ -410,11 +400,7 @@ class HubDialog(QDialog):
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
         )
-        if answer != QMessageBox.StandardButton.Yes:
-            return False
-        if self.controller is None:
-            self.stop()
-        return True
+        return answer == QMessageBox.StandardButton.Yes
 
 
 def attach(window: Any) -> HubDialog:
@@ -423,8 +409,7 @@ def attach(window: Any) -> HubDialog:
     A finished download is listed in the picker's HF cache section and selected;
     "Load now" loads it as a double-click in the picker does.
     """
-    dialog = HubDialog(window)
-    dialog.controller = window.controller
+    dialog = HubDialog(window.controller, window)
     picker = window.picker
 
     def show() -> None:

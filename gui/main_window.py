@@ -37,11 +37,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.app import JobKind
+from core.chat import Turn
 from core.errors import NibbleError
 from core.lab.report import model_id
 from core.model.catalog import ModelRef
+from core.model.loader import LoadedModel
 from core.paths import config_dir
-from core.settings import LoadOptions, QuantSettings
+from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from core.store import session as session_mod
 from core.units import format_bytes, format_seconds
 from gui import chat_history, dialogs, hub_dialog
@@ -55,6 +58,12 @@ from gui.settings_panel import SettingsPanel
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (1340, 720)  # fits a 1366×768 screen with its panel and title bar
+NARROW_SCREEN = 1280  # px of available width below which the conversation list hides
+EXPORTS = (
+    ("Export conversation as Markdown…", "md"),
+    ("Export conversation as JSON…", "json"),
+    ("Export all conversations…", "all"),
+)
 
 if TYPE_CHECKING:
     from gui.compare_view import CompareView
@@ -80,7 +89,6 @@ class MainWindow(QMainWindow):
         self._auto_start = auto_start
         self._auto_load = auto_load
         self._painted = False
-        self._answer_first_at: float | None = None
         self.last_error: NibbleError | None = None
         self.error_box: QMessageBox | None = None
         self.monitor_view: MonitorView | None = None
@@ -182,7 +190,7 @@ class MainWindow(QMainWindow):
             self.statusBar().addPermanentWidget(widget)
         self._speed_timer = QTimer(self)
         self._speed_timer.setInterval(250)
-        self._speed_timer.timeout.connect(self._show_speed)
+        self._speed_timer.timeout.connect(self._show_progress)
         self._build_menus()
         self.hub_dialog = hub_dialog.attach(self)
         self.resize(*default_size())
@@ -209,6 +217,13 @@ class MainWindow(QMainWindow):
         self.file_menu.addAction(self.open_action)
         self.file_menu.addAction(self.save_action)
         self.file_menu.addSeparator()
+        self.export_actions: list[QAction] = []
+        for title, kind in EXPORTS:
+            action = QAction(title, self)
+            action.triggered.connect(lambda _=False, k=kind: self.export_chat(k))
+            self.file_menu.addAction(action)
+            self.export_actions.append(action)
+        self.file_menu.addSeparator()
         self.file_menu.addAction(quit_action)
 
         self.load_action = QAction("Load", self)
@@ -229,6 +244,9 @@ class MainWindow(QMainWindow):
         self.picker_action = QAction("Model list", self, checkable=True, checked=True)
         self.picker_action.toggled.connect(self.picker.setVisible)
         self.view_menu.addAction(self.picker_action)
+        self.list_action = QAction("Conversation list", self, checkable=True)
+        self.list_action.setEnabled(False)  # until the history is installed
+        self.view_menu.addAction(self.list_action)
 
         self.report_action = QAction("Report…", self)
         self.report_action.setStatusTip(
@@ -257,7 +275,8 @@ class MainWindow(QMainWindow):
         self.picker.hub_id_entered.connect(self.open_location)
         self.settings_panel.changed.connect(c.set_settings)
         self.settings_panel.validity_changed.connect(lambda *_: self._update_actions())
-        self.chat.send_requested.connect(self.start_generation)
+        self.chat.question_asked.connect(self.ask)
+        self.chat.regenerate_requested.connect(self.ask_again)
         self.chat.stop_requested.connect(c.stop_answer)
 
         c.libraries_ready.connect(self._on_libraries)
@@ -272,7 +291,7 @@ class MainWindow(QMainWindow):
         self.estimate_view.model_bytes_known.connect(
             self.settings_panel.set_model_bytes
         )
-        c.settings_changed.connect(lambda _s: self._update_actions())
+        c.settings_changed.connect(lambda *_s: self._update_actions())
         c.load_started.connect(self._on_load_started)
         c.load_progressed.connect(self.load_bar.report)
         c.model_loaded.connect(self._on_loaded)
@@ -280,11 +299,11 @@ class MainWindow(QMainWindow):
         c.load_cancelled.connect(self._on_load_cancelled)
         c.model_unloaded.connect(self._on_unloaded)
         c.answer_started.connect(self._on_answer_started)
-        c.first_token.connect(self._on_first_token)
         c.answer_chunk.connect(self.chat.append_chunk)
         c.answer_finished.connect(self._on_answer)
         c.answer_failed.connect(self._on_answer_failed)
         c.answer_aborted.connect(self._on_answer_aborted)
+        c.chat_error.connect(self.show_error)
         c.compare_started.connect(self._update_actions)
         c.compare_ended.connect(self._update_actions)
         c.jobs_changed.connect(self._update_actions)
@@ -311,8 +330,7 @@ class MainWindow(QMainWindow):
         from gui.server_view import ServerView, marker_label
 
         # The server answers through the chat's queue; a model change switches it.
-        self.server_view = ServerView(c.generation_queue, c.loaded)
-        c.model_changed.connect(self.server_view.set_model)
+        self.server_view = ServerView(c)
         self.server_view.request_logged.connect(
             lambda r: self.monitor_view.add_marker(marker_label(r), r.time)
         )
@@ -447,7 +465,7 @@ class MainWindow(QMainWindow):
 
     def cancel_load(self) -> None:
         self.controller.cancel_load()
-        if self.controller.running("load") is not None:
+        if self.controller.running(JobKind.LOAD) is not None:
             self.load_label.setText("Cancelling…")
 
     def _on_load_started(self, ref: ModelRef, quant: QuantSettings) -> None:
@@ -456,7 +474,7 @@ class MainWindow(QMainWindow):
         )
         self._update_actions()
 
-    def _on_loaded(self, loaded: Any) -> None:
+    def _on_loaded(self, loaded: LoadedModel) -> None:
         self.load_bar.end()
         self._save_session()
         report = loaded.report
@@ -512,40 +530,85 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     # -- generation --
-    def start_generation(self, messages: Any, raw: bool) -> None:
+    def ask(self, question: str) -> Turn | None:
+        """Answer the question the chat just showed (kept in the history once the
+        history is installed, a moment after the first paint)."""
+        settings = self._sampling()
+        if settings is None:
+            self.chat.drop_last_question()
+            return None
+        if self.history is not None:
+            return self.history.ask(question, settings)
         try:
-            gen = self.chat.generation_settings()
+            return self.controller.ask(
+                question,
+                settings,
+                raw=self.chat.raw_check.isChecked(),
+                system=self.chat.system_edit.toPlainText(),
+            )
+        except NibbleError as exc:
+            self.chat.drop_last_question()
+            self.show_error(exc, "Cannot answer")
+            return None
+
+    def ask_again(self) -> Turn | None:
+        """Answer the last question again (the chat's Regenerate)."""
+        settings = self._sampling()
+        if settings is None or self.history is None:
+            return None
+        return self.history.ask_again(settings)
+
+    def _sampling(self) -> GenerationSettings | None:
+        try:
+            return self.chat.generation_settings()
         except NibbleError as exc:
             self.show_error(exc)
-            return
-        try:
-            if self.history is not None:  # keeps the question and the answer
-                self.history.send(messages, raw, gen)
-            else:
-                self.controller.send(messages, raw, gen)
-        except NibbleError as exc:
-            self.show_error(exc, "Cannot answer")
+            return None
 
     def install_history(self) -> None:
         """The conversation list beside the chat; the last conversation reopened."""
-        if self.history is None:
-            self.history = chat_history.install(self)
-
-    def _on_answer_started(self) -> None:
-        self._answer_first_at = None
-        self.chat.begin_answer()
-        waiting = self.controller.comparing
-        self.speed_status.setText(
-            "Waiting for the comparison…" if waiting else "Thinking…"
+        if self.history is not None:
+            return
+        history = chat_history.install(self)
+        self.history = history
+        # On a narrow screen the list starts hidden (View ▸ Conversation list shows
+        # it), so the window still fits; the chat's Clear then starts a new one.
+        screen = self.screen()
+        narrow = (
+            screen is not None and screen.availableGeometry().width() < NARROW_SCREEN
         )
+        self.list_action.setEnabled(True)
+        self.list_action.setChecked(not narrow)
+        self.list_action.toggled.connect(self._show_conversation_list)
+        self._show_conversation_list(not narrow)
+        self.chat.clear_starts_new = True
+        # The list's width comes out of the chat, not out of the settings column.
+        self.fit_middle_column()
+        history.notice.connect(self.show_notice)
+        history.error.connect(self.show_error)
+        history.status.connect(lambda text: self.statusBar().showMessage(text, 5000))
+
+    def _show_conversation_list(self, shown: bool) -> None:
+        if self.history is not None:
+            self.history.list.setVisible(shown)
+        self.chat.set_clear_visible(not shown)
+
+    def export_chat(self, kind: str) -> None:
+        """File ▸ Export: the open conversation ('md', 'json') or all ('all')."""
+        if self.history is None:
+            self.statusBar().showMessage("The history is still opening.", 4000)
+            return
+        self.history.export_current(kind)
+
+    def _on_answer_started(self, _turn: Turn) -> None:
+        self.chat.begin_answer()
+        self._show_progress()
         self._speed_timer.start()
         self._update_actions()
 
-    def _on_first_token(self) -> None:
-        self._answer_first_at = time.perf_counter()
-
-    def _on_answer(self, stats: Any) -> None:
+    def _on_answer(self, turn: Turn) -> None:
         self._speed_timer.stop()
+        stats = turn.stats
         self.chat.end_answer(stats.summary() if stats else "")
         if stats is not None and stats.tokens_per_s:
             mode = getattr(stats, "decode_mode", "plain")
@@ -558,7 +621,7 @@ class MainWindow(QMainWindow):
             self.speed_status.setText("")
         self._update_actions()
 
-    def _on_answer_failed(self, exc: Exception, _stats: Any) -> None:
+    def _on_answer_failed(self, _turn: Turn, exc: Exception) -> None:
         self._speed_timer.stop()
         error = exc if isinstance(exc, NibbleError) else NibbleError(str(exc))
         self.chat.end_answer(error=error)
@@ -566,25 +629,31 @@ class MainWindow(QMainWindow):
         self.show_error(exc, "Generation failed")
         self._update_actions()
 
-    def _on_answer_aborted(self) -> None:
+    def _on_answer_aborted(self, _turn: Turn) -> None:
         self._speed_timer.stop()
         self.chat.end_answer("stopped")
+        self._update_actions()
 
-    def _show_speed(self) -> None:
-        loaded = self.controller.loaded
-        if self._answer_first_at is None or loaded is None:
+    def _show_progress(self) -> None:
+        """Every 250 ms while answering: what the answer waits for, else the live
+        speed from the generator's own token count (nothing is tokenized here)."""
+        c = self.controller
+        waiting = c.waiting_line()
+        self.chat.set_waiting(waiting)
+        if waiting:
+            self.speed_status.setText(waiting)
             return
-        seconds = time.perf_counter() - self._answer_first_at
-        if loaded.tokenizer is not None and seconds > 0.3:
-            text = self.chat.current_answer()
-            tokens = len(loaded.tokenizer.encode(text, add_special_tokens=False))
-            self.speed_status.setText(f"{max(tokens - 1, 0) / seconds:.1f} tok/s")
+        speed = c.answer_speed()
+        if speed is not None:
+            self.speed_status.setText(f"{speed:.1f} tok/s")
+        elif c.first_token_at is None:
+            self.speed_status.setText("Thinking…")
 
     # -- state --
     def _update_actions(self) -> None:
         c = self.controller
-        loading = c.running("load") is not None
-        generating = c.running("answer") is not None
+        loading = c.running(JobKind.LOAD) is not None
+        generating = c.running(JobKind.ANSWER) is not None
         reason = ""
         if not c.ready:
             reason = "Waiting for torch, transformers and bitsandbytes to import…"
@@ -678,7 +747,14 @@ class MainWindow(QMainWindow):
         return [worker for _, worker in self.controller.jobs()]
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Save, then stop every job (CLOSE_DEADLINE_S in total), then close."""
+        """Save, keep the answer being written (marked stopped), stop every job, close.
+
+        Jobs that stop within a step (an answer, an export, a download, the
+        sampler) are waited for, CLOSE_DEADLINE_S in all; those that hold nothing
+        beyond the process and may take long to stop (the library import, a load,
+        a meta-device build, a call to the hub) are left to end with it, so the
+        window never lingers for them.
+        """
         if not self.hub_dialog.confirm_close():  # a download runs: the user may stay
             event.ignore()
             return
@@ -694,7 +770,7 @@ class MainWindow(QMainWindow):
             self.server_view.shutdown(CLOSE_DEADLINE_S / 2)
         # One deadline for everything: what the server took is not given again.
         left = CLOSE_DEADLINE_S - (time.monotonic() - started)
-        self.controller.stop_all(max(0.2, left))
+        self.controller.close_quickly(max(0.2, left))
         if self.history is not None:
             self.history.close()
         event.accept()

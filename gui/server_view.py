@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
@@ -33,8 +33,10 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import NibbleError
-from core.generation.queue import GenerationQueue
 from gui import workers
+
+if TYPE_CHECKING:
+    from gui.controller import Controller
 from server.handlers import RequestRecord
 from server.runner import (
     DEFAULT_PORT,
@@ -107,15 +109,12 @@ class ServerView(QWidget):
     request_logged = Signal(object)  # RequestRecord, on the UI thread
     _record_arrived = Signal(object)  # from the server's thread
 
-    def __init__(
-        self,
-        queue: GenerationQueue,
-        loaded: Any = None,
-        parent: QWidget | None = None,
-    ) -> None:
+    def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.queue = queue
-        self.loaded = loaded
+        self.controller = controller
+        self.queue = controller.generation_queue
+        self.loaded = controller.loaded
+        controller.model_changed.connect(self.set_model)
         self.server_thread: Any = None
         self.worker: workers.Worker | None = None
         self.error_text: str | None = None  # why the last start failed
@@ -318,25 +317,21 @@ class ServerView(QWidget):
         except NibbleError as exc:
             self._show_error(exc)
             return
-        worker = workers.ServerStartWorker(
-            self.queue, config, self._record_arrived.emit
-        )
+        worker = self.controller.start_server(config, self._record_arrived.emit)
         worker.returned.connect(self._on_started)
         worker.errored.connect(self._show_error)
         worker.finished.connect(self._on_worker_finished)
         self.worker = worker
-        workers.start(worker)
         self._refresh()
 
     def stop(self) -> None:
         """Stop serving; answers in flight are cancelled, the chat's are not."""
         if not self.serving or self.worker is not None:
             return
-        worker = workers.ServerStopWorker(self.server_thread)
+        worker = self.controller.stop_server(self.server_thread)
         worker.finished.connect(self._on_stopped)
         worker.finished.connect(self._on_worker_finished)
         self.worker = worker
-        workers.start(worker)
         self._refresh()
 
     def shutdown(self, timeout_s: float = 2.0) -> bool:

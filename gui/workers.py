@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
@@ -225,15 +225,18 @@ class JobWorker(Worker):
     """Streams one job of the core's GenerationQueue: `yielded(chunk)` per piece of
     text, then `returned(stats)`.
 
-    `stop()` ends the answer within one token (or takes it out of the queue while it
-    waits) and still returns its stats (stop reason "stopped"); `cancel()` (closing
-    the window) also stops it but emits `aborted`. A failed answer raises its
-    GenerationError after the stats of the partial run were kept in `stats`.
+    `items` is what to read (default: the job itself), e.g. a chat Turn's
+    `follow()`, which keeps the text as it passes. `stop()` ends the answer within
+    one token (or takes it out of the queue while it waits) and still returns its
+    stats (stop reason "stopped"); `cancel()` (closing the window) also stops it
+    but emits `aborted`. A failed answer raises its GenerationError after the stats
+    of the partial run were kept in `stats`.
     """
 
-    def __init__(self, job: Any) -> None:
+    def __init__(self, job: Any, items: Iterable[Any] | None = None) -> None:
         super().__init__()
         self.job = job
+        self.items = items if items is not None else job
         self.name = "answer"
         self.stats: Any = None
 
@@ -247,7 +250,7 @@ class JobWorker(Worker):
     def work(self) -> Any:
         from core.generation.decode import GenerationStats
 
-        for item in self.job:
+        for item in self.items:
             if isinstance(item, GenerationStats):
                 self.stats = item
             elif not self.cancelled:

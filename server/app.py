@@ -6,7 +6,9 @@ server/handlers.py; server/runner.py runs it with uvicorn.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +27,7 @@ from server.protocol import (
     CompletionRequest,
     validation_error,
 )
-from server.runner import ServerConfig
+from server.runner import ServerConfig, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Server:
             served_model_name=self.config.served_model_name,
             log_prompts=self.config.log_prompts,
             switcher=switcher,
+            default_max_tokens=self.config.default_max_tokens,
         )
         self.app = self._build_app()
 
@@ -92,6 +95,24 @@ class Server:
         if scheme.lower() != "bearer" or not given:
             given = headers.get("x-api-key", "")
         return hmac.compare_digest(given.strip().encode(), key.encode())
+
+    def host_allowed(self, headers: dict[str, str]) -> bool:
+        """Whether a keyless loopback server may answer a request with this Host."""
+        config = self.config
+        if config.api_key or not is_loopback(config.host):
+            return True
+        host = headers.get("host", "").strip().lower()
+        if host.startswith("["):
+            name = host[1 : host.find("]")] if "]" in host else host
+        else:
+            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        allowed = {h.lower().strip("[]") for h in (config.allowed_hosts or [])}
+        return (
+            name in allowed
+            or name == "localhost"
+            or name.endswith(".localhost")
+            or (bool(name) and is_loopback(name))
+        )
 
     def record(
         self,
@@ -223,6 +244,20 @@ class _KeyCheck:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scope.setdefault("state", {})["started"] = time.perf_counter()
+        if scope["type"] == "http" and not self.server.host_allowed(_headers(scope)):
+            # A keyless server on this machine answers only to its own names: a web
+            # page that re-points its domain at 127.0.0.1 (DNS rebinding) is refused.
+            error = ApiError(
+                403,
+                "this server answers only requests addressed to this machine "
+                "(Host: localhost or 127.0.0.1); set an API key to serve other names",
+                code="host_not_allowed",
+            )
+            self.server.record(
+                client_of(scope), scope["path"], 403, error=error.message
+            )
+            await JSONResponse(error.body(), 403)(scope, receive, send)
+            return
         if (
             scope["type"] == "http"
             and scope["method"] != "OPTIONS"
@@ -283,6 +318,13 @@ class _BodyLimit:
             await JSONResponse(error.body(), 413)(scope, receive, send)
             return
         body = b"".join(chunks)
+        refusal = _refuse_body(_headers(scope), body)
+        if refusal is not None:
+            self.server.record(
+                client_of(scope), scope["path"], refusal.status, error=refusal.message
+            )
+            await JSONResponse(refusal.body(), refusal.status)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Any:
@@ -293,3 +335,77 @@ class _BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+MAX_JSON_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_body(headers: dict[str, str], body: bytes) -> ApiError | None:
+    """A 4xx for a POST body no answer can come from, before FastAPI parses it.
+
+    JSON only (a form or text/plain POST is what a web page may send unasked);
+    no nesting deeper than any request needs (`[` × 100000 would exhaust the
+    parser's recursion); no lone surrogate (half of a UTF-16 pair) in any string,
+    which neither the tokenizer nor an error message could encode.
+    """
+    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        return ApiError(
+            415,
+            f"the body is {kind}, not JSON; send it with "
+            "'Content-Type: application/json'",
+            code="unsupported_media_type",
+        )
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH or _SURROGATE_ESCAPE.search(
+        body
+    ):
+        try:
+            data = json.loads(body)
+        except RecursionError:
+            return _too_deep()
+        except ValueError:
+            return None  # FastAPI answers malformed JSON itself
+        try:
+            problem = _walk(data, 0)
+        except RecursionError:
+            problem = "depth"
+        if problem == "depth":
+            return _too_deep()
+        if problem == "surrogate":
+            return ApiError(
+                400,
+                "a string holds a lone surrogate (half of a UTF-16 pair, like "
+                "\\ud800), which is not text; send valid Unicode",
+                code="invalid_unicode",
+            )
+    return None
+
+
+def _too_deep() -> ApiError:
+    return ApiError(
+        400,
+        f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels",
+        code="invalid_json",
+    )
+
+
+def _walk(value: Any, depth: int) -> str | None:
+    """'depth' or 'surrogate' for the first problem in a parsed body, else None."""
+    if depth > MAX_JSON_DEPTH:
+        return "depth"
+    if isinstance(value, str):
+        return "surrogate" if _HAS_SURROGATE.search(value) else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    for item in items:
+        problem = _walk(item, depth + 1)
+        if problem:
+            return problem
+    return None
+
+
+_HAS_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -113,6 +113,9 @@ class Serving:
     switcher
         Loads any servable model a request names; without one, only the loaded
         model is served.
+    default_max_tokens
+        A chat answer's length when the request names none: without it, one
+        request could ramble through the whole context while the chat waits.
     """
 
     def __init__(
@@ -122,7 +125,9 @@ class Serving:
         served_model_name: str | None = None,
         log_prompts: bool = False,
         switcher: ModelSwitcher | None = None,
+        default_max_tokens: int = 1024,
     ) -> None:
+        self.default_max_tokens = default_max_tokens
         self.switcher = switcher
         self._switching = asyncio.Lock()  # a request's model stays until it is queued
         self.queue = queue
@@ -306,6 +311,8 @@ class Serving:
         tools = plan.tools if plan is not None else None
         stop = stop_strings(body.stop)
         limit = context_length(loaded.model)
+        if limit is not None:
+            _refuse_by_length(tokenizer, messages, limit, chat)
         prompt_tokens = await asyncio.to_thread(
             _count_prompt_tokens, tokenizer, messages, raw, tools
         )
@@ -319,8 +326,9 @@ class Serving:
             )
         left = (limit - prompt_tokens) if limit is not None else 1_000_000
         asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
-        if asked is None and not chat:
-            asked = 16  # OpenAI's default for completions
+        if asked is None:
+            # OpenAI's default for completions; a bounded answer for chats.
+            asked = self.default_max_tokens if chat else 16
         settings = sampling(body, min(asked or left, left, 1_000_000))
         if self.log_prompts:
             logger.info("prompt from %s: %r", client_of(request.scope), messages)
@@ -521,6 +529,50 @@ def tool_plan(
     return ToolPlan(tuple(specs), fmt, constraint, parallel)
 
 
+def _text_chars(value: Any) -> int:
+    """Characters in every string of a prompt or a list of messages."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_chars(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
+_LONGEST_TOKEN: dict[int, int] = {}
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of this tokenizer stands for (an upper bound)."""
+    key = id(tokenizer)
+    if key not in _LONGEST_TOKEN:
+        vocab = tokenizer.get_vocab()
+        _LONGEST_TOKEN[key] = max((len(t) for t in vocab), default=1) or 1
+    return _LONGEST_TOKEN[key]
+
+
+def _refuse_by_length(tokenizer: Any, messages: Any, limit: int, chat: bool) -> None:
+    """A prompt that cannot fit, refused before the tokenizer sees it.
+
+    Tokenizing a few MiB costs hundreds of MB that the allocator keeps; no token
+    stands for more characters than the longest in the vocabulary (byte-level
+    tokens even stand for bytes, of which a character has one or more), so a
+    prompt of more than `limit` × that many characters (twice that, for margin)
+    is too long for certain.
+    """
+    chars = _text_chars(messages)
+    bound = 2 * limit * longest_token_chars(tokenizer)
+    if chars > bound:
+        raise ApiError(
+            400,
+            f"the prompt has {chars} characters, far more than the model's context "
+            f"of {limit} tokens can hold",
+            "messages" if chat else "prompt",
+            code="context_length_exceeded",
+        )
+
+
 def _count_prompt_tokens(
     tokenizer: Any, messages: Any, raw: bool, tools: Any = None
 ) -> int:
@@ -532,6 +584,9 @@ def _count_prompt_tokens(
 
 
 # -- one answer ------------------------------------------------------------------------
+
+
+CUT_OFF = "the answer was cut off before its end: the server stopped serving"
 
 
 def _finish_reason(stats: GenerationStats) -> str:
@@ -708,9 +763,13 @@ class _Answer:
                 calls, finish = found, "tool_calls"
                 content = content or None
         if stats.stop_reason == STOP_STOPPED:
-            self._record(499, "the client went away")
-        else:
-            self._record(200, finish=finish)
+            # The client left, or the server is stopping: a client still there
+            # learns the answer was cut, never a finish_reason of "stop".
+            self._record(499, "the answer was stopped before its end")
+            error = ApiError(503, CUT_OFF, code="server_stopped")
+            error.recorded = True
+            raise error
+        self._record(200, finish=finish)
         if self.chat:
             return dump(
                 ChatCompletion(
@@ -796,6 +855,8 @@ class _Answer:
                     yield self._chunk(shown, None, include_usage)
             stats = self.stats or GenerationStats()
             if stats.stop_reason == STOP_STOPPED:
+                error = ApiError(503, CUT_OFF, code="server_stopped")
+                yield f"data: {json.dumps(error.body())}\n\n"
                 return
             finish = _finish_reason(stats)
             if self.plan is not None:

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 8000
 MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_TOKENS = 1024
+MAX_CONNECTIONS = 64
+HEADER_TIMEOUT_S = 10.0
+"""A connection must send a whole request this soon after it opens (or after its
+last answer); trickled headers and idle sockets are closed then."""
 
 
 @dataclass
@@ -35,6 +40,11 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = MAX_BODY_BYTES
     log_prompts: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Host names a keyless server on 127.0.0.1 also answers to (besides localhost)."""
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    """The answer's length when a request names none (OpenAI's clients often don't)."""
+    max_connections: int = MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
@@ -43,6 +53,14 @@ class ServerConfig:
             )
         if self.api_key is not None and not self.api_key.strip():
             self.api_key = None
+        self.host = self.host.strip()
+        if self.host.startswith("[") and self.host.endswith("]"):
+            self.host = self.host[1:-1]  # [::1], as URLs write it
+        if int(self.default_max_tokens) < 1:
+            raise SettingsError(
+                f"a default of {self.default_max_tokens} answer tokens is not valid",
+                "use a whole number of 1 or more",
+            )
         check_bind(self.host, self.api_key)
 
     @property
@@ -96,6 +114,46 @@ def check_bind(host: str, api_key: str | None) -> None:
         )
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Bind `host`:`port` for a moment, so a failure is said before a model loads.
+
+    Raises
+    ------
+    NibbleError
+        What the system said, in words: the port is taken, the address is not
+        this machine's (or IPv6 is off), the port needs root.
+    """
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise NibbleError(
+            f"cannot listen on {host}: no such address or host name ({exc.strerror})",
+            "use 127.0.0.1, ::1 or an address of this machine",
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            why, hint = "the port is in use", "stop what uses it, or pick --port"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = "this machine has no such address"
+            hint = "use 127.0.0.1, or ::1 where IPv6 is on"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            why, hint = "permission denied", "use a port from 1024 up"
+        elif exc.errno == errno.EAFNOSUPPORT:
+            why, hint = "IPv6 is off on this machine", "use 127.0.0.1"
+        else:
+            why, hint = exc.strerror or str(exc), "pick another --host or --port"
+        raise NibbleError(f"cannot listen on {where}: {why}", hint) from None
+
+
 class ServerThread:
     """uvicorn on a background thread: start(), url, stop(). For the window and tests."""
 
@@ -131,6 +189,7 @@ class ServerThread:
         while not self._uvicorn.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
+                check_can_listen(config.host, config.port)
                 raise NibbleError(
                     f"cannot listen on {config.host}:{config.port}",
                     "the port may be in use; pick another with --port",
@@ -181,7 +240,39 @@ def _uvicorn_config(server: Server) -> Any:
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
+        http=_protocol(),
+        timeout_keep_alive=5,
+        limit_concurrency=server.config.max_connections,
     )
+
+
+def _protocol() -> Any:
+    """uvicorn's h11 protocol, closing a connection that sends no whole request in
+    HEADER_TIMEOUT_S after it opens or after its last answer (uvicorn itself waits
+    for trickled headers for ever)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class _Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def _arm(self) -> None:
+            self._armed = getattr(self, "_armed", 0) + 1
+            self.loop.call_later(HEADER_TIMEOUT_S, self._too_slow, self._armed)
+
+        def _too_slow(self, armed: int) -> None:
+            # Still waiting, since this timer was set, for a request's headers?
+            if armed == self._armed and self.conn.their_state is h11.IDLE:
+                if not self.transport.is_closing():
+                    self.transport.close()
+
+    return _Protocol
 
 
 def serve_forever(server: Server, ready: Callable[[str], Any] | None = None) -> None:
@@ -212,6 +303,7 @@ def serve_forever(server: Server, ready: Callable[[str], Any] | None = None) -> 
     except SystemExit:
         runner.started = False
     if not runner.started:
+        check_can_listen(server.config.host, server.config.port)
         raise NibbleError(
             f"cannot listen on {server.config.host}:{server.config.port}",
             "the port may be in use; pick another with --port",

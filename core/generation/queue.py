@@ -464,6 +464,21 @@ class GenerationQueue:
     def paused(self) -> bool:
         return self._paused
 
+    def jobs(self) -> list[Job]:
+        """The running jobs, then the waiting ones in order (cancelled ones left out)."""
+        with self._cond:
+            return [*self._active, *(j for j in self._waiting if not j.cancelled)]
+
+    def cancel(self, job: Job) -> None:
+        """Stop `job`: a waiting one ends now (its consumer gets a "stopped" stats at
+        once, not when a running job lets a place go), a running one within a token."""
+        job.cancel()
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._finish_unstarted(job)
+            self._cond.notify_all()
+
     def cancel_all(self) -> None:
         """Cancel every waiting job and stop the running ones."""
         with self._cond:

@@ -192,8 +192,18 @@ class CompareConfig:
     window: int = 512
     stride: int = 256
     top_k: int = 4096
+    streams: tuple[int, ...] = ()
+    """Optional concurrent streams dimension: for each count n, n greedy answers to
+    the prompt decode together through the generation queue; the row records the
+    aggregate and per-stream tok/s (e.g. (1, 4, 8))."""
 
     def __post_init__(self) -> None:
+        self.streams = tuple(int(n) for n in self.streams)
+        if any(not 1 <= n <= 64 for n in self.streams):
+            raise SettingsError(
+                f"concurrent streams must be 1 to 64, got {list(self.streams)}",
+                "e.g. 1,4,8",
+            )
         if not self.prompt.strip():
             raise SettingsError("the prompt is empty", "type a prompt for the answers")
         if self.new_tokens < 2:
@@ -263,6 +273,8 @@ class RowResult:
     top1_agreement: float | None = None
     answer: str | None = None
     decode_mode: str = "plain"
+    streams: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per concurrent-stream count ("4"): tokens, aggregate_tok_s, per_stream_tok_s."""
     row_s: float | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -296,6 +308,7 @@ CSV_MEASURES = (
     "kl_vs_baseline",
     "top1_agreement",
     "answer",
+    "streams",
     "row_s",
     "device",
 )
@@ -616,6 +629,11 @@ def run_row(
         row.decode_mode = (
             "compiled" if compiled else ("prompt lookup" if lookup else "plain")
         )
+        for n in config.streams:
+            say(f"{n} concurrent streams")
+            row.streams[str(n)] = measure_streams(
+                loaded, config.prompt, config.new_tokens, n, cancel
+            )
 
         def on_window(done: int, total: int) -> None:
             say(f"Perplexity window {done}/{total}")
@@ -637,6 +655,52 @@ def run_row(
         loader.unload(loaded)
     row.row_s = time.perf_counter() - started
     return row, reference
+
+
+def measure_streams(
+    loaded: Any,
+    prompt: str,
+    new_tokens: int,
+    streams: int,
+    cancel: threading.Event | None = None,
+) -> dict[str, float | None]:
+    """`streams` greedy answers decoded together by the generation queue: aggregate
+    tok/s (all tokens over the wall time) and the median answer's own decode tok/s."""
+    import statistics
+
+    from core.generation.decode import GenerationStats
+    from core.generation.queue import GenerationQueue, GenerationRequest
+    from core.settings import GenerationSettings
+
+    settings = GenerationSettings(greedy=True, max_new_tokens=new_tokens)
+    queue = GenerationQueue(loaded, limit=max(streams, 1), max_batch=streams)
+    stats: list[GenerationStats] = []
+    try:
+        queue.pause()
+        jobs = [
+            queue.submit(GenerationRequest(prompt, settings, source="compare"))
+            for _ in range(streams)
+        ]
+        started = time.perf_counter()
+        queue.resume()
+        for job in jobs:
+            for item in job:
+                if cancel is not None and cancel.is_set():
+                    queue.cancel_all()
+                if isinstance(item, GenerationStats):
+                    stats.append(item)
+        wall = time.perf_counter() - started
+    finally:
+        queue.close()
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("stopped")
+    tokens = sum(s.new_tokens for s in stats)
+    rates = [s.tokens_per_s for s in stats if s.tokens_per_s]
+    return {
+        "tokens": tokens,
+        "aggregate_tok_s": tokens / wall if wall > 0 else None,
+        "per_stream_tok_s": statistics.median(rates) if rates else None,
+    }
 
 
 def tokenize_eval(tokenizer: Any, config: CompareConfig) -> Any:

@@ -287,6 +287,7 @@ def _load(
     reporter = _Reporter(progress, cancel)
     started = time.perf_counter()
     reporter.emit(0, 0, f"Preparing {ref.name}")
+    memory.fix_mmap_threshold()  # from here on (docs/facts.md, "What a load holds")
     path = _local_path(ref, reporter)
     import_stack(bitsandbytes=quant.quantized)
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -315,6 +316,7 @@ def _load(
             f"no usable tokenizer for {ref.name}: {_first_line(exc)}",
             "the folder needs tokenizer.json or tokenizer_config.json and its vocab",
         ) from exc
+    memory.trim_heap()  # parsing the tokenizer freed more than the load will need
     kwargs: dict[str, Any] = {
         "device_map": device_map,
         "dtype": dtype,
@@ -345,7 +347,7 @@ def _load(
     except Exception as exc:
         del model
         free_memory()
-        raise _explain(exc, ref) from exc
+        raise _explain(exc, ref, quant, options) from exc
     if quant.quantized:
         # Only the unquantized rest (embeddings, norms) still points into the
         # checkpoint; the pages the quantization read go back (they would stay
@@ -520,22 +522,53 @@ def free_memory() -> None:
     memory.trim_heap()
 
 
+def _out_of_memory(
+    exc: BaseException,
+    ref: ModelRef,
+    quant: QuantSettings | None,
+    options: LoadOptions | None,
+) -> LoadError:
+    """Name an out-of-memory: what the load needed (the estimate's peak) and what
+    was free when it failed (NVML on a GPU, psutil on the CPU)."""
+    from core.model.estimate import estimate
+    from core.model.fit import probe_device
+    from core.model.ladder import oom_message
+
+    cuda = "cuda" in type(exc).__name__.lower() or "CUDA" in str(exc)
+    needed = free = None
+    with contextlib.suppress(Exception):
+        device = probe_device()
+        free = device.gpu_free_bytes if cuda else device.ram_available_bytes
+        needed = estimate(ref, quant, options, device=device).judged_bytes
+    return LoadError(
+        oom_message(f"loading {ref.name}", needed, free, "GPU" if cuda else "CPU"),
+        "pick nf4 + double quant, a shorter context or CPU offload: "
+        "python main.py generate ... --fit auto finds the first that fits",
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _explain(exc: Exception, ref: ModelRef) -> NibbleError:
+def _explain(
+    exc: Exception,
+    ref: ModelRef,
+    quant: QuantSettings | None = None,
+    options: LoadOptions | None = None,
+) -> NibbleError:
     """Turn a library exception into a message and hint the user can act on."""
     if isinstance(exc, NibbleError):
         return exc
     text = str(exc)
     name = type(exc).__name__
-    if "OutOfMemory" in name or "out of memory" in text.lower():
-        return LoadError(
-            f"{ref.name} does not fit in memory with these settings",
-            "pick a smaller preset (nf4), set max memory, or enable fp32 CPU offload",
-        )
+    if (
+        isinstance(exc, MemoryError)
+        or "OutOfMemory" in name
+        or "out of memory" in text.lower()
+    ):
+        return _out_of_memory(exc, ref, quant, options)
     if "deserializ" in text.lower() or (
         "header" in text.lower() and "safetensors" in text
     ):

@@ -421,3 +421,26 @@ def test_default_model_baseline_and_nf4() -> None:
     assert nf4.kl_vs_baseline > 0
     assert base.true_bytes > nf4.true_bytes
     assert base.bits == 32 and nf4.bits == 4
+
+
+def test_concurrent_streams_decode_together(tiny_dir) -> None:
+    from core.lab.compare import measure_streams
+    from core.model import catalog, loader
+    from core.settings import preset
+
+    loaded = loader.load(catalog.resolve(str(tiny_dir)), preset("nf4").quant)
+    try:
+        four = measure_streams(loaded, "Tell me about Paris.", 6, 4)
+    finally:
+        loader.unload(loaded)
+    assert four["tokens"] == 4 * 6
+    assert four["aggregate_tok_s"] > 0 and four["per_stream_tok_s"] > 0
+
+
+def test_stream_counts_out_of_range_are_refused() -> None:
+    from core.errors import SettingsError
+    from core.lab.compare import CompareConfig
+
+    with pytest.raises(SettingsError, match="concurrent streams must be 1 to 64"):
+        CompareConfig(streams=(0, 4))
+    assert CompareConfig(streams=("1", 4)).streams == (1, 4)

@@ -174,3 +174,26 @@ def test_a_constrained_answer_keeps_its_grammar_in_a_batch(tiny) -> None:
     assert queue.close()
     assert json.loads(text)["city"] in schema["properties"]["city"]["enum"]
     assert text == alone and stats.stop_reason == "eos"
+
+
+def test_one_at_a_time_says_why_and_still_answers(tiny) -> None:
+    from transformers import AutoConfig
+
+    from core.generation.batch import batching_blocker
+
+    queue = GenerationQueue(tiny, max_batch=1)
+    status = queue.status()
+    assert (status["batching"], status["batching_note"]) == (
+        False,
+        "the batch size is 1",
+    )
+    text, _ = collect(queue.submit(GenerationRequest(PROMPTS["mid"], greedy(6))))
+    assert text == generate_text(tiny, PROMPTS["mid"], greedy(6))[0]
+    assert queue.close()
+
+    class Sliding:  # what batching_blocker reads: the loaded model's config
+        model = type(
+            "M", (), {"config": AutoConfig.for_model("mistral", sliding_window=64)}
+        )
+
+    assert "sliding-window" in batching_blocker(Sliding)

@@ -222,7 +222,7 @@ def test_two_generate_runs_in_one_chat_pair_their_answers(
     history: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two `generate --save-to-chat 1` at once: each answer under its own question."""
-    from cli.chats import ChatRecorder
+    from cli.chats import keep_answer, save_to_chat
     from core.generation.decode import GenerationStats
     from core.model import catalog, loader
     from core.settings import GenerationSettings, LoadOptions, QuantSettings
@@ -232,12 +232,12 @@ def test_two_generate_runs_in_one_chat_pair_their_answers(
     )
     try:
         gen = GenerationSettings(seed=1)
-        one = ChatRecorder.open("1", "Q one", None, False)
-        two = ChatRecorder.open("1", "Q two", None, False)
-        one.ask()
-        two.ask()
-        two.save("A two", loaded, gen, GenerationStats(), False)
-        one.save("A one", loaded, gen, GenerationStats(), False)
+        one = save_to_chat("1", None).ask("Q one", gen, loaded=loaded)
+        two = save_to_chat("1", None).ask("Q two", gen, loaded=loaded)
+        for turn, text in ((two, "A two"), (one, "A one")):
+            turn.add(text)
+            turn.finish(GenerationStats())
+            keep_answer(turn)
     finally:
         loader.unload(loaded)
     code, out, err = run(["chats", "show", "1", "--json"], capsys)

@@ -22,14 +22,15 @@ def make(qtbot) -> ChatView:
 def test_enter_sends_and_shift_enter_adds_a_line(qtbot) -> None:
     chat = make(qtbot)
     sent = []
-    chat.send_requested.connect(lambda messages, raw: sent.append(messages))
+    chat.question_asked.connect(sent.append)
     chat.input.setPlainText("first line")
     chat.input.moveCursor(chat.input.textCursor().MoveOperation.End)
     QTest.keyClick(chat.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
     QTest.keyClicks(chat.input, "second")
     assert sent == [] and chat.input.toPlainText() == "first line\nsecond"
     QTest.keyClick(chat.input, Qt.Key.Key_Return)
-    assert sent == [[{"role": "user", "content": "first line\nsecond"}]]
+    assert sent == ["first line\nsecond"]
+    assert chat.messages_widgets[-1].text == "first line\nsecond"
     assert chat.input.toPlainText() == ""
     assert "Enter sends" in chat.keys_hint.text()
     assert "Shift+Enter" in chat.keys_hint.text()
@@ -91,3 +92,66 @@ def test_sampling_fields_come_from_the_metadata(qtbot) -> None:
     assert chat.sampling_toggle.text() == "Sampling: 99 tokens · greedy"
     for spec in fields_of(GenerationSettings):
         assert spec.description in chat.sampling_fields[spec.name].toolTip()
+
+
+def test_the_chat_follows_a_new_question_and_its_answer_at_the_bottom(qtbot) -> None:
+    """A new question and its streaming answer stayed below the fold."""
+    chat = make(qtbot)
+    chat.resize(500, 400)
+    chat.show()
+    qtbot.waitExposed(chat)
+    bar = chat.scroll.verticalScrollBar()
+    for i in range(6):
+        chat.add_message("user", f"question {i}\n" * 4)
+        chat.add_message("assistant", f"answer {i}\n" * 6)
+    qtbot.waitUntil(lambda: bar.maximum() > 0)
+    bar.setValue(bar.maximum())
+    chat.input.setPlainText("And now?")
+    chat.send()
+    chat.begin_answer()
+    for _ in range(40):
+        chat.append_chunk("more words of a long answer\n")
+        chat.flush()
+        qtbot.wait(5)
+    qtbot.waitUntil(lambda: bar.value() == bar.maximum() and bar.maximum() > 0)
+    assert chat.following
+    end = bar.maximum()
+
+    # Scrolled up to read, the chat stays where the user left it.
+    bar.setValue(0)
+    assert not chat.following
+    for _ in range(20):
+        chat.append_chunk("and more\n")
+        chat.flush()
+        qtbot.wait(5)
+    qtbot.waitUntil(lambda: bar.maximum() > end)
+    assert bar.value() == 0
+    chat.end_answer("12 tokens · eos")
+
+
+def test_an_answer_says_what_it_waits_for(qtbot) -> None:
+    chat = make(qtbot)
+    chat.input.setPlainText("hi")
+    chat.send()
+    chat.begin_answer()
+    answer = chat.messages_widgets[-1]
+    assert answer.body.text() == "…"
+    chat.set_waiting("Waiting behind 1 server request (120 tokens so far)…")
+    assert "Waiting behind 1 server request (120 tokens so far)" in answer.body.text()
+    chat.set_waiting("")
+    chat.append_chunk("Hello")
+    chat.flush()
+    assert answer.text == "Hello"
+    chat.end_answer("1 tokens · eos")
+    assert not chat.busy
+
+
+def test_a_stopped_answer_without_text_says_so(qtbot) -> None:
+    chat = make(qtbot)
+    chat.input.setPlainText("hi")
+    chat.send()
+    chat.begin_answer()
+    chat.end_answer("0 tokens · stopped")
+    answer = chat.messages_widgets[-1]
+    assert "Stopped before any text." in answer.body.text()
+    assert answer.stats_label.text() == "0 tokens · stopped"

@@ -263,3 +263,20 @@ def test_progress_moves_within_a_row(view: CompareView) -> None:
     assert view.progress.value() == round((1 + 0.775) * ROW_STEPS)
     assert view.progress.text().startswith("Row 2 of 2")
     assert view.eval_tokens.suffix() == " tokens"
+
+
+def test_concurrent_streams_are_optional(qtbot, controller) -> None:  # type: ignore[no-untyped-def]
+    from gui.compare_view import TABLE_COLUMNS, streams_text
+
+    widget = CompareView(controller)
+    qtbot.addWidget(widget)
+    assert widget.config().streams == ()
+    widget.streams_check.setChecked(True)
+    assert widget.config().streams == (1, 4, 8)
+    assert TABLE_COLUMNS[-1] == "Concurrent streams"
+    measured = {
+        "1": {"aggregate_tok_s": 30.0, "per_stream_tok_s": 30.0},
+        "4": {"aggregate_tok_s": 80.25, "per_stream_tok_s": 20.0},
+    }
+    assert streams_text(measured) == "1: 30.0 · 4: 80.2 (20.0 each)"
+    assert streams_text({}) == "—"

@@ -41,8 +41,8 @@ def test_stop_all_ends_every_job_within_one_deadline(
     loaded = _load(qtbot, controller, tiny_ref)
     assert controller.generation_queue.loaded is loaded
     with qtbot.waitSignal(controller.first_token, timeout=LONG):
-        controller.send(
-            "Once upon a time", True, GenerationSettings(max_new_tokens=4000)
+        controller.ask(
+            "Once upon a time", GenerationSettings(max_new_tokens=4000), raw=True
         )
     from core import monitor
 

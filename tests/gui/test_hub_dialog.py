@@ -136,7 +136,9 @@ def test_closing_the_window_asks_before_stopping_a_download(
 
 def test_errors_show_in_the_dialog(qtbot, fake: FakeHub, repo_dir: Path) -> None:
     fake.add_repo("nibble-test/gated", repo_dir, gated="manual")
-    dialog = HubDialog()
+    from gui.controller import Controller
+
+    dialog = HubDialog(Controller())
     qtbot.addWidget(dialog)
     dialog.show_plan_for("nibble-test/gated")
     qtbot.waitUntil(lambda: "is gated" in dialog.status.text(), timeout=60_000)

@@ -24,6 +24,17 @@ def tiny(tiny_dir: Path):
     loader.unload(loaded)
 
 
+def serving_view(qtbot, loaded, queue: GenerationQueue | None = None) -> ServerView:
+    """The Server tab over a controller that answers with `loaded`."""
+    from gui.controller import Controller
+
+    controller = Controller(queue=queue)
+    controller.app.take_loaded(loaded)
+    view = ServerView(controller)
+    qtbot.addWidget(view)
+    return view
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -35,9 +46,8 @@ def cell(view: ServerView, row: int, name: str) -> str:
 
 
 def test_start_a_request_in_the_log_then_stop(qtbot, tiny) -> None:
-    queue = GenerationQueue(tiny)
-    view = ServerView(queue, tiny)
-    qtbot.addWidget(view)
+    view = serving_view(qtbot, tiny)
+    queue = view.queue
     view.port_spin.setValue(free_port())
     assert view.stop_button.isEnabled() is False
     with qtbot.waitSignal(view.serving_changed, timeout=20_000) as started:
@@ -87,8 +97,7 @@ def test_start_a_request_in_the_log_then_stop(qtbot, tiny) -> None:
 
 
 def test_other_machines_need_a_key_and_snippets_copy(qtbot, tiny) -> None:
-    view = ServerView(GenerationQueue(tiny), tiny)
-    qtbot.addWidget(view)
+    view = serving_view(qtbot, tiny)
     view.remote_check.setChecked(True)
     view.start()
     assert "no API key is set" in view.status_label.text()
@@ -110,8 +119,7 @@ def test_other_machines_need_a_key_and_snippets_copy(qtbot, tiny) -> None:
 
 
 def test_a_port_in_use_is_reported(qtbot, tiny) -> None:
-    view = ServerView(GenerationQueue(tiny), tiny)
-    qtbot.addWidget(view)
+    view = serving_view(qtbot, tiny)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -157,8 +165,7 @@ def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) 
 
 def test_the_batch_size_shows_live(qtbot, tiny) -> None:
     queue = GenerationQueue(tiny, max_batch=4)
-    view = ServerView(queue, tiny)
-    qtbot.addWidget(view)
+    view = serving_view(qtbot, tiny, queue)
     queue.pause()
     story = GenerationSettings(greedy=True, max_new_tokens=200)
     jobs = [queue.submit(GenerationRequest("Tell me a story", story)) for _ in range(3)]

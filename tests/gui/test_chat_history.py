@@ -1,25 +1,35 @@
-"""The chat's history in the window: list, badges, variants, edit, regenerate with.
+"""The chat's history in the window: the list, badges, variants, edit and resend,
+Regenerate with..., export, and the last chat coming back after a restart.
 
-A stand-in controller with the real one's signals plays the model, so these tests
-check what the history does with questions and answers without loading anything.
+Most tests play the model with a stand-in controller that has the real one's signals,
+so they check what the history does with questions and answers without loading
+anything. The tests at the end open the whole window; one of them loads the real
+default model.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QCoreApplication, QObject, Signal
 
+from core.chat import Chat, Turn
 from core.generation.decode import GenerationStats
 from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, preset
+from core.store import conversations
 from core.store.conversations import ConversationStore
+from core.store.provenance import Provenance
+from core.store.session import Session
 from gui.chat_history import ChatHistory
 from gui.chat_view import ChatView
 from gui.conversation_list import ConversationList
+from gui.main_window import MainWindow
+from tests.gui.helpers import wait_threads
 
 REF = ModelRef("default", "SmolLM2-135M-Instruct")
 
@@ -49,28 +59,50 @@ def loaded_with(name: str) -> FakeLoaded:
 
 
 class FakeController(QObject):
-    """The controller's answer and load signals, and what was asked of it."""
+    """The controller's chat, answer and load signals, and what was asked of it.
 
-    answer_started = Signal()
+    The chat is the real core one; only the model is played: `answer()` streams
+    text into the turn and the view as the generation queue would.
+    """
+
+    answer_started = Signal(Turn)
     answer_chunk = Signal(str)
-    answer_finished = Signal(object)
-    answer_failed = Signal(object, object)
-    answer_aborted = Signal()
+    answer_finished = Signal(Turn)
+    answer_failed = Signal(Turn, Exception)
+    answer_aborted = Signal(Turn)
+    chat_error = Signal(Exception, str)
     model_loaded = Signal(object)
-    load_failed = Signal(object)
+    load_failed = Signal(Exception)
     load_cancelled = Signal()
 
     def __init__(self) -> None:
         super().__init__()
+        self.chat = Chat(None)
         self.loaded: Any = loaded_with("nf4")
         self.quant, self.options = self.loaded.quant, self.loaded.options
         self.sent: list[tuple[Any, bool, GenerationSettings]] = []
         self.loads: list[ModelRef] = []
+        self.turn: Turn | None = None
 
-    def send(self, messages: Any, raw: bool, settings: GenerationSettings) -> object:
-        self.sent.append((messages, raw, settings))
-        self.answer_started.emit()
-        return object()
+    def ask(
+        self, question: str, settings: GenerationSettings, *, raw=False, system=""
+    ) -> Turn:
+        turn = self.chat.ask(
+            question, settings, raw=raw, system=system, loaded=self.loaded
+        )
+        return self._start(turn)
+
+    def ask_again(self, settings, *, raw=False, answer_id=None) -> Turn | None:
+        turn = self.chat.again(
+            settings, raw=raw, loaded=self.loaded, answer_id=answer_id
+        )
+        return self._start(turn) if turn is not None else None
+
+    def _start(self, turn: Turn) -> Turn:
+        self.sent.append((turn.prompt, turn.raw, turn.settings))
+        self.turn = turn
+        self.answer_started.emit(turn)
+        return turn
 
     def load(self, ref: ModelRef) -> object:
         self.loads.append(ref)
@@ -80,12 +112,17 @@ class FakeController(QObject):
         self.quant, self.options = quant, options
 
     def answer(self, text: str, tokens: int = 5, speed: float = 20.0) -> None:
-        """Stream `text` and end the answer, as the generation queue would."""
-        for word in text.split(" "):
-            self.answer_chunk.emit(word if word == text.split(" ")[0] else " " + word)
-        self.answer_finished.emit(
+        """Stream `text` and end the answer, as the controller would."""
+        turn = self.turn
+        assert turn is not None
+        for i, word in enumerate(text.split(" ")):
+            chunk = word if i == 0 else " " + word
+            turn.add(chunk)
+            self.answer_chunk.emit(chunk)
+        turn.finish(
             GenerationStats(new_tokens=tokens, tokens_per_s=speed, stop_reason="eos")
         )
+        self.answer_finished.emit(turn)
 
 
 @pytest.fixture
@@ -99,21 +136,22 @@ def setup(qtbot, tmp_path: Path):
     chat.set_ready(True)
 
     # What the window does: the history stores the question, then the answer streams.
-    def send(messages: Any, raw: bool) -> None:
-        gen = history.prepare(messages, raw, chat.generation_settings())
-        controller.send(messages, raw, gen)
-
-    chat.send_requested.connect(send)
-    controller.answer_started.connect(chat.begin_answer)
+    chat.question_asked.connect(
+        lambda text: history.ask(text, chat.generation_settings())
+    )
+    chat.regenerate_requested.connect(
+        lambda: history.ask_again(chat.generation_settings())
+    )
+    controller.answer_started.connect(lambda _turn: chat.begin_answer())
     controller.answer_chunk.connect(chat.append_chunk)
-    controller.answer_finished.connect(lambda s: chat.end_answer(s.summary()))
+    controller.answer_finished.connect(lambda t: chat.end_answer(t.stats.summary()))
     yield chat, controller, history, store
     history.close()
 
 
 def variants_shown(chat: ChatView) -> str:
     """'2/2' when the last message shows its arrows, else ''."""
-    switcher = getattr(chat.messages_widgets[-1], "switcher", None)
+    switcher = chat.messages_widgets[-1].switcher
     return switcher.label.text() if switcher and not switcher.isHidden() else ""
 
 
@@ -121,7 +159,7 @@ def ask(qtbot, chat: ChatView, controller: FakeController, question: str, answer
     chat.input.setPlainText(question)
     chat.send()
     controller.answer(answer)
-    qtbot.waitUntil(lambda: hasattr(chat.messages_widgets[-1], "badge"))
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].badge is not None)
 
 
 def test_question_and_answer_are_kept_with_a_badge(qtbot, setup) -> None:
@@ -232,7 +270,7 @@ def test_edit_and_resend_then_delete(qtbot, setup) -> None:
     history.edit_and_resend(second, "And of Portugal?")
     assert controller.sent[-1][0][-1] == {"role": "user", "content": "And of Portugal?"}
     controller.answer("Lisbon.")
-    qtbot.waitUntil(lambda: hasattr(chat.messages_widgets[-1], "badge"))
+    qtbot.waitUntil(lambda: chat.messages_widgets[-1].badge is not None)
     texts = [m.text for m in store.get(history.current.id).messages]
     assert texts == ["Capital of Italy?", "Rome.", "And of Portugal?", "Lisbon."]
     history.delete_message(chat.messages_widgets[1].message_id)
@@ -301,3 +339,148 @@ def test_a_damaged_history_is_set_aside_with_a_notice(qtbot, tmp_path: Path) -> 
     assert "could not be read" in blocker.args[0]
     assert isinstance(history.list, ConversationList)
     history.close()
+
+
+# -- the whole window ----------------------------------------------------------
+
+
+def wait_for(condition, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        QCoreApplication.processEvents()
+        time.sleep(0.005)
+
+
+def open_window(qtbot) -> MainWindow:
+    window = MainWindow(Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    window.show()
+    wait_for(lambda: window.history is not None, 10)
+    return window
+
+
+@pytest.fixture
+def history_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One history file shared by the windows of a test."""
+    path = tmp_path / "conversations.db"
+    monkeypatch.setattr(conversations, "database_path", lambda: path)
+    return path
+
+
+def test_the_last_conversation_comes_back_after_a_restart(
+    qtbot, config_dir, history_file
+) -> None:
+    with ConversationStore(history_file) as store:
+        older = store.create()
+        store.add_message(older, "user", "What is the capital of France?")
+        store.add_answer(
+            older,
+            "Paris.",
+            Provenance(
+                "SmolLM2-135M-Instruct",
+                quant=preset("nf4").quant.to_dict(),
+                options=LoadOptions().to_dict(),
+                stats={"new_tokens": 3, "tokens_per_s": 21.0, "stop_reason": "eos"},
+            ),
+        )
+        newer = store.create()
+        store.add_message(newer, "user", "Name a colour")
+
+    first = open_window(qtbot)
+    assert first.chat_splitter.widget(0) is first.history.list
+    assert first.history.list.ids() == [newer, older]
+    assert first.chat.messages_widgets == []  # nothing was open before
+    first.history.list.opened.emit(older)
+    assert [w.text for w in first.chat.messages_widgets] == [
+        "What is the capital of France?",
+        "Paris.",
+    ]
+    first.close()
+
+    second = open_window(qtbot)
+    chat = second.chat
+    assert [w.text for w in chat.messages_widgets] == [
+        "What is the capital of France?",
+        "Paris.",
+    ]
+    answer = chat.messages_widgets[1]
+    assert answer.badge.text() == "nf4 · SmolLM2-135M"
+    assert "21.0 tok/s · 3 tokens · eos" in answer.stats_label.text()
+    assert second.history.list.current_id == older
+    second.close()
+
+
+@pytest.mark.slow
+def test_regenerate_with_int8_and_back_in_the_window(
+    qtbot, config_dir, history_file
+) -> None:
+    window = open_window(qtbot)
+    c = window.controller
+    try:
+        window.start_background()
+        wait_for(lambda: c.ready)
+        window.request_load()
+        wait_for(lambda: c.loaded is not None and c.running("load") is None)
+        assert c.loaded.quant == preset("nf4").quant
+        chat = window.chat
+        chat.max_tokens.setValue(8)
+        chat.input.setPlainText("What is the capital of France?")
+        with qtbot.waitSignal(c.answer_finished, timeout=120_000):
+            chat.send()
+        wait_for(lambda: chat.messages_widgets[-1].badge is not None, 10)
+        answer_id = chat.messages_widgets[-1].message_id
+
+        with qtbot.waitSignal(c.answer_finished, timeout=180_000):
+            window.history.regenerate_with(answer_id, "int8")
+        wait_for(lambda: not window.history.busy and c.running("load") is None, 10)
+        assert c.loaded.quant == preset("int8").quant
+        wait_for(lambda: chat.messages_widgets[-1].switcher is not None, 10)
+        widget = chat.messages_widgets[-1]
+        assert widget.switcher.label.text() == "2/2"
+        assert widget.badge.text() == "int8 · SmolLM2-135M"
+        bar = window.history.restore_bar
+        assert bar.back_button.text() == "Back to nf4"
+
+        with qtbot.waitSignal(c.model_loaded, timeout=180_000):
+            bar.back_button.click()
+        assert c.loaded.quant == preset("nf4").quant
+        assert window.settings_panel.settings()[0] == preset("nf4").quant
+
+        with ConversationStore(history_file) as store:
+            [info] = store.list()
+            message = store.get(info.id).messages[1]
+        nf4, int8 = (v.provenance for v in message.variants)
+        assert nf4.badge() == "nf4 · SmolLM2-135M"
+        assert int8.badge() == "int8 · SmolLM2-135M"
+        assert nf4.seed == int8.seed
+        assert nf4.generation == int8.generation
+        assert nf4.true_bytes < int8.true_bytes
+    finally:
+        window.close()
+        wait_threads(5.0)
+
+
+def test_file_menu_exports_the_open_conversation(
+    qtbot, config_dir, history_file, tmp_path, monkeypatch
+) -> None:
+    from gui import chat_history
+
+    with ConversationStore(history_file) as store:
+        cid = store.create()
+        store.add_message(cid, "user", "Hello")
+        store.set_last_open(cid)
+    window = open_window(qtbot)
+    target = tmp_path / "out.md"
+    monkeypatch.setattr(chat_history, "export_path", lambda *a: str(target))
+    titles = [a.text() for a in window.menu("File").actions()]
+    assert titles.index("Export conversation as Markdown…") < titles.index("Quit")
+    action = next(
+        a
+        for a in window.menu("File").actions()
+        if a.text() == "Export conversation as Markdown…"
+    )
+    action.trigger()
+    assert target.read_text().startswith("# Hello\n")
+    window.close()

@@ -1,0 +1,59 @@
+"""--fit on generate: refuse with the ladder, or apply its first rung that fits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli import main as cli
+from core.model import fit
+from core.model.estimate import estimate
+from core.model.fit import DeviceInfo
+from core.settings import PRESETS
+
+GiB = 2**30
+
+
+@pytest.fixture
+def tight_ram(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Available RAM forced between what nf4 + double quant and full precision need."""
+    roomy = DeviceInfo([], 64 * GiB, 32 * GiB, cuda=False)
+    full = estimate(str(tiny_dir), device=roomy).judged_bytes
+    dq = PRESETS["nf4-dq"]
+    small = estimate(str(tiny_dir), dq.quant, dq.load_options(), device=roomy)
+    assert small.judged_bytes < full
+    ram = (small.judged_bytes + full) // 2
+    monkeypatch.setattr(
+        fit, "probe_device", lambda: DeviceInfo([], 64 * GiB, ram, cuda=False)
+    )
+    return ram
+
+
+def test_generate_refuses_with_the_ladder(
+    tiny_dir: Path, tight_ram: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run(["generate", str(tiny_dir), "--device-map", "cpu", "-p", "Hi"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not fit here" in err
+    assert "1. nf4 + double quant" in err and "fits; cost:" in err
+    assert "2. context of" in err
+    assert "--fit auto" in err
+
+
+def test_fit_auto_applies_the_first_rung_and_answers(
+    tiny_dir: Path, tight_ram: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run([
+        "generate", str(tiny_dir), "--device-map", "cpu", "--fit", "auto", "--greedy",
+        "--max-new-tokens", "3", "-p", "Hi", "--json",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "applying nf4 + double quant" in err
+    data = json.loads(out)
+    assert data["settings"]["bnb_4bit_use_double_quant"] is True
+    assert data["report"]["quantized_linear_modules"]["Linear4bit"] == 14
+    assert data["stats"]["new_tokens"] == 3
