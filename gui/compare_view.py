@@ -83,6 +83,13 @@ COLUMN_TIPS = {
     "the baseline's on the same text; 0 for the baseline.",
     "Top-1 agreement": "How often this row's likeliest next token is the baseline's.",
 }
+DECODE_TIPS = {
+    "plain": "Each row decodes as transformers does by default.",
+    "compiled": "Each checked preset again, loaded with Fast decode (static cache "
+    "and a compiled decode step; the compile is part of its load time).",
+    "prompt lookup": "Each checked preset again, decoding with prompt lookup "
+    "(guesses copied from the prompt, checked in one step).",
+}
 FRONT_BRUSH = pg.mkBrush("#d9534f")
 ROW_STEPS = 1000  # progress-bar steps per row
 CHART_MIN_WIDTH = 300
@@ -132,13 +139,22 @@ class CompareView(QWidget):
                 check.setToolTip(PRESETS[name].description)
             rows_layout.addWidget(check, i // 4, i % 4)
             self.row_checks[name] = check
+        self.decode_checks: dict[str, QCheckBox] = {}
+        decode_row = QHBoxLayout()
+        for mode, tip in DECODE_TIPS.items():
+            check = QCheckBox(mode)
+            check.setChecked(mode == "plain")
+            check.setToolTip(tip)
+            decode_row.addWidget(check)
+            self.decode_checks[mode] = check
+        decode_row.addStretch(1)
         self.variations = QLineEdit()
         self.variations.setPlaceholderText(
             "nf4+bnb_4bit_compute_dtype=bfloat16, int8+llm_int8_threshold=4"
         )
         self.variations.setToolTip(
             "Extra rows, comma-separated: a preset, then +FIELD=VALUE for any "
-            "BitsAndBytesConfig field (or +dtype=...)."
+            "BitsAndBytesConfig field (or +dtype=..., +decode=compiled|lookup)."
         )
         self.tokens = QSpinBox()
         self.tokens.setRange(2, 1024)
@@ -157,6 +173,7 @@ class CompareView(QWidget):
             "generation queue, and each answer's own tok/s (in brackets)"
         )
         form = QFormLayout()
+        form.addRow("Decode modes", decode_row)
         form.addRow("Variations", self.variations)
         form.addRow("Timed answer", self.tokens)
         form.addRow("Evaluation text", self.eval_tokens)
@@ -278,7 +295,9 @@ class CompareView(QWidget):
 
     def row_items(self) -> list[str]:
         """The rows to run, in table order: checked presets, then variations."""
-        items = [n for n, check in self.row_checks.items() if check.isChecked()]
+        presets = [n for n, check in self.row_checks.items() if check.isChecked()]
+        modes = [m for m, check in self.decode_checks.items() if check.isChecked()]
+        items = compare.with_decode_modes(presets, modes)
         items += [v.strip() for v in self.variations.text().split(",") if v.strip()]
         return items
 
@@ -451,7 +470,7 @@ class CompareView(QWidget):
                     format_bytes(r.peak_rss_bytes),
                     format_bytes(r.true_bytes),
                     format_seconds(r.ttft_s),
-                    f"{r.tokens_per_s:.1f} tok/s" if r.tokens_per_s else "—",
+                    _speed(r),
                     _num(r.perplexity, "{:.3f}"),
                     _num(r.kl_vs_baseline, "{:.5f}"),
                     _num(r.top1_agreement, "{:.1%}"),
@@ -666,3 +685,11 @@ def _bars(
     plot.setXRange(-0.6, max(len(names) - 0.4, 0.6), padding=0)
     top = max((v for values in series for v in values), default=0.0)
     plot.setYRange(0, (top or 1.0) * (1.45 if labels else 1.1), padding=0)
+
+
+def _speed(row: compare.RowResult) -> str:
+    """'31.6 tok/s', with the decode mode when it is not plain."""
+    if not row.tokens_per_s:
+        return "—"
+    mode = "" if row.decode_mode == "plain" else f" · {row.decode_mode}"
+    return f"{row.tokens_per_s:.1f} tok/s{mode}"

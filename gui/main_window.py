@@ -611,7 +611,12 @@ class MainWindow(QMainWindow):
         stats = turn.stats
         self.chat.end_answer(stats.summary() if stats else "")
         if stats is not None and stats.tokens_per_s:
-            self.speed_status.setText(f"{stats.tokens_per_s:.1f} tok/s")
+            mode = getattr(stats, "decode_mode", "plain")
+            self.speed_status.setText(f"{stats.tokens_per_s:.1f} tok/s · {mode}")
+            note = getattr(stats, "decode_note", "")
+            self.speed_status.setToolTip(
+                f"Decode mode: {mode}" + (f" ({note})" if note else "")
+            )
         else:
             self.speed_status.setText("")
         self._update_actions()
