@@ -88,9 +88,11 @@ class Child:
         deadline = time.monotonic() + timeout
         while not ready():
             if self.proc.poll() is not None:
+                self.finish()
                 pytest.fail(f"ended before {what}: {self.stderr[-2000:]}")
             if time.monotonic() > deadline:
                 self.proc.kill()
+                self.finish()  # reaped here, not blamed on the next test
                 pytest.fail(f"no {what} in {timeout} s: {self.stderr[-2000:]}")
             time.sleep(0.05)
 
