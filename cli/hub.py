@@ -88,7 +88,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
         if plan.table is not None:
             print()
             print(render.estimate_table(plan.table))
-        elif plan.estimate_error:
+        if plan.ladder is not None:
+            print("\nIt does not fit with these settings; what would:")
+            for line in plan.ladder.lines():
+                print(f"  {line}")
+        if plan.table is None and plan.estimate_error:
             print(f"estimate: {plan.estimate_error}")
         sys.stdout.flush()
     if args.plan_only:

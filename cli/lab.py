@@ -111,6 +111,13 @@ def add_compare(sub: Any) -> None:
         default=None,
         help="a text file to score instead of the bundled one",
     )
+    p.add_argument(
+        "--decode",
+        default=None,
+        metavar="MODES",
+        help="run every row in each decode mode: plain, compiled, lookup "
+        "(comma-separated; default plain)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows")
     p.add_argument("--save-json", default=None, metavar="FILE", help="also write JSON")
@@ -219,6 +226,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     common = set_values(args.set)
     base = load_options_from_args(args)
     rows = args.quant if args.quant is not None else ",".join(compare.DEFAULT_ROWS)
+    if args.decode:
+        rows = ",".join(compare.with_decode_modes(rows.split(","), args.decode))
     specs = compare.parse_rows(rows, base, common)
     eval_text = textio.read_file(args.eval_file) if args.eval_file else None
     config = compare.CompareConfig(

@@ -64,7 +64,8 @@ def render_html(text: str, copied: int | None = None) -> str:
             f"<table width='100%' cellpadding='6' bgcolor='{_code_background()}'>"
             f"<tr><td><small>{html.escape(language)}</small></td>"
             f"<td align='right'><small>{link}</small></td></tr>"
-            f"<tr><td colspan='2'><pre style='font-family: monospace; margin: 0'>"
+            f"<tr><td colspan='2'><pre style='font-family: monospace; margin: 0; "
+            "white-space: pre-wrap'>"
             f"{code}</pre></td></tr></table>"
         )
         pos = match.end()
@@ -147,12 +148,14 @@ class MessageWidget(QFrame):
         )
         self.body.linkActivated.connect(self._on_link)
         self._copied: int | None = None
-        self.body.setSizePolicy(
-            QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum
-        )
+        # The pane's width decides the message's, never the longest line of its text:
+        # prose and code wrap (code keeps its indentation) instead of widening the chat.
+        self.body.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.body.setMinimumWidth(120)
         layout.addWidget(self.body)
         self.stats_label = QLabel()
         self.stats_label.setObjectName("hint")
+        self.stats_label.setWordWrap(True)
         self.stats_label.hide()
         layout.addWidget(self.stats_label)
         self._render()
@@ -296,6 +299,7 @@ class ChatView(QWidget):
         # -- messages --
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         holder = QWidget()
         holder.setObjectName("chat_holder")

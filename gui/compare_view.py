@@ -83,6 +83,13 @@ COLUMN_TIPS = {
     "the baseline's on the same text; 0 for the baseline.",
     "Top-1 agreement": "How often this row's likeliest next token is the baseline's.",
 }
+DECODE_TIPS = {
+    "plain": "Each row decodes as transformers does by default.",
+    "compiled": "Each checked preset again, loaded with Fast decode (static cache "
+    "and a compiled decode step; the compile is part of its load time).",
+    "prompt lookup": "Each checked preset again, decoding with prompt lookup "
+    "(guesses copied from the prompt, checked in one step).",
+}
 FRONT_BRUSH = pg.mkBrush("#d9534f")
 ROW_STEPS = 1000  # progress-bar steps per row
 CHART_MIN_WIDTH = 300
@@ -132,13 +139,22 @@ class CompareView(QWidget):
                 check.setToolTip(PRESETS[name].description)
             rows_layout.addWidget(check, i // 4, i % 4)
             self.row_checks[name] = check
+        self.decode_checks: dict[str, QCheckBox] = {}
+        decode_row = QHBoxLayout()
+        for mode, tip in DECODE_TIPS.items():
+            check = QCheckBox(mode)
+            check.setChecked(mode == "plain")
+            check.setToolTip(tip)
+            decode_row.addWidget(check)
+            self.decode_checks[mode] = check
+        decode_row.addStretch(1)
         self.variations = QLineEdit()
         self.variations.setPlaceholderText(
             "nf4+bnb_4bit_compute_dtype=bfloat16, int8+llm_int8_threshold=4"
         )
         self.variations.setToolTip(
             "Extra rows, comma-separated: a preset, then +FIELD=VALUE for any "
-            "BitsAndBytesConfig field (or +dtype=...)."
+            "BitsAndBytesConfig field (or +dtype=..., +decode=compiled|lookup)."
         )
         self.tokens = QSpinBox()
         self.tokens.setRange(2, 1024)
@@ -157,6 +173,7 @@ class CompareView(QWidget):
             "generation queue, and each answer's own tok/s (in brackets)"
         )
         form = QFormLayout()
+        form.addRow("Decode modes", decode_row)
         form.addRow("Variations", self.variations)
         form.addRow("Timed answer", self.tokens)
         form.addRow("Evaluation text", self.eval_tokens)
@@ -278,7 +295,9 @@ class CompareView(QWidget):
 
     def row_items(self) -> list[str]:
         """The rows to run, in table order: checked presets, then variations."""
-        items = [n for n, check in self.row_checks.items() if check.isChecked()]
+        presets = [n for n, check in self.row_checks.items() if check.isChecked()]
+        modes = [m for m, check in self.decode_checks.items() if check.isChecked()]
+        items = compare.with_decode_modes(presets, modes)
         items += [v.strip() for v in self.variations.text().split(",") if v.strip()]
         return items
 
@@ -369,6 +388,10 @@ class CompareView(QWidget):
         if failed:
             text += f"; failed: {', '.join(failed)} (see the table)"
         self.status.setText(text + ".")
+        self._end_progress(
+            f"Done: {len(result.rows)} rows"
+            + (f", {len(failed)} failed" if failed else "")
+        )
         self.run_finished.emit(result)
 
     def _on_errored(self, exc: object) -> None:
@@ -379,6 +402,7 @@ class CompareView(QWidget):
             )
         self._show_error(exc)
         self.status.setText("The comparison stopped.")
+        self._end_progress("Stopped")
         self.run_finished.emit(None)
 
     def _on_aborted(self) -> None:
@@ -389,7 +413,13 @@ class CompareView(QWidget):
         )
         if self.rows:
             self._draw(self.rows)
+        self._end_progress(f"Cancelled after {done} of {self._rows_total} rows")
         self.run_finished.emit(None)
+
+    def _end_progress(self, text: str) -> None:
+        """The bar says how the run ended instead of its last row's counter."""
+        self.progress.setValue(len(self.rows) * ROW_STEPS)
+        self.progress.setFormat(text)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -451,7 +481,7 @@ class CompareView(QWidget):
                     format_bytes(r.peak_rss_bytes),
                     format_bytes(r.true_bytes),
                     format_seconds(r.ttft_s),
-                    f"{r.tokens_per_s:.1f} tok/s" if r.tokens_per_s else "—",
+                    _speed(r),
                     _num(r.perplexity, "{:.3f}"),
                     _num(r.kl_vs_baseline, "{:.5f}"),
                     _num(r.top1_agreement, "{:.1%}"),
@@ -581,6 +611,7 @@ def _table(columns: tuple[str, ...]) -> QTableWidget:
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     header.setStretchLastSection(True)
     table.setWordWrap(True)
+    table.setTabKeyNavigation(False)  # one Tab stop; the arrows move inside
     return table
 
 
@@ -608,6 +639,9 @@ def _fill(table: QTableWidget, rows: list[list[str]]) -> None:
             item = QTableWidgetItem(str(text))
             item.setToolTip(str(text))
             table.setItem(i, j, item)
+    # Wrapped cells (the last column stretches to the pane) get the height they need,
+    # instead of being cut at one line.
+    table.resizeRowsToContents()
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -620,6 +654,7 @@ def _plot(title: str) -> pg.PlotWidget:
     plot.showGrid(y=True, alpha=0.3)
     plot.setMouseEnabled(x=False, y=False)
     plot.setMinimumSize(CHART_MIN_WIDTH, 200)
+    plot.getViewBox().sigResized.connect(lambda *_: _fit_headroom(plot))
     return plot
 
 
@@ -647,8 +682,10 @@ def _bars(
 ) -> None:
     plot.clear()
     if labels and plot.plotItem.legend is None:
-        # Top right, over the headroom left above the bars.
-        plot.addLegend(offset=(-10, 5), labelTextSize="8pt")
+        # One line across the top, in the headroom left above the bars, so it never
+        # stacks down over them (on screen and in the exported PNG).
+        legend = plot.addLegend(offset=(10, 5), labelTextSize="8pt")
+        legend.setColumnCount(len(labels))
     colors = colors or ["#5b8ff9"]
     width = 0.8 / len(series)
     for k, values in enumerate(series):
@@ -664,5 +701,26 @@ def _bars(
         )
     plot.getAxis("bottom").setTicks([list(enumerate(names))])
     plot.setXRange(-0.6, max(len(names) - 0.4, 0.6), padding=0)
-    top = max((v for values in series for v in values), default=0.0)
-    plot.setYRange(0, (top or 1.0) * (1.45 if labels else 1.1), padding=0)
+    _fit_headroom(plot)
+
+
+def _fit_headroom(plot: pg.PlotWidget) -> None:
+    """Leave room above the tallest bar for the legend's line at the current size."""
+    bars = [i for i in plot.plotItem.items if isinstance(i, pg.BarGraphItem)]
+    if not bars:
+        return
+    top = max((float(max(b.opts["height"], default=0.0)) for b in bars), default=0.0)
+    legend = plot.plotItem.legend
+    height = plot.getViewBox().height()
+    share = 0.0
+    if legend is not None and height > 0:
+        share = min((legend.boundingRect().height() + 12) / height, 0.6)
+    plot.setYRange(0, (top or 1.0) * 1.1 / (1.0 - share), padding=0)
+
+
+def _speed(row: compare.RowResult) -> str:
+    """'31.6 tok/s', with the decode mode when it is not plain."""
+    if not row.tokens_per_s:
+        return "—"
+    mode = "" if row.decode_mode == "plain" else f" · {row.decode_mode}"
+    return f"{row.tokens_per_s:.1f} tok/s{mode}"

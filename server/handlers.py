@@ -365,6 +365,7 @@ def sampling(body: Any, max_new: int) -> GenerationSettings:
         repetition_penalty=float(body.repetition_penalty or 1.0),
         seed=body.seed,
         greedy=temperature == 0,
+        prompt_lookup=bool(body.prompt_lookup),
     )
 
 

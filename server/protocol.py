@@ -183,6 +183,8 @@ class _Sampling(_Shape):
     presence_penalty: Number | None = _number(-2.0, 2.0)
     frequency_penalty: Number | None = _number(-2.0, 2.0)
     seed: Integer | None = _number(integer=True, setting=True)
+    # Nibble's own: decode with prompt lookup (GenerationSettings.prompt_lookup).
+    prompt_lookup: Flag | None = None
     max_tokens: Integer | None = _number(1, 1_000_000, integer=True)
     stop: Text | list[Text] | None = None
     # Refused unless they ask for what is done anyway (see `refuse_unsupported`).

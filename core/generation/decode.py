@@ -23,6 +23,10 @@ STOP_MAX = "max tokens"
 STOP_STOPPED = "stopped"
 STOP_ERROR = "error"
 STOP_STRING = "stop string"
+MODE_PLAIN = "plain"
+MODE_COMPILED = "compiled"
+MODE_LOOKUP = "prompt lookup"
+DECODE_MODES = (MODE_PLAIN, MODE_COMPILED, MODE_LOOKUP)
 
 
 @dataclass
@@ -36,6 +40,10 @@ class GenerationStats:
     total_s: float = 0.0
     stop_reason: str = STOP_EOS
     error: str | None = None
+    decode_mode: str = MODE_PLAIN
+    """How the tokens were produced: plain, compiled or prompt lookup."""
+    decode_note: str = ""
+    """Why the asked-for mode was not used, when it was not ('' otherwise)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -53,6 +61,8 @@ class GenerationStats:
             parts.append(f"{self.ttft_s:.2f} s to first token")
         parts.append(f"{self.new_tokens} tokens")
         parts.append(self.stop_reason)
+        if self.decode_mode != MODE_PLAIN:
+            parts.append(self.decode_mode)
         return " · ".join(parts)
 
 
@@ -246,6 +256,11 @@ def stream(
     result: dict[str, Any] = {}
     kwargs = settings.generate_kwargs()
     kwargs["max_new_tokens"] = max_new
+    mode, note = decode_mode(loaded, settings, constraint or logits_processor)
+    if mode != MODE_LOOKUP:
+        kwargs.pop("prompt_lookup_num_tokens", None)
+    if mode == MODE_COMPILED:
+        note = _cache_bucket(loaded, kwargs, prompt_tokens + max_new, note)
     if tokenizer.pad_token_id is None:
         kwargs["pad_token_id"] = tokenizer.eos_token_id
     processors = request_processors(
@@ -290,7 +305,12 @@ def stream(
         halt.set()
         thread.join()
     ended = time.perf_counter()
-    stats = GenerationStats(prompt_tokens=prompt_tokens, total_s=ended - started)
+    stats = GenerationStats(
+        prompt_tokens=prompt_tokens,
+        total_s=ended - started,
+        decode_mode=mode,
+        decode_note=note,
+    )
     first = timing.get("first")
     if first is not None:
         stats.ttft_s = first - started
@@ -314,6 +334,49 @@ def stream(
     else:
         stats.stop_reason = STOP_EOS
     yield stats
+
+
+def decode_mode(
+    loaded: LoadedModel,
+    settings: GenerationSettings,
+    constraint: Any = None,
+) -> tuple[str, str]:
+    """The mode one request decodes in, and why it is not the one asked for ('').
+
+    Prompt lookup checks several guessed tokens in one forward pass; a grammar's
+    state cannot be rolled back over rejected guesses, and a compiled decode step
+    is shaped for one token at a time, so both decode without it. `constraint` is
+    the request's grammar or own logits processor (either may keep state).
+    """
+    compiled = is_compiled(loaded)
+    if settings.prompt_lookup:
+        if constraint is not None:
+            mode = MODE_COMPILED if compiled else MODE_PLAIN
+            return mode, "prompt lookup is off for answers held to a grammar"
+        if compiled:
+            return MODE_COMPILED, "prompt lookup is off while fast decode is on"
+        return MODE_LOOKUP, ""
+    return (MODE_COMPILED if compiled else MODE_PLAIN), ""
+
+
+def is_compiled(loaded: LoadedModel) -> bool:
+    """Whether the model decodes with a static cache and a compiled step."""
+    return bool(getattr(loaded, "fast_decode", None))
+
+
+def _cache_bucket(
+    loaded: LoadedModel, kwargs: dict[str, Any], needed: int, note: str
+) -> str:
+    """Size the static cache to its bucket; a new bucket recompiles, and says so."""
+    fast = loaded.fast_decode
+    bucket = fast.bucket(needed)
+    kwargs["max_cache_len"] = bucket
+    if bucket in fast.buckets:
+        return note
+    fast.buckets.add(bucket)
+    line = f"recompiled the decode step for a {bucket:,}-token cache"
+    logger.info(line)
+    return f"{note}; {line}" if note else line
 
 
 def _until_stop(

@@ -29,6 +29,7 @@ from core.generation.decode import (
     GenerationStats,
     Message,
     context_length,
+    is_compiled,
     stream,
 )
 from core.model.loader import LoadedModel
@@ -564,6 +565,8 @@ class GenerationQueue:
             and self.max_batch > 1
             and id(loaded.model) not in self._blocked
             and batching_blocker(loaded) is None
+            # A compiled decode step has the static shapes of one answer.
+            and not is_compiled(loaded)
         )
 
     def _admit(self, batch: Batch | None) -> list[Job]:
@@ -609,7 +612,7 @@ class GenerationQueue:
                 if not picked and not self._active:
                     return
             for job in picked:
-                if not self._can_batch(loaded):
+                if not self._can_batch(loaded) or _lookup_alone(job, batch):
                     self._run_alone(job, loaded)
                     continue
                 assert loaded is not None
@@ -690,6 +693,10 @@ class GenerationQueue:
         del seqs[job_id]
         job = next(j for j in self._active if j.id == job_id)
         job.stats = seq.stats()
+        if job.request.settings is not None and job.request.settings.prompt_lookup:
+            job.stats.decode_note = (
+                "prompt lookup is off while other answers decode in the same batch"
+            )
         if error is None and seq.error is not None:
             error = (
                 seq.error
@@ -758,3 +765,13 @@ class GenerationQueue:
             job.error = GenerationError(f"generation failed: {exc}", "see the log")
             job.stats = GenerationStats(stop_reason=STOP_ERROR, error=str(exc))
             job._put(job.stats)
+
+
+def _lookup_alone(job: Job, batch: Batch | None) -> bool:
+    """Whether `job` decodes alone with prompt lookup: it asks for it and no batch is
+    running (prompt lookup checks several tokens of one answer per step; in a batch
+    the answer decodes plain and its stats say so)."""
+    settings = job.request.settings
+    if settings is None or not settings.prompt_lookup:
+        return False
+    return batch is None or not batch.rows

@@ -208,6 +208,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     table: Any = None  # core.model.estimate.Table
     estimate_error: str = ""
+    ladder: Any = None  # core.model.ladder.Ladder, when the settings do not fit
 
     @property
     def total_bytes(self) -> int:
@@ -272,6 +273,7 @@ class Plan:
             "warnings": list(self.warnings),
             "estimate": self.table.to_dict() if self.table is not None else None,
             "estimate_error": self.estimate_error or None,
+            "ladder": self.ladder.to_dict() if self.ladder is not None else None,
         }
 
 
@@ -497,6 +499,21 @@ def _add_estimate(
             batch=batch,
             device=device,
         )
+        current = result.table.current
+        if current.verdict == "does not fit":
+            from core.model import catalog
+            from core.model.ladder import ladder
+
+            result.ladder = ladder(
+                source,
+                quant,
+                options,
+                current.context,
+                batch,
+                result.table.device,
+                [r for r in catalog.scan_cache() if r.path is not None],
+                current,
+            )
     except NibbleError as exc:
         result.estimate_error = exc.message
     except Exception as exc:  # an architecture this transformers cannot build

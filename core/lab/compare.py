@@ -63,12 +63,15 @@ class RowSpec:
     quant: QuantSettings
     options: LoadOptions
     title: str = ""
+    decode: str = "plain"
+    """The decode mode: plain, compiled (loads with fast decode) or prompt lookup."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "settings": self.quant.to_dict(),
             "options": self.options.to_dict(),
+            "decode": self.decode,
         }
 
 
@@ -135,11 +138,47 @@ def _parse_row(text: str, base: LoadOptions, common: dict[str, str] | None) -> R
     if quant.quantized and common:
         values = {**common, **values}
     dtype = values.pop("dtype", dtype)
+    mode = decode_mode_of(values.pop("decode", "plain"))
     quant = quant.with_values(values)
-    options = LoadOptions.from_dict({**base.to_dict(), "dtype": dtype})
+    options = LoadOptions.from_dict(
+        {**base.to_dict(), "dtype": dtype, "fast_decode": mode == "compiled"}
+    )
     if changes:
         title = f"{title} ({', '.join(changes)})"
-    return RowSpec(text.lower() if not changes else text, quant, options, title)
+    return RowSpec(text.lower() if not changes else text, quant, options, title, mode)
+
+
+DECODE_ALIASES = {"lookup": "prompt lookup", "prompt_lookup": "prompt lookup"}
+
+
+def with_decode_modes(items: Sequence[str], modes: str | Sequence[str]) -> list[str]:
+    """Each row once per decode mode: 'nf4' with compiled → 'nf4', 'nf4+decode=compiled'.
+
+    `modes` is a list or comma-separated text of plain, compiled, lookup; the rows
+    without plain are left out when plain is not among them.
+    """
+    if isinstance(modes, str):
+        modes = [m for m in modes.split(",") if m.strip()]
+    wanted = [decode_mode_of(m) for m in modes] or ["plain"]
+    out = list(items) if "plain" in wanted else []
+    for mode in wanted:
+        if mode != "plain":
+            word = "lookup" if mode == "prompt lookup" else mode
+            out += [f"{item}+decode={word}" for item in items]
+    return out
+
+
+def decode_mode_of(text: str) -> str:
+    """A row's decode mode from '+decode=…' (plain, compiled, lookup)."""
+    from core.generation.decode import DECODE_MODES
+
+    mode = DECODE_ALIASES.get(text.strip().lower(), text.strip().lower())
+    if mode not in DECODE_MODES:
+        raise SettingsError(
+            f"decode mode {text!r} is not known",
+            "use +decode=plain, +decode=compiled or +decode=lookup",
+        )
+    return mode
 
 
 @dataclass
@@ -233,6 +272,7 @@ class RowResult:
     kl_vs_baseline: float | None = None
     top1_agreement: float | None = None
     answer: str | None = None
+    decode_mode: str = "plain"
     streams: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Per concurrent-stream count ("4"): tokens, aggregate_tok_s, per_stream_tok_s."""
     row_s: float | None = None
@@ -261,6 +301,7 @@ CSV_MEASURES = (
     "bits",
     "ttft_s",
     "tokens_per_s",
+    "decode_mode",
     "new_tokens",
     "perplexity",
     "eval_tokens",
@@ -552,6 +593,7 @@ def run_row(
     """
     say = progress or (lambda message: None)
     row = RowResult(spec.name, spec.title, spec.quant.to_dict(), spec.options.to_dict())
+    row.decode_mode = spec.decode
     started = time.perf_counter()
     loaded = None
 
@@ -577,8 +619,15 @@ def run_row(
         row.bits = _bits(spec, report)
         row.warnings = list(report.warnings)
         say("Answering the prompt")
+        lookup = spec.decode == "prompt lookup"
         row.answer, row.ttft_s, row.tokens_per_s, row.new_tokens = (
-            measure.measure_generation(loaded, config.prompt, config.new_tokens, cancel)
+            measure.measure_generation(
+                loaded, config.prompt, config.new_tokens, cancel, prompt_lookup=lookup
+            )
+        )
+        compiled = loaded.fast_decode is not None and loaded.fast_decode.active
+        row.decode_mode = (
+            "compiled" if compiled else ("prompt lookup" if lookup else "plain")
         )
         for n in config.streams:
             say(f"{n} concurrent streams")

@@ -238,8 +238,12 @@ def measure_generation(
     prompt: str,
     new_tokens: int,
     cancel: threading.Event | None = None,
+    prompt_lookup: bool = False,
 ) -> tuple[str, float | None, float | None, int]:
     """Greedy decode exactly `new_tokens` tokens: (answer, TTFT s, tok/s, tokens).
+
+    `prompt_lookup` decodes with prompt lookup; a model loaded with fast decode
+    decodes compiled (its static cache sized to its bucket).
 
     End-of-sequence does not stop the run, so every row decodes the same count; the
     answer is the text up to the first end-of-sequence token, as a chat would show it.
@@ -290,6 +294,12 @@ def measure_generation(
     config.temperature = config.top_p = config.top_k = None
     config.max_new_tokens = new_tokens  # with no eos, exactly this many
     config.max_length = None
+    if prompt_lookup:
+        from core.settings.generation import PROMPT_LOOKUP_TOKENS
+
+        config.prompt_lookup_num_tokens = PROMPT_LOOKUP_TOKENS
+    if decode.is_compiled(loaded):
+        config.max_cache_len = loaded.fast_decode.bucket(prompt_len + new_tokens)
     started = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -298,7 +308,6 @@ def measure_generation(
             streamer=_Clock(),
             stopping_criteria=StoppingCriteriaList([_Cancel()]),
         )
-    ended = time.perf_counter()
     if cancel is not None and cancel.is_set():
         raise CancelledError("Comparison cancelled")
     new = out[0, prompt_len:].tolist()
@@ -307,6 +316,7 @@ def measure_generation(
     # stamps[0] is the prompt, stamps[1] the first new token.
     ttft = stamps[1] - started if len(stamps) > 1 else None
     speed = None
-    if len(stamps) > 2 and ended > stamps[1]:
-        speed = (len(stamps) - 2) / (stamps[-1] - stamps[1])
+    # Tokens, not streamer calls: prompt lookup hands over several at a time.
+    if len(new) > 1 and len(stamps) > 2 and stamps[-1] > stamps[1]:
+        speed = (len(new) - 1) / (stamps[-1] - stamps[1])
     return answer, ttft, speed, len(new)

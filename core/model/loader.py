@@ -77,6 +77,8 @@ class LoadedModel:
     ref: ModelRef
     quant: QuantSettings
     options: LoadOptions
+    fast_decode: Any = None
+    """core.model.fast_decode.FastDecode when the load asked for fast decode."""
 
     @property
     def device(self) -> Any:
@@ -352,8 +354,11 @@ def _load(
         # resident through the mapping).
         memory.release_checkpoint_pages(model)
     free_memory()
+    fast = _fast_decode(model, tokenizer, quant, options, reporter, cancel)
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
+    if fast is not None and fast.note:
+        report.warnings.append(fast.note)
     if quant.quantized and report.quantized_count == 0:
         report.warnings.append(
             f"asked for {quant.label()} but no Linear layer was quantized: "
@@ -362,7 +367,35 @@ def _load(
     report.warnings[:0] = ref.warnings
     reporter.emit(1, 1, "Loaded")
     logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
-    return LoadedModel(model, tokenizer, report, ref, quant, options)
+    return LoadedModel(model, tokenizer, report, ref, quant, options, fast)
+
+
+def _fast_decode(
+    model: Any,
+    tokenizer: Any,
+    quant: QuantSettings,
+    options: LoadOptions,
+    reporter: _Reporter,
+    cancel: Cancel,
+) -> Any:
+    """Compile the decode step when the options ask for it (a stage of the load)."""
+    if not options.fast_decode:
+        return None
+    from core.model import fast_decode
+
+    key = fast_decode.cache_key(model, quant.to_dict(), options.to_dict())
+    context = getattr(model.config, "max_position_embeddings", None)
+    try:
+        return fast_decode.enable(
+            model,
+            tokenizer,
+            key,
+            context if isinstance(context, int) else None,
+            reporter.emit,
+        )
+    except CancelledError:
+        free_memory()
+        raise
 
 
 _tokenizer_cache: dict[tuple[Any, ...], Any] = {}

@@ -12,6 +12,9 @@ from typing import Any
 
 from core.settings.schema import as_bool, check_numbers, fields_of, setting
 
+# How many tokens prompt lookup proposes per step (transformers' own default is 10).
+PROMPT_LOOKUP_TOKENS = 10
+
 
 @dataclass
 class GenerationSettings:
@@ -76,10 +79,19 @@ class GenerationSettings:
         "Always pick the likeliest token (ignores temperature, top-p and top-k).",
         kind="bool",
     )
+    prompt_lookup: bool = setting(
+        False,
+        "Reuse text from the prompt",
+        "Guess the next tokens by finding the answer's last words in the prompt and "
+        "check the guess in one step: faster when the answer copies from the prompt "
+        "(code edits, summaries). One request at a time; not with a grammar.",
+        kind="bool",
+    )
 
     def __post_init__(self) -> None:
         check_numbers(self)
         self.greedy = as_bool("greedy", self.greedy)
+        self.prompt_lookup = as_bool("prompt_lookup", self.prompt_lookup)
 
     @property
     def do_sample(self) -> bool:
@@ -99,6 +111,8 @@ class GenerationSettings:
         else:
             # Silence the "sampling flags set but do_sample=False" warnings.
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.prompt_lookup:
+            kwargs["prompt_lookup_num_tokens"] = PROMPT_LOOKUP_TOKENS
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,6 +66,15 @@ class LoadOptions:
         "models whose authors you trust.",
         kind="bool",
     )
+    fast_decode: bool = setting(
+        False,
+        "Fast decode",
+        "Keep the KV cache at a fixed size and compile the decode step with "
+        "torch.compile: faster tokens after a compile at load (cached for the next "
+        "start). Answers decode one at a time. Falls back to plain decoding, and "
+        "says why, where compile fails.",
+        kind="bool",
+    )
 
     def __post_init__(self) -> None:
         self.device_map = str(self.device_map).strip().lower()
@@ -84,6 +93,7 @@ class LoadOptions:
                 "attn_implementation",
             )
         self.trust_remote_code = as_bool("trust_remote_code", self.trust_remote_code)
+        self.fast_decode = as_bool("fast_decode", self.fast_decode)
         self.max_memory = parse_max_memory(self.max_memory)
 
     def device_map_value(self) -> str | dict[str, str]:

@@ -338,3 +338,18 @@ def test_default_model_through_the_hub_answers_paris_in_nf4(
     finally:
         loader.unload(loaded)
     assert "paris" in text.lower()
+
+
+def test_a_plan_that_does_not_fit_carries_the_ladder(fake: FakeHub) -> None:
+    from core.model.fit import DeviceInfo
+
+    roomy = hub.plan(REPO)
+    assert roomy.ladder is None or roomy.table.current.verdict == "does not fit"
+    full = roomy.table.current.judged_bytes
+    tight = DeviceInfo([], 2**34, full // 2, cuda=False)
+    plan = hub.plan(REPO, device=tight)
+    assert plan.table.current.verdict == "does not fit"
+    assert plan.ladder is not None
+    assert plan.ladder.rungs[0].step == "nf4-dq"
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["ladder"]["rungs"][0]["step"] == "nf4-dq"

@@ -474,12 +474,12 @@ def test_file_menu_exports_the_open_conversation(
     window = open_window(qtbot)
     target = tmp_path / "out.md"
     monkeypatch.setattr(chat_history, "export_path", lambda *a: str(target))
-    titles = [a.text() for a in window.menu("File").actions()]
+    titles = [a.text().replace("&", "") for a in window.menu("File").actions()]
     assert titles.index("Export conversation as Markdown…") < titles.index("Quit")
     action = next(
         a
         for a in window.menu("File").actions()
-        if a.text() == "Export conversation as Markdown…"
+        if a.text().replace("&", "") == "Export conversation as Markdown…"
     )
     action.trigger()
     assert target.read_text().startswith("# Hello\n")
