@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from cli import chats, generate, hub, lab, models, monitor, selftest, serve
+from cli import chats, divergence, generate, hub, lab, models, monitor, selftest, serve
 from cli.output import (
     EXIT_BAD_INPUT,
     EXIT_BROKEN_PIPE,
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub)
     monitor.add_commands(sub)
     hub.add_commands(sub)
+    divergence.add_commands(sub)
     return parser
 
 

@@ -388,6 +388,10 @@ class CompareView(QWidget):
         if failed:
             text += f"; failed: {', '.join(failed)} (see the table)"
         self.status.setText(text + ".")
+        self._end_progress(
+            f"Done: {len(result.rows)} rows"
+            + (f", {len(failed)} failed" if failed else "")
+        )
         self.run_finished.emit(result)
 
     def _on_errored(self, exc: object) -> None:
@@ -398,6 +402,7 @@ class CompareView(QWidget):
             )
         self._show_error(exc)
         self.status.setText("The comparison stopped.")
+        self._end_progress("Stopped")
         self.run_finished.emit(None)
 
     def _on_aborted(self) -> None:
@@ -408,7 +413,13 @@ class CompareView(QWidget):
         )
         if self.rows:
             self._draw(self.rows)
+        self._end_progress(f"Cancelled after {done} of {self._rows_total} rows")
         self.run_finished.emit(None)
+
+    def _end_progress(self, text: str) -> None:
+        """The bar says how the run ended instead of its last row's counter."""
+        self.progress.setValue(len(self.rows) * ROW_STEPS)
+        self.progress.setFormat(text)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -600,6 +611,7 @@ def _table(columns: tuple[str, ...]) -> QTableWidget:
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
     header.setStretchLastSection(True)
     table.setWordWrap(True)
+    table.setTabKeyNavigation(False)  # one Tab stop; the arrows move inside
     return table
 
 
@@ -627,6 +639,9 @@ def _fill(table: QTableWidget, rows: list[list[str]]) -> None:
             item = QTableWidgetItem(str(text))
             item.setToolTip(str(text))
             table.setItem(i, j, item)
+    # Wrapped cells (the last column stretches to the pane) get the height they need,
+    # instead of being cut at one line.
+    table.resizeRowsToContents()
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -639,6 +654,7 @@ def _plot(title: str) -> pg.PlotWidget:
     plot.showGrid(y=True, alpha=0.3)
     plot.setMouseEnabled(x=False, y=False)
     plot.setMinimumSize(CHART_MIN_WIDTH, 200)
+    plot.getViewBox().sigResized.connect(lambda *_: _fit_headroom(plot))
     return plot
 
 
@@ -666,8 +682,10 @@ def _bars(
 ) -> None:
     plot.clear()
     if labels and plot.plotItem.legend is None:
-        # Top right, over the headroom left above the bars.
-        plot.addLegend(offset=(-10, 5), labelTextSize="8pt")
+        # One line across the top, in the headroom left above the bars, so it never
+        # stacks down over them (on screen and in the exported PNG).
+        legend = plot.addLegend(offset=(10, 5), labelTextSize="8pt")
+        legend.setColumnCount(len(labels))
     colors = colors or ["#5b8ff9"]
     width = 0.8 / len(series)
     for k, values in enumerate(series):
@@ -683,8 +701,21 @@ def _bars(
         )
     plot.getAxis("bottom").setTicks([list(enumerate(names))])
     plot.setXRange(-0.6, max(len(names) - 0.4, 0.6), padding=0)
-    top = max((v for values in series for v in values), default=0.0)
-    plot.setYRange(0, (top or 1.0) * (1.45 if labels else 1.1), padding=0)
+    _fit_headroom(plot)
+
+
+def _fit_headroom(plot: pg.PlotWidget) -> None:
+    """Leave room above the tallest bar for the legend's line at the current size."""
+    bars = [i for i in plot.plotItem.items if isinstance(i, pg.BarGraphItem)]
+    if not bars:
+        return
+    top = max((float(max(b.opts["height"], default=0.0)) for b in bars), default=0.0)
+    legend = plot.plotItem.legend
+    height = plot.getViewBox().height()
+    share = 0.0
+    if legend is not None and height > 0:
+        share = min((legend.boundingRect().height() + 12) / height, 0.6)
+    plot.setYRange(0, (top or 1.0) * 1.1 / (1.0 - share), padding=0)
 
 
 def _speed(row: compare.RowResult) -> str:

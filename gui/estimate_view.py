@@ -133,6 +133,8 @@ class EstimateView(QWidget):
         )
         self.grid.horizontalHeader().setStretchLastSection(True)
         self.grid.setMinimumHeight(120)
+        # One Tab stop: Tab leaves the table, the arrows move inside it.
+        self.grid.setTabKeyNavigation(False)
         self.status = QLabel("Pick a model to see what it needs.")
         self.status.setWordWrap(True)
         self.recommended = QLabel()

@@ -65,7 +65,7 @@ class HubDialog(QDialog):
         row = QHBoxLayout()
         self.search_edit = QLineEdit()
         self.search_edit.setPlaceholderText("Search text-generation models, e.g. qwen")
-        self.search_edit.returnPressed.connect(self.search)
+        self.search_edit.returnPressed.connect(self._search_again)
         self.search_button = QPushButton("Search")
         self.search_button.clicked.connect(self.search)
         row.addWidget(self.search_edit, 1)
@@ -74,6 +74,7 @@ class HubDialog(QDialog):
 
         split = QSplitter()
         self.results = QTableWidget(0, 4)
+        self.results.setTabKeyNavigation(False)
         self.results.setHorizontalHeaderLabels(["Model", "Size", "Downloads", ""])
         self.results.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.results.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
@@ -94,6 +95,7 @@ class HubDialog(QDialog):
         self.title.setObjectName("heading")
         side.addWidget(self.title)
         self.files = QTableWidget(0, 3)
+        self.files.setTabKeyNavigation(False)
         self.files.setHorizontalHeaderLabels(["File", "Size", ""])
         self.files.verticalHeader().setVisible(False)
         self.files.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -105,6 +107,7 @@ class HubDialog(QDialog):
         self.disk_label.setWordWrap(True)
         side.addWidget(self.disk_label)
         self.estimate = QTableWidget(0, 3)
+        self.estimate.setTabKeyNavigation(False)
         self.estimate.setHorizontalHeaderLabels(["Preset", "Needs", "On this machine"])
         self.estimate.verticalHeader().setVisible(False)
         self.estimate.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -165,11 +168,14 @@ class HubDialog(QDialog):
         self.cancel_button.setEnabled(self.downloading or partial)
         self.load_button.setEnabled(self.ref is not None and not self.downloading)
         self.results.setEnabled(not self.downloading)
-        self.search_button.setEnabled(self.search_worker is None)
+        searching = self.search_worker is not None
+        self.search_button.setText("Cancel search" if searching else "Search")
 
     # -- search --
     def search(self) -> None:
+        """Search the hub; while a search runs, the same button cancels it."""
         if self.search_worker is not None:
+            self._cancel_search()
             return
         worker = self.controller.search_hub(self.search_edit.text())
         worker.returned.connect(self._on_results)
@@ -179,8 +185,27 @@ class HubDialog(QDialog):
         self.status.setText("Searching the hub…")
         self._update_buttons()
 
-    def _search_ended(self) -> None:
+    def _search_again(self) -> None:
+        """Enter in the field searches for what it says now, dropping a running search."""
+        self._cancel_search()
+        self.search()
+
+    def _cancel_search(self) -> None:
+        """Drop the running search's answer; its thread ends when the hub answers or
+        its read timeout passes."""
+        worker = self.search_worker
+        if worker is None:
+            return
+        worker.cancel()
+        worker.returned.disconnect(self._on_results)
+        worker.errored.disconnect(self._show_error)
         self.search_worker = None
+        self.status.setText("Search cancelled.")
+        self._update_buttons()
+
+    def _search_ended(self) -> None:
+        if self.search_worker is self.sender():
+            self.search_worker = None
         self._update_buttons()
 
     def _on_results(self, results: list[Any]) -> None:

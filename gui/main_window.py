@@ -60,9 +60,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_SIZE = (1340, 720)  # fits a 1366×768 screen with its panel and title bar
 NARROW_SCREEN = 1280  # px of available width below which the conversation list hides
 EXPORTS = (
-    ("Export conversation as Markdown…", "md"),
-    ("Export conversation as JSON…", "json"),
-    ("Export all conversations…", "all"),
+    ("&Export conversation as Markdown…", "md"),
+    ("Export conversation as &JSON…", "json"),
+    ("Export &all conversations…", "all"),
 )
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class MainWindow(QMainWindow):
         self.compare_view: CompareView | None = None
         self.server_view: ServerView | None = None
         self.history: chat_history.ChatHistory | None = None  # after the first paint
+        self._picker_made_room = False
         self._build()
         self._connect()
         self._restore()
@@ -197,21 +198,21 @@ class MainWindow(QMainWindow):
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
-        self.file_menu = bar.addMenu("File")
-        self.model_menu = bar.addMenu("Model")
-        self.view_menu = bar.addMenu("View")
-        self.help_menu = bar.addMenu("Help")
+        self.file_menu = bar.addMenu("&File")
+        self.model_menu = bar.addMenu("&Model")
+        self.view_menu = bar.addMenu("&View")
+        self.help_menu = bar.addMenu("&Help")
 
-        self.open_action = QAction("Open model folder…", self)
+        self.open_action = QAction("&Open model folder…", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self.picker.choose_folder)
-        self.save_action = QAction("Save quantized model…", self)
+        self.save_action = QAction("&Save quantized model…", self)
         self.save_action.setShortcut(QKeySequence("Ctrl+Shift+S"))
         self.save_action.setStatusTip(
             "Save the selected model, quantized, with a model card"
         )
         self.save_action.triggered.connect(self.open_export)
-        quit_action = QAction("Quit", self)
+        quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
         self.file_menu.addAction(self.open_action)
@@ -226,37 +227,47 @@ class MainWindow(QMainWindow):
         self.file_menu.addSeparator()
         self.file_menu.addAction(quit_action)
 
-        self.load_action = QAction("Load", self)
+        self.load_action = QAction("&Load", self)
         self.load_action.setShortcut(QKeySequence("Ctrl+L"))
         self.load_action.triggered.connect(lambda: self.request_load())
-        self.unload_action = QAction("Unload", self)
+        self.unload_action = QAction("&Unload", self)
         self.unload_action.triggered.connect(self.unload)
         self.model_menu.addAction(self.load_action)
         self.model_menu.addAction(self.unload_action)
-        self.model_menu.addMenu(self.settings_panel.presets_menu).setText("Presets")
-        self.compare_action = QAction("Compare settings…", self)
+        self.model_menu.addMenu(self.settings_panel.presets_menu).setText("&Presets")
+        self.compare_action = QAction("&Compare settings…", self)
         self.compare_action.setToolTip(
             "Measure presets side by side on the picked model"
         )
         self.compare_action.triggered.connect(self.show_compare)
         self.model_menu.addAction(self.compare_action)
 
-        self.picker_action = QAction("Model list", self, checkable=True, checked=True)
+        self.picker_action = QAction("&Model list", self, checkable=True, checked=True)
         self.picker_action.toggled.connect(self.picker.setVisible)
         self.view_menu.addAction(self.picker_action)
-        self.list_action = QAction("Conversation list", self, checkable=True)
+        self.list_action = QAction("&Conversation list", self, checkable=True)
         self.list_action.setEnabled(False)  # until the history is installed
         self.view_menu.addAction(self.list_action)
 
-        self.report_action = QAction("Report…", self)
+        self.report_action = QAction("&Report…", self)
         self.report_action.setStatusTip(
             "Settings, versions, hardware and measured numbers"
         )
         self.report_action.triggered.connect(self.open_report)
-        about = QAction("About Nibble", self)
+        about = QAction("&About Nibble", self)
         about.triggered.connect(self.show_about)
         self.help_menu.addAction(self.report_action)
         self.help_menu.addAction(about)
+        # F10 opens the menu bar, as on other desktops; Alt+letter opens one menu.
+        menu_key = QAction(self)
+        menu_key.setShortcut(QKeySequence(Qt.Key.Key_F10))
+        menu_key.triggered.connect(self._open_menu_bar)
+        self.addAction(menu_key)
+
+    def _open_menu_bar(self) -> None:
+        bar = self.menuBar()
+        bar.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        bar.setActiveAction(self.file_menu.menuAction())
 
     def menu(self, name: str) -> QMenu:
         """The File, Model, View or Help menu."""
@@ -497,6 +508,8 @@ class MainWindow(QMainWindow):
         self.chat.set_chat_template(has_chat_template(loaded.tokenizer))
         self.chat.set_model_name(loaded.ref.name)
         self._update_actions()
+        # Ready to ask: typing goes to the message box, not to the model list.
+        self.chat.input.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def _on_load_failed(self, exc: Exception) -> None:
         loaded = self.controller.loaded
@@ -591,7 +604,29 @@ class MainWindow(QMainWindow):
     def _show_conversation_list(self, shown: bool) -> None:
         if self.history is not None:
             self.history.list.setVisible(shown)
-        self.chat.set_clear_visible(not shown)
+        self._fit_screen(shown)
+
+    def _fit_screen(self, list_shown: bool) -> None:
+        """Keep the window on its screen when the conversation list shows: where the
+        panes' minimums would not fit, the model list makes room (and comes back when
+        the conversation list hides)."""
+        screen = self.screen()
+        if screen is None:
+            return
+        room = screen.availableGeometry().width()
+        if list_shown and self.picker_action.isChecked():
+            self.layout().activate()
+            if self.minimumSizeHint().width() > room:
+                self._picker_made_room = True
+                self.picker_action.setChecked(False)
+                self.statusBar().showMessage(
+                    "The model list is hidden to make room (View ▸ Model list).", 6000
+                )
+        elif not list_shown and self._picker_made_room:
+            self._picker_made_room = False
+            self.picker_action.setChecked(True)
+        if self.width() > room:
+            self.resize(room, self.height())
 
     def export_chat(self, kind: str) -> None:
         """File ▸ Export: the open conversation ('md', 'json') or all ('all')."""

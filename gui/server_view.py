@@ -207,6 +207,7 @@ class ServerView(QWidget):
 
         layout.addWidget(QLabel("Requests"))
         self.log_table = QTableWidget(0, len(LOG_COLUMNS))
+        self.log_table.setTabKeyNavigation(False)
         self.log_table.setHorizontalHeaderLabels(LOG_COLUMNS)
         self.log_table.verticalHeader().setVisible(False)
         self.log_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)

@@ -133,6 +133,7 @@ class FakeHub:
         self.released = threading.Event()  # ends every stall (set by stop())
         self.delay_s = 0.0  # sleep per 64 KiB block, to slow a download down
         self.delay_from = 0  # ... once a response has sent this many bytes
+        self.search_stalls = False  # search answers only once `released` is set
         self.granted_tokens: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
 
@@ -233,6 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _search(self, query: dict[str, list[str]]) -> None:
+        if self.fake.search_stalls:
+            self.fake.released.wait(60)
         text = (query.get("search") or [""])[0].lower()
         limit = int((query.get("limit") or ["1000"])[0])
         repos = [r for r in self.fake.repos.values() if text in r.repo_id.lower()]

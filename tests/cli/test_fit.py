@@ -57,3 +57,37 @@ def test_fit_auto_applies_the_first_rung_and_answers(
     assert data["settings"]["bnb_4bit_use_double_quant"] is True
     assert data["report"]["quantized_linear_modules"]["Linear4bit"] == 14
     assert data["stats"]["new_tokens"] == 3
+
+
+def test_divergence_exports_json_and_a_page(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "div.html"
+    code = cli.run([
+        "divergence", str(tiny_dir), "--device-map", "cpu", "-p", "Hi",
+        "--max-new-tokens", "4", "--html", str(page), "--json",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    assert len(data["tokens"]) == 4
+    total = sum(t["kl"] for t in data["tokens"])
+    assert abs(total - data["mean_kl"] * 4) < 1e-5
+    assert page.read_text(encoding="utf-8").count("data-kl=") == 4
+
+
+def test_divergence_refuses_a_baseline_that_does_not_fit(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    roomy = DeviceInfo([], 64 * GiB, 32 * GiB, cuda=False)
+    dq = PRESETS["nf4-dq"]
+    small = estimate(str(tiny_dir), dq.quant, dq.load_options(), device=roomy)
+    ram = small.judged_bytes + 1
+    monkeypatch.setattr(
+        fit, "probe_device", lambda: DeviceInfo([], 64 * GiB, ram, cuda=False)
+    )
+    code = cli.run(["divergence", str(tiny_dir), "--device-map", "cpu", "-p", "Hi"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the baseline fp32 does not fit here" in err
+    assert "--baseline" in err

@@ -155,3 +155,28 @@ def test_a_stopped_answer_without_text_says_so(qtbot) -> None:
     answer = chat.messages_widgets[-1]
     assert "Stopped before any text." in answer.body.text()
     assert answer.stats_label.text() == "0 tokens · stopped"
+
+
+def test_long_code_and_stats_wrap_to_the_pane(qtbot) -> None:
+    """A long code line pushed the whole chat wider, cutting every message's edge."""
+    chat = make(qtbot)
+    chat.resize(520, 500)
+    chat.show()
+    qtbot.waitExposed(chat)
+    chat.add_message("user", "Write one long line")
+    long_line = "x = [" + ", ".join(str(i) for i in range(200)) + "]"
+    answer = chat.add_message("assistant", f"Here:\n```python\n{long_line}\n```\nDone.")
+    answer.set_stats("31.6 tok/s · 0.41 s to first token · 96 tokens · eos · 165.1 MiB")
+    answer.stats_label.show()
+    qtbot.wait(50)
+    viewport = chat.scroll.viewport().width()
+    assert chat.scroll.widget().width() <= viewport
+    for message in chat.messages_widgets:
+        right = message.mapTo(chat.scroll.viewport(), message.rect().topRight()).x()
+        assert right <= viewport, message.text[:20]
+    assert answer.copy_button.isVisible()
+    copy_right = answer.copy_button.mapTo(
+        chat.scroll.viewport(), answer.copy_button.rect().topRight()
+    )
+    assert copy_right.x() <= viewport
+    assert answer.stats_label.width() <= viewport

@@ -145,3 +145,26 @@ def test_errors_show_in_the_dialog(qtbot, fake: FakeHub, repo_dir: Path) -> None
     assert "hf auth login" in dialog.status.text()
     assert not dialog.download_button.isEnabled()
     qtbot.waitUntil(lambda: dialog.plan_worker is None, timeout=10_000)
+
+
+def test_a_slow_search_can_be_cancelled(qtbot, fake: FakeHub) -> None:
+    """With a hub that does not answer, the search button cancels the search."""
+    from gui.controller import Controller
+
+    fake.search_stalls = True
+    dialog = HubDialog(Controller())
+    qtbot.addWidget(dialog)
+    dialog.search_edit.setText("tiny")
+    dialog.search()
+    assert dialog.search_button.text() == "Cancel search"
+    assert dialog.search_button.isEnabled()
+    dialog.search_button.click()
+    assert dialog.search_button.text() == "Search"
+    assert dialog.status.text() == "Search cancelled."
+    assert dialog.search_worker is None
+    fake.released.set()  # the hub answers late: the answer is dropped
+    from tests.gui.helpers import wait_threads
+
+    assert wait_threads(10.0) == []
+    assert dialog.results.rowCount() == 0
+    assert dialog.status.text() == "Search cancelled."
