@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if getattr(sys, "frozen", False):
+        # The bundle leaves out `kernels` (packaging/nibble.spec); transformers asks
+        # for it on every load unless hub kernels are switched off.
+        os.environ.setdefault("USE_HUB_KERNELS", "NO")
     if argv[:1] == ["--self-test"]:
         argv = ["self-test", *argv[1:]]
     if argv[:1] == ["--window-smoke"]:  # the self-test's window check, in a bundle

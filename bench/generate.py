@@ -175,6 +175,7 @@ def runs(modes: list[str]) -> list[tuple[str, str]]:
 
 
 def main() -> None:
+    global TOKENS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--presets", default="fp32,int8,nf4,nf4-dq")
@@ -185,7 +186,6 @@ def main() -> None:
         help=argparse.SUPPRESS,
     )  # fmt: skip
     args = parser.parse_args()
-    global TOKENS
     if args.child:
         TOKENS = int(args.child[3])
         child(*args.child[:3])

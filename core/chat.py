@@ -133,7 +133,9 @@ class Turn:
             chat.turn = None
         if chat is None or self.conversation_id is None or self.loaded is None:
             return None
-        provenance = Provenance.from_loaded(self.loaded, self.settings, stats, self.raw)
+        provenance = Provenance.from_loaded(
+            self.loaded, self.settings, stats, self.raw, self.constraint
+        )
         self.answer = chat._store_answer(self, provenance)
         return self.answer
 

@@ -172,7 +172,7 @@ class ChatHistory(QObject):
         self.restore_bar = RestoreBar()
         self.restore_bar.back_button.clicked.connect(self.restore_previous)
         view.layout().insertWidget(1, self.restore_bar)
-        view.clear_requested.connect(self.new_conversation)
+        view.clear_requested.connect(self.clear_to_new)
         c = controller
         c.answer_finished.connect(self._on_answer_ended)
         c.answer_failed.connect(self._on_answer_ended)
@@ -226,6 +226,16 @@ class ChatHistory(QObject):
         self.view.reset()
         self.list.mark_current(None)
         self.restore_bar.hide()
+
+    def clear_to_new(self) -> None:
+        """The chat's Clear: a new conversation; Undo reopens the one put aside (it
+        stays in the list either way)."""
+        previous = self.chat.id
+        if self.busy:
+            return
+        self.new_conversation()
+        if previous is not None:
+            self.view.offer_undo(lambda: self.open(previous))
 
     def render(self, upto: int | None = None) -> None:
         """Show the open conversation (stopping before message `upto`)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
@@ -247,6 +248,7 @@ class ChatView(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.messages_widgets: list[MessageWidget] = []
+        self._undo: Callable[[], None] | None = None
         self._pending = ""
         self._current: MessageWidget | None = None
         self._busy = False
@@ -520,10 +522,6 @@ class ChatView(QWidget):
             (w for w in reversed(self.messages_widgets) if w.role == role), None
         )
 
-    def set_clear_visible(self, visible: bool) -> None:
-        """Show or hide Clear (hidden where the conversation list's New does it)."""
-        self.clear_button.setVisible(visible)
-
     def _on_clear_clicked(self) -> None:
         if self.clear_starts_new:
             self.clear_requested.emit()
@@ -547,10 +545,22 @@ class ChatView(QWidget):
         """Remove every message with no Undo (another conversation is shown)."""
         self.clear()
         self._cleared = []
+        self._undo = None
         self.undo_bar.hide()
 
+    def offer_undo(self, undo: Callable[[], None]) -> None:
+        """Show the Undo bar under the empty chat; Undo calls `undo` (e.g. reopen the
+        conversation that Clear put aside)."""
+        self._undo = undo
+        self.undo_bar.show()
+
     def undo_clear(self) -> None:
-        """Bring back the messages the last Clear removed."""
+        """Bring back what the last Clear removed."""
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            self.undo_bar.hide()
+            undo()
+            return
         cleared, self._cleared = self._cleared, []
         self.undo_bar.hide()
         for role, text, stats in cleared:

@@ -96,6 +96,7 @@ class MainWindow(QMainWindow):
         self.compare_view: CompareView | None = None
         self.server_view: ServerView | None = None
         self.history: chat_history.ChatHistory | None = None  # after the first paint
+        self._picker_made_room = False
         self._build()
         self._connect()
         self._restore()
@@ -603,7 +604,29 @@ class MainWindow(QMainWindow):
     def _show_conversation_list(self, shown: bool) -> None:
         if self.history is not None:
             self.history.list.setVisible(shown)
-        self.chat.set_clear_visible(not shown)
+        self._fit_screen(shown)
+
+    def _fit_screen(self, list_shown: bool) -> None:
+        """Keep the window on its screen when the conversation list shows: where the
+        panes' minimums would not fit, the model list makes room (and comes back when
+        the conversation list hides)."""
+        screen = self.screen()
+        if screen is None:
+            return
+        room = screen.availableGeometry().width()
+        if list_shown and self.picker_action.isChecked():
+            self.layout().activate()
+            if self.minimumSizeHint().width() > room:
+                self._picker_made_room = True
+                self.picker_action.setChecked(False)
+                self.statusBar().showMessage(
+                    "The model list is hidden to make room (View ▸ Model list).", 6000
+                )
+        elif not list_shown and self._picker_made_room:
+            self._picker_made_room = False
+            self.picker_action.setChecked(True)
+        if self.width() > room:
+            self.resize(room, self.height())
 
     def export_chat(self, kind: str) -> None:
         """File ▸ Export: the open conversation ('md', 'json') or all ('all')."""

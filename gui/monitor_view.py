@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal, Slot
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import (
     QBoxLayout,
@@ -47,7 +47,10 @@ MEMORY_MEANING = "\n".join(
     (memory.ANON_MEANING, memory.FILE_MEANING, memory.RSS_MEANING)
 )
 MARKER_COLOR = "#9A9A9A"
-LABEL_SLOTS = (0.92, 0.80, 0.68, 0.56)
+# Heights a marker's label may take along its line (fractions from the bottom); the
+# legend keeps the bottom left, so labels use the upper part.
+LABEL_SLOTS = tuple(round(0.95 - 0.05 * i, 2) for i in range(11))
+LABEL_PAD_PX = 3
 STACK_BELOW_PX = 820
 
 # What the window's signals mean on the time line.
@@ -103,6 +106,7 @@ class Chart(pg.PlotWidget):
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.sources: dict[str, tuple[str, float]] = {}
         self.marker_lines: list[pg.InfiniteLine] = []
+        self.label_rects: list[QRectF] = []  # where the shown labels sit, in pixels
 
     def add_curve(
         self,
@@ -143,10 +147,11 @@ class Chart(pg.PlotWidget):
                 top = max(top, float(np.max(y[known])))
         if self.y_max is None:  # the axis follows what is drawn, from zero
             self.setYRange(0, top * 1.15 if top > 0 else 1.0, padding=0)
+        if self.marker_lines:
+            self.place_labels()
 
     def add_marker(self, x: float, label: str) -> pg.InfiniteLine:
-        # Successive labels step down the chart so that close events do not overlap.
-        position = LABEL_SLOTS[len(self.marker_lines) % len(LABEL_SLOTS)]
+        position = LABEL_SLOTS[0]  # place_labels moves it clear of the others
         line = pg.InfiniteLine(
             pos=x,
             angle=90,
@@ -163,7 +168,48 @@ class Chart(pg.PlotWidget):
         line.setZValue(20)
         self.addItem(line, ignoreBounds=True)
         self.marker_lines.append(line)
+        self.place_labels()
         return line
+
+    def place_labels(self) -> None:
+        """Give each marker's label the highest height where it stays inside the chart
+        and clear of the labels placed before it; a label with no such height is
+        hidden (its line and tooltip stay)."""
+        vb = self.plot_item.vb
+        box = vb.mapRectToDevice(vb.boundingRect())
+        if box is None or box.height() <= 0:
+            return
+        (left, right), (bottom, top) = self.viewRange()
+        placed: list[QRectF] = []
+        for line in sorted(self.marker_lines, key=lambda item: item.value()):
+            label = line.label
+            if not left <= line.value() <= right:
+                label.setVisible(False)
+                continue
+            label.setVisible(True)
+            # The text runs along the line, centred on its position: in pixels it is
+            # as wide as a line of text and as tall as the text is long.
+            size = label.boundingRect()
+            for slot in LABEL_SLOTS:
+                at = vb.mapViewToDevice(
+                    QPointF(line.value(), bottom + slot * (top - bottom))
+                )
+                rect = QRectF(
+                    at.x() - size.height() / 2,
+                    at.y() - size.width() / 2,
+                    size.height(),
+                    size.width(),
+                )
+                padded = rect.adjusted(
+                    -LABEL_PAD_PX, -LABEL_PAD_PX, LABEL_PAD_PX, LABEL_PAD_PX
+                )
+                if box.contains(rect) and not any(padded.intersects(r) for r in placed):
+                    label.setPosition(slot)
+                    placed.append(rect)
+                    break
+            else:
+                label.setVisible(False)
+        self.label_rects = placed
 
     def clear_markers(self) -> None:
         for line in self.marker_lines:
@@ -612,7 +658,10 @@ def marker_tooltip(
     t0: float,
 ) -> str:
     """What hovering a marker shows: the memory change since the previous marker."""
-    head = f"{marker.label} at {marker.time - t0:.1f} s"
+    # The axis shows the clock, so the tooltip does too (seconds since the start
+    # of the monitor matched nothing on screen).
+    clock = time.strftime("%H:%M:%S", time.localtime(marker.time))
+    head = f"{marker.label} at {clock}"
     if sample is None:
         return f"{head}\n(memory numbers arrive with the next sample)"
     if previous is None or previous_sample is None:

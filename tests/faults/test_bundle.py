@@ -59,3 +59,18 @@ def test_the_spec_leaves_out_hub_kernels() -> None:
         Path(__file__).resolve().parents[2] / "packaging" / "nibble.spec"
     ).read_text()
     assert '"kernels",' in spec.split("excludes=[", 1)[1].split("]", 1)[0]
+
+
+def test_the_bundle_switches_hub_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    import main
+
+    monkeypatch.setenv("USE_HUB_KERNELS", "unset below")  # restored after the test
+    monkeypatch.delenv("USE_HUB_KERNELS")
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "argv", ["nibble", "snippet", "default"])
+    with pytest.raises(SystemExit):
+        main.main(["--help"])
+    assert os.environ["USE_HUB_KERNELS"] == "NO"

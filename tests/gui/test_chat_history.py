@@ -313,6 +313,30 @@ def test_list_new_open_search_delete_undo(qtbot, setup) -> None:
     assert history.list.ids() == [second, first]
 
 
+def test_clear_starts_a_new_conversation_that_undo_takes_back(qtbot, setup) -> None:
+    """With the history, Clear had no Undo: the cleared chat was only in the list."""
+    chat, controller, history, _store = setup
+    chat.clear_starts_new = True  # as in the window, where the history is installed
+    ask(qtbot, chat, controller, "Tell me about nf4", "It is 4-bit.")
+    first = history.current.id
+    chat.clear_button.click()
+    assert chat.messages_widgets == []
+    assert history.chat.id is None
+    assert chat.undo_bar.isVisibleTo(chat)
+    chat.undo_button.click()
+    assert history.current.id == first
+    assert [w.text for w in chat.messages_widgets] == [
+        "Tell me about nf4",
+        "It is 4-bit.",
+    ]
+    assert not chat.undo_bar.isVisibleTo(chat)
+    # A new question after Clear ends the offer: the cleared one stays in the list.
+    chat.clear_button.click()
+    ask(qtbot, chat, controller, "Colours of the rainbow?", "Seven.")
+    assert not chat.undo_bar.isVisibleTo(chat)
+    assert first in history.list.ids()
+
+
 def test_export_markdown_has_the_badges(qtbot, setup, tmp_path: Path) -> None:
     chat, controller, history, _store = setup
     ask(qtbot, chat, controller, "Capital of France?", "Paris.")
@@ -483,4 +507,25 @@ def test_file_menu_exports_the_open_conversation(
     )
     action.trigger()
     assert target.read_text().startswith("# Hello\n")
+    window.close()
+
+
+def test_the_conversation_list_keeps_the_window_on_its_screen(qtbot) -> None:
+    """Showing the list widened the window past a 1024 px screen; hiding it did not
+    shrink it back. Clear is there with or without the list."""
+    window = open_window(qtbot)
+    room = window.screen().availableGeometry().width()
+    window.resize(min(1024, room), 700)
+    window.list_action.setChecked(False)
+    assert window.chat.clear_button.isVisibleTo(window)
+    picker_before = window.picker_action.isChecked()
+    before = window.width()
+    window.list_action.setChecked(True)
+    QCoreApplication.processEvents()
+    assert window.history.list.isVisibleTo(window)
+    assert window.width() <= max(room, before)
+    assert window.chat.clear_button.isVisibleTo(window)
+    window.list_action.setChecked(False)
+    QCoreApplication.processEvents()
+    assert window.picker_action.isChecked() == picker_before
     window.close()

@@ -302,3 +302,22 @@ def test_concurrent_streams_are_optional(qtbot, controller) -> None:  # type: ig
     }
     assert streams_text(measured) == "1: 30.0 · 4: 80.2 (20.0 each)"
     assert streams_text({}) == "—"
+
+
+def test_decode_modes_add_each_checked_row_again(qtbot, controller) -> None:  # type: ignore[no-untyped-def]
+    widget = CompareView(controller)
+    qtbot.addWidget(widget)
+    widget.set_rows(["baseline", "nf4"])
+    widget.decode_checks["compiled"].setChecked(True)
+    widget.decode_checks["prompt lookup"].setChecked(True)
+    assert widget.row_items() == [
+        "baseline",
+        "nf4",
+        "baseline+decode=compiled",
+        "nf4+decode=compiled",
+        "baseline+decode=lookup",
+        "nf4+decode=lookup",
+    ]
+    widget.decode_checks["plain"].setChecked(False)
+    widget.decode_checks["prompt lookup"].setChecked(False)
+    assert widget.row_items() == ["baseline+decode=compiled", "nf4+decode=compiled"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
@@ -99,14 +101,16 @@ def test_gpu_samples_and_markers_reach_every_chart(qtbot) -> None:
     for chart in view.charts():
         assert [line.value() - view.t0 for line in chart.marker_lines] == [1.5, 3.0]
     tip = view.markers[1].tooltip
+    clock = time.strftime("%H:%M:%S", time.localtime(view.t0 + 3.0))
     assert tip.splitlines()[:2] == [
-        "Load finished at 3.0 s",
+        f"Load finished at {clock}",
         "since Load started (1.5 s earlier):",
     ]
     # From the sample after "started" (400 MiB, RSS 320) to the one after "finished".
     assert "GPU0 VRAM (ours) +1.1 GiB" in tip
     assert "Process RSS +580.0 MiB" in tip
-    assert view.markers[0].tooltip.startswith("Load started at 1.5 s\nGPU0 VRAM (ours)")
+    started = time.strftime("%H:%M:%S", time.localtime(view.t0 + 1.5))
+    assert view.markers[0].tooltip.startswith(f"Load started at {started}\nGPU0 VRAM")
     for chart in (view.vram_chart, view.ram_chart):
         assert hover_text(chart, view.t0 + 3.0) == tip
 
@@ -324,3 +328,27 @@ def test_anonymous_and_file_backed_memory_beside_rss(qtbot) -> None:
     qtbot.addWidget(gauge)
     gauge.show_sample(Sample(view.t0, (), host, "No NVIDIA driver found"))
     assert "Nibble anonymous 230.0 MiB · file-backed 470.0 MiB" in gauge.toolTip()
+
+
+def test_close_markers_never_pile_their_labels(qtbot) -> None:
+    """Labels of events close together piled into unreadable text, cut at the top."""
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.resize(900, 600)
+    view.show()
+    qtbot.waitExposed(view)
+    t0 = view.t0
+    for i in range(30):
+        view.show_sample(host_sample(t0 + i, rss=(200 + i) * MIB))
+    labels = ("Load started", "Load finished", "First token", "Generation finished")
+    for i in range(12):
+        view.add_marker(labels[i % 4], at=t0 + 10 + i * 0.3)
+    view.show_sample(host_sample(t0 + 31, rss=230 * MIB))
+    chart = view.ram_chart
+    rects = chart.label_rects
+    shown = [line for line in chart.marker_lines if line.label.isVisible()]
+    assert len(rects) == len(shown) >= 4
+    box = chart.plot_item.vb.mapRectToDevice(chart.plot_item.vb.boundingRect())
+    for i, rect in enumerate(rects):
+        assert box.contains(rect)
+        assert not any(rect.intersects(other) for other in rects[i + 1 :])
