@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,8 +262,11 @@ def _open_quietly(path: str) -> int | None:
 
 
 def trim_heap() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc only)."""
-    gc.collect()
+    """Hand freed heap pages back to the OS (glibc only), collecting garbage first when
+    on the main thread: a collection on a load thread can finalize the window's Qt
+    objects there, and Qt crashes on objects deleted off their own thread."""
+    if threading.current_thread() is threading.main_thread():
+        gc.collect()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
