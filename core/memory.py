@@ -98,8 +98,11 @@ def mapped_ranges(suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> list[range
     return [m.addresses for m in mappings(suffixes)]
 
 
-def resident_mapped_bytes(suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> int:
-    """Resident bytes of this process's mappings of checkpoint files (/proc smaps)."""
+def resident_mapped_bytes(
+    suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES, under: str = ""
+) -> int:
+    """Resident bytes of this process's mappings of checkpoint files (/proc smaps),
+    only those of files whose path starts with `under` when it is given."""
     total = 0
     inside = False
     try:
@@ -107,7 +110,9 @@ def resident_mapped_bytes(suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> in
             for line in fh:
                 first = line.split(maxsplit=1)[0]
                 if "-" in first and not first.endswith(":"):
-                    inside = line.rstrip("\n").endswith(suffixes)
+                    parts = line.rstrip("\n").split(maxsplit=5)
+                    path = parts[5] if len(parts) == 6 else ""
+                    inside = path.endswith(suffixes) and path.startswith(under)
                 elif inside and first == "Rss:":
                     total += int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
