@@ -13,6 +13,7 @@ import importlib
 import logging
 import threading
 import warnings
+from collections.abc import Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,23 @@ NAMES = (
 _lock = threading.Lock()
 _done = False
 _bitsandbytes = False
+
+_build_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def model_build() -> Iterator[None]:
+    """Hold while transformers builds a model (`from_pretrained`, `from_config`).
+
+    While it builds, transformers swaps process-global functions for no-ops
+    (`PreTrainedModel.tie_weights`, torch's init functions) and puts them back at the
+    end. Two builds overlapping on two threads put back each other's no-ops, and every
+    later load in the process comes out untied or uninitialised (docs/facts.md). The
+    window already runs one build at a time; this lock holds for every caller: the
+    server, scripts, the tests.
+    """
+    with _build_lock:
+        yield
 
 
 def import_stack(bitsandbytes: bool = False) -> None:

@@ -155,7 +155,7 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
     registration.__enter__()
     try:
         report(0, 4, "Reading the GGUF file")
-        from core.stack import import_stack
+        from core.stack import import_stack, model_build
 
         import_stack()
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -164,11 +164,12 @@ def convert(target: Path, progress: Progress | None = None) -> Path:
             str(source.parent), gguf_file=source.name
         )
         report(1, 4, "Dequantizing weights")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(source.parent),
-            gguf_file=source.name,
-            quantization_config=GgufConfig(dequantize=True),
-        )
+        with model_build():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(source.parent),
+                gguf_file=source.name,
+                quantization_config=GgufConfig(dequantize=True),
+            )
         report(2, 4, "Writing safetensors")
         # The GGUF carries no quantization for transformers to remember once dequantized.
         if hasattr(model.config, "quantization_config"):

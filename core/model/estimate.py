@@ -170,7 +170,7 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
     from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.base import get_keys_to_not_convert
 
-    from core.stack import import_stack
+    from core.stack import import_stack, model_build
 
     import_stack()
     config = hf_config(source, trust_remote_code)
@@ -179,7 +179,11 @@ def _build(source: ConfigSource, dtype: str, trust_remote_code: bool) -> Structu
         # dtype, which a load running in another thread sets too (docs/facts.md,
         # "from_pretrained changes process-wide state"). The thread-local mode below gives every tensor
         # created without a dtype the load dtype instead, as the loader's default would.
-        with torch.device("meta"), _default_dtype_mode(getattr(torch, dtype)):
+        with (
+            model_build(),
+            torch.device("meta"),
+            _default_dtype_mode(getattr(torch, dtype)),
+        ):
             model = AutoModelForCausalLM.from_config(
                 config, dtype=None, trust_remote_code=trust_remote_code
             )

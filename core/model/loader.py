@@ -19,7 +19,7 @@ from core import checks, memory
 from core.errors import CancelledError, LoadError, NibbleError
 from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, load_dtype
-from core.stack import import_stack
+from core.stack import import_stack, model_build
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +331,7 @@ def _load(
     model = None
     try:
         with (
+            model_build(),
             _progress_hook(reporter),
             warnings.catch_warnings(),
             memory.heap_for_loading(),
