@@ -188,3 +188,59 @@ def test_the_batch_size_shows_live(qtbot, tiny) -> None:
         timeout=5_000,
     )
     assert queue.close()
+
+
+def test_a_client_switch_moves_the_window_and_the_chat_says_so(
+    qtbot, config_dir, tiny_dir: Path
+) -> None:
+    """A client names another model through the window's server: the Server tab
+    shows the load as it runs, then the model serving; the window selects and loads
+    it (settings included) and the chat says so in a notice line."""
+    from core.store import session as session_mod
+    from gui.main_window import MainWindow
+
+    own = loader.load(catalog.resolve(str(tiny_dir)), preset("nf4").quant)
+    window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    c = window.controller
+    c.session.add_recent(str(tiny_dir))  # servable by its folder name
+    c.app.take_loaded(own)
+    c.model_loaded.emit(own)
+    window.build_tabs()
+    view = window.server_view
+    assert view.model_label.text() == "Model: tiny-llama (nf4)"
+    shown: list[tuple[str, str]] = []
+    c.model_switched.connect(
+        lambda state, _name: shown.append((state, view.model_label.text()))
+    )
+    view.port_spin.setValue(free_port())
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000):
+        view.start()
+    client = openai.OpenAI(base_url=view.url(), api_key="none", max_retries=0)
+    listed = {m.id: m.model_dump().get("loaded") for m in client.models.list().data}
+    assert listed["tiny-llama"] is True
+
+    answer = client.chat.completions.create(
+        model="tiny-llama:int8",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+    )
+    assert answer.model == "tiny-llama:int8"
+    qtbot.waitUntil(lambda: len(shown) == 2, timeout=20_000)
+    assert shown == [
+        ("loading", "Model: tiny-llama (nf4) · loading tiny-llama for a client…"),
+        ("loaded", "Model: tiny-llama (int8)"),
+    ]
+    int8 = preset("int8").quant
+    assert c.loaded is c.generation_queue.loaded and c.loaded.quant == int8
+    assert c.selected_ref.path == tiny_dir
+    assert window.settings_panel.settings()[0] == int8
+    assert window.model_status.text() == "tiny-llama · int8"
+    notice = "A server client switched the model to tiny-llama (int8)."
+    assert [label.text() for label in window.chat.notices] == [notice]
+    assert window.chat.notices[0].isVisibleTo(window.chat)
+    assert "Serving tiny-llama at" in view.status_label.text()
+
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000):
+        view.stop()
+    window.close()
