@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import time
 from pathlib import Path
@@ -76,15 +78,30 @@ def test_start_a_request_in_the_log_then_stop(qtbot, tiny) -> None:
     assert cell(view, 0, "Status") == "200 OK"
     assert cell(view, 0, "Client").startswith("127.0.0.1:")
 
-    # Unloading answers 503 until a model loads; the log shows it.
+    # Unloaded, a request that names no model is 503 until a model loads, and one
+    # that names a model the server cannot load is 404 with those it can; the log
+    # shows both.
     view.set_model(None)
     queue.set_model(None)
     assert "no model is loaded" in view.status_label.text()
+    assert view.model_label.text() == "Model: none loaded"
+    connection = http.client.HTTPConnection("127.0.0.1", view.port_spin.value())
     with qtbot.waitSignal(view.request_logged, timeout=10_000):
-        with pytest.raises(openai.InternalServerError) as err:
-            client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2)
-    assert err.value.status_code == 503
+        connection.request(
+            "POST",
+            "/v1/completions",
+            json.dumps({"prompt": "Hi", "max_tokens": 2}),
+            {"Content-Type": "application/json"},
+        )
+        status = connection.getresponse().status
+    connection.close()
+    assert status == 503
     assert cell(view, 1, "Status") == "503"
+    with qtbot.waitSignal(view.request_logged, timeout=60_000):
+        with pytest.raises(openai.NotFoundError) as err:
+            client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2)
+    assert "the model 'tiny-llama' is not known here" in err.value.body["message"]
+    assert cell(view, 2, "Status") == "404"
 
     with qtbot.waitSignal(view.serving_changed, timeout=20_000) as stopped:
         view.stop()
