@@ -17,6 +17,7 @@ from typing import Any
 
 from core import checks, memory
 from core.errors import CancelledError, LoadError, NibbleError
+from core.model import calibration
 from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, load_dtype
 from core.stack import import_stack, model_build
@@ -317,6 +318,10 @@ def _load(
             "the folder needs tokenizer.json or tokenizer_config.json and its vocab",
         ) from exc
     memory.trim_heap()  # parsing the tokenizer freed more than the load will need
+    # What the estimate says of this load, kept beside what it costs; working it
+    # out imports the model's classes, which are the process's memory, not the load's.
+    expected = calibration.expect(path or ref, quant, options, on_gpu)
+    meter = calibration.meter(on_gpu)
     kwargs: dict[str, Any] = {
         "device_map": device_map,
         "dtype": dtype,
@@ -332,6 +337,7 @@ def _load(
     try:
         with (
             model_build(),
+            meter,
             _progress_hook(reporter),
             warnings.catch_warnings(),
             memory.heap_for_loading(),
@@ -355,9 +361,11 @@ def _load(
         # resident through the mapping).
         memory.release_checkpoint_pages(model)
     free_memory()
+    meter.settle(memory.mapped_bytes(model))
     fast = _fast_decode(model, tokenizer, quant, options, reporter, cancel)
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
+    calibration.keep(report, quant, expected, meter, config)
     if fast is not None and fast.note:
         report.warnings.append(fast.note)
     if quant.quantized and report.quantized_count == 0:
