@@ -1,21 +1,23 @@
 """Recorded load records of the default model, for the calibration tests.
 
-Made by `bench/calibration.py` on the 2-core CPU test machine (2026-12-06): the
-default model loaded in fresh processes, each load's formula peak beside its
-measured peak (anonymous memory added, or at the end that plus the weights left in
-the mapped checkpoint), in bytes.
+Made by `bench/calibration.py` on the 2-core CPU test machine (2026-12-06, torch
+2.13.0+cpu, transformers 5.25.0, bitsandbytes 0.50.2): the default model loaded in
+fresh processes, each load's formulas beside what it measured (the anonymous memory
+the load added, at its peak and once settled plus the weights left in the mapped
+checkpoint), in bytes.
 """
 
 from __future__ import annotations
 
 from core.model.calibration import LoadRecord
 
-# (preset, formula steady, formula peak, actual steady, actual peak)
+# (label, formula steady, formula peak, actual steady, actual peak); the labels are
+# the estimate's (the dtype for an unquantized load).
 DEFAULT_MODEL_LOADS = [
-    ("fp32", 538_060_288, 538_060_288, 541_000_000, 545_000_000),
-    ("int8", 220_177_408, 232_000_000, 225_000_000, 240_000_000),
-    ("nf4", 173_120_128, 180_000_000, 178_000_000, 186_000_000),
-    ("nf4-dq", 168_385_528, 176_000_000, 173_000_000, 182_000_000),
+    ("float32", 538_060_288, 538_060_288, 539_677_952, 539_677_952),
+    ("int8", 220_177_408, 227_058_688, 222_635_264, 222_635_264),
+    ("nf4", 173_120_128, 180_001_408, 176_207_104, 176_207_104),
+    ("nf4-dq", 168_385_528, 175_266_808, 171_504_896, 171_504_896),
 ]
 
 

@@ -120,14 +120,14 @@ ALTER TABLE messages ADD COLUMN reply_to INTEGER
 # Version 4: what each load was estimated at and what it cost, on this machine
 # (core.store.calibration reads and writes them; the record itself is JSON).
 MIGRATE_V3_TO_V4 = """
-CREATE TABLE load_records (
+CREATE TABLE IF NOT EXISTS load_records (
     id INTEGER PRIMARY KEY,
     created REAL NOT NULL,
     device TEXT NOT NULL,
     model TEXT NOT NULL,
     data TEXT NOT NULL
 );
-CREATE INDEX load_records_by_device ON load_records(device, id);
+CREATE INDEX IF NOT EXISTS load_records_by_device ON load_records(device, id);
 """
 
 MIGRATIONS: dict[int, tuple[str, Any]] = {

@@ -81,7 +81,7 @@ def test_explain_names_each_term_its_source_and_the_records(
     assert "Records behind it (newest first):" in out
     table = lines[lines.index("Records behind it (newest first):") + 1 :]
     assert table[0].split()[:4] == ["#", "when", "model", "preset"]
-    assert [row.split()[4] for row in table[2:5]] == ["nf4", "int8", "fp32"]
+    assert [row.split()[4] for row in table[2:5]] == ["nf4", "int8", "float32"]
     assert all(row.split()[-1].endswith("%") for row in table[2:5])
 
 
@@ -103,7 +103,7 @@ def test_explain_as_json(
         row["calibration"] == data["calibration"]["text"] for row in data["rows"]
     )
     explain = data["explain"]
-    assert [r["label"] for r in explain["records"]] == ["nf4", "int8", "fp32"]
+    assert [r["label"] for r in explain["records"]] == ["nf4", "int8", "float32"]
     sources = {t["term"]: t["source"] for t in explain["terms"]}
     assert sources["weights"].startswith("formula:")
     assert sources["calibration on this machine"].startswith("calibration:")
@@ -122,7 +122,7 @@ def test_report_leaves_load_records_out_unless_asked(
     code, out = run(["report", "--json", "--include-load-records"], capsys)
     assert code == 0
     kept = json.loads(out)["load_records"]
-    assert [r["label"] for r in kept] == ["nf4", "int8", "fp32"]
+    assert [r["label"] for r in kept] == ["nf4", "int8", "float32"]
     assert kept[0]["peak_ram_bytes"] == records(3)[2].peak_ram_bytes
     code, out = run(["report", "--include-load-records"], capsys)
     assert "## Load records" in out

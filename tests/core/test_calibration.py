@@ -91,7 +91,7 @@ def test_a_version_3_history_gains_load_records_and_keeps_its_chats(
     kept = store.LoadJournal(path)
     kept.add(records(1)[0])
     [back] = kept.records("cpu")
-    assert (back.label, back.peak_ram_bytes) == ("fp32", DEFAULT_MODEL_LOADS[0][4])
+    assert (back.label, back.peak_ram_bytes) == ("float32", DEFAULT_MODEL_LOADS[0][4])
     assert back.id == 1
 
 
