@@ -118,7 +118,7 @@ def test_a_load_records_its_estimate_and_what_it_cost(
         "hidden": 64,
     }
     assert record.versions["torch"] and record.versions["bitsandbytes"]
-    assert record.estimated_steady_bytes == row.model_bytes == report.true_bytes
+    assert record.estimated_steady_bytes == row.model_bytes
     assert record.estimated_peak_bytes == row.formula_peak_bytes
     assert record.true_bytes == report.true_bytes
     # What the load holds once settled covers at least the unquantized embedding it
