@@ -489,8 +489,16 @@ class MainWindow(QMainWindow):
         self.load_bar.end()
         self._save_session()
         report = loaded.report
-        self.model_status.setText(f"{loaded.ref.name} · {loaded.quant.label()}")
-        self.model_status.setToolTip(str(loaded.ref.path or loaded.ref.repo_id))
+        from core.generation.decode import has_chat_template, model_decode_mode
+
+        mode, why = model_decode_mode(loaded)
+        self.model_status.setText(
+            f"{loaded.ref.name} · {loaded.quant.label()} · {mode} decode"
+        )
+        self.model_status.setToolTip(
+            f"{loaded.ref.path or loaded.ref.repo_id}\nDecode mode: {mode}"
+            + (f" ({why})" if why else "")
+        )
         self.device_status.setText(report.device)
         self.size_status.setText(format_bytes(report.true_bytes))
         self.size_status.setToolTip(
@@ -503,8 +511,6 @@ class MainWindow(QMainWindow):
         self.load_label.setText(text)
         self.picker.mark_current(loaded.ref)
         self.picker.set_recent(self.controller.session.recent_folders)
-        from core.generation.decode import has_chat_template
-
         self.chat.set_chat_template(has_chat_template(loaded.tokenizer))
         self.chat.set_model_name(loaded.ref.name)
         self._update_actions()
@@ -652,6 +658,8 @@ class MainWindow(QMainWindow):
             self.speed_status.setToolTip(
                 f"Decode mode: {mode}" + (f" ({note})" if note else "")
             )
+            if note:  # the asked-for mode was not used, or the step recompiled
+                self.statusBar().showMessage(f"{note[:1].upper()}{note[1:]}.", 15000)
         else:
             self.speed_status.setText("")
         self._update_actions()

@@ -47,6 +47,8 @@ class LoadReport:
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    fast_decode: dict[str, Any] | None = None
+    """What fast decode did (FastDecode.to_dict) when the load asked for it."""
 
     @property
     def quantized_count(self) -> int:
@@ -64,6 +66,7 @@ class LoadReport:
             "dtypes": self.dtypes,
             "mapped_bytes": self.mapped_bytes,
             "warnings": self.warnings,
+            **({"fast_decode": self.fast_decode} if self.fast_decode else {}),
         }
 
 
@@ -358,8 +361,10 @@ def _load(
     fast = _fast_decode(model, tokenizer, quant, options, reporter, cancel)
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
-    if fast is not None and fast.note:
-        report.warnings.append(fast.note)
+    if fast is not None:
+        report.fast_decode = fast.to_dict()
+        if fast.note:
+            report.warnings.append(fast.note)
     if quant.quantized and report.quantized_count == 0:
         report.warnings.append(
             f"asked for {quant.label()} but no Linear layer was quantized: "
