@@ -279,6 +279,7 @@ def long_tiny_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path)
 LONG_PROMPT = " ".join(["The cat sat on the mat."] * 100)
 
 
+@pytest.mark.slow
 def test_a_prompt_past_the_cache_bucket_says_it_recompiled(
     long_tiny_dir: Path,
     tmp_path: Path,
@@ -330,6 +331,7 @@ def test_a_prompt_past_the_cache_bucket_says_it_recompiled(
     assert "note:" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_second_start_reuses_the_compiled_step_from_disk(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
