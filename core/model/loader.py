@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core import checks, memory
-from core.errors import CancelledError, LoadError, NibbleError
+from core.errors import CancelledError, LoadError, NibbleError, OutOfMemoryError
 from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, load_dtype
 from core.stack import import_stack, model_build
@@ -541,10 +541,13 @@ def _out_of_memory(
         device = probe_device()
         free = device.gpu_free_bytes if cuda else device.ram_available_bytes
         needed = estimate(ref, quant, options, device=device).judged_bytes
-    return LoadError(
+    return OutOfMemoryError(
         oom_message(f"loading {ref.name}", needed, free, "GPU" if cuda else "CPU"),
         "pick nf4 + double quant, a shorter context or CPU offload: "
         "python main.py generate ... --fit auto finds the first that fits",
+        needed,
+        free,
+        cuda,
     )
 
 
@@ -568,6 +571,10 @@ def _explain(
         isinstance(exc, MemoryError)
         or "OutOfMemory" in name
         or "out of memory" in text.lower()
+        # torch's CPU allocator: "DefaultCPUAllocator: not enough memory: you
+        # tried to allocate ..." (a process limit or an exhausted machine)
+        or "not enough memory" in text.lower()
+        or "cannot allocate memory" in text.lower()
     ):
         return _out_of_memory(exc, ref, quant, options)
     if "deserializ" in text.lower() or (

@@ -79,3 +79,41 @@ def test_json_and_html_exports_follow_the_values(diverged: Divergence) -> None:
     alphas = [a for _, a in pairs]
     assert alphas == sorted(alphas)  # a higher KL is never lighter
     assert shade(0.0).endswith("0.000)") and shade(5.0).endswith("1.000)")
+
+
+def test_the_compare_labs_share_above_the_threshold_is_the_divergences(
+    tiny_dir: Path,
+) -> None:
+    """The Compare lab's 'tokens above KL' counts what the divergence view shades:
+    on a text that fits one window, with the whole vocabulary kept, both see the
+    same per-token KLs."""
+    from core.lab import compare
+
+    ref = catalog.resolve(str(tiny_dir))
+    cpu = LoadOptions(device_map="cpu")
+    base = loader.load(ref, options=cpu)
+    nf4 = loader.load(ref, preset("nf4").quant, cpu)
+    try:
+        config = compare.CompareConfig(
+            new_tokens=2, eval_tokens=64, window=128, stride=64, top_k=49152
+        )
+        ids = compare.tokenize_eval(nf4.tokenizer, config)[0].tolist()
+        per_token = divergence(base, nf4, ids[:1], ids[1:])
+    finally:
+        loader.unload(nf4)
+        loader.unload(base)
+    kls = sorted(t.kl for t in per_token.tokens)
+    # A threshold between two of the KLs, so that about half the tokens are above.
+    middle = len(kls) // 2
+    threshold = (kls[middle - 1] + kls[middle]) / 2
+    config.kl_threshold = threshold
+    result = compare.run(ref, "baseline,nf4", config)
+    baseline_row, nf4_row = result.rows
+    assert nf4_row.ok, nf4_row.error
+    per_token.threshold = threshold
+    assert nf4_row.kl_share_above == per_token.share_above
+    assert 0.3 < nf4_row.kl_share_above < 0.7
+    assert nf4_row.kl_vs_baseline == pytest.approx(per_token.mean_kl, rel=1e-4)
+    assert nf4_row.top1_agreement == pytest.approx(per_token.top1_agreement)
+    assert baseline_row.kl_share_above == 0.0
+    assert result.to_dict()["rows"][1]["kl_share_above"] == per_token.share_above
