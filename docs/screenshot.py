@@ -99,8 +99,8 @@ def main() -> None:
         text.setTextCursor(cursor)
         text.ensureCursorVisible()
         pause(200)
-        point = text.viewport().mapTo(text, text.cursorRect(cursor).center())
-        QToolTip.showText(text.mapToGlobal(point), text.tooltip(worst), text)
+        point = text.cursorRect(cursor).center()
+        QToolTip.showText(text.viewport().mapToGlobal(point), text.tooltip(worst), text)
         pause(700)
         # The whole screen under the dialog, so the hover's window is in the shot.
         geometry = dialog.frameGeometry().united(tooltip_rect(text, point))
@@ -121,7 +121,7 @@ def main() -> None:
         for widget in app.topLevelWidgets():
             if widget.inherits("QTipLabel") and widget.isVisible():
                 return widget.frameGeometry()
-        corner = text.mapToGlobal(point)
+        corner = text.viewport().mapToGlobal(point)
         return QRect(corner.x(), corner.y(), 320, 200)
 
     def grab() -> None:

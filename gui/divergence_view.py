@@ -124,24 +124,25 @@ class DivergenceText(QTextEdit):
         assert self.divergence is not None
         return token_tooltip(self.divergence.tokens[index])
 
-    def event(self, event: QEvent) -> bool:
+    def viewportEvent(self, event: QEvent) -> bool:
+        # The text is drawn on the viewport, which gets the hover's ToolTip event.
         if event.type() == QEvent.Type.ToolTip and isinstance(event, QHelpEvent):
-            index = self._index_at(event.pos())
+            index = self.index_at(event.pos())
             if index is not None:
                 QToolTip.showText(event.globalPos(), self.tooltip(index), self)
             else:
                 QToolTip.hideText()
                 event.ignore()
             return True
-        return super().event(event)
+        return super().viewportEvent(event)
 
-    def _index_at(self, pos: QPoint) -> int | None:
-        viewport = self.viewport().mapFrom(self, pos)
-        cursor = self.cursorForPosition(viewport)
+    def index_at(self, point: QPoint) -> int | None:
+        """The token under `point` (viewport coordinates), if any."""
+        cursor = self.cursorForPosition(point)
         rect = self.cursorRect(cursor)
-        # cursorForPosition gives the nearest gap; the token is the character on
-        # the side of the gap the pointer is on.
-        position = cursor.position() - (1 if viewport.x() < rect.x() else 0)
+        # cursorForPosition gives the nearest gap between characters; the token is
+        # the character on the side of the gap the pointer is on.
+        position = cursor.position() - (1 if point.x() < rect.x() else 0)
         return self.token_at(position)
 
 

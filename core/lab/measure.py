@@ -218,7 +218,12 @@ def evaluation(
         nll_sum -= float(logp.gather(1, targets[:, None]).sum())
         count += int(targets.numel())
         top_logp, top_ids = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)
+        # With the whole vocabulary kept there is no rest: the bucket would only
+        # hold float32 noise of the log-sum (1e-6), as large as a small KL.
+        whole = top_logp.shape[-1] == logp.shape[-1]
         rest = _rest_logp(top_logp).clamp(min=-100.0)
+        if whole:
+            rest = torch.full_like(rest, -100.0)
         top = logp.argmax(dim=-1)
         if reference is None:
             p_top, p_ids, p_rest, p_arg = top_logp, top_ids, rest, top
@@ -232,6 +237,8 @@ def evaluation(
             p_rest, p_arg = reference.rest_logp[sl], reference.argmax[sl]
         q_top = logp.gather(1, p_ids)
         q_rest = _rest_logp(q_top).clamp(min=-100.0)
+        if whole:
+            q_rest = torch.full_like(q_rest, -100.0)
         kl = (p_top.exp() * (p_top - q_top)).sum(-1)
         p_rest_prob = p_rest.exp()
         kl += torch.where(

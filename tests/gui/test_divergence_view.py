@@ -72,15 +72,16 @@ def test_hovering_a_token_shows_both_top5_lists(qtbot) -> None:
     start, _end = text.spans[3]  # " Paris"
     cursor = QTextCursor(text.document())
     cursor.setPosition(start + 3)
-    point = text.viewport().mapTo(text, text.cursorRect(cursor).center())
-    assert text._index_at(point) == 3
+    point = text.cursorRect(cursor).center()  # on the viewport
+    assert text.index_at(point) == 3
     tip = text.tooltip(3)
     assert "KL 1.0000" in tip
     assert "baseline" in tip and "quantized" in tip
     assert tip.count("0.610") == 1 and tip.count("0.400") == 1  # both lists
     assert tip.index("Lyon") < tip.index("0.120")  # with their probabilities
+    viewport = text.viewport()
     QApplication.sendEvent(
-        text, QHelpEvent(QEvent.Type.ToolTip, point, text.mapToGlobal(point))
+        viewport, QHelpEvent(QEvent.Type.ToolTip, point, viewport.mapToGlobal(point))
     )
     assert "KL 1.0000" in QToolTip.text()
     QToolTip.hideText()
