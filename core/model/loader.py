@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core import checks, memory
-from core.errors import CancelledError, LoadError, NibbleError
+from core.errors import CancelledError, LoadError, NibbleError, OutOfMemoryError
 from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, load_dtype
 from core.stack import import_stack, model_build
@@ -358,6 +358,8 @@ def _load(
         # resident through the mapping).
         memory.release_checkpoint_pages(model)
     free_memory()
+    _first_forward(model, quant)
+    memory.heap_for_decoding()
     fast = _fast_decode(model, tokenizer, quant, options, reporter, cancel)
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
@@ -374,6 +376,27 @@ def _load(
     reporter.emit(1, 1, "Loaded")
     logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
     return LoadedModel(model, tokenizer, report, ref, quant, options, fast)
+
+
+def _first_forward(model: Any, quant: QuantSettings) -> None:
+    """Run one token through a quantized CPU model while the load's heap rules hold.
+
+    Its first forward repacks every 4-bit weight on AVX512 CPUs; under the decode
+    heap's rules the freed temporaries would stay as holes (docs/facts.md, "A
+    quantizing load keeps every freed temporary").
+    """
+    if not quant.quantized or model.device.type != "cpu":
+        return
+    import torch
+
+    token = model.config.bos_token_id
+    token = token if isinstance(token, int) else 0
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([[token]], device=model.device))
+    except Exception:  # the first answer then repacks: slower, never wrong
+        logger.debug("first forward after the load failed", exc_info=True)
+    memory.trim_heap()
 
 
 def _fast_decode(
@@ -546,10 +569,13 @@ def _out_of_memory(
         device = probe_device()
         free = device.gpu_free_bytes if cuda else device.ram_available_bytes
         needed = estimate(ref, quant, options, device=device).judged_bytes
-    return LoadError(
+    return OutOfMemoryError(
         oom_message(f"loading {ref.name}", needed, free, "GPU" if cuda else "CPU"),
         "pick nf4 + double quant, a shorter context or CPU offload: "
         "python main.py generate ... --fit auto finds the first that fits",
+        needed,
+        free,
+        cuda,
     )
 
 
@@ -573,6 +599,10 @@ def _explain(
         isinstance(exc, MemoryError)
         or "OutOfMemory" in name
         or "out of memory" in text.lower()
+        # torch's CPU allocator: "DefaultCPUAllocator: not enough memory: you
+        # tried to allocate ..." (a process limit or an exhausted machine)
+        or "not enough memory" in text.lower()
+        or "cannot allocate memory" in text.lower()
     ):
         return _out_of_memory(exc, ref, quant, options)
     if "deserializ" in text.lower() or (
