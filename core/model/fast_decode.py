@@ -164,6 +164,14 @@ def enable(
     import torch
     from transformers import CompileConfig
 
+    # Dynamo keeps compiled graphs per code object, guarded on the model instance,
+    # and every model of one class shares its forward's code: after 8 compiled
+    # loads in one process (buckets count too) it stops compiling and decodes
+    # plain without a word (torch._dynamo.config.recompile_limit). One model
+    # decodes compiled at a time, so earlier models' graphs go; the disk cache stays.
+    with contextlib.suppress(Exception):
+        torch._dynamo.reset()
+
     folder = cache_root() / key
     folder.mkdir(parents=True, exist_ok=True)
     state.cache_dir = str(folder)
