@@ -124,6 +124,13 @@ def add_compare(sub: Any) -> None:
         help="a text file to score instead of the bundled one",
     )
     p.add_argument(
+        "--kl-threshold",
+        type=number("--kl-threshold", low=0.0),
+        default=None,
+        help="KL (nats) above which a token counts as moved, for the share of "
+        "tokens above it (default 0.1)",
+    )
+    p.add_argument(
         "--decode",
         default=None,
         metavar="MODES",
@@ -279,6 +286,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_text=eval_text,
         eval_tokens=args.eval_tokens,
         streams=_stream_counts(args.streams),
+        kl_threshold=compare.DEFAULT_THRESHOLD
+        if args.kl_threshold is None
+        else args.kl_threshold,
     )
     ref = catalog.resolve(args.model)
     warnings: dict[str, None] = {}

@@ -140,6 +140,7 @@ def compare_table(result: compare.CompareResult) -> str:
         "decode",
         "ppl",
         "KL",
+        f"KL>{_threshold(result):g}",
         "top-1",
     ]
     lines = []
@@ -159,10 +160,21 @@ def compare_table(result: compare.CompareResult) -> str:
                 r.decode_mode,
                 f"{r.perplexity:.3f}" if r.perplexity is not None else "—",
                 f"{r.kl_vs_baseline:.5f}" if r.kl_vs_baseline is not None else "—",
+                f"{r.kl_share_above:.1%}" if r.kl_share_above is not None else "—",
                 f"{r.top1_agreement:.1%}" if r.top1_agreement is not None else "—",
             ]
         )
-    return grid(headers, lines) + "\n" + PEAK_NOTE
+    note = (
+        f"KL>{_threshold(result):g}: the share of evaluation tokens whose KL vs the "
+        "baseline is above that threshold"
+    )
+    return grid(headers, lines) + "\n" + PEAK_NOTE + "\n" + note
+
+
+def _threshold(result: compare.CompareResult) -> float:
+    """The KL threshold the comparison counted moved tokens with."""
+    value = result.config.get("kl_threshold")
+    return float(value) if value is not None else compare.DEFAULT_THRESHOLD
 
 
 PEAK_NOTE = (

@@ -37,6 +37,7 @@ from core.generation.decode import (
     check_length,
     context_length,
     has_chat_template,
+    is_compiled,
     vocab_width,
 )
 from core.model.loader import LoadedModel
@@ -63,6 +64,11 @@ def batching_blocker(loaded: LoadedModel) -> str | None:
     model = loaded.model
     if model is None:
         return "no model is loaded"
+    if is_compiled(loaded):
+        return (
+            "fast decode is on (its compiled step is shaped for one answer; "
+            "load without it to decode answers together)"
+        )
     config = model.config
     impl = getattr(config, "_attn_implementation", None) or "sdpa"
     if impl not in ATTENTION_THAT_PADS:
