@@ -256,3 +256,17 @@ def test_a_busy_or_unusable_history_still_loads(
 def test_a_record_round_trips_through_json() -> None:
     record = records(1)[0]
     assert LoadRecord.from_dict({**record.to_dict(), "later": 1}) == record
+
+
+def test_the_peak_sampler_keeps_its_peak_across_a_pause() -> None:
+    from core import memory
+
+    size = 64 * 2**20
+    with memory.PeakSampler() as sampler:
+        block = b"x" * size  # written, so anonymous and resident
+    assert sampler.rise is not None and sampler.rise >= size * 0.9
+    peak = sampler.peak
+    sampler.resume()
+    del block
+    sampler.pause()
+    assert sampler.peak >= peak  # what the load held at its highest stays
