@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import memory
 from core.errors import GenerationError
 from core.generation.decode import (
     STOP_EOS,
@@ -327,6 +328,9 @@ class Batch:
                 **{self._cache_kw: cache},
                 logits_to_keep=1,
             )
+        # The model has run a forward (a 4-bit model repacked its weights then): the
+        # decode steps may keep their heap blocks (docs/facts.md, "Decoding wants ...").
+        memory.heap_for_decoding()
         for layer in cache.layers:
             if type(layer).__name__ != "DynamicLayer":
                 raise GenerationError(

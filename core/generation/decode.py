@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core import memory
 from core.errors import GenerationError
 from core.generation.constrain import Constraint
 from core.model.loader import LoadedModel
@@ -231,6 +232,10 @@ def stream(
     class _Streamer(TextIteratorStreamer):
         def put(self, value: Any) -> None:
             if not (self.skip_prompt and self.next_tokens_are_prompt):
+                if "first" not in timing:
+                    # The prompt's forward has run (and repacked a 4-bit model's
+                    # weights): the decode steps may keep their heap blocks.
+                    memory.heap_for_decoding()
                 timing.setdefault("first", time.perf_counter())
             super().put(value)
 

@@ -24,7 +24,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
@@ -330,17 +330,6 @@ class Meter:
 
                 torch.cuda.synchronize()
                 self._reserved_peak = int(torch.cuda.max_memory_reserved())
-
-    @contextlib.contextmanager
-    def resumed(self) -> Iterator[None]:
-        """Sample the RAM peak again for a later stage of the load."""
-        if self.active:
-            self.sampler.resume()
-        try:
-            yield
-        finally:
-            if self.active:
-                self.sampler.pause()
 
     def settle(self, mapped_bytes: int) -> None:
         """Measure what the finished load holds (after its memory was freed)."""

@@ -364,11 +364,10 @@ def _load(
         # resident through the mapping).
         memory.release_checkpoint_pages(model)
     free_memory()
-    with meter.resumed():  # its repack of 4-bit weights is part of the load's cost
-        _first_forward(model, quant)
-    memory.heap_for_decoding()
     meter.settle(memory.mapped_bytes(model))
     fast = _fast_decode(model, tokenizer, quant, options, reporter, cancel)
+    if fast:  # its warm-up ran the first forward (docs/facts.md, "Decoding wants ...")
+        memory.heap_for_decoding()
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
     calibration.keep(report, quant, expected, meter, config)
@@ -385,27 +384,6 @@ def _load(
     reporter.emit(1, 1, "Loaded")
     logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
     return LoadedModel(model, tokenizer, report, ref, quant, options, fast)
-
-
-def _first_forward(model: Any, quant: QuantSettings) -> None:
-    """Run one token through a quantized CPU model while the load's heap rules hold.
-
-    Its first forward repacks every 4-bit weight on AVX512 CPUs; under the decode
-    heap's rules the freed temporaries would stay as holes (docs/facts.md, "A
-    quantizing load keeps every freed temporary").
-    """
-    if not quant.quantized or model.device.type != "cpu":
-        return
-    import torch
-
-    token = model.config.bos_token_id
-    token = token if isinstance(token, int) else 0
-    try:
-        with torch.inference_mode():
-            model(input_ids=torch.tensor([[token]], device=model.device))
-    except Exception:  # the first answer then repacks: slower, never wrong
-        logger.debug("first forward after the load failed", exc_info=True)
-    memory.trim_heap()
 
 
 def _fast_decode(
