@@ -194,6 +194,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"loaded in {report.load_s:.1f} s] {stats.summary()}",
                 file=sys.stderr,
             )
+            if stats.decode_note:  # why the mode asked for was not used, a recompile
+                print(f"note: {stats.decode_note}", file=sys.stderr)
     return EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
 
 

@@ -45,8 +45,10 @@ class JobKind(str, Enum):
     MODULES = "modules"
     LOAD = "load"
     ESTIMATE = "estimate"
+    LADDER = "ladder"
     ANSWER = "answer"
     COMPARE = "compare"
+    DIVERGENCE = "divergence"
     EXPORT = "export"
     SAMPLER = "sampler"
     SERVER = "server"
@@ -58,7 +60,15 @@ class JobKind(str, Enum):
         return self.value
 
 
-EXCLUSIVE = frozenset({JobKind.LOAD, JobKind.ESTIMATE, JobKind.MODULES})
+EXCLUSIVE = frozenset(
+    {
+        JobKind.LOAD,
+        JobKind.ESTIMATE,
+        JobKind.LADDER,
+        JobKind.MODULES,
+        JobKind.DIVERGENCE,
+    }
+)
 """Kinds that build a model (from_pretrained, from_config on the meta device)."""
 
 NEEDS_NO_STACK = frozenset(
@@ -82,7 +92,9 @@ LEFT_RUNNING_ON_CLOSE = frozenset(
         JobKind.RESOLVE,
         JobKind.MODULES,
         JobKind.ESTIMATE,
+        JobKind.LADDER,
         JobKind.LOAD,
+        JobKind.DIVERGENCE,
         JobKind.HUB_SEARCH,
         JobKind.HUB_PLAN,
     }

@@ -46,6 +46,7 @@ from gui.variants_view import (
     Badge,
     VariantsDialog,
     VariantSwitcher,
+    quantized,
     regenerate_menu,
 )
 
@@ -162,6 +163,7 @@ class ChatHistory(QObject):
         self.regeneration: Regeneration | None = None
         self._restore_to: tuple[ModelRef, QuantSettings, LoadOptions] | None = None
         self.dialogs: list[VariantsDialog] = []
+        self.divergence_dialogs: list[Any] = []
         self.closed = False
         self.list = ConversationList(self.store)
         self.list.setMinimumWidth(140)
@@ -355,6 +357,17 @@ class ChatHistory(QObject):
                     "Compare variants side by side",
                     lambda: self.show_side_by_side(message.id),
                 )
+            variant = message.variant
+            if (
+                variant is not None
+                and quantized(variant)
+                and variant.text.strip()
+                and hasattr(self.controller, "divergence")
+            ):
+                menu.addAction(
+                    "Show divergence",
+                    lambda: self.show_divergence(message.id, variant),
+                )
         menu.addSeparator()
         menu.addAction("Delete message", lambda: self.delete_message(message.id))
         return menu
@@ -369,9 +382,50 @@ class ChatHistory(QObject):
         message = self.chat.message(message_id)
         if message is None:
             return None
-        dialog = VariantsDialog(message, self.view)
+        divergence = (
+            (lambda variant: self.show_divergence(message_id, variant))
+            if hasattr(self.controller, "divergence")
+            else None
+        )
+        dialog = VariantsDialog(message, self.view, divergence)
         dialog.chosen.connect(lambda position: self.show_variant(message_id, position))
         self.dialogs = [d for d in self.dialogs if d.isVisible()] + [dialog]
+        dialog.show()
+        return dialog
+
+    def show_divergence(self, message_id: int, variant: conv.Variant) -> Any:
+        """Shade `variant`'s tokens by KL vs full precision (a DivergenceDialog)."""
+        from core.store.session import ref_from_dict
+        from gui.divergence_view import DivergenceDialog, DivergenceRequest
+
+        provenance = variant.provenance
+        if provenance is None:
+            return None
+        ref = ref_from_dict(
+            {
+                "kind": provenance.model_kind,
+                "name": provenance.model_name,
+                "path": provenance.model_path,
+                "repo_id": provenance.hub_id,
+            }
+        )
+        history = self.chat.model_history(upto=message_id)
+        question = next(
+            (m["content"] for m in reversed(history) if m["role"] == "user"), ""
+        )
+        request = DivergenceRequest(
+            ref,
+            provenance.quant_settings(),
+            provenance.load_options(),
+            question if provenance.raw else history,
+            variant.text,
+            provenance.badge(),
+            raw=provenance.raw,
+        )
+        dialog = DivergenceDialog(self.controller, request, self.view)
+        self.divergence_dialogs = [
+            d for d in self.divergence_dialogs if d.isVisible()
+        ] + [dialog]
         dialog.show()
         return dialog
 

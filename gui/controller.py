@@ -532,6 +532,74 @@ class Controller(QObject):
 
         return self.run(JobKind.ESTIMATE, work)
 
+    def ladder(
+        self,
+        model: Any,
+        quant: QuantSettings,
+        options: LoadOptions,
+        context: int,
+        device: Any = None,
+        current: Any = None,
+    ) -> workers.FunctionWorker:
+        """The step-down ladder for these settings (core.model.ladder), with the
+        models of the local cache as the smaller-model rung's candidates; the
+        worker returns a Ladder."""
+
+        def work(_progress: workers.Progress, _cancel: threading.Event) -> Any:
+            from core.model import catalog
+            from core.model.ladder import ladder
+
+            try:
+                family = [r for r in catalog.scan_cache() if r.path is not None]
+            except Exception:  # an unreadable cache only loses the last rung
+                family = []
+            return ladder(
+                model,
+                quant,
+                options,
+                context,
+                device=device,
+                family=family,
+                current=current,
+            )
+
+        return self.run(JobKind.LADDER, work)
+
+    def divergence(
+        self,
+        ref: ModelRef,
+        quant: QuantSettings,
+        options: LoadOptions,
+        prompt: Any,
+        answer: str,
+        baseline: str = "fp32",
+        raw: bool = False,
+        threshold: float | None = None,
+    ) -> workers.FunctionWorker:
+        """Shade `answer` token by token by its KL vs `baseline` (two fresh loads,
+        core.lab.divergence); the worker returns a Divergence, or errors with
+        BaselineDoesNotFit naming the largest preset that fits."""
+
+        def work(progress: workers.Progress, cancel: threading.Event) -> Any:
+            from core.lab import divergence
+
+            return divergence.answer_divergence(
+                ref,
+                quant,
+                options,
+                prompt,
+                answer,
+                baseline,
+                divergence.DEFAULT_THRESHOLD if threshold is None else threshold,
+                raw,
+                progress,
+                cancel,
+            )
+
+        worker = self.run(JobKind.DIVERGENCE, work)
+        self.import_libraries()
+        return worker
+
     def compare(
         self, ref: ModelRef, rows: list[RowSpec], config: CompareConfig | None
     ) -> workers.CompareWorker:

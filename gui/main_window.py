@@ -17,6 +17,7 @@ after it, then the last model loads again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ from gui import chat_history, dialogs, hub_dialog
 from gui.chat_view import ChatView
 from gui.controller import CLOSE_DEADLINE_S, Controller
 from gui.estimate_view import EstimateView
+from gui.ladder_view import LadderView
 from gui.load_bar import LoadBar
 from gui.model_picker import ModelPicker
 from gui.settings_panel import SettingsPanel
@@ -134,6 +136,9 @@ class MainWindow(QMainWindow):
             Qt.ScrollBarPolicy.ScrollBarAlwaysOff
         )
         self.estimate_view = EstimateView(c)
+        self.ladder_view = LadderView(c, self.estimate_view)
+        self.ladder_view.apply_requested.connect(self.apply_rung)
+        self.applied_step: str | None = None
 
         self.load_bar = LoadBar()
         self.load_button = self.load_bar.load_button
@@ -152,6 +157,9 @@ class MainWindow(QMainWindow):
         self.middle_splitter.setStretchFactor(0, 3)
         self.middle_splitter.setStretchFactor(1, 2)
         column.addWidget(self.middle_splitter, 1)
+        # Between the estimate's verdict and the load bar's error line: the ladder
+        # appears where either says the model does not fit.
+        column.addWidget(self.ladder_view)
         column.addWidget(self.load_bar)
 
         self.chat = ChatView()
@@ -474,6 +482,46 @@ class MainWindow(QMainWindow):
         c.quant, c.options = settings
         c.load(ref)
 
+    def apply_rung(self, rung: Any) -> None:
+        """Apply a rung of the ladder to the settings panel (and the model and
+        context it names), then load, saying which step was taken."""
+        c = self.controller
+        reason = c.load_blocker()
+        if reason:
+            self.load_label.setText(reason)
+            return
+        if rung.step == "smaller" and isinstance(rung.model, ModelRef):
+            self.select_model(rung.model)
+        self.settings_panel.set_settings(rung.quant, rung.options)
+        if rung.context != self.estimate_view.context.value():
+            self.estimate_view.set_context(rung.context)
+            self._cap_answer_length(rung.context)
+        ladder = self.ladder_view.ladder
+        number = ladder.rungs.index(rung) + 1 if ladder and rung in ladder.rungs else 0
+        step = f"step {number}, " if number else ""
+        self.applied_step = f"{step}{rung.title}"
+        self.ladder_view.dismiss()
+        self.request_load()
+        if c.running(JobKind.LOAD) is not None:
+            self.load_label.setText(
+                f"Applied {self.applied_step} of the ladder; loading "
+                f"{c.selected_ref.name}…"
+            )
+            self.statusBar().showMessage(f"Applied {self.applied_step}", 8000)
+        else:
+            self.applied_step = None
+
+    def _cap_answer_length(self, context: int) -> None:
+        """A shorter context also caps the answer's length (as --fit auto does)."""
+        try:
+            settings = self.chat.generation_settings()
+        except NibbleError:
+            return
+        if settings.max_new_tokens > context:
+            self.chat.set_generation_settings(
+                dataclasses.replace(settings, max_new_tokens=context)
+            )
+
     def cancel_load(self) -> None:
         self.controller.cancel_load()
         if self.controller.running(JobKind.LOAD) is not None:
@@ -489,8 +537,16 @@ class MainWindow(QMainWindow):
         self.load_bar.end()
         self._save_session()
         report = loaded.report
-        self.model_status.setText(f"{loaded.ref.name} · {loaded.quant.label()}")
-        self.model_status.setToolTip(str(loaded.ref.path or loaded.ref.repo_id))
+        from core.generation.decode import has_chat_template, model_decode_mode
+
+        mode, why = model_decode_mode(loaded)
+        self.model_status.setText(
+            f"{loaded.ref.name} · {loaded.quant.label()} · {mode} decode"
+        )
+        self.model_status.setToolTip(
+            f"{loaded.ref.path or loaded.ref.repo_id}\nDecode mode: {mode}"
+            + (f" ({why})" if why else "")
+        )
         self.device_status.setText(report.device)
         self.size_status.setText(format_bytes(report.true_bytes))
         self.size_status.setToolTip(
@@ -498,13 +554,14 @@ class MainWindow(QMainWindow):
         )
         self.speed_status.setText("")
         text = f"Loaded {loaded.ref.name} in {format_seconds(report.load_s)}."
+        if self.applied_step:
+            text += f" Applied {self.applied_step} of the ladder."
+            self.applied_step = None
         if report.warnings:
             text += " " + " ".join(f"⚠ {w}." for w in report.warnings)
         self.load_label.setText(text)
         self.picker.mark_current(loaded.ref)
         self.picker.set_recent(self.controller.session.recent_folders)
-        from core.generation.decode import has_chat_template
-
         self.chat.set_chat_template(has_chat_template(loaded.tokenizer))
         self.chat.set_model_name(loaded.ref.name)
         self._update_actions()
@@ -512,6 +569,7 @@ class MainWindow(QMainWindow):
         self.chat.input.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def _on_load_failed(self, exc: Exception) -> None:
+        self.applied_step = None
         loaded = self.controller.loaded
         kept = f" {loaded.ref.name} stays loaded." if loaded else ""
         self.load_bar.end(f"Load failed.{kept}")
@@ -520,6 +578,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _on_load_cancelled(self) -> None:
+        self.applied_step = None
         loaded = self.controller.loaded
         kept = f" {loaded.ref.name} stays loaded." if loaded else ""
         self.load_bar.end(f"Load cancelled.{kept}")
@@ -652,6 +711,8 @@ class MainWindow(QMainWindow):
             self.speed_status.setToolTip(
                 f"Decode mode: {mode}" + (f" ({note})" if note else "")
             )
+            if note:  # the asked-for mode was not used, or the step recompiled
+                self.statusBar().showMessage(f"{note[:1].upper()}{note[1:]}.", 15000)
         else:
             self.speed_status.setText("")
         self._update_actions()
