@@ -349,7 +349,7 @@ def measure_generation(
 
         config.prompt_lookup_num_tokens = PROMPT_LOOKUP_TOKENS
     if decode.is_compiled(loaded):
-        config.max_cache_len = loaded.fast_decode.bucket(prompt_len + new_tokens)
+        config.max_cache_len, _ = loaded.fast_decode.claim(prompt_len + new_tokens)
     started = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(

@@ -17,6 +17,7 @@ from typing import Any
 
 from core import checks, memory
 from core.errors import CancelledError, LoadError, NibbleError, OutOfMemoryError
+from core.model import calibration
 from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, load_dtype
 from core.stack import import_stack, model_build
@@ -47,6 +48,8 @@ class LoadReport:
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    fast_decode: dict[str, Any] | None = None
+    """What fast decode did (FastDecode.to_dict) when the load asked for it."""
 
     @property
     def quantized_count(self) -> int:
@@ -64,6 +67,7 @@ class LoadReport:
             "dtypes": self.dtypes,
             "mapped_bytes": self.mapped_bytes,
             "warnings": self.warnings,
+            **({"fast_decode": self.fast_decode} if self.fast_decode else {}),
         }
 
 
@@ -317,6 +321,10 @@ def _load(
             "the folder needs tokenizer.json or tokenizer_config.json and its vocab",
         ) from exc
     memory.trim_heap()  # parsing the tokenizer freed more than the load will need
+    # What the estimate says of this load, kept beside what it costs; working it
+    # out imports the model's classes, which are the process's memory, not the load's.
+    expected = calibration.expect(path or ref, quant, options, on_gpu)
+    meter = calibration.meter(on_gpu)
     kwargs: dict[str, Any] = {
         "device_map": device_map,
         "dtype": dtype,
@@ -332,6 +340,7 @@ def _load(
     try:
         with (
             model_build(),
+            meter,
             _progress_hook(reporter),
             warnings.catch_warnings(),
             memory.heap_for_loading(),
@@ -355,13 +364,17 @@ def _load(
         # resident through the mapping).
         memory.release_checkpoint_pages(model)
     free_memory()
-    _first_forward(model, quant)
-    memory.heap_for_decoding()
+    meter.settle(memory.mapped_bytes(model))
     fast = _fast_decode(model, tokenizer, quant, options, reporter, cancel)
+    if fast:  # its warm-up ran the first forward (docs/facts.md, "Decoding wants ...")
+        memory.heap_for_decoding()
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
-    if fast is not None and fast.note:
-        report.warnings.append(fast.note)
+    calibration.keep(report, quant, expected, meter, config)
+    if fast is not None:
+        report.fast_decode = fast.to_dict()
+        if fast.note:
+            report.warnings.append(fast.note)
     if quant.quantized and report.quantized_count == 0:
         report.warnings.append(
             f"asked for {quant.label()} but no Linear layer was quantized: "
@@ -371,27 +384,6 @@ def _load(
     reporter.emit(1, 1, "Loaded")
     logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
     return LoadedModel(model, tokenizer, report, ref, quant, options, fast)
-
-
-def _first_forward(model: Any, quant: QuantSettings) -> None:
-    """Run one token through a quantized CPU model while the load's heap rules hold.
-
-    Its first forward repacks every 4-bit weight on AVX512 CPUs; under the decode
-    heap's rules the freed temporaries would stay as holes (docs/facts.md, "A
-    quantizing load keeps every freed temporary").
-    """
-    if not quant.quantized or model.device.type != "cpu":
-        return
-    import torch
-
-    token = model.config.bos_token_id
-    token = token if isinstance(token, int) else 0
-    try:
-        with torch.inference_mode():
-            model(input_ids=torch.tensor([[token]], device=model.device))
-    except Exception:  # the first answer then repacks: slower, never wrong
-        logger.debug("first forward after the load failed", exc_info=True)
-    memory.trim_heap()
 
 
 def _fast_decode(
