@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from core.chat import Chat, Turn
 from core.errors import NibbleError
+from core.generation.constrain import Constraint, constraint_from_dict
 from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
 from core.store import conversations as conv
@@ -87,7 +88,13 @@ class ChatController(Protocol):
     def loaded(self) -> LoadedModel | None: ...
 
     def ask(
-        self, question: str, settings: GenerationSettings, *, raw: bool, system: str
+        self,
+        question: str,
+        settings: GenerationSettings,
+        *,
+        raw: bool,
+        system: str,
+        constraint: Constraint | None = None,
     ) -> Turn | None: ...
 
     def ask_again(
@@ -96,6 +103,7 @@ class ChatController(Protocol):
         *,
         raw: bool = False,
         answer_id: int | None = None,
+        constraint: Constraint | None = None,
     ) -> Turn | None: ...
 
     def load(self, ref: ModelRef | None = None) -> object | None: ...
@@ -264,12 +272,20 @@ class ChatHistory(QObject):
             self.new_conversation()
 
     # -- asking --
-    def ask(self, question: str, settings: GenerationSettings) -> Turn | None:
-        """Store the question the view shows last and stream its answer."""
+    def ask(
+        self,
+        question: str,
+        settings: GenerationSettings,
+        constraint: Constraint | None = None,
+    ) -> Turn | None:
+        """Store the question the view shows last and stream its answer (held to
+        `constraint`, e.g. JSON, when one is given)."""
         raw = self.view.raw_check.isChecked()
         system = self.view.system_edit.toPlainText()
         try:
-            turn = self.controller.ask(question, settings, raw=raw, system=system)
+            turn = self.controller.ask(
+                question, settings, raw=raw, system=system, constraint=constraint
+            )
         except NibbleError as exc:
             self.error.emit(exc, "Cannot answer")
             self.render()  # the question shown was not sent (or has no answer)
@@ -285,12 +301,14 @@ class ChatHistory(QObject):
             self.list.mark_current(turn.conversation_id)
         return turn
 
-    def ask_again(self, settings: GenerationSettings) -> Turn | None:
+    def ask_again(
+        self, settings: GenerationSettings, constraint: Constraint | None = None
+    ) -> Turn | None:
         """Answer the last question again (the view dropped the answers after it);
         the new answer becomes another variant of the stored one."""
         try:
             return self.controller.ask_again(
-                settings, raw=self.view.raw_check.isChecked()
+                settings, raw=self.view.raw_check.isChecked(), constraint=constraint
             )
         except NibbleError as exc:
             self.error.emit(exc, "Cannot answer")
@@ -444,9 +462,14 @@ class ChatHistory(QObject):
         """Change a question, drop everything after it, and ask again."""
         if self.busy or self.current is None:
             return
+        try:
+            constraint = self.view.reply_constraint()
+        except NibbleError as exc:  # the line under the schema says it too
+            self.status.emit(exc.message)
+            return
         self.store.edit_message(message_id, text, drop_following=True)
         self._changed()
-        self.ask_again(self._sampling())
+        self.ask_again(self._sampling(), constraint)
 
     def delete_message(self, message_id: int) -> None:
         if self.busy:
@@ -520,9 +543,15 @@ class ChatHistory(QObject):
         settings = conv.sampling_of(message, self._sampling())
         provenance = message.provenance
         raw = provenance.raw if provenance is not None else False
+        # The answer again is held to what the first one was (JSON, a schema).
+        constraint = constraint_from_dict(
+            provenance.constraint if provenance is not None else None
+        )
         self.render(upto=message.id)
         try:
-            turn = self.controller.ask_again(settings, raw=raw, answer_id=message.id)
+            turn = self.controller.ask_again(
+                settings, raw=raw, answer_id=message.id, constraint=constraint
+            )
         except NibbleError as exc:
             turn = None
             self.error.emit(exc, "Cannot answer")

@@ -47,9 +47,10 @@ from core.model.loader import LoadedModel
 from core.paths import config_dir
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from core.store import session as session_mod
+from core.store.provenance import quant_label
 from core.units import format_bytes, format_seconds
 from gui import chat_history, dialogs, hub_dialog
-from gui.chat_view import ChatView
+from gui.chat_view import ChatView, json_error_text
 from gui.controller import CLOSE_DEADLINE_S, Controller
 from gui.estimate_view import EstimateView
 from gui.ladder_view import LadderView
@@ -98,6 +99,7 @@ class MainWindow(QMainWindow):
         self.compare_view: CompareView | None = None
         self.server_view: ServerView | None = None
         self.history: chat_history.ChatHistory | None = None  # after the first paint
+        self._switch_failed = ""  # the model a client's switch could not load
         self._picker_made_room = False
         self._build()
         self._connect()
@@ -317,6 +319,7 @@ class MainWindow(QMainWindow):
         c.load_failed.connect(self._on_load_failed)
         c.load_cancelled.connect(self._on_load_cancelled)
         c.model_unloaded.connect(self._on_unloaded)
+        c.model_switched.connect(self._on_model_switched)
         c.answer_started.connect(self._on_answer_started)
         c.answer_chunk.connect(self.chat.append_chunk)
         c.answer_finished.connect(self._on_answer)
@@ -601,6 +604,31 @@ class MainWindow(QMainWindow):
         self.speed_status.setText("")
         self._update_actions()
 
+    def _on_model_switched(self, state: str, name: str) -> None:
+        """A server client switches the model: the window follows and says so (in
+        the chat, as a notice line, and beside the load bar)."""
+        loaded = self.controller.loaded
+        text = ""
+        if state == "loading":
+            self.load_label.setText(f"A server client asked for {name}: loading it…")
+        elif state == "loaded" and loaded is not None:
+            self.settings_panel.set_settings(loaded.quant, loaded.options)
+            what = f"{loaded.ref.name} ({quant_label(loaded.quant, loaded.options)})"
+            if self._switch_failed:
+                text = f"{what} is loaded again."
+            else:
+                text = f"A server client switched the model to {what}."
+            self._switch_failed = ""
+        elif state == "failed":
+            self._switch_failed = name
+            text = f"A server client asked for {name}, which could not be loaded."
+        elif state == "unloaded":
+            text = f"The server unloaded {name} after it idled."
+        if text:
+            self.load_label.setText(text)
+            self.chat.add_notice(text)
+        self._update_actions()
+
     # -- generation --
     def ask(self, question: str) -> Turn | None:
         """Answer the question the chat just showed (kept in the history once the
@@ -609,14 +637,21 @@ class MainWindow(QMainWindow):
         if settings is None:
             self.chat.drop_last_question()
             return None
+        try:
+            constraint = self.chat.reply_constraint()
+        except NibbleError as exc:
+            self.chat.drop_last_question()
+            self._show_reply_error(exc)
+            return None
         if self.history is not None:
-            return self.history.ask(question, settings)
+            return self.history.ask(question, settings, constraint)
         try:
             return self.controller.ask(
                 question,
                 settings,
                 raw=self.chat.raw_check.isChecked(),
                 system=self.chat.system_edit.toPlainText(),
+                constraint=constraint,
             )
         except NibbleError as exc:
             self.chat.drop_last_question()
@@ -628,7 +663,19 @@ class MainWindow(QMainWindow):
         settings = self._sampling()
         if settings is None or self.history is None:
             return None
-        return self.history.ask_again(settings)
+        try:
+            constraint = self.chat.reply_constraint()
+        except NibbleError as exc:
+            self.history.render()  # the answers Regenerate dropped come back
+            self._show_reply_error(exc)
+            return None
+        return self.history.ask_again(settings, constraint)
+
+    def _show_reply_error(self, exc: NibbleError) -> None:
+        """A schema "Reply as JSON" cannot use: its one line shows under the
+        schema (the sampling section opens) and in the status bar."""
+        self.chat.sampling_toggle.setChecked(True)
+        self.statusBar().showMessage(json_error_text(exc), 10000)
 
     def _sampling(self) -> GenerationSettings | None:
         try:
@@ -762,8 +809,13 @@ class MainWindow(QMainWindow):
         self.load_button.setText("Reload with these settings" if differs else "Load")
         self.load_button.setToolTip(reason or f"Load {c.selected_ref.name}")
         self.load_action.setEnabled(not reason)
-        self.unload_action.setEnabled(c.loaded is not None and not generating)
-        if c.loaded is None:
+        switching = c.app.switching
+        self.unload_action.setEnabled(
+            c.loaded is not None and not generating and not switching
+        )
+        if switching:
+            chat_reason = f"Wait: the server is loading {switching} for a client."
+        elif c.loaded is None:
             chat_reason = "Load a model first."
         elif loading:
             chat_reason = "Wait for the model to load."
