@@ -79,6 +79,7 @@ def main() -> None:
         QTimer.singleShot(1500, grab)  # let the monitor and status bar catch up
 
     def show_divergence(turn: Any) -> None:
+        print("answered; comparing the answer with fp32", flush=True)
         message = turn.answer
         dialog = window.history.show_divergence(message.id, message.variant)
         dialog.resize(760, 420)
