@@ -679,9 +679,11 @@ def test_json_object_answers_are_json_objects(served: Served, model_name: str) -
 def test_sampled_json_schema_answers_are_all_schema_valid(
     served: Served, model_name: str
 ) -> None:
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, ConfigDict, Field
 
     class Pet(BaseModel):  # bounded, so every sampled answer ends within max_tokens
+        model_config = ConfigDict(extra="forbid")  # no keys beyond these three
+
         name: str = Field(max_length=16)
         species: str = Field(max_length=16)
         age: int = Field(ge=0, le=40)
