@@ -34,11 +34,9 @@ def test_damage_is_detected(tmp_path: Path, default_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_conversion_interrupted_while_checking_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_interrupted_conversion_leaves_nothing_and_damage_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_dir: Path
 ) -> None:
-    # That a damaged copy is rebuilt by a full conversion is checked, with the same
-    # conversion, in tests/faults/test_conversion.py.
     monkeypatch.setenv("NIBBLE_DATA_DIR", str(tmp_path))
     target = default_model.model_dir()
 
@@ -50,3 +48,15 @@ def test_conversion_interrupted_while_checking_leaves_nothing(
         default_model.ensure(interrupt)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []  # no half model, no temporary folder
+
+    # A damaged copy (the one converted for the other tests, config.json changed) is
+    # rebuilt by a full conversion: one conversion checks both.
+    shutil.copytree(default_dir, target)
+    (target / "config.json").write_text("{}")  # same file, wrong size
+    assert not default_model.is_ready()
+    steps: list[str] = []
+    assert default_model.ensure(lambda d, t, m: steps.append(m)) == target
+    assert steps[0] == "Reading the GGUF file"
+    assert steps[-1] == "Default model ready"
+    assert default_model.is_ready()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
