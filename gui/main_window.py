@@ -109,7 +109,8 @@ class MainWindow(QMainWindow):
 
     def fit_middle_column(self) -> None:
         """Widen the settings column to what its fields need, taking it from the tabs,
-        so no button or field is cut at the right (the tabs keep their minimum)."""
+        so no button or field is cut at the right (the tabs keep their minimum); and
+        to the whole estimate table where the tabs keep half the window."""
         sizes = self.splitter.sizes()
         if len(sizes) != 3 or sum(sizes) == 0:
             return
@@ -117,8 +118,21 @@ class MainWindow(QMainWindow):
         wanted = self.settings_panel.sizeHint().width() + scrollbar + 4
         spare = sizes[2] - self.tabs.minimumSizeHint().width()
         grow = max(0, min(wanted - sizes[1], spare))
-        if grow:
+        keep = max(self.tabs.minimumSizeHint().width(), sum(sizes) // 2)
+        table = self.estimate_view.full_width() - sizes[1]
+        grow = max(grow, min(table, sizes[2] - keep))
+        if grow > 0:
             self.splitter.setSizes([sizes[0], sizes[1] + grow, sizes[2] - grow])
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        if event.size().width() > event.oldSize().width():
+            # Once the splitter has shared out the new width.
+            QTimer.singleShot(0, self, self.fit_middle_column)
+
+    def _on_first_estimate(self, _table: Any) -> None:
+        self.estimate_view.estimated.disconnect(self._on_first_estimate)
+        QTimer.singleShot(0, self, self.fit_middle_column)
 
     # -- building --
     def _build(self) -> None:
@@ -302,6 +316,8 @@ class MainWindow(QMainWindow):
         self.estimate_view.model_bytes_known.connect(
             self.settings_panel.set_model_bytes
         )
+        # The first table says how wide the estimate wants to be.
+        self.estimate_view.estimated.connect(self._on_first_estimate)
         c.settings_changed.connect(lambda *_s: self._update_actions())
         c.load_started.connect(self._on_load_started)
         c.load_progressed.connect(self.load_bar.report)
