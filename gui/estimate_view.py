@@ -130,6 +130,13 @@ class EstimateView(QWidget):
             header.setToolTip(HEADER_TIPS.get(name, ""))
             self.grid.setHorizontalHeaderItem(column, header)
         self.grid.verticalHeader().hide()
+        # Compact rows: every preset shows without taking the settings' room.
+        self.grid.verticalHeader().setMinimumSectionSize(
+            self.fontMetrics().height() + 4
+        )
+        self.grid.verticalHeader().setDefaultSectionSize(
+            self.fontMetrics().height() + 8
+        )
         self.grid.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.grid.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.grid.horizontalHeader().setSectionResizeMode(
@@ -295,7 +302,8 @@ class EstimateView(QWidget):
             shown.remove(COLUMNS.index(name))
         for column in range(grid.columnCount()):
             grid.setColumnHidden(column, column not in shown)
-        header = grid.horizontalHeader().sizeHint().height()
+        top = grid.horizontalHeader()
+        header = max(top.sizeHint().height(), top.height() if top.isVisible() else 0)
         rows = sum(grid.rowHeight(r) for r in range(grid.rowCount()))
         height = header + rows + 2 * grid.frameWidth()
         if sum(widths[c] for c in shown) > room:  # even the first three do not fit
