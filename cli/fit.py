@@ -62,7 +62,10 @@ def fit_before_load(
     steps = ladder(ref, quant, options, device=device, family=family, current=now)
     first = steps.first_fit
     if mode == "auto" and first is not None:
-        print(f"fit: {now.verdict_text}; applying {first.line()}", file=sys.stderr)
+        print(
+            f"fit: {now.verdict_text} ({device.describe()}); applying {first.line()}",
+            file=sys.stderr,
+        )
         return Fitted(
             first.model, first.quant, first.options, first.estimate.context, first.step
         )

@@ -72,7 +72,7 @@ def add_snippet(sub: Any) -> None:
 
 def constraint_from_args(args: argparse.Namespace) -> Any:
     """--json-object / --json-schema FILE as a Constraint, checked before any load."""
-    from core.generation.constrain import Constraint, load_schema
+    from core.generation.constrain import reply_constraint
 
     if args.json_schema is not None:
         path = Path(args.json_schema).expanduser()
@@ -83,13 +83,10 @@ def constraint_from_args(args: argparse.Namespace) -> Any:
                 f"cannot read the JSON schema {path}: {exc.strerror or exc}",
                 "pass the path of a .json file that holds the schema",
             ) from None
-        constraint = Constraint.json_schema(load_schema(text), path.stem)
-    elif args.json_object:
-        constraint = Constraint.json_object()
-    else:
-        return None
-    constraint.check()
-    return constraint
+        return reply_constraint(text, path.stem)
+    if args.json_object:
+        return reply_constraint()
+    return None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -194,6 +191,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"loaded in {report.load_s:.1f} s] {stats.summary()}",
                 file=sys.stderr,
             )
+            if stats.decode_note:  # why the mode asked for was not used, a recompile
+                print(f"note: {stats.decode_note}", file=sys.stderr)
     return EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
 
 

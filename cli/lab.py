@@ -50,6 +50,12 @@ def add_estimate(sub: Any) -> None:
         help="sequences at once (1)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="each term of the current row, where it comes from (formula or this "
+        "machine's calibration) and the load records behind it",
+    )
     add_quant_args(p)
     p.set_defaults(func=cmd_estimate)
 
@@ -74,6 +80,12 @@ def add_report(sub: Any) -> None:
     p.add_argument("--prompt", "-p", default=None, help="also generate an answer")
     p.add_argument("--json", action="store_true", help="JSON instead of Markdown")
     p.add_argument("--save", default=None, metavar="PATH", help="write PATH.md + .json")
+    p.add_argument(
+        "--include-load-records",
+        action="store_true",
+        help="add this machine's load records (each load's estimate and what it "
+        "cost); they stay out of a report unless asked for",
+    )
     add_quant_args(p)
     add_generation_args(p)
     p.set_defaults(func=cmd_report)
@@ -112,6 +124,13 @@ def add_compare(sub: Any) -> None:
         help="a text file to score instead of the bundled one",
     )
     p.add_argument(
+        "--kl-threshold",
+        type=number("--kl-threshold", low=0.0),
+        default=None,
+        help="KL (nats) above which a token counts as moved, for the share of "
+        "tokens above it (default 0.1)",
+    )
+    p.add_argument(
         "--decode",
         default=None,
         metavar="MODES",
@@ -141,9 +160,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         args.model, quant, options, context=args.context, batch=args.batch
     )
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        data = result.to_dict()
+        if args.explain:
+            data["explain"] = _explain_json(result.current)
+        print(json.dumps(data, indent=2))
     else:
         print(render.estimate_table(result))
+        if args.explain:
+            print()
+            print(render.explain(result.current))
     sys.stdout.flush()  # the count below comes after the table, also in a shared log
     unknown = sum(row.weights_bytes is None for row in result.rows)
     return tally(
@@ -153,6 +178,22 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         "have no estimate",
         "the note 'weights not estimated' above says why",
     )
+
+
+def _explain_json(row: Any) -> dict[str, Any]:
+    from core.model.estimate import explain
+
+    cal = row.calibration
+    return {
+        "device": row.device_key,
+        "terms": [
+            {"part": part, "term": name, "bytes": value, "source": source}
+            for part, name, value, source in explain(row)
+        ],
+        "calibration": row.calibration_text,
+        "records": [r.to_dict() for r in cal.records] if cal is not None else [],
+        "misses_pct": [round(e, 2) for e in cal.errors_pct] if cal is not None else [],
+    }
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -199,7 +240,14 @@ def cmd_report(args: argparse.Namespace) -> int:
                 _, stats = decode.generate_text(loaded, prompt, gen)
         finally:
             loader.unload(loaded)
-    data = report.build(name, quant, options, load_report, estimate, gen, stats)
+    records = None
+    if args.include_load_records:
+        from core.store import calibration
+
+        records = calibration.load_records()
+    data = report.build(
+        name, quant, options, load_report, estimate, gen, stats, load_records=records
+    )
     if args.save:
         for path in report.save(data, args.save):
             print(f"wrote {path}", file=sys.stderr)
@@ -238,6 +286,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_text=eval_text,
         eval_tokens=args.eval_tokens,
         streams=_stream_counts(args.streams),
+        kl_threshold=compare.DEFAULT_THRESHOLD
+        if args.kl_threshold is None
+        else args.kl_threshold,
     )
     ref = catalog.resolve(args.model)
     warnings: dict[str, None] = {}

@@ -72,6 +72,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         # Libraries' own bars (the GGUF conversion's) would fill a log with \r;
         # tqdm reads this when it is imported, which has not happened yet.
         os.environ.setdefault("TQDM_DISABLE", "1")
+    from core.store import calibration
+
+    calibration.install()  # every load is recorded beside its estimate
     try:
         with interrupt.sigterm_as_ctrl_c():
             return args.func(args)

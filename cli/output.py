@@ -14,7 +14,8 @@ EXIT_INTERRUPTED = interrupt.EXIT_INTERRUPTED
 EXIT_PARTIAL = 3  # a command of several units of work: some failed, the rest are done
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a tool ended by SIGPIPE
 
-_COUNTER = re.compile(r"\s*\d+/\d+$")
+# What changes within one stage: "Loading weights 3/9", "Compiling … (12 s)".
+_COUNTER = re.compile(r"\s*(\d+/\d+|\(\d+ s\))$")
 
 
 def stderr_progress(quiet: bool) -> Callable[[int, int, str], None] | None:

@@ -53,10 +53,78 @@ def estimate_table(result: estimate.Table) -> str:
     lines.append(f"Current: {current.verdict} — {current.verdict_text}")
     best = result.recommended
     lines.append(f"Recommended: {best or 'none of the presets fits'}")
+    lines.append(f"Overhead and peak: {result.calibration_text}")
     lines += [f"note: {n}" for n in result.notes]
     lines.append(f"note: {OVERHEAD_NOTE}")
     lines.append(f"note: {PEAK_NOTE}; the verdict judges the higher of total and peak")
     return "\n".join(lines)
+
+
+def explain(row: estimate.Estimate) -> str:
+    """Each term of one estimate row, where it comes from, and the records behind
+    this machine's calibration (`estimate --explain`)."""
+    from core.model.estimate import explain as terms
+
+    parts: dict[str, list[tuple[str, int | None, str]]] = {}
+    for part, name, value, source in terms(row):
+        parts.setdefault(part, []).append((name, value, source))
+
+    def line(indent: str, name: str, value: int | None, source: str = "") -> str:
+        width = 36 - len(indent)
+        return f"{indent}{name:<{width}} {format_bytes(value):>11}  {source}".rstrip()
+
+    lines = [
+        f"How the {row.preset} row ({row.label}) is worked out, on {row.device_key}:",
+        "",
+        "Once loaded",
+    ]
+    lines += [line("  ", *term) for term in parts.get("steady", [])]
+    lines.append("  overhead")
+    lines += [line("    ", *term) for term in parts.get("overhead", [])]
+    lines.append(line("    ", "= overhead", row.overhead_bytes))
+    lines.append(line("  ", "= total once loaded", row.total_bytes))
+    lines += ["", "Peak during the load"]
+    lines += [line("  ", *term) for term in parts.get("peak", [])]
+    lines.append(line("  ", "= load peak", row.load_peak_bytes))
+    lines += ["", f"Calibration: {row.calibration_text}."]
+    cal = row.calibration
+    if cal is not None and cal.calibrated:
+        lines.append(
+            f"  peak {_signed(cal.peak_offset_bytes)} and once loaded "
+            f"{_signed(cal.steady_offset_bytes)} over the formulas: the medians "
+            "below; ± is the largest miss predicting each load from the others"
+        )
+    if cal is None or not cal.records:
+        lines.append(
+            f"  No load on {row.device_key} recorded yet: every load is recorded "
+            "beside its estimate in the local history, and after 3 the overhead is "
+            "learnt from them."
+        )
+        return "\n".join(lines)
+    lines += ["", "Records behind it (newest first):"]
+    head = ["#", "when", "model", "preset", "formula peak", "actual peak", "miss"]
+    table = []
+    for i, rec in enumerate(cal.records):
+        miss = f"{cal.errors_pct[i]:+.1f}%" if i < len(cal.errors_pct) else "—"
+        table.append(
+            [
+                str(rec.id or ""),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.created)),
+                rec.model,
+                rec.label,
+                format_bytes(rec.estimated_peak_bytes),
+                format_bytes(rec.actual_peak_bytes),
+                miss,
+            ]
+        )
+    lines.append(grid(head, table))
+    if cal.errors_pct:
+        lines.append("miss: predicted from the other records, against the actual peak")
+    return "\n".join(lines)
+
+
+def _signed(n: int) -> str:
+    return ("+" if n >= 0 else "-") + format_bytes(abs(n))
 
 
 def compare_table(result: compare.CompareResult) -> str:
@@ -72,6 +140,7 @@ def compare_table(result: compare.CompareResult) -> str:
         "decode",
         "ppl",
         "KL",
+        f"KL>{_threshold(result):g}",
         "top-1",
     ]
     lines = []
@@ -91,10 +160,21 @@ def compare_table(result: compare.CompareResult) -> str:
                 r.decode_mode,
                 f"{r.perplexity:.3f}" if r.perplexity is not None else "—",
                 f"{r.kl_vs_baseline:.5f}" if r.kl_vs_baseline is not None else "—",
+                f"{r.kl_share_above:.1%}" if r.kl_share_above is not None else "—",
                 f"{r.top1_agreement:.1%}" if r.top1_agreement is not None else "—",
             ]
         )
-    return grid(headers, lines) + "\n" + PEAK_NOTE
+    note = (
+        f"KL>{_threshold(result):g}: the share of evaluation tokens whose KL vs the "
+        "baseline is above that threshold"
+    )
+    return grid(headers, lines) + "\n" + PEAK_NOTE + "\n" + note
+
+
+def _threshold(result: compare.CompareResult) -> float:
+    """The KL threshold the comparison counted moved tokens with."""
+    value = result.config.get("kl_threshold")
+    return float(value) if value is not None else compare.DEFAULT_THRESHOLD
 
 
 PEAK_NOTE = (

@@ -28,8 +28,10 @@ from core.store import session as session_mod
 
 if TYPE_CHECKING:
     from core.checks import Machine
+    from core.generation.constrain import Constraint
     from core.generation.decode import GenerationStats
     from core.generation.queue import GenerationQueue
+    from core.generation.switch import ModelSwitcher
     from core.model.loader import LoadedModel
     from core.store.conversations import ConversationStore
 
@@ -45,8 +47,10 @@ class JobKind(str, Enum):
     MODULES = "modules"
     LOAD = "load"
     ESTIMATE = "estimate"
+    LADDER = "ladder"
     ANSWER = "answer"
     COMPARE = "compare"
+    DIVERGENCE = "divergence"
     EXPORT = "export"
     SAMPLER = "sampler"
     SERVER = "server"
@@ -58,7 +62,15 @@ class JobKind(str, Enum):
         return self.value
 
 
-EXCLUSIVE = frozenset({JobKind.LOAD, JobKind.ESTIMATE, JobKind.MODULES})
+EXCLUSIVE = frozenset(
+    {
+        JobKind.LOAD,
+        JobKind.ESTIMATE,
+        JobKind.LADDER,
+        JobKind.MODULES,
+        JobKind.DIVERGENCE,
+    }
+)
 """Kinds that build a model (from_pretrained, from_config on the meta device)."""
 
 NEEDS_NO_STACK = frozenset(
@@ -82,7 +94,9 @@ LEFT_RUNNING_ON_CLOSE = frozenset(
         JobKind.RESOLVE,
         JobKind.MODULES,
         JobKind.ESTIMATE,
+        JobKind.LADDER,
         JobKind.LOAD,
+        JobKind.DIVERGENCE,
         JobKind.HUB_SEARCH,
         JobKind.HUB_PLAN,
     }
@@ -137,7 +151,9 @@ class App:
     Events (plain callbacks, called on the thread that made the change):
     ``model_selected(ModelRef)``, ``settings_changed(QuantSettings, LoadOptions)``,
     ``model_changed(LoadedModel | None)`` (what the generation queue answers with),
-    ``model_unloaded()``.
+    ``model_unloaded()``, and ``model_switched(state, name)`` when a server client
+    switches the model (see `model_switcher`): "loading", then "loaded" (the App
+    already follows it) or "failed"; "unloaded" after idling.
     """
 
     def __init__(
@@ -162,6 +178,9 @@ class App:
         self.settings_changed = Event()
         self.model_changed = Event()
         self.model_unloaded = Event()
+        self.model_switched = Event()
+        self.switching: str | None = None
+        """The model a server client's switch is loading now, by name."""
 
     # -- the generation queue, the history --
 
@@ -249,6 +268,8 @@ class App:
             return "A model is loading."
         if self.running(JobKind.ANSWER) is not None:
             return "Wait for the answer to finish (or stop it)."
+        if self.switching is not None:
+            return f"The server is loading {self.switching} for a client."
         return ""
 
     def stack_ready(self, machine: Machine) -> None:
@@ -277,7 +298,11 @@ class App:
 
     def unload(self) -> bool:
         """Drop the loaded model (not while it answers); True when one was dropped."""
-        if self.loaded is None or self.running(JobKind.ANSWER) is not None:
+        if (
+            self.loaded is None
+            or self.running(JobKind.ANSWER) is not None
+            or self.switching is not None
+        ):
             return False
         from core.model import loader
 
@@ -289,6 +314,79 @@ class App:
         self.model_unloaded.emit()
         return True
 
+    # -- a server's clients switch the model --
+
+    def model_switcher(
+        self,
+        directory: Callable[[], dict[str, ModelRef]] | None = None,
+        idle_unload_s: float | None = None,
+    ) -> ModelSwitcher:
+        """A ModelSwitcher over the chat's queue that the App follows: when a server
+        client names another model, it becomes the selected and loaded model here
+        too (settings included), and `model_switched` tells each step.
+
+        Parameters
+        ----------
+        directory
+            The servable models by name (default: the default model, the recent
+            folders, the Hugging Face cache).
+        idle_unload_s
+            Unload after this many seconds without a request (None: never).
+        """
+        from core.generation.switch import ModelSwitcher, servable
+
+        def servable_here() -> dict[str, ModelRef]:
+            return servable(self.session.recent_folders)
+
+        return ModelSwitcher(
+            self.generation_queue,
+            directory=directory or servable_here,
+            settings_for=self._settings_for,
+            idle_unload_s=idle_unload_s,
+            on_change=self._on_switch,
+            load=self._switch_load,
+            unload=self._switch_unload,
+        )
+
+    def _settings_for(self, ref: ModelRef) -> tuple[QuantSettings, LoadOptions] | None:
+        """The settings a bare model name means here: the loaded model's, else the
+        panel's for the selected model (else the switcher's nf4)."""
+        loaded = self.loaded
+        if loaded is not None and loaded.ref == ref:
+            return loaded.quant, loaded.options
+        if ref == self.selected_ref:
+            return self.quant, self.options
+        return None
+
+    def _switch_load(
+        self, ref: ModelRef, quant: QuantSettings, options: LoadOptions
+    ) -> LoadedModel:
+        from core.model import loader
+
+        loaded = loader.load(ref, quant, options)
+        # What the window loaded while the switch waited gives way to it.
+        stale, self.loaded = self.loaded, loaded
+        self.selected_ref = loaded.ref
+        self.module_names = []
+        self.quant, self.options = loaded.quant, loaded.options
+        self.session.model = session_mod.ref_to_dict(loaded.ref)
+        self.session.quant, self.session.options = loaded.quant, loaded.options
+        self.last_stats = None
+        if stale is not None and stale is not loaded:
+            loader.unload(stale)
+        return loaded
+
+    def _switch_unload(self, loaded: LoadedModel) -> None:
+        from core.model import loader
+
+        if self.loaded is loaded:
+            self.loaded = None
+        loader.unload(loaded)
+
+    def _on_switch(self, state: str, name: str) -> None:
+        self.switching = name if state == "loading" else None
+        self.model_switched.emit(state, name)
+
     # -- answers --
 
     def ask(
@@ -298,9 +396,12 @@ class App:
         *,
         raw: bool = False,
         system: str | None = None,
+        constraint: Constraint | None = None,
     ) -> Turn:
         """Store `question` in the open chat and queue its answer; the Turn carries
-        it (iterate `turn.follow()` for the chunks, then `end_answer`).
+        it (iterate `turn.follow()` for the chunks, then `end_answer`). With a
+        `constraint` the answer is held to it (JSON, a JSON schema) while it is
+        decoded, and its provenance records it.
 
         Raises
         ------
@@ -309,7 +410,12 @@ class App:
         """
         self._check_can_answer()
         turn = self.chat.ask(
-            question, settings, raw=raw, system=system, loaded=self.loaded
+            question,
+            settings,
+            raw=raw,
+            system=system,
+            loaded=self.loaded,
+            constraint=constraint,
         )
         self._submit(turn)
         return turn
@@ -320,11 +426,16 @@ class App:
         *,
         raw: bool = False,
         answer_id: int | None = None,
+        constraint: Constraint | None = None,
     ) -> Turn | None:
         """Answer the last question (or answer `answer_id`'s) again, as a variant."""
         self._check_can_answer()
         turn = self.chat.again(
-            settings, raw=raw, loaded=self.loaded, answer_id=answer_id
+            settings,
+            raw=raw,
+            loaded=self.loaded,
+            answer_id=answer_id,
+            constraint=constraint,
         )
         if turn is not None:
             self._submit(turn)
@@ -344,7 +455,11 @@ class App:
         from core.generation.queue import GenerationRequest
 
         request = GenerationRequest(
-            turn.prompt, turn.settings, raw=turn.raw, source="chat"
+            turn.prompt,
+            turn.settings,
+            raw=turn.raw,
+            source="chat",
+            constraint=turn.constraint,
         )
         try:
             turn.job = self.generation_queue.submit(request)

@@ -51,8 +51,8 @@ class Turn:
     unsaved
         Why the question could not be stored (the answer still comes, unkept).
     constraint
-        What the answer was constrained to (a decode.Constraint), kept in its
-        provenance.
+        What the answer is held to (a core.generation.constrain.Constraint, e.g.
+        JSON matching a schema); the queue enforces it and the provenance keeps it.
     answer
         The stored answer once `finish()` ran (for a variant: its message).
     """
@@ -264,12 +264,14 @@ class Chat:
         raw: bool = False,
         loaded: LoadedModel | None = None,
         answer_id: int | None = None,
+        constraint: Any = None,
     ) -> Turn | None:
         """A Turn that answers a question again; None when there is none to answer.
 
         `answer_id` names the answer to write again; by default the last question
         is answered again. Where an answer follows the question, the new answer
-        becomes another variant of it.
+        becomes another variant of it. `constraint` holds it to JSON (see
+        core.generation.constrain), as `ask`'s does.
         """
         messages = self.messages
         if answer_id is None:
@@ -308,6 +310,7 @@ class Chat:
             loaded,
             question=question,
             variant_of=answer.id if answer is not None else None,
+            constraint=constraint,
             _chat=self,
         )
         self.turn = turn

@@ -43,6 +43,25 @@ class LoadError(NibbleError):
     """Loading failed; the previously loaded model is untouched."""
 
 
+class OutOfMemoryError(LoadError):
+    """A load ran out of memory (CUDA, or the CPU's RAM); it was caught and named.
+
+    `needed` and `free` are the bytes the estimate said the load needs and what was
+    free when it failed (None when unknown); `on_gpu` says which memory.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        needed: int | None = None,
+        free: int | None = None,
+        on_gpu: bool = False,
+    ) -> None:
+        super().__init__(message, hint)
+        self.needed, self.free, self.on_gpu = needed, free, on_gpu
+
+
 class GenerationError(NibbleError):
     """Generation failed or the input cannot be generated from."""
 

@@ -279,8 +279,15 @@ def trim_heap() -> None:
 
 # glibc's mallopt parameter (docs/facts.md, "A quantizing load keeps every freed
 # temporary"); 128 KiB is glibc's own starting threshold.
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024
+# While decoding: every step allocates and frees the same few blocks of a few hundred
+# KiB (a compiled step's buffers, the logits). Above a 128 KiB threshold each is a
+# fresh mmap, zero-filled page by page and unmapped again: 20 instead of 28 tok/s
+# compiled (docs/facts.md, "Decoding wants a heap that keeps its blocks").
+DECODE_MMAP_THRESHOLD = 4 * 2**20
+DECODE_TRIM_THRESHOLD = 8 * 2**20
 
 
 @contextlib.contextmanager
@@ -304,7 +311,110 @@ def heap_for_loading() -> Iterator[None]:
 
 
 def fix_mmap_threshold() -> None:
-    """Fix glibc's mmap threshold at 128 KiB (see heap_for_loading); idempotent."""
+    """Fix glibc's mmap and trim thresholds at 128 KiB (see heap_for_loading);
+    idempotent."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD)
+
+
+def heap_for_decoding() -> None:
+    """Let decode steps reuse heap blocks: blocks up to 4 MiB come from the heap and
+    up to 8 MiB of free heap top stays with the process. Set once a loaded model has
+    run its first forward (a 4-bit model's repack needs the load's threshold)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, DECODE_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, DECODE_TRIM_THRESHOLD)
+
+
+def anonymous_bytes() -> int | None:
+    """This process's anonymous memory (RssAnon + RssShmem), else RSS; None unknown."""
+    now = process_memory()
+    if now is None:
+        return None
+    return now.anon if now.anon is not None else now.rss
+
+
+def rss_high_water() -> int | None:
+    """The highest RSS this process ever had (VmHWM), None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class PeakSampler:
+    """The highest anonymous memory of this process while the block runs.
+
+    Linux keeps a high-water mark only of RSS (VmHWM), which counts the checkpoint's
+    mapped pages: a quantizing load reads the whole file through them, yet the OS may
+    drop them again. So a thread reads RssAnon every `interval_s` (docs/facts.md,
+    "How a load's peak is measured"); `base` is the value on entry, `peak` the
+    highest seen, both None where /proc cannot be read.
+    """
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.base: int | None = None
+        self.peak: int | None = None
+        self.rss_base: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        now = anonymous_bytes()
+        if now is not None:
+            self.peak = now if self.peak is None else max(self.peak, now)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> PeakSampler:
+        now = process_memory()
+        self.rss_base = now.rss if now is not None else None
+        self.base = self.peak = anonymous_bytes()
+        self.resume()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pause()
+
+    def resume(self) -> None:
+        """Sample again after `pause`, keeping the base and the peak so far."""
+        if self.base is None or self._thread is not None:
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name="nibble-peak", daemon=True
+        )
+        self._thread.start()
+
+    def pause(self) -> None:
+        """Stop sampling (one last sample taken)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._sample()
+
+    @property
+    def rise(self) -> int | None:
+        """The peak above the value on entry."""
+        if self.base is None or self.peak is None:
+            return None
+        return max(0, self.peak - self.base)
+
+    def rss_rise(self) -> int | None:
+        """The kernel's RSS high-water mark above RSS on entry: file-backed pages
+        included, and only the block's own when the process never had more RSS before."""
+        high = rss_high_water()
+        if high is None or self.rss_base is None:
+            return None
+        return max(0, high - self.rss_base)

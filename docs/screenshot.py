@@ -9,6 +9,10 @@ size for that screen.
 size, the Chat, Monitor, Compare and Server tabs as DIR/light-1024x700-chat.png and so
 on, and the Chat tab with the load strip as it shows mid-load (-loading.png), to check
 that nothing clips.
+
+``--view divergence [out.png]`` (default docs/divergence.png) instead waits for the
+answer, opens "Show divergence" on it (nf4 against fp32) and saves that window with
+the hover of its most moved token.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -26,16 +31,28 @@ QUESTION = "Write a Python function that returns the square of a number."
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("out", nargs="?", default="docs/screenshot.png")
+    parser.add_argument("out", nargs="?", default=None)
     parser.add_argument("--sizes", default="", help="e.g. 1024x700,1366x768")
     parser.add_argument("--prefix", default="", help="where the --sizes shots go")
+    parser.add_argument(
+        "--view",
+        choices=("window", "divergence"),
+        default="window",
+        help="what to take",
+    )
     args = parser.parse_args()
+    if args.out is None:
+        args.out = (
+            f"docs/{'divergence' if args.view == 'divergence' else 'screenshot'}.png"
+        )
     os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-shot-")
     # A history of its own: the shot shows one conversation and leaves the user's alone.
     os.environ["NIBBLE_CONVERSATIONS_DB"] = os.path.join(
         os.environ["NIBBLE_CONFIG_DIR"], "conversations.db"
     )
     from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtGui import QTextCursor
+    from PySide6.QtWidgets import QToolTip
 
     from core.settings import GenerationSettings
     from core.store.session import Session
@@ -56,12 +73,62 @@ def main() -> None:
         QTimer.singleShot(ms, loop.quit)
         loop.exec()
 
-    def shoot(_stats: object) -> None:
+    def shoot(turn: object) -> None:
+        if args.view == "divergence":
+            QTimer.singleShot(0, lambda: show_divergence(turn))
+            return
         QTimer.singleShot(1500, grab)  # let the monitor and status bar catch up
 
     def save(path: str) -> None:
         window.grab().save(path)
         print(f"saved {path} ({window.width()}x{window.height()})")
+
+    def show_divergence(turn: Any) -> None:
+        print("answered; comparing the answer with fp32", flush=True)
+        message = turn.answer
+        dialog = window.history.show_divergence(message.id, message.variant)
+        dialog.resize(760, 420)
+        dialog.move(40, 40)
+        dialog.view.finished.connect(lambda result: grab_divergence(dialog, result))
+
+    def grab_divergence(dialog: Any, result: Any) -> None:
+        if result is None:
+            print(f"no divergence: {dialog.view.error_label.text()}")
+            app.exit(1)
+            return
+        pause(500)
+        text = dialog.view.text
+        worst = max(range(len(result.tokens)), key=lambda i: result.tokens[i].kl)
+        start, end = text.spans[worst]
+        cursor = QTextCursor(text.document())
+        cursor.setPosition((start + end) // 2)
+        text.setTextCursor(cursor)
+        text.ensureCursorVisible()
+        pause(200)
+        point = text.cursorRect(cursor).center()
+        QToolTip.showText(text.viewport().mapToGlobal(point), text.tooltip(worst), text)
+        pause(700)
+        # The whole screen under the dialog, so the hover's window is in the shot.
+        geometry = dialog.frameGeometry().united(tooltip_rect(text, point))
+        shot = app.primaryScreen().grabWindow(
+            0, geometry.x(), geometry.y(), geometry.width(), geometry.height()
+        )
+        shot.save(args.out)
+        print(f"saved {args.out}")
+        QToolTip.hideText()
+        dialog.close()
+        window.close()
+        app.quit()
+
+    def tooltip_rect(text: Any, point: Any) -> Any:
+        """Where the hover's window is, in screen coordinates (a generous guess)."""
+        from PySide6.QtCore import QRect
+
+        for widget in app.topLevelWidgets():
+            if widget.inherits("QTipLabel") and widget.isVisible():
+                return widget.frameGeometry()
+        corner = text.viewport().mapToGlobal(point)
+        return QRect(corner.x(), corner.y(), 320, 200)
 
     def grab() -> None:
         if not sizes:

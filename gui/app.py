@@ -128,7 +128,10 @@ def run_app(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     app = make_app(argv)
+    from core.store import calibration
     from core.store.session import load_session
+
+    calibration.install()  # every load is recorded beside its estimate
     from gui import workers
     from gui.main_window import MainWindow
 

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from core.chat import Chat, Turn
 from core.errors import NibbleError
+from core.generation.constrain import Constraint, constraint_from_dict
 from core.model.catalog import ModelRef
 from core.settings import GenerationSettings, LoadOptions, QuantSettings, preset
 from core.store import conversations as conv
@@ -46,6 +47,7 @@ from gui.variants_view import (
     Badge,
     VariantsDialog,
     VariantSwitcher,
+    quantized,
     regenerate_menu,
 )
 
@@ -86,7 +88,13 @@ class ChatController(Protocol):
     def loaded(self) -> LoadedModel | None: ...
 
     def ask(
-        self, question: str, settings: GenerationSettings, *, raw: bool, system: str
+        self,
+        question: str,
+        settings: GenerationSettings,
+        *,
+        raw: bool,
+        system: str,
+        constraint: Constraint | None = None,
     ) -> Turn | None: ...
 
     def ask_again(
@@ -95,6 +103,7 @@ class ChatController(Protocol):
         *,
         raw: bool = False,
         answer_id: int | None = None,
+        constraint: Constraint | None = None,
     ) -> Turn | None: ...
 
     def load(self, ref: ModelRef | None = None) -> object | None: ...
@@ -162,6 +171,7 @@ class ChatHistory(QObject):
         self.regeneration: Regeneration | None = None
         self._restore_to: tuple[ModelRef, QuantSettings, LoadOptions] | None = None
         self.dialogs: list[VariantsDialog] = []
+        self.divergence_dialogs: list[Any] = []
         self.closed = False
         self.list = ConversationList(self.store)
         self.list.setMinimumWidth(140)
@@ -262,12 +272,20 @@ class ChatHistory(QObject):
             self.new_conversation()
 
     # -- asking --
-    def ask(self, question: str, settings: GenerationSettings) -> Turn | None:
-        """Store the question the view shows last and stream its answer."""
+    def ask(
+        self,
+        question: str,
+        settings: GenerationSettings,
+        constraint: Constraint | None = None,
+    ) -> Turn | None:
+        """Store the question the view shows last and stream its answer (held to
+        `constraint`, e.g. JSON, when one is given)."""
         raw = self.view.raw_check.isChecked()
         system = self.view.system_edit.toPlainText()
         try:
-            turn = self.controller.ask(question, settings, raw=raw, system=system)
+            turn = self.controller.ask(
+                question, settings, raw=raw, system=system, constraint=constraint
+            )
         except NibbleError as exc:
             self.error.emit(exc, "Cannot answer")
             self.render()  # the question shown was not sent (or has no answer)
@@ -283,12 +301,14 @@ class ChatHistory(QObject):
             self.list.mark_current(turn.conversation_id)
         return turn
 
-    def ask_again(self, settings: GenerationSettings) -> Turn | None:
+    def ask_again(
+        self, settings: GenerationSettings, constraint: Constraint | None = None
+    ) -> Turn | None:
         """Answer the last question again (the view dropped the answers after it);
         the new answer becomes another variant of the stored one."""
         try:
             return self.controller.ask_again(
-                settings, raw=self.view.raw_check.isChecked()
+                settings, raw=self.view.raw_check.isChecked(), constraint=constraint
             )
         except NibbleError as exc:
             self.error.emit(exc, "Cannot answer")
@@ -355,6 +375,17 @@ class ChatHistory(QObject):
                     "Compare variants side by side",
                     lambda: self.show_side_by_side(message.id),
                 )
+            variant = message.variant
+            if (
+                variant is not None
+                and quantized(variant)
+                and variant.text.strip()
+                and hasattr(self.controller, "divergence")
+            ):
+                menu.addAction(
+                    "Show divergence",
+                    lambda: self.show_divergence(message.id, variant),
+                )
         menu.addSeparator()
         menu.addAction("Delete message", lambda: self.delete_message(message.id))
         return menu
@@ -369,9 +400,50 @@ class ChatHistory(QObject):
         message = self.chat.message(message_id)
         if message is None:
             return None
-        dialog = VariantsDialog(message, self.view)
+        divergence = (
+            (lambda variant: self.show_divergence(message_id, variant))
+            if hasattr(self.controller, "divergence")
+            else None
+        )
+        dialog = VariantsDialog(message, self.view, divergence)
         dialog.chosen.connect(lambda position: self.show_variant(message_id, position))
         self.dialogs = [d for d in self.dialogs if d.isVisible()] + [dialog]
+        dialog.show()
+        return dialog
+
+    def show_divergence(self, message_id: int, variant: conv.Variant) -> Any:
+        """Shade `variant`'s tokens by KL vs full precision (a DivergenceDialog)."""
+        from core.store.session import ref_from_dict
+        from gui.divergence_view import DivergenceDialog, DivergenceRequest
+
+        provenance = variant.provenance
+        if provenance is None:
+            return None
+        ref = ref_from_dict(
+            {
+                "kind": provenance.model_kind,
+                "name": provenance.model_name,
+                "path": provenance.model_path,
+                "repo_id": provenance.hub_id,
+            }
+        )
+        history = self.chat.model_history(upto=message_id)
+        question = next(
+            (m["content"] for m in reversed(history) if m["role"] == "user"), ""
+        )
+        request = DivergenceRequest(
+            ref,
+            provenance.quant_settings(),
+            provenance.load_options(),
+            question if provenance.raw else history,
+            variant.text,
+            provenance.badge(),
+            raw=provenance.raw,
+        )
+        dialog = DivergenceDialog(self.controller, request, self.view)
+        self.divergence_dialogs = [
+            d for d in self.divergence_dialogs if d.isVisible()
+        ] + [dialog]
         dialog.show()
         return dialog
 
@@ -390,9 +462,14 @@ class ChatHistory(QObject):
         """Change a question, drop everything after it, and ask again."""
         if self.busy or self.current is None:
             return
+        try:
+            constraint = self.view.reply_constraint()
+        except NibbleError as exc:  # the line under the schema says it too
+            self.status.emit(exc.message)
+            return
         self.store.edit_message(message_id, text, drop_following=True)
         self._changed()
-        self.ask_again(self._sampling())
+        self.ask_again(self._sampling(), constraint)
 
     def delete_message(self, message_id: int) -> None:
         if self.busy:
@@ -466,9 +543,15 @@ class ChatHistory(QObject):
         settings = conv.sampling_of(message, self._sampling())
         provenance = message.provenance
         raw = provenance.raw if provenance is not None else False
+        # The answer again is held to what the first one was (JSON, a schema).
+        constraint = constraint_from_dict(
+            provenance.constraint if provenance is not None else None
+        )
         self.render(upto=message.id)
         try:
-            turn = self.controller.ask_again(settings, raw=raw, answer_id=message.id)
+            turn = self.controller.ask_again(
+                settings, raw=raw, answer_id=message.id, constraint=constraint
+            )
         except NibbleError as exc:
             turn = None
             self.error.emit(exc, "Cannot answer")

@@ -1,5 +1,11 @@
 """The Chat tab: messages with roles, streaming answers, sampling parameters.
 
+"Reply as JSON" in the sampling section holds the answer to JSON (any object, or one
+matching the schema typed or opened there): `reply_constraint()` builds it through
+core.generation.constrain, as the command line's --json-object / --json-schema do.
+A notice line (`add_notice`) says what changed around the chat, e.g. a server client
+switched the model.
+
 The view does no generation and keeps no conversation: it shows one. It emits
 `question_asked(text)` (and `regenerate_requested()`); the chat (core.chat, through the
 controller) stores the question and streams the answer into `append_chunk`. Chunks are
@@ -18,7 +24,8 @@ import html
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import (
@@ -30,6 +37,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QCheckBox,
+    QFileDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -47,6 +55,9 @@ from core.errors import NibbleError
 from core.settings import GenerationSettings, fields_of
 from gui import fields
 
+if TYPE_CHECKING:
+    from core.generation.constrain import Constraint
+
 logger = logging.getLogger(__name__)
 
 FLUSH_MS = 40
@@ -54,6 +65,16 @@ ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System"}
 _FENCE = re.compile(r"```([^\n`]*)\n?(.*?)(?:```|\Z)", re.DOTALL)
 _INLINE = re.compile(r"`([^`\n]+)`")
 COPIED_MS = 1500
+SCHEMA_CHECK_MS = 300
+MAX_SCHEMA_BYTES = 1024 * 1024  # a schema is a few KiB; more is not one
+
+
+def json_error_text(exc: NibbleError) -> str:
+    """A schema's error as the one line under the box: message; hint."""
+    text = f"Reply as JSON: {exc.message}"
+    if exc.hint:
+        text += f"; {exc.hint}"
+    return " ".join(text.split())
 
 
 def code_blocks(text: str) -> list[str]:
@@ -394,6 +415,7 @@ class ChatView(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.messages_widgets: list[MessageWidget] = []
+        self.notices: list[QLabel] = []
         self._undo: Callable[[], None] | None = None
         self._pending = ""
         self._current: MessageWidget | None = None
@@ -488,7 +510,10 @@ class ChatView(QWidget):
         self.sampling_toggle.setToolTip("Show the sampling parameters")
         self.sampling_toggle.toggled.connect(self._toggle_sampling)
         self.sampling_box = QWidget()
-        grid = QGridLayout(self.sampling_box)
+        box_layout = QVBoxLayout(self.sampling_box)
+        box_layout.setContentsMargins(0, 0, 0, 0)
+        grid = QGridLayout()
+        box_layout.addLayout(grid)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(8)
         self.sampling_fields: dict[str, QWidget] = {}
@@ -513,6 +538,7 @@ class ChatView(QWidget):
         self.repetition = self.sampling_fields["repetition_penalty"]
         self.seed = self.sampling_fields["seed"]
         self.greedy = self.sampling_fields["greedy"]
+        self._build_json_reply(box_layout)
         layout.addWidget(self.sampling_toggle)
         layout.addWidget(self.sampling_box)
 
@@ -544,6 +570,47 @@ class ChatView(QWidget):
         self.esc.activated.connect(self.stop)
         self._update_sampling_summary()
         self._update_buttons()
+
+    def _build_json_reply(self, box: QVBoxLayout) -> None:
+        """The "Reply as JSON" row, the optional schema (typed or opened from a
+        file) and the line that says what is wrong with it."""
+        row = QHBoxLayout()
+        self.json_check = QCheckBox("Reply as JSON")
+        self.json_check.setToolTip(
+            "Hold the answer to JSON while it is written: any JSON object, or one "
+            "that matches the schema below. The answer's badge records it."
+        )
+        row.addWidget(self.json_check)
+        row.addStretch(1)
+        self.schema_button = QPushButton("Open schema…")
+        self.schema_button.setToolTip("Read a JSON schema from a .json file")
+        self.schema_button.clicked.connect(self._open_schema_dialog)
+        row.addWidget(self.schema_button)
+        box.addLayout(row)
+        self.schema_edit = QPlainTextEdit()
+        self.schema_edit.setPlaceholderText(
+            'Optional JSON schema, e.g. {"type": "object", "properties": '
+            '{"city": {"type": "string"}}}. Empty: any JSON object.'
+        )
+        self.schema_edit.setFont(
+            QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+        )
+        self.schema_edit.setMaximumHeight(80)
+        box.addWidget(self.schema_edit)
+        self.json_error = QLabel()
+        self.json_error.setObjectName("error")
+        self.json_error.setWordWrap(True)
+        self.json_error.hide()
+        box.addWidget(self.json_error)
+        self._schema_name = ""
+        self._schema_file_text: str | None = None
+        self._schema_timer = QTimer(self)
+        self._schema_timer.setSingleShot(True)
+        self._schema_timer.setInterval(SCHEMA_CHECK_MS)
+        self._schema_timer.timeout.connect(self.check_reply_json)
+        self.json_check.toggled.connect(self._on_json_changed)
+        self.schema_edit.textChanged.connect(self._on_json_changed)
+        self._on_json_changed()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         """Enter (or Ctrl+Enter) sends; Shift+Enter adds a line."""
@@ -630,6 +697,85 @@ class ChatView(QWidget):
         for name, editor in self.sampling_fields.items():
             fields.set_value(editor, getattr(gen, name))
 
+    # -- reply as JSON --
+    def reply_constraint(self) -> Constraint | None:
+        """What the answer is held to: None unless "Reply as JSON" is on, else any
+        JSON object, or JSON matching the schema in the box.
+
+        Raises
+        ------
+        ConstraintError
+            The schema is not JSON or cannot be enforced (also shown, on one
+            line, under the box).
+        """
+        if not self.json_check.isChecked():
+            self._show_json_error("")
+            return None
+        from core.generation.constrain import reply_constraint
+
+        text = self.schema_edit.toPlainText().strip()
+        try:
+            constraint = reply_constraint(text or None, self._schema_name)
+        except NibbleError as exc:
+            self._show_json_error(json_error_text(exc))
+            raise
+        self._show_json_error("")
+        return constraint
+
+    def check_reply_json(self) -> str:
+        """Check the schema now; the error line it shows ('' when all is well)."""
+        try:
+            self.reply_constraint()
+        except NibbleError:
+            pass
+        return self.json_error.text() if not self.json_error.isHidden() else ""
+
+    def load_schema_file(self, path: str | Path) -> bool:
+        """Put the schema in `path` in the box (named after the file) and turn
+        "Reply as JSON" on; False, with the error line, when it cannot be read."""
+        path = Path(path)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_SCHEMA_BYTES + 1)
+            if len(data) > MAX_SCHEMA_BYTES:
+                raise ValueError(f"it is larger than {MAX_SCHEMA_BYTES} bytes")
+            text = data.decode("utf-8")
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self._show_json_error(
+                f"Cannot read the JSON schema {path.name}: {why}; "
+                "pick a UTF-8 .json file that holds the schema."
+            )
+            return False
+        self.schema_edit.setPlainText(text)
+        self._schema_name, self._schema_file_text = path.stem, text
+        self.json_check.setChecked(True)
+        self.check_reply_json()
+        return True
+
+    def _open_schema_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a JSON schema", "", "JSON schema (*.json);;All files (*)"
+        )
+        if path:
+            self.load_schema_file(path)
+
+    def _on_json_changed(self, *_args: Any) -> None:
+        on = self.json_check.isChecked()
+        self.schema_edit.setEnabled(on)
+        if self.schema_edit.toPlainText() != self._schema_file_text:
+            self._schema_name = ""  # typed: no longer the file's schema
+        self._update_sampling_summary()
+        if on:
+            self._schema_timer.start()
+        else:
+            self._schema_timer.stop()
+            self._show_json_error("")
+
+    def _show_json_error(self, text: str) -> None:
+        self.json_error.setText(text)
+        self.json_error.setVisible(bool(text))
+
     def _update_sampling_summary(self, *_args: Any) -> None:
         try:
             gen = self.generation_settings()
@@ -643,6 +789,10 @@ class ChatView(QWidget):
                 f" · top-k {gen.top_k}"
             )
             text = f"Sampling: {gen.max_new_tokens} tokens · {how}"
+        json_check = getattr(self, "json_check", None)
+        if json_check is not None and json_check.isChecked():
+            schema = self.schema_edit.toPlainText().strip()
+            text += " · JSON reply" + (" (schema)" if schema else "")
         self.sampling_toggle.setText(text)
 
     def _toggle_sampling(self, on: bool) -> None:
@@ -661,6 +811,24 @@ class ChatView(QWidget):
         self._update_buttons()
         self._scroll_to_end()
         return widget
+
+    def add_notice(self, text: str) -> QLabel:
+        """A line in the chat (not a message) saying what changed around it, e.g.
+        that a server client switched the model; gone when the chat is cleared."""
+        label = QLabel(text)
+        label.setObjectName("hint")
+        label.setWordWrap(True)
+        label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.list_layout.insertWidget(self.list_layout.count() - 1, label)
+        self.notices.append(label)
+        self._scroll_to_end()
+        return label
+
+    def _drop_notices(self) -> None:
+        for label in self.notices:
+            label.setParent(None)
+            label.deleteLater()
+        self.notices.clear()
 
     def last_message(self, role: str) -> MessageWidget | None:
         """The last shown message of `role`, if any."""
@@ -683,6 +851,7 @@ class ChatView(QWidget):
             widget.setParent(None)
             widget.deleteLater()
         self.messages_widgets.clear()
+        self._drop_notices()
         self.empty_label.show()
         self.undo_bar.setVisible(bool(self._cleared))
         self._update_buttons()

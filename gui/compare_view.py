@@ -41,7 +41,7 @@ from core import memory
 from core.errors import NibbleError
 from core.lab import compare
 from core.model.catalog import ModelRef
-from core.settings import PRESETS
+from core.settings import PRESETS, LoadOptions, QuantSettings
 from core.units import format_bytes, format_seconds
 from gui import dialogs, workers
 
@@ -65,6 +65,7 @@ TABLE_COLUMNS = (
     "Decode",
     "Perplexity",
     "KL vs baseline",
+    "Tokens above KL",
     "Top-1 agreement",
     "Answer",
     "Concurrent streams",
@@ -81,8 +82,12 @@ COLUMN_TIPS = {
     "Perplexity": "On the bundled text, strided 512-token windows; lower is better.",
     "KL vs baseline": "Mean KL divergence of this row's next-token distribution from "
     "the baseline's on the same text; 0 for the baseline.",
+    "Tokens above KL": "The share of the text's tokens whose KL vs the baseline is "
+    "above the threshold (0.1 nats by default): how often the distribution visibly "
+    "moved, where the mean KL can hide a few large moves.",
     "Top-1 agreement": "How often this row's likeliest next token is the baseline's.",
 }
+ANSWER_COLUMNS = ("Row", "Answer", "Baseline's answer", "Divergence")
 DECODE_TIPS = {
     "plain": "Each row decodes as transformers does by default.",
     "compiled": "Each checked preset again, loaded with Fast decode (static cache "
@@ -205,7 +210,14 @@ class CompareView(QWidget):
         for column, tip in COLUMN_TIPS.items():
             self.table.horizontalHeaderItem(TABLE_COLUMNS.index(column)).setToolTip(tip)
         self.seed = _table(compare.SEED_COLUMNS)
-        self.answers = _table(("Row", "Answer", "Baseline's answer"))
+        self.answers = _table(ANSWER_COLUMNS)
+        answers_header = self.answers.horizontalHeader()
+        answers_header.setStretchLastSection(False)
+        for column in (1, 2):  # the two answers share the width; the button fits
+            answers_header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
+        self.divergence_buttons: dict[int, QPushButton] = {}  # by row
+        self.divergence_dialogs: list[QWidget] = []
+        self._run_ref: ModelRef | None = None
         self.charts = QWidget()
         grid = QGridLayout(self.charts)
         self.memory_plot = _plot("Memory (MiB)")
@@ -332,6 +344,7 @@ class CompareView(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat(f"0 of {len(specs)} rows")
         self.status.setText(f"Starting {len(specs)} rows on {self.ref.name}…")
+        self._run_ref = self.ref
         worker = self.controller.compare(self.ref, specs, config)
         worker.progressed.connect(self._on_progress)
         worker.row_finished.connect(self._on_row)
@@ -452,11 +465,55 @@ class CompareView(QWidget):
         _fill(
             self.answers,
             [
-                [r.name, r.answer or f"failed: {r.error}", base.answer if base else "—"]
+                [
+                    r.name,
+                    r.answer or f"failed: {r.error}",
+                    base.answer if base else "—",
+                    "",
+                ]
                 for r in result.rows
             ],
         )
+        self.divergence_buttons = {}
+        for i, row in enumerate(result.rows):
+            if row.ok and row.answer and _quantized(row):
+                button = QPushButton("Show divergence")
+                button.setToolTip(
+                    "Shade each token of this answer by its KL vs full precision "
+                    "(fp32), with both top-5 lists on hover"
+                )
+                button.clicked.connect(lambda _=False, i=i: self.show_divergence(i))
+                self.answers.setCellWidget(
+                    i, ANSWER_COLUMNS.index("Divergence"), button
+                )
+                self.divergence_buttons[i] = button
         self._sync_buttons()
+
+    def show_divergence(self, index: int) -> QWidget | None:
+        """Shade row `index`'s answer by its KL vs fp32, in a dialog of its own."""
+        from gui.divergence_view import DivergenceDialog, DivergenceRequest
+
+        result = self.result
+        ref = self._run_ref or self.ref
+        if result is None or ref is None or not 0 <= index < len(result.rows):
+            return None
+        row = result.rows[index]
+        threshold = result.config.get("kl_threshold")
+        request = DivergenceRequest(
+            ref,
+            QuantSettings.from_dict(row.settings),
+            LoadOptions.from_dict(row.options),
+            str(result.config.get("prompt") or compare.DEFAULT_PROMPT),
+            row.answer or "",
+            row.name,
+            threshold=float(threshold) if threshold is not None else None,
+        )
+        dialog = DivergenceDialog(self.controller, request, self)
+        self.divergence_dialogs = [
+            d for d in self.divergence_dialogs if d.isVisible()
+        ] + [dialog]
+        dialog.show()
+        return dialog
 
     def _clear(self) -> None:
         for table in (self.table, self.seed, self.answers):
@@ -484,6 +541,7 @@ class CompareView(QWidget):
                     _speed(r),
                     _num(r.perplexity, "{:.3f}"),
                     _num(r.kl_vs_baseline, "{:.5f}"),
+                    _num(r.kl_share_above, "{:.1%}"),
                     _num(r.top1_agreement, "{:.1%}"),
                     compare.one_line(r.answer),
                     streams_text(r.streams),
@@ -716,6 +774,13 @@ def _fit_headroom(plot: pg.PlotWidget) -> None:
     if legend is not None and height > 0:
         share = min((legend.boundingRect().height() + 12) / height, 0.6)
     plot.setYRange(0, (top or 1.0) * 1.1 / (1.0 - share), padding=0)
+
+
+def _quantized(row: compare.RowResult) -> bool:
+    try:
+        return QuantSettings.from_dict(row.settings).quantized
+    except NibbleError:
+        return False
 
 
 def _speed(row: compare.RowResult) -> str:

@@ -29,6 +29,9 @@ Signals, all emitted on the UI thread:
   ``answer_finished(Turn)`` (stopped answers too; `turn.stats`, `turn.answer`),
   ``answer_failed(Turn, Exception)``, ``answer_aborted(Turn)``.
 - ``chat_error(Exception, str)``: the history could not keep something (error, title).
+- ``model_switched(str, str)``: a server client switches the model (state, name):
+  "loading", then "loaded" (after model_selected, settings_changed, model_changed
+  and model_loaded for the new model) or "failed"; "unloaded" after idling.
 - ``compare_started()`` / ``compare_ended()``: the chat's queue is paused between.
 - ``jobs_changed()``: a job started or ended (views re-check what they enable).
 """
@@ -55,6 +58,7 @@ from core.store import session as session_mod
 from gui import workers
 
 if TYPE_CHECKING:
+    from core.generation.constrain import Constraint
     from core.generation.queue import GenerationQueue
     from core.lab.compare import CompareConfig, RowSpec
     from core.model.estimate import Table
@@ -93,6 +97,8 @@ class Controller(QObject):
     compare_started = Signal()
     compare_ended = Signal()
     jobs_changed = Signal()
+    model_switched = Signal(str, str)
+    _switch_reported = Signal(str, str)  # from the server's thread
 
     def __init__(
         self,
@@ -106,6 +112,9 @@ class Controller(QObject):
         self.app.settings_changed.connect(self.settings_changed.emit)
         self.app.model_changed.connect(self.model_changed.emit)
         self.app.model_unloaded.connect(self.model_unloaded.emit)
+        # A switch runs on a server thread: its steps reach the views from here.
+        self._switch_reported.connect(self._on_switch_reported)
+        self.app.model_switched.connect(self._switch_reported.emit)
         self.turn: Turn | None = None  # the chat's answer being followed
         self.first_token_at: float | None = None
         self._live: list[workers.Worker] = []  # whose thread has not finished
@@ -407,6 +416,22 @@ class Controller(QObject):
         """Drop the loaded model (not while it answers); True when one was dropped."""
         return self.app.unload()
 
+    def _on_switch_reported(self, state: str, name: str) -> None:
+        """A server client's switch went a step further (the App already follows
+        it): tell the views as a load of the window's own would."""
+        loaded = self.app.loaded
+        if state == "loaded" and loaded is not None:
+            self.model_selected.emit(loaded.ref)
+            self.settings_changed.emit(loaded.quant, loaded.options)
+            self.model_changed.emit(loaded)
+            self.model_loaded.emit(loaded)
+            if not self.closing:
+                self.find_modules()
+        elif state in ("failed", "unloaded") and loaded is None:
+            self.model_changed.emit(None)
+            self.model_unloaded.emit()
+        self.model_switched.emit(state, name)
+
     # -- answers --
 
     def ask(
@@ -416,9 +441,10 @@ class Controller(QObject):
         *,
         raw: bool = False,
         system: str = "",
+        constraint: Constraint | None = None,
     ) -> Turn | None:
         """Store `question` in the chat and stream its answer; None when an answer
-        is already on its way.
+        is already on its way. A `constraint` holds the answer to it (JSON).
 
         Raises
         ------
@@ -427,7 +453,9 @@ class Controller(QObject):
         """
         if self.running(JobKind.ANSWER) is not None or self.closing:
             return None
-        turn = self.app.ask(question, settings, raw=raw, system=system)
+        turn = self.app.ask(
+            question, settings, raw=raw, system=system, constraint=constraint
+        )
         self._follow(turn)
         return turn
 
@@ -437,11 +465,14 @@ class Controller(QObject):
         *,
         raw: bool = False,
         answer_id: int | None = None,
+        constraint: Constraint | None = None,
     ) -> Turn | None:
         """Answer the last question (or `answer_id`'s) again, kept as a variant."""
         if self.running(JobKind.ANSWER) is not None or self.closing:
             return None
-        turn = self.app.ask_again(settings, raw=raw, answer_id=answer_id)
+        turn = self.app.ask_again(
+            settings, raw=raw, answer_id=answer_id, constraint=constraint
+        )
         if turn is not None:
             self._follow(turn)
         return turn
@@ -532,6 +563,74 @@ class Controller(QObject):
 
         return self.run(JobKind.ESTIMATE, work)
 
+    def ladder(
+        self,
+        model: Any,
+        quant: QuantSettings,
+        options: LoadOptions,
+        context: int,
+        device: Any = None,
+        current: Any = None,
+    ) -> workers.FunctionWorker:
+        """The step-down ladder for these settings (core.model.ladder), with the
+        models of the local cache as the smaller-model rung's candidates; the
+        worker returns a Ladder."""
+
+        def work(_progress: workers.Progress, _cancel: threading.Event) -> Any:
+            from core.model import catalog
+            from core.model.ladder import ladder
+
+            try:
+                family = [r for r in catalog.scan_cache() if r.path is not None]
+            except Exception:  # an unreadable cache only loses the last rung
+                family = []
+            return ladder(
+                model,
+                quant,
+                options,
+                context,
+                device=device,
+                family=family,
+                current=current,
+            )
+
+        return self.run(JobKind.LADDER, work)
+
+    def divergence(
+        self,
+        ref: ModelRef,
+        quant: QuantSettings,
+        options: LoadOptions,
+        prompt: Any,
+        answer: str,
+        baseline: str = "fp32",
+        raw: bool = False,
+        threshold: float | None = None,
+    ) -> workers.FunctionWorker:
+        """Shade `answer` token by token by its KL vs `baseline` (two fresh loads,
+        core.lab.divergence); the worker returns a Divergence, or errors with
+        BaselineDoesNotFit naming the largest preset that fits."""
+
+        def work(progress: workers.Progress, cancel: threading.Event) -> Any:
+            from core.lab import divergence
+
+            return divergence.answer_divergence(
+                ref,
+                quant,
+                options,
+                prompt,
+                answer,
+                baseline,
+                divergence.DEFAULT_THRESHOLD if threshold is None else threshold,
+                raw,
+                progress,
+                cancel,
+            )
+
+        worker = self.run(JobKind.DIVERGENCE, work)
+        self.import_libraries()
+        return worker
+
     def compare(
         self, ref: ModelRef, rows: list[RowSpec], config: CompareConfig | None
     ) -> workers.CompareWorker:
@@ -606,8 +705,13 @@ class Controller(QObject):
     def start_server(
         self, config: Any, on_request: Callable[[Any], Any]
     ) -> workers.ServerStartWorker:
-        """Serve the generation queue over HTTP; the worker returns a ServerThread."""
-        worker = workers.ServerStartWorker(self.generation_queue, config, on_request)
+        """Serve the generation queue over HTTP; the worker returns a ServerThread.
+
+        A request that names another servable model switches the window's model
+        to it (see `model_switched`)."""
+        worker = workers.ServerStartWorker(
+            self.generation_queue, config, on_request, self.app.model_switcher()
+        )
         self.start(JobKind.SERVER, worker)
         return worker
 

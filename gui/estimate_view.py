@@ -150,6 +150,15 @@ class EstimateView(QWidget):
         self.status = QLabel("Pick a model to see what it needs.")
         self.status.setWordWrap(True)
         self.recommended = QLabel()
+        # Whether the overhead and peak are learnt from this machine's loads.
+        self.calibration = QLabel()
+        self.calibration.setObjectName("calibration")
+        self.calibration.setWordWrap(True)
+        small = QFont(self.calibration.font())
+        if small.pointSizeF() > 0:
+            small.setPointSizeF(small.pointSizeF() * 0.9)
+        self.calibration.setFont(small)
+        self.calibration.setStyleSheet("QLabel { color: palette(mid); }")
         self.actual_label = QLabel()
         self.actual_label.setWordWrap(True)
         self.actual_label.hide()
@@ -170,6 +179,7 @@ class EstimateView(QWidget):
         layout.addWidget(self.device_label)
         layout.addWidget(self.grid)
         layout.addWidget(self.recommended)
+        layout.addWidget(self.calibration)
         layout.addWidget(self.warning)
         layout.addWidget(self.actual_label)
         layout.addWidget(self.status)
@@ -262,6 +272,8 @@ class EstimateView(QWidget):
             else "<b>No preset fits</b> this device at this context length."
         )
         current = table.current
+        self.calibration.setText(f"Overhead and peak: {table.calibration_text}")
+        self.calibration.setToolTip(_calibration_tip(table.calibration))
         self.status.setText(f"Current settings: {current.verdict_text}")
         notes = table.notes
         self.notes.setText("\n".join(notes))
@@ -399,6 +411,23 @@ class EstimateView(QWidget):
         self.actual_label.show()
         self.warning.setText(f"⚠ {real.warning}" if real.warning else "")
         self.warning.setVisible(bool(real.warning))
+
+
+def _calibration_tip(cal: Any) -> str:
+    if cal is None or not cal.calibrated:
+        return (
+            "Every load is recorded beside its estimate in the local history; after "
+            "3 loads on this device the overhead and the load peak are learnt from "
+            "them (python main.py estimate MODEL --explain shows the records)."
+        )
+    return (
+        f"From this machine's last {cal.loads} loads on {cal.device}: the load peak "
+        f"{'+' if cal.peak_offset_bytes >= 0 else '-'}"
+        f"{format_bytes(abs(cal.peak_offset_bytes))} over the formulas, once loaded "
+        f"{'+' if cal.steady_offset_bytes >= 0 else '-'}"
+        f"{format_bytes(abs(cal.steady_offset_bytes))}. ± is the largest miss "
+        "predicting each load from the others."
+    )
 
 
 def _tooltip(row: Any) -> str:

@@ -17,6 +17,7 @@ after it, then the last model loads again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -46,11 +47,13 @@ from core.model.loader import LoadedModel
 from core.paths import config_dir
 from core.settings import GenerationSettings, LoadOptions, QuantSettings
 from core.store import session as session_mod
+from core.store.provenance import quant_label
 from core.units import format_bytes, format_seconds
 from gui import chat_history, dialogs, hub_dialog
-from gui.chat_view import ChatView
+from gui.chat_view import ChatView, json_error_text
 from gui.controller import CLOSE_DEADLINE_S, Controller
 from gui.estimate_view import EstimateView
+from gui.ladder_view import LadderView
 from gui.load_bar import LoadBar
 from gui.model_picker import ModelPicker
 from gui.settings_panel import SettingsPanel
@@ -96,6 +99,7 @@ class MainWindow(QMainWindow):
         self.compare_view: CompareView | None = None
         self.server_view: ServerView | None = None
         self.history: chat_history.ChatHistory | None = None  # after the first paint
+        self._switch_failed = ""  # the model a client's switch could not load
         self._picker_made_room = False
         self._build()
         self._connect()
@@ -162,6 +166,9 @@ class MainWindow(QMainWindow):
             Qt.ScrollBarPolicy.ScrollBarAlwaysOff
         )
         self.estimate_view = EstimateView(c)
+        self.ladder_view = LadderView(c, self.estimate_view)
+        self.ladder_view.apply_requested.connect(self.apply_rung)
+        self.applied_step: str | None = None
 
         self.load_bar = LoadBar()
         self.load_button = self.load_bar.load_button
@@ -180,6 +187,9 @@ class MainWindow(QMainWindow):
         self.middle_splitter.setStretchFactor(0, 3)
         self.middle_splitter.setStretchFactor(1, 2)
         column.addWidget(self.middle_splitter, 1)
+        # Between the estimate's verdict and the load bar's error line: the ladder
+        # appears where either says the model does not fit.
+        column.addWidget(self.ladder_view)
         column.addWidget(self.load_bar)
 
         self.chat = ChatView()
@@ -343,6 +353,7 @@ class MainWindow(QMainWindow):
         c.load_failed.connect(self._on_load_failed)
         c.load_cancelled.connect(self._on_load_cancelled)
         c.model_unloaded.connect(self._on_unloaded)
+        c.model_switched.connect(self._on_model_switched)
         c.answer_started.connect(self._on_answer_started)
         c.answer_chunk.connect(self.chat.append_chunk)
         c.answer_finished.connect(self._on_answer)
@@ -508,6 +519,46 @@ class MainWindow(QMainWindow):
         c.quant, c.options = settings
         c.load(ref)
 
+    def apply_rung(self, rung: Any) -> None:
+        """Apply a rung of the ladder to the settings panel (and the model and
+        context it names), then load, saying which step was taken."""
+        c = self.controller
+        reason = c.load_blocker()
+        if reason:
+            self.load_label.setText(reason)
+            return
+        if rung.step == "smaller" and isinstance(rung.model, ModelRef):
+            self.select_model(rung.model)
+        self.settings_panel.set_settings(rung.quant, rung.options)
+        if rung.context != self.estimate_view.context.value():
+            self.estimate_view.set_context(rung.context)
+            self._cap_answer_length(rung.context)
+        ladder = self.ladder_view.ladder
+        number = ladder.rungs.index(rung) + 1 if ladder and rung in ladder.rungs else 0
+        step = f"step {number}, " if number else ""
+        self.applied_step = f"{step}{rung.title}"
+        self.ladder_view.dismiss()
+        self.request_load()
+        if c.running(JobKind.LOAD) is not None:
+            self.load_label.setText(
+                f"Applied {self.applied_step} of the ladder; loading "
+                f"{c.selected_ref.name}…"
+            )
+            self.statusBar().showMessage(f"Applied {self.applied_step}", 8000)
+        else:
+            self.applied_step = None
+
+    def _cap_answer_length(self, context: int) -> None:
+        """A shorter context also caps the answer's length (as --fit auto does)."""
+        try:
+            settings = self.chat.generation_settings()
+        except NibbleError:
+            return
+        if settings.max_new_tokens > context:
+            self.chat.set_generation_settings(
+                dataclasses.replace(settings, max_new_tokens=context)
+            )
+
     def cancel_load(self) -> None:
         self.controller.cancel_load()
         if self.controller.running(JobKind.LOAD) is not None:
@@ -523,8 +574,16 @@ class MainWindow(QMainWindow):
         self.load_bar.end()
         self._save_session()
         report = loaded.report
-        self.model_status.setText(f"{loaded.ref.name} · {loaded.quant.label()}")
-        self.model_status.setToolTip(str(loaded.ref.path or loaded.ref.repo_id))
+        from core.generation.decode import has_chat_template, model_decode_mode
+
+        mode, why = model_decode_mode(loaded)
+        self.model_status.setText(
+            f"{loaded.ref.name} · {loaded.quant.label()} · {mode} decode"
+        )
+        self.model_status.setToolTip(
+            f"{loaded.ref.path or loaded.ref.repo_id}\nDecode mode: {mode}"
+            + (f" ({why})" if why else "")
+        )
         self.device_status.setText(report.device)
         self.size_status.setText(format_bytes(report.true_bytes))
         self.size_status.setToolTip(
@@ -532,13 +591,14 @@ class MainWindow(QMainWindow):
         )
         self.speed_status.setText("")
         text = f"Loaded {loaded.ref.name} in {format_seconds(report.load_s)}."
+        if self.applied_step:
+            text += f" Applied {self.applied_step} of the ladder."
+            self.applied_step = None
         if report.warnings:
             text += " " + " ".join(f"⚠ {w}." for w in report.warnings)
         self.load_label.setText(text)
         self.picker.mark_current(loaded.ref)
         self.picker.set_recent(self.controller.session.recent_folders)
-        from core.generation.decode import has_chat_template
-
         self.chat.set_chat_template(has_chat_template(loaded.tokenizer))
         self.chat.set_model_name(loaded.ref.name)
         self._update_actions()
@@ -546,6 +606,7 @@ class MainWindow(QMainWindow):
         self.chat.input.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def _on_load_failed(self, exc: Exception) -> None:
+        self.applied_step = None
         loaded = self.controller.loaded
         kept = f" {loaded.ref.name} stays loaded." if loaded else ""
         self.load_bar.end(f"Load failed.{kept}")
@@ -554,6 +615,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _on_load_cancelled(self) -> None:
+        self.applied_step = None
         loaded = self.controller.loaded
         kept = f" {loaded.ref.name} stays loaded." if loaded else ""
         self.load_bar.end(f"Load cancelled.{kept}")
@@ -576,6 +638,31 @@ class MainWindow(QMainWindow):
         self.speed_status.setText("")
         self._update_actions()
 
+    def _on_model_switched(self, state: str, name: str) -> None:
+        """A server client switches the model: the window follows and says so (in
+        the chat, as a notice line, and beside the load bar)."""
+        loaded = self.controller.loaded
+        text = ""
+        if state == "loading":
+            self.load_label.setText(f"A server client asked for {name}: loading it…")
+        elif state == "loaded" and loaded is not None:
+            self.settings_panel.set_settings(loaded.quant, loaded.options)
+            what = f"{loaded.ref.name} ({quant_label(loaded.quant, loaded.options)})"
+            if self._switch_failed:
+                text = f"{what} is loaded again."
+            else:
+                text = f"A server client switched the model to {what}."
+            self._switch_failed = ""
+        elif state == "failed":
+            self._switch_failed = name
+            text = f"A server client asked for {name}, which could not be loaded."
+        elif state == "unloaded":
+            text = f"The server unloaded {name} after it idled."
+        if text:
+            self.load_label.setText(text)
+            self.chat.add_notice(text)
+        self._update_actions()
+
     # -- generation --
     def ask(self, question: str) -> Turn | None:
         """Answer the question the chat just showed (kept in the history once the
@@ -584,14 +671,21 @@ class MainWindow(QMainWindow):
         if settings is None:
             self.chat.drop_last_question()
             return None
+        try:
+            constraint = self.chat.reply_constraint()
+        except NibbleError as exc:
+            self.chat.drop_last_question()
+            self._show_reply_error(exc)
+            return None
         if self.history is not None:
-            return self.history.ask(question, settings)
+            return self.history.ask(question, settings, constraint)
         try:
             return self.controller.ask(
                 question,
                 settings,
                 raw=self.chat.raw_check.isChecked(),
                 system=self.chat.system_edit.toPlainText(),
+                constraint=constraint,
             )
         except NibbleError as exc:
             self.chat.drop_last_question()
@@ -603,7 +697,19 @@ class MainWindow(QMainWindow):
         settings = self._sampling()
         if settings is None or self.history is None:
             return None
-        return self.history.ask_again(settings)
+        try:
+            constraint = self.chat.reply_constraint()
+        except NibbleError as exc:
+            self.history.render()  # the answers Regenerate dropped come back
+            self._show_reply_error(exc)
+            return None
+        return self.history.ask_again(settings, constraint)
+
+    def _show_reply_error(self, exc: NibbleError) -> None:
+        """A schema "Reply as JSON" cannot use: its one line shows under the
+        schema (the sampling section opens) and in the status bar."""
+        self.chat.sampling_toggle.setChecked(True)
+        self.statusBar().showMessage(json_error_text(exc), 10000)
 
     def _sampling(self) -> GenerationSettings | None:
         try:
@@ -686,6 +792,8 @@ class MainWindow(QMainWindow):
             self.speed_status.setToolTip(
                 f"Decode mode: {mode}" + (f" ({note})" if note else "")
             )
+            if note:  # the asked-for mode was not used, or the step recompiled
+                self.statusBar().showMessage(f"{note[:1].upper()}{note[1:]}.", 15000)
         else:
             self.speed_status.setText("")
         self._update_actions()
@@ -735,8 +843,13 @@ class MainWindow(QMainWindow):
         self.load_button.setText("Reload with these settings" if differs else "Load")
         self.load_button.setToolTip(reason or f"Load {c.selected_ref.name}")
         self.load_action.setEnabled(not reason)
-        self.unload_action.setEnabled(c.loaded is not None and not generating)
-        if c.loaded is None:
+        switching = c.app.switching
+        self.unload_action.setEnabled(
+            c.loaded is not None and not generating and not switching
+        )
+        if switching:
+            chat_reason = f"Wait: the server is loading {switching} for a client."
+        elif c.loaded is None:
             chat_reason = "Load a model first."
         elif loading:
             chat_reason = "Wait for the model to load."

@@ -2,9 +2,11 @@
 
 The server submits to the same generation queue as the chat, so the chat keeps
 working while it serves; loading another model switches what is served and no
-model answers 503. Each request shows in the log while it waits and decodes (with
-its tokens so far), and is filled in when it ends; the ended request is announced
-with `request_logged`, which the window turns into a Monitor marker.
+model answers 503. A client that names another servable model switches the window's
+model to it: the tab shows which model serves and the load in progress. Each request
+shows in the log while it waits and decodes (with its tokens so far), and is filled
+in when it ends; the ended request is announced with `request_logged`, which the
+window turns into a Monitor marker.
 """
 
 from __future__ import annotations
@@ -76,6 +78,19 @@ def model_name(loaded: Any) -> str | None:
     return loaded.ref.repo_id or loaded.ref.name
 
 
+def model_text(loaded: Any, loading: str | None = None) -> str:
+    """The live model line, e.g. 'Model: SmolLM2-135M-Instruct (nf4) · loading
+    tiny-llama for a client…'."""
+    name = model_name(loaded)
+    if name is None:
+        text = "Model: none loaded"
+    else:
+        text = f"Model: {name} ({loaded.quant.label()})"
+    if loading:
+        text += f" · loading {loading} for a client…"
+    return text
+
+
 def batch_text(running: int, waiting: int, max_batch: int, note: str | None) -> str:
     """The live batch line, e.g. 'Batch: 3 answers decoding together, 1 waiting
     (up to 8)'."""
@@ -121,6 +136,9 @@ class ServerView(QWidget):
         self.queue = controller.generation_queue
         self.loaded = controller.loaded
         controller.model_changed.connect(self.set_model)
+        controller.model_switched.connect(self._on_switched)
+        self.loading: str | None = controller.app.switching
+        """The model a client's switch loads now, by name."""
         self.server_thread: Any = None
         self.worker: workers.Worker | None = None
         self.error_text: str | None = None  # why the last start failed
@@ -144,6 +162,16 @@ class ServerView(QWidget):
             Qt.TextInteractionFlag.TextSelectableByMouse
         )
         layout.addWidget(self.status_label)
+        self.model_label = QLabel()
+        self.model_label.setToolTip(
+            "The model requests are answered with. A request that names another "
+            "model Nibble knows (GET /v1/models lists them) loads it in its place, "
+            "for the chat too."
+        )
+        self.model_label.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+        layout.addWidget(self.model_label)
         self.batch_label = QLabel()
         self.batch_label.setToolTip(
             "Requests and the chat's answers decode together in one batch; more "
@@ -265,7 +293,12 @@ class ServerView(QWidget):
         self.loaded = loaded
         self._refresh()
 
+    def _on_switched(self, state: str, name: str) -> None:
+        self.loading = name if state == "loading" else None
+        self._refresh()
+
     def _refresh(self) -> None:
+        self.model_label.setText(model_text(self.loaded, self.loading))
         busy = self.worker is not None
         for widget in (
             self.port_spin,

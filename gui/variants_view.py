@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.errors import NibbleError
 from core.settings import PRESETS
 from core.store.conversations import Message, Variant
 from core.store.provenance import Provenance
@@ -136,19 +137,39 @@ def variant_numbers(variant: Variant) -> dict[str, str]:
     }
 
 
+def quantized(variant: Variant) -> bool:
+    """Whether a quantized model wrote `variant` (its divergence can be shown)."""
+    provenance = variant.provenance
+    if provenance is None:
+        return False
+    try:
+        return provenance.quant_settings().quantized
+    except NibbleError:  # settings an older Nibble kept: nothing to load them with
+        return False
+
+
 class VariantsDialog(QDialog):
     """Every variant of one answer in columns, with the numbers of the model behind.
 
-    "Show in chat" under a column emits `chosen(position)`.
+    "Show in chat" under a column emits `chosen(position)`. With `on_divergence`,
+    each variant written by a quantized model also gets "Show divergence", which
+    calls it with that variant (the window shades its tokens by KL vs a baseline).
     """
 
     chosen = Signal(int)
 
-    def __init__(self, message: Message, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        message: Message,
+        parent: QWidget | None = None,
+        on_divergence: Callable[[Variant], None] | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Variants of this answer")
         self.columns: list[dict[str, QLabel]] = []
         self.show_buttons: list[QPushButton] = []
+        self.divergence_buttons: dict[int, QPushButton] = {}  # by variant position
+        self._on_divergence = on_divergence
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         for variant in message.variants:
@@ -193,7 +214,21 @@ class VariantsDialog(QDialog):
         show = QPushButton("Shown in chat" if shown else "Show in chat")
         show.setEnabled(not shown)
         show.clicked.connect(lambda: self._choose(variant.position))
-        column.addWidget(show)
+        buttons = QHBoxLayout()
+        if self._on_divergence is not None and quantized(variant):
+            divergence = QPushButton("Show divergence")
+            divergence.setToolTip(
+                "Shade each token by how far this quantized model's next-token "
+                "distribution moved from full precision's (KL), with both top-5 "
+                "lists on hover"
+            )
+            on_divergence = self._on_divergence
+            divergence.clicked.connect(lambda: on_divergence(variant))
+            divergence.setEnabled(bool(variant.text.strip()))
+            buttons.addWidget(divergence)
+            self.divergence_buttons[variant.position] = divergence
+        buttons.addWidget(show)
+        column.addLayout(buttons)
         self.columns.append(labels)
         self.show_buttons.append(show)
         return frame

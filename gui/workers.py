@@ -352,19 +352,22 @@ class ServerStartWorker(Worker):
     the socket listens, or errors when it cannot (e.g. the port is in use).
     """
 
-    def __init__(self, queue: Any, config: Any, on_request: Any) -> None:
+    def __init__(
+        self, queue: Any, config: Any, on_request: Any, switcher: Any = None
+    ) -> None:
         super().__init__()
         self.server_thread: Any = None
         self.queue = queue
         self.config = config
         self.on_request = on_request
+        self.switcher = switcher
 
     def work(self) -> Any:
         from server.app import Server
         from server.runner import ServerThread
 
         self.server_thread = ServerThread(
-            Server(self.queue, self.config, self.on_request)
+            Server(self.queue, self.config, self.on_request, switcher=self.switcher)
         )
         self.server_thread.start()
         return self.server_thread
@@ -378,4 +381,8 @@ class ServerStopWorker(Worker):
         self.server_thread = thread
 
     def work(self) -> Any:
-        return self.server_thread.stop()
+        stopped = self.server_thread.stop()
+        switcher = self.server_thread.server.serving.switcher
+        if switcher is not None:
+            switcher.close()
+        return stopped

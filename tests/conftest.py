@@ -108,7 +108,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> P
 
 @pytest.fixture(scope="session", autouse=True)
 def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A window a test opens keeps its chats in a new, empty temporary database."""
+    """A window a test opens keeps its chats in a new, empty temporary database,
+    and no load is recorded."""
     from core.store import conversations
 
     def fresh() -> Path:
@@ -116,6 +117,9 @@ def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conversations, "database_path", fresh)
+        # Loads in this process and in the CLI's child processes are not recorded
+        # in the user's history; tests/core/test_calibration.py records its own.
+        mp.setenv("NIBBLE_LOAD_RECORDS", "off")
         yield
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import memory
 from core.errors import GenerationError
 from core.generation.decode import (
     STOP_EOS,
@@ -37,6 +38,7 @@ from core.generation.decode import (
     check_length,
     context_length,
     has_chat_template,
+    is_compiled,
     vocab_width,
 )
 from core.model.loader import LoadedModel
@@ -63,6 +65,11 @@ def batching_blocker(loaded: LoadedModel) -> str | None:
     model = loaded.model
     if model is None:
         return "no model is loaded"
+    if is_compiled(loaded):
+        return (
+            "fast decode is on (its compiled step is shaped for one answer; "
+            "load without it to decode answers together)"
+        )
     config = model.config
     impl = getattr(config, "_attn_implementation", None) or "sdpa"
     if impl not in ATTENTION_THAT_PADS:
@@ -321,6 +328,9 @@ class Batch:
                 **{self._cache_kw: cache},
                 logits_to_keep=1,
             )
+        # The model has run a forward (a 4-bit model repacked its weights then): the
+        # decode steps may keep their heap blocks (docs/facts.md, "Decoding wants ...").
+        memory.heap_for_decoding()
         for layer in cache.layers:
             if type(layer).__name__ != "DynamicLayer":
                 raise GenerationError(

@@ -155,13 +155,34 @@ def load_schema(text: str) -> dict[str, Any]:
         schema = json.loads(text)
     except ValueError as exc:
         raise ConstraintError(
-            f"the JSON schema is not valid JSON: {exc}", "check the file"
+            f"the JSON schema is not valid JSON: {exc}",
+            "check its quotes, commas and brackets",
         ) from None
     if not isinstance(schema, dict):
         raise ConstraintError(
             "the JSON schema must be a JSON object", 'e.g. {"type": "object"}'
         )
     return schema
+
+
+def reply_constraint(schema_text: str | None = None, name: str = "") -> Constraint:
+    """What "reply as JSON" holds an answer to, checked before anything is decoded:
+    any JSON object without `schema_text`, else JSON matching that schema.
+
+    The command line (`--json-object`, `--json-schema FILE`) and the window's chat
+    ("Reply as JSON") both come here, so the same schema gives the same words.
+
+    Raises
+    ------
+    ConstraintError
+        The schema is not JSON, not an object, or holds what cannot be enforced.
+    """
+    if schema_text is None:
+        constraint = Constraint.json_object()
+    else:
+        constraint = Constraint.json_schema(load_schema(schema_text), name)
+    constraint.check()
+    return constraint
 
 
 # -- the tokenizer as llguidance sees it (about a second to build: kept per tokenizer)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core import memory
 from core.errors import GenerationError
 from core.generation.constrain import Constraint
 from core.model.loader import LoadedModel
@@ -231,6 +232,10 @@ def stream(
     class _Streamer(TextIteratorStreamer):
         def put(self, value: Any) -> None:
             if not (self.skip_prompt and self.next_tokens_are_prompt):
+                if "first" not in timing:
+                    # The prompt's forward has run (and repacked a 4-bit model's
+                    # weights): the decode steps may keep their heap blocks.
+                    memory.heap_for_decoding()
                 timing.setdefault("first", time.perf_counter())
             super().put(value)
 
@@ -359,6 +364,15 @@ def decode_mode(
     return (MODE_COMPILED if compiled else MODE_PLAIN), ""
 
 
+def model_decode_mode(loaded: LoadedModel) -> tuple[str, str]:
+    """How the loaded model decodes (compiled or plain; prompt lookup is chosen per
+    answer) and, when fast decode was asked for and is off, why ('' otherwise)."""
+    fast = getattr(loaded, "fast_decode", None)
+    if fast:
+        return MODE_COMPILED, ""
+    return MODE_PLAIN, fast.note if fast is not None else ""
+
+
 def is_compiled(loaded: LoadedModel) -> bool:
     """Whether the model decodes with a static cache and a compiled step."""
     return bool(getattr(loaded, "fast_decode", None))
@@ -368,14 +382,10 @@ def _cache_bucket(
     loaded: LoadedModel, kwargs: dict[str, Any], needed: int, note: str
 ) -> str:
     """Size the static cache to its bucket; a new bucket recompiles, and says so."""
-    fast = loaded.fast_decode
-    bucket = fast.bucket(needed)
+    bucket, line = loaded.fast_decode.claim(needed)
     kwargs["max_cache_len"] = bucket
-    if bucket in fast.buckets:
+    if not line:
         return note
-    fast.buckets.add(bucket)
-    line = f"recompiled the decode step for a {bucket:,}-token cache"
-    logger.info(line)
     return f"{note}; {line}" if note else line
 
 

@@ -29,7 +29,6 @@ from core.generation.decode import (
     GenerationStats,
     Message,
     context_length,
-    is_compiled,
     stream,
 )
 from core.model.loader import LoadedModel
@@ -566,9 +565,7 @@ class GenerationQueue:
             and loaded.model is not None
             and self.max_batch > 1
             and id(loaded.model) not in self._blocked
-            and batching_blocker(loaded) is None
-            # A compiled decode step has the static shapes of one answer.
-            and not is_compiled(loaded)
+            and batching_blocker(loaded) is None  # fast decode among the reasons
         )
 
     def _admit(self, batch: Batch | None) -> list[Job]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from core.errors import CancelledError, NibbleError, SettingsError
 from core.lab import measure
+from core.lab.divergence import DEFAULT_THRESHOLD
 from core.model import loader
 from core.model.catalog import ModelRef
 from core.settings import (
@@ -192,6 +193,8 @@ class CompareConfig:
     window: int = 512
     stride: int = 256
     top_k: int = 4096
+    kl_threshold: float = DEFAULT_THRESHOLD
+    """A token whose KL vs the baseline is above this (nats) counts as moved."""
     streams: tuple[int, ...] = ()
     """Optional concurrent streams dimension: for each count n, n greedy answers to
     the prompt decode together through the generation queue; the row records the
@@ -223,6 +226,11 @@ class CompareConfig:
             )
         if self.top_k < 1:
             raise SettingsError("top_k must be at least 1", "4096 is the default")
+        if not self.kl_threshold >= 0:
+            raise SettingsError(
+                f"the KL threshold must be 0 or more, got {self.kl_threshold}",
+                f"{DEFAULT_THRESHOLD} nats is the default",
+            )
 
     def text(self) -> str:
         return self.eval_text if self.eval_text is not None else bundled_text()
@@ -271,6 +279,9 @@ class RowResult:
     eval_tokens: int | None = None
     kl_vs_baseline: float | None = None
     top1_agreement: float | None = None
+    kl_share_above: float | None = None
+    """The share of evaluation tokens whose KL vs the baseline is above the
+    comparison's `kl_threshold`."""
     answer: str | None = None
     decode_mode: str = "plain"
     streams: dict[str, dict[str, float | None]] = field(default_factory=dict)
@@ -307,6 +318,7 @@ CSV_MEASURES = (
     "eval_tokens",
     "kl_vs_baseline",
     "top1_agreement",
+    "kl_share_above",
     "answer",
     "streams",
     "row_s",
@@ -639,7 +651,7 @@ def run_row(
             say(f"Perplexity window {done}/{total}")
 
         input_ids = tokenize_eval(loaded.tokenizer, config)
-        row.perplexity, reference, kl, agree = measure.evaluate(
+        done = measure.evaluation(
             loaded.model,
             input_ids,
             reference,
@@ -648,9 +660,15 @@ def run_row(
             config.top_k,
             on_window,
             cancel,
+            config.kl_threshold,
         )
-        row.eval_tokens = int(reference.argmax.shape[0])
-        row.kl_vs_baseline, row.top1_agreement = kl, agree
+        reference = done.reference
+        row.perplexity, row.eval_tokens = (
+            done.perplexity,
+            int(reference.argmax.shape[0]),
+        )
+        row.kl_vs_baseline, row.top1_agreement = done.mean_kl, done.top1_agreement
+        row.kl_share_above = done.share_above
     finally:
         loader.unload(loaded)
     row.row_s = time.perf_counter() - started
@@ -785,7 +803,7 @@ def run(
             if i == 0:
                 reference = new_reference
             elif reference is None:
-                row.kl_vs_baseline = row.top1_agreement = None
+                row.kl_vs_baseline = row.top1_agreement = row.kl_share_above = None
                 row.warnings.append("no baseline to compare with: the first row failed")
         except CancelledError as exc:
             raise cancelled(exc) from None

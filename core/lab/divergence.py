@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import html
 import json
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from core.errors import NibbleError
 
 DEFAULT_THRESHOLD = 0.1  # nats: above it a token's distribution has visibly moved
 TOP = 5
@@ -190,3 +194,101 @@ def _name(loaded: Any) -> str:
     options = getattr(loaded, "options", None)
     dtype = getattr(getattr(loaded, "model", None), "dtype", None)
     return str(dtype).removeprefix("torch.") if dtype is not None else str(options)
+
+
+class BaselineDoesNotFit(NibbleError):
+    """The baseline does not fit here; `largest` is the largest preset that does
+    (None when none does), to offer as the reference instead."""
+
+    def __init__(self, message: str, hint: str, largest: str | None) -> None:
+        super().__init__(message, hint)
+        self.largest = largest
+
+
+def check_baseline(ref: Any, baseline: str, options: Any, device: Any = None) -> None:
+    """Raise BaselineDoesNotFit when preset `baseline` does not fit this machine
+    (the estimate's verdict, judged on its peak during the load)."""
+    from core.model.estimate import table
+    from core.model.fit import probe_device
+    from core.settings import preset
+
+    chosen = preset(baseline)
+    rows = table(ref, None, options, device=device or probe_device())
+    row = next((r for r in rows.rows if r.preset == chosen.name), None)
+    if row is None or row.verdict != "does not fit":
+        return
+    largest = rows.recommended
+    raise BaselineDoesNotFit(
+        f"the baseline {chosen.name} does not fit here ({row.verdict_text})",
+        f"use {largest}, the largest preset that fits, as the reference"
+        if largest
+        else "free memory, or pick a smaller model",
+        largest,
+    )
+
+
+def answer_divergence(
+    ref: Any,
+    quant: Any,
+    options: Any,
+    prompt: str | Sequence[dict[str, Any]],
+    answer: str,
+    baseline: str = "fp32",
+    threshold: float = DEFAULT_THRESHOLD,
+    raw: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Divergence:
+    """The divergence of a kept answer: `answer` was written by `ref` loaded with
+    `quant` / `options` to `prompt` (chat messages, or text when `raw`).
+
+    Loads a fresh copy of both the quantized model and the baseline preset (which
+    must fit: BaselineDoesNotFit otherwise), feeds both the prompt as the chat
+    would and the answer's tokens, and compares them token by token.
+    """
+    from core.generation.decode import build_prompt, has_chat_template
+    from core.model import loader
+    from core.settings import preset
+
+    check_baseline(ref, baseline, options)
+    base_preset = preset(baseline)
+    say = progress or (lambda done, total, message: None)
+
+    def step(what: str) -> Callable[[int, int, str], None]:
+        return lambda done, total, message: say(done, total, f"{what}: {message}")
+
+    quantized = loader.load(ref, quant, options, step("quantized"), cancel)
+    base = None
+    try:
+        base = loader.load(
+            ref,
+            base_preset.quant,
+            base_preset.load_options(options),
+            step(f"baseline {base_preset.name}"),
+            cancel,
+        )
+        tokenizer = quantized.tokenizer
+        text = build_prompt(tokenizer, prompt, raw)
+        add_special = raw or not has_chat_template(tokenizer)
+        prompt_ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not answer_ids:
+            raise NibbleError("the answer is empty", "pick an answer with some text")
+        say(0, 0, "Comparing token by token")
+        shown = prompt if isinstance(prompt, str) else _last_question(prompt)
+        return divergence(base, quantized, prompt_ids, answer_ids, threshold, shown)
+    finally:
+        if base is not None:
+            loader.unload(base)
+        loader.unload(quantized)
+
+
+def _last_question(messages: Sequence[dict[str, Any]]) -> str:
+    return next(
+        (
+            str(m.get("content") or "")
+            for m in reversed(messages)
+            if m["role"] == "user"
+        ),
+        "",
+    )

@@ -21,6 +21,7 @@ from typing import Any
 
 from core import machine, memory
 from core.errors import CancelledError, NibbleError
+from core.lab.divergence import DEFAULT_THRESHOLD
 from core.model.loader import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,20 @@ def _rest_logp(top_logp: Any) -> Any:
     return torch.log(-torch.expm1(mass))
 
 
+@dataclass
+class Evaluation:
+    """What one pass over the evaluation text measured against the reference."""
+
+    perplexity: float
+    reference: Reference
+    mean_kl: float
+    top1_agreement: float
+    share_above: float
+    """The share of scored tokens whose KL is above `threshold` (as the divergence
+    view counts them, core.lab.divergence)."""
+    threshold: float
+
+
 def evaluate(
     model: Any,
     input_ids: Any,
@@ -146,13 +161,34 @@ def evaluate(
 ) -> tuple[float, Reference, float, float]:
     """Perplexity over strided windows, and KL / top-1 agreement against `reference`.
 
-    Every token after the first is scored exactly once, with up to `window - stride`
-    tokens of context from the previous window. With no reference, this run's own
-    distributions become it (and its KL is 0 and its agreement 1 by construction).
-
     Returns
     -------
     perplexity, the reference, mean KL(reference || this), top-1 agreement
+    (see `evaluation`, which also counts the tokens above a KL threshold)
+    """
+    done = evaluation(
+        model, input_ids, reference, window, stride, top_k, progress, cancel
+    )
+    return done.perplexity, done.reference, done.mean_kl, done.top1_agreement
+
+
+def evaluation(
+    model: Any,
+    input_ids: Any,
+    reference: Reference | None = None,
+    window: int = 512,
+    stride: int = 256,
+    top_k: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Evaluation:
+    """Perplexity over strided windows, and KL / top-1 agreement against `reference`.
+
+    Every token after the first is scored exactly once, with up to `window - stride`
+    tokens of context from the previous window. With no reference, this run's own
+    distributions become it (and its KL is 0 and its agreement 1 by construction).
+    `threshold` (nats) is what a token's KL must exceed to count in `share_above`.
     """
     import torch
 
@@ -163,7 +199,7 @@ def evaluate(
     starts = list(range(0, max(n - 1, 1), stride))
     nll_sum, count = 0.0, 0
     tops, ids, rests, argmaxes = [], [], [], []
-    kl_sum, agree = 0.0, 0
+    kl_sum, agree, above = 0.0, 0, 0
     prev_end = 1  # token 0 has nothing before it to predict it from
     device = model.device
     for i, begin in enumerate(starts):
@@ -182,7 +218,12 @@ def evaluate(
         nll_sum -= float(logp.gather(1, targets[:, None]).sum())
         count += int(targets.numel())
         top_logp, top_ids = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)
+        # With the whole vocabulary kept there is no rest: the bucket would only
+        # hold float32 noise of the log-sum (1e-6), as large as a small KL.
+        whole = top_logp.shape[-1] == logp.shape[-1]
         rest = _rest_logp(top_logp).clamp(min=-100.0)
+        if whole:
+            rest = torch.full_like(rest, -100.0)
         top = logp.argmax(dim=-1)
         if reference is None:
             p_top, p_ids, p_rest, p_arg = top_logp, top_ids, rest, top
@@ -196,12 +237,15 @@ def evaluate(
             p_rest, p_arg = reference.rest_logp[sl], reference.argmax[sl]
         q_top = logp.gather(1, p_ids)
         q_rest = _rest_logp(q_top).clamp(min=-100.0)
+        if whole:
+            q_rest = torch.full_like(q_rest, -100.0)
         kl = (p_top.exp() * (p_top - q_top)).sum(-1)
         p_rest_prob = p_rest.exp()
         kl += torch.where(
             p_rest_prob > 0, p_rest_prob * (p_rest - q_rest), torch.zeros_like(kl)
         )
         kl_sum += float(kl.sum())
+        above += int((kl > threshold).sum())
         agree += int((top == p_arg).sum())
         prev_end = end
         del logits, logp
@@ -223,8 +267,14 @@ def evaluate(
             f"this row scored {count} tokens, the baseline {reference.argmax.shape[0]}",
             "compare settings of one model only: the tokenizer must not change",
         )
-    perplexity = math.exp(nll_sum / count)
-    return perplexity, reference, max(kl_sum / count, 0.0), agree / count
+    return Evaluation(
+        math.exp(nll_sum / count),
+        reference,
+        max(kl_sum / count, 0.0),
+        agree / count,
+        above / count,
+        threshold,
+    )
 
 
 def _context_length(model: Any) -> int | None:
@@ -299,7 +349,7 @@ def measure_generation(
 
         config.prompt_lookup_num_tokens = PROMPT_LOOKUP_TOKENS
     if decode.is_compiled(loaded):
-        config.max_cache_len = loaded.fast_decode.bucket(prompt_len + new_tokens)
+        config.max_cache_len, _ = loaded.fast_decode.claim(prompt_len + new_tokens)
     started = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(

@@ -72,6 +72,7 @@ def build(
     estimate_bytes: int | None = None,
     generation: GenerationSettings | None = None,
     stats: Any = None,
+    load_records: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to reproduce a run, as a JSON-ready dict.
 
@@ -87,6 +88,9 @@ def build(
         What the estimate predicted for these settings, if known.
     generation, stats
         The settings and GenerationStats of the last answer, if any.
+    load_records
+        This machine's load records (core.store.calibration), only when the user
+        asked for them: they stay local otherwise.
     """
     quant = quant or QuantSettings()
     options = options or LoadOptions()
@@ -114,6 +118,8 @@ def build(
         "generation": generation.to_dict() if generation is not None else None,
         "last_generation": stats.to_dict() if stats is not None else None,
     }
+    if load_records is not None:
+        data["load_records"] = load_records
     return data
 
 
@@ -181,6 +187,8 @@ def to_markdown(data: dict[str, Any]) -> str:
                 + ", ".join(f"{k}={json.dumps(v)}" for k, v in gen.items())
             )
         out.append("")
+    if "load_records" in data:
+        out += _load_records_markdown(data["load_records"])
     out += ["## Versions", ""]
     out.append(f"- Python {env['python']} on {env['platform']}")
     for name, version in env["packages"].items():
@@ -203,6 +211,31 @@ def to_markdown(data: dict[str, Any]) -> str:
         out.append("- GPU: none found (NVML)")
     out.append("")
     return "\n".join(out)
+
+
+def _load_records_markdown(records: list[dict[str, Any]]) -> list[str]:
+    out = ["## Load records", ""]
+    if not records:
+        return [*out, "No load recorded on this machine yet.", ""]
+    out += [
+        "| # | when | device | model | preset | estimated peak | actual peak "
+        "| actual steady | load time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        gpu = str(r.get("device", "")).startswith("cuda")
+        peak = r.get("peak_vram_bytes") if gpu else r.get("peak_ram_bytes")
+        steady = r.get("steady_vram_bytes") if gpu else r.get("steady_ram_bytes")
+        when = dt.datetime.fromtimestamp(r.get("created") or 0).isoformat(
+            sep=" ", timespec="minutes"
+        )
+        out.append(
+            f"| {r.get('id') or ''} | {when} | {r.get('device')} | {r.get('model')} "
+            f"| {r.get('label')} | {format_bytes(r.get('estimated_peak_bytes'))} "
+            f"| {format_bytes(peak)} | {format_bytes(steady)} "
+            f"| {format_seconds(r.get('load_s'))} |"
+        )
+    return [*out, ""]
 
 
 def _bytes(n: int | None) -> str:

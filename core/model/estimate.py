@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import NibbleError, SettingsError
+from core.model.calibration import Calibration, device_key, for_device
 from core.model.catalog import ConfigSource, ModelSpec, read_source
 from core.model.fit import DeviceInfo, Fit, Need, Offload, Verdict, judge, probe_device
 from core.settings import PRESETS, LoadOptions, QuantSettings, load_dtype
@@ -382,6 +383,29 @@ class Estimate:
     # on a GPU the host RAM the load passes through.
     load_peak_bytes: int | None = None
     load_peak_ram_bytes: int | None = None
+    # Each term of the overhead and of the peak, named as `estimate --explain` shows
+    # them; the formulas' peak before this machine's calibration; the calibration.
+    overhead_terms: dict[str, int] = field(default_factory=dict, repr=False)
+    peak_terms: dict[str, int] = field(default_factory=dict, repr=False)
+    formula_peak_bytes: int | None = None
+    device_key: str = "cpu"
+    calibration: Calibration | None = field(default=None, repr=False)
+    parameters: int | None = None
+    architecture: str | None = None
+
+    @property
+    def formula_steady_bytes(self) -> int | None:
+        """What the formulas say the load holds once settled, before any calibration:
+        weights + quantization state (+ the CUDA context on a GPU)."""
+        if self.model_bytes is None:
+            return None
+        return self.model_bytes + (CUDA_CONTEXT_BYTES if self.on_gpu else 0)
+
+    @property
+    def calibration_text(self) -> str:
+        """'calibrated on this machine from N loads (±x%)' or 'not calibrated yet'."""
+        cal = self.calibration or Calibration(self.device_key)
+        return cal.line()
 
     @property
     def model_bytes(self) -> int | None:
@@ -440,6 +464,10 @@ class Estimate:
             "max_memory": self.offload.max_memory if self.offload else None,
             "quantized_modules": self.quantized_modules,
             "breakdown": self.breakdown,
+            "overhead_terms": self.overhead_terms,
+            "load_peak_terms": self.peak_terms,
+            "formula_load_peak_bytes": self.formula_peak_bytes,
+            "calibration": self.calibration_text,
             "notes": self.notes,
         }
 
@@ -536,6 +564,7 @@ def estimate(
         kv_cache_bytes=None,
         overhead_bytes=None,
         quantized=quant.quantized,
+        device_key=device_key(on_gpu, device.gpus),
     )
     kv = kv_shape(source.raw)
     row.notes += kv.notes
@@ -549,6 +578,7 @@ def estimate(
         struct = structure(source, dtype, options.trust_remote_code)
     except EstimateError as exc:
         row.notes.insert(0, f"weights not estimated: {exc.message}")
+        row.calibration = for_device(row.device_key)
         row.set_fit(judge(row.need, device))
         return row
     row.notes += _missing_fields(source.raw)
@@ -557,10 +587,73 @@ def estimate(
             "the checkpoint is pre-quantized: weights are counted unquantized, an upper bound"
         )
     _count(row, struct, quant, options, on_gpu)
-    row.overhead_bytes = _overhead(struct, row, quant, options, on_gpu)
-    row.load_peak_bytes, row.load_peak_ram_bytes = load_peak(row, quant, on_gpu)
+    row.parameters = sum(t.numel for t in struct.params)
+    row.architecture = struct.architecture
+    row.overhead_terms = overhead_terms(struct, row, quant, options, on_gpu)
+    row.peak_terms, row.load_peak_ram_bytes = peak_terms(row, quant, on_gpu)
+    row.formula_peak_bytes = sum(row.peak_terms.values())
+    _calibrate(row, for_device(row.device_key))
     row.set_fit(judge(row.need, device))
     return row
+
+
+CALIBRATION_TERM = "calibration on this machine"
+
+
+def _calibrate(row: Estimate, cal: Calibration) -> None:
+    """Add this machine's learnt overhead terms (once it has enough records)."""
+    row.calibration = cal
+    if cal.calibrated:
+        # Never below what the formulas hold for certain: the weights themselves.
+        floor = row.model_bytes or 0
+        peak = max(floor, (row.formula_peak_bytes or 0) + cal.peak_offset_bytes)
+        row.peak_terms[CALIBRATION_TERM] = peak - (row.formula_peak_bytes or 0)
+        formula = sum(row.overhead_terms.values())
+        row.overhead_terms[CALIBRATION_TERM] = max(-formula, cal.steady_offset_bytes)
+    row.overhead_bytes = sum(row.overhead_terms.values())
+    row.load_peak_bytes = sum(row.peak_terms.values())
+
+
+# Where each term comes from, as `estimate --explain` says it.
+TERM_SOURCES = {
+    "weights": "formula: every parameter of the meta-device build at the load dtype, "
+    "quantized layers packed",
+    "quantization state": "formula: absmax + code per block of 64 weights "
+    "(int8: one scale per row)",
+    "KV cache": "formula: 2 × kv heads × head dim × context × batch × dtype bytes, "
+    "per attention layer",
+    "activations of one prefill": "formula: batch × context × "
+    "(3·hidden + 2·intermediate) × dtype bytes",
+    "logits of the last token": "formula: batch × vocab × 4 bytes",
+    "a dequantized weight": "formula: the largest 4-bit weight at the compute dtype",
+    "attention scores of one layer": "formula: batch × heads × context² × 4 bytes "
+    "(eager attention)",
+    "CUDA context": "formula: a 500 MiB allowance",
+    "weights + quantization state": "formula: the whole model as loaded",
+    "quantized layers": "formula: every quantized layer, packed, with its state",
+    "quantizing the largest weight": "formula: bitsandbytes' temporaries, 2.25× (int8) "
+    "to 5.9× (fp4) the weight's fp32 bytes",
+    "quantized layer objects": "formula: 32 KiB per quantized layer",
+    CALIBRATION_TERM: "calibration: the median of (actual - formula) over this "
+    "machine's loads",
+}
+
+
+def explain(row: Estimate) -> list[tuple[str, str, int | None, str]]:
+    """(section, term, bytes, where it comes from) for every term of `row`."""
+    out: list[tuple[str, str, int | None, str]] = []
+    steady = (
+        ("weights", row.weights_bytes),
+        ("quantization state", row.quant_state_bytes),
+        ("KV cache", row.kv_cache_bytes),
+    )
+    for name, value in steady:
+        out.append(("steady", name, value, TERM_SOURCES[name]))
+    for name, value in row.overhead_terms.items():
+        out.append(("overhead", name, value, TERM_SOURCES.get(name, "formula")))
+    for name, value in row.peak_terms.items():
+        out.append(("peak", name, value, TERM_SOURCES.get(name, "formula")))
+    return out
 
 
 def check_sizes(context: int, batch: int) -> None:
@@ -630,7 +723,16 @@ def _count(
 def load_peak(
     row: Estimate, quant: QuantSettings, on_gpu: bool
 ) -> tuple[int | None, int | None]:
-    """(peak on the device judged, host RAM on a GPU) while the model loads.
+    """(peak on the device judged, host RAM on a GPU) while the model loads, by the
+    formulas alone (see peak_terms)."""
+    terms, ram = peak_terms(row, quant, on_gpu)
+    return (sum(terms.values()) if terms else None), ram
+
+
+def peak_terms(
+    row: Estimate, quant: QuantSettings, on_gpu: bool
+) -> tuple[dict[str, int], int | None]:
+    """The terms of the peak on the device judged, and host RAM on a GPU.
 
     Weights are read one tensor at a time (transformers loads sequentially when it
     quantizes on the fly) and each one's temporaries are returned at once (the
@@ -640,50 +742,61 @@ def load_peak(
     """
     model = row.model_bytes
     if model is None:
-        return None, None
+        return {}, None
     largest = row.largest_quantized
-    if not row.quantized or not largest:
-        peak = model
-        transient = 0
-    elif on_gpu:
-        # Materialized on the GPU at the load dtype; int8 also makes an fp16 copy.
-        itemsize = _DTYPE_BYTES[row.dtype] + (2 if quant.mode == "8bit" else 0)
-        transient = largest * itemsize
-    else:
-        kind = "int8" if quant.mode == "8bit" else quant.bnb_4bit_quant_type
-        transient = int(QUANTIZE_TRANSIENT.get(kind, max(QUANTIZE_TRANSIENT.values()))
-                        * largest * 4)  # fmt: skip
+    terms: dict[str, int] = {}
+    transient = 0
     if row.quantized and largest:
-        peak = max(model, row.quantized_linear_bytes + transient)
+        if on_gpu:
+            # Materialized on the GPU at the load dtype; int8 also makes an fp16 copy.
+            itemsize = _DTYPE_BYTES[row.dtype] + (2 if quant.mode == "8bit" else 0)
+            transient = largest * itemsize
+        else:
+            kind = "int8" if quant.mode == "8bit" else quant.bnb_4bit_quant_type
+            factor = QUANTIZE_TRANSIENT.get(kind, max(QUANTIZE_TRANSIENT.values()))
+            transient = int(factor * largest * 4)
+    if transient and row.quantized_linear_bytes + transient > model:
+        terms["quantized layers"] = row.quantized_linear_bytes
+        terms["quantizing the largest weight"] = transient
+    else:
+        terms["weights + quantization state"] = model
     allowance = MODULE_ALLOWANCE_BYTES * row.quantized_modules
-    peak += allowance
+    if allowance:
+        terms["quantized layer objects"] = allowance
     if not on_gpu:
-        return peak, None
+        return terms, None
+    terms["CUDA context"] = CUDA_CONTEXT_BYTES
     # On the host a GPU load passes one tensor at a time (int8 copies each back).
-    return peak + CUDA_CONTEXT_BYTES, transient + allowance
+    return terms, transient + allowance
 
 
-def _overhead(
+def overhead_terms(
     struct: Structure,
     row: Estimate,
     quant: QuantSettings,
     options: LoadOptions,
     on_gpu: bool,
-) -> int:
+) -> dict[str, int]:
+    """The terms of the overhead by the formulas (OVERHEAD_NOTE), zero ones left out."""
     act = _DTYPE_BYTES[row.dtype]
     tokens = row.batch * row.context
-    activations = tokens * (3 * struct.hidden + 2 * struct.intermediate) * act
-    logits = row.batch * struct.vocab * 4
-    dequant = 0
+    terms = {
+        "activations of one prefill": tokens
+        * (3 * struct.hidden + 2 * struct.intermediate)
+        * act,
+        "logits of the last token": row.batch * struct.vocab * 4,
+    }
     if quant.mode == "4bit":
         compute = _DTYPE_BYTES[quant.bnb_4bit_compute_dtype or "float32"]
-        dequant = row.largest_quantized * compute
-    scores = 0
+        terms["a dequantized weight"] = row.largest_quantized * compute
     if options.attn_implementation == "eager":
         # Without a fused kernel one layer's scores exist at once, in fp32.
-        scores = row.batch * struct.heads * row.context * row.context * 4
-    context = CUDA_CONTEXT_BYTES if on_gpu else 0
-    return activations + logits + dequant + scores + context
+        terms["attention scores of one layer"] = (
+            row.batch * struct.heads * row.context * row.context * 4
+        )
+    if on_gpu:
+        terms["CUDA context"] = CUDA_CONTEXT_BYTES
+    return {name: n for name, n in terms.items() if n}
 
 
 def _missing_fields(raw: dict[str, Any]) -> list[str]:
@@ -735,6 +848,15 @@ class Table:
     def notes(self) -> list[str]:
         return list(dict.fromkeys(n for r in self.rows for n in r.notes))
 
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration every row of this device shares (the current row's)."""
+        return self.current.calibration
+
+    @property
+    def calibration_text(self) -> str:
+        return self.current.calibration_text
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -745,6 +867,11 @@ class Table:
             "device": self.device.to_dict(),
             "overhead": OVERHEAD_NOTE,
             "load_peak": PEAK_NOTE,
+            "calibration": (
+                self.calibration.to_dict()
+                if self.calibration is not None
+                else {"text": self.calibration_text, "calibrated": False}
+            ),
             "notes": self.notes,
         }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from core.units import format_bytes
@@ -39,6 +40,8 @@ class DeviceInfo:
     ram_total_bytes: int
     ram_available_bytes: int
     cuda: bool  # whether torch can use the GPUs (the loader's choice)
+    ram_limit: str = ""
+    """The process limit that caps `ram_available_bytes` (e.g. 'RLIMIT_DATA'), if any."""
 
     @property
     def gpu_free_bytes(self) -> int:
@@ -46,6 +49,8 @@ class DeviceInfo:
 
     def describe(self) -> str:
         ram = f"{format_bytes(self.ram_available_bytes)} RAM available"
+        if self.ram_limit:
+            ram += f" (under this process's {self.ram_limit})"
         if not self.gpus:
             return f"No GPU · {ram}"
         gpus = ", ".join(
@@ -62,17 +67,54 @@ class DeviceInfo:
             "ram_total_bytes": self.ram_total_bytes,
             "ram_available_bytes": self.ram_available_bytes,
             "cuda": self.cuda,
+            "ram_limit": self.ram_limit or None,
             "summary": self.describe(),
         }
 
 
 def probe_device() -> DeviceInfo:
-    """Free VRAM per GPU from NVML and available host RAM from psutil."""
+    """Free VRAM per GPU from NVML and available host RAM from psutil, capped by
+    what this process may still allocate under its own limits (`ulimit -d`/`-v`)."""
     import psutil
 
     memory = psutil.virtual_memory()
     gpus = _nvml_gpus()
-    return DeviceInfo(gpus, int(memory.total), int(memory.available), _cuda(gpus))
+    available, limit = int(memory.available), ""
+    room = limit_headroom()
+    if room is not None and room[0] < available:
+        available, limit = room
+    return DeviceInfo(gpus, int(memory.total), available, _cuda(gpus), limit)
+
+
+# What each limit counts, as /proc/self/status names it: RLIMIT_DATA the private
+# writable mappings (heap and anonymous mmaps, not the mmapped checkpoint),
+# RLIMIT_AS every mapping (docs/facts.md, "A process memory limit").
+_LIMITS = (("RLIMIT_DATA", "VmData"), ("RLIMIT_AS", "VmSize"))
+
+
+def limit_headroom() -> tuple[int, str] | None:
+    """The bytes this process may still map under RLIMIT_DATA / RLIMIT_AS, and
+    which limit is the tighter; None when neither is set (or on Windows)."""
+    try:
+        import resource
+
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+    except (ImportError, OSError):
+        return None
+    used = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmData", "VmSize") and value.strip().endswith("kB"):
+            used[key] = int(value.split()[0]) * 1024
+    best: tuple[int, str] | None = None
+    for name, key in _LIMITS:
+        soft, _hard = resource.getrlimit(getattr(resource, name))
+        if soft == resource.RLIM_INFINITY or key not in used:
+            continue
+        room = max(soft - used[key], 0)
+        if best is None or room < best[0]:
+            best = (room, name)
+    return best
 
 
 def _cuda(gpus: list[Gpu]) -> bool:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from core import checks, memory
-from core.errors import CancelledError, LoadError, NibbleError
+from core.errors import CancelledError, LoadError, NibbleError, OutOfMemoryError
+from core.model import calibration
 from core.model.catalog import ModelRef
 from core.settings import LoadOptions, QuantSettings, load_dtype
 from core.stack import import_stack, model_build
@@ -47,6 +48,8 @@ class LoadReport:
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    fast_decode: dict[str, Any] | None = None
+    """What fast decode did (FastDecode.to_dict) when the load asked for it."""
 
     @property
     def quantized_count(self) -> int:
@@ -64,6 +67,7 @@ class LoadReport:
             "dtypes": self.dtypes,
             "mapped_bytes": self.mapped_bytes,
             "warnings": self.warnings,
+            **({"fast_decode": self.fast_decode} if self.fast_decode else {}),
         }
 
 
@@ -317,6 +321,10 @@ def _load(
             "the folder needs tokenizer.json or tokenizer_config.json and its vocab",
         ) from exc
     memory.trim_heap()  # parsing the tokenizer freed more than the load will need
+    # What the estimate says of this load, kept beside what it costs; working it
+    # out imports the model's classes, which are the process's memory, not the load's.
+    expected = calibration.expect(path or ref, quant, options, on_gpu)
+    meter = calibration.meter(on_gpu)
     kwargs: dict[str, Any] = {
         "device_map": device_map,
         "dtype": dtype,
@@ -332,6 +340,7 @@ def _load(
     try:
         with (
             model_build(),
+            meter,
             _progress_hook(reporter),
             warnings.catch_warnings(),
             memory.heap_for_loading(),
@@ -355,11 +364,17 @@ def _load(
         # resident through the mapping).
         memory.release_checkpoint_pages(model)
     free_memory()
+    meter.settle(memory.mapped_bytes(model))
     fast = _fast_decode(model, tokenizer, quant, options, reporter, cancel)
+    if fast:  # its warm-up ran the first forward (docs/facts.md, "Decoding wants ...")
+        memory.heap_for_decoding()
     elapsed = time.perf_counter() - started
     report = make_report(model, ref, quant, options, elapsed)
-    if fast is not None and fast.note:
-        report.warnings.append(fast.note)
+    calibration.keep(report, quant, expected, meter, config)
+    if fast is not None:
+        report.fast_decode = fast.to_dict()
+        if fast.note:
+            report.warnings.append(fast.note)
     if quant.quantized and report.quantized_count == 0:
         report.warnings.append(
             f"asked for {quant.label()} but no Linear layer was quantized: "
@@ -541,10 +556,13 @@ def _out_of_memory(
         device = probe_device()
         free = device.gpu_free_bytes if cuda else device.ram_available_bytes
         needed = estimate(ref, quant, options, device=device).judged_bytes
-    return LoadError(
+    return OutOfMemoryError(
         oom_message(f"loading {ref.name}", needed, free, "GPU" if cuda else "CPU"),
         "pick nf4 + double quant, a shorter context or CPU offload: "
         "python main.py generate ... --fit auto finds the first that fits",
+        needed,
+        free,
+        cuda,
     )
 
 
@@ -568,6 +586,10 @@ def _explain(
         isinstance(exc, MemoryError)
         or "OutOfMemory" in name
         or "out of memory" in text.lower()
+        # torch's CPU allocator: "DefaultCPUAllocator: not enough memory: you
+        # tried to allocate ..." (a process limit or an exhausted machine)
+        or "not enough memory" in text.lower()
+        or "cannot allocate memory" in text.lower()
     ):
         return _out_of_memory(exc, ref, quant, options)
     if "deserializ" in text.lower() or (

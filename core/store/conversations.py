@@ -48,7 +48,7 @@ from core.store.provenance import Provenance, with_seed
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "conversations.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TITLE_CHARS = 60
 UNDO_S = 60.0
 BUSY_WAIT_S = 10.0
@@ -117,10 +117,24 @@ ALTER TABLE messages ADD COLUMN reply_to INTEGER
     REFERENCES messages(id) ON DELETE SET NULL;
 """
 
+# Version 4: what each load was estimated at and what it cost, on this machine
+# (core.store.calibration reads and writes them; the record itself is JSON).
+MIGRATE_V3_TO_V4 = """
+CREATE TABLE IF NOT EXISTS load_records (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    device TEXT NOT NULL,
+    model TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS load_records_by_device ON load_records(device, id);
+"""
+
 MIGRATIONS: dict[int, tuple[str, Any]] = {
     1: (SCHEMA_V1, None),
     2: (MIGRATE_V1_TO_V2, _v1_answers_to_variants),
     3: (MIGRATE_V2_TO_V3, None),
+    4: (MIGRATE_V3_TO_V4, None),
 }
 
 # Where a message shows: an answer right after its question, others by their own id.
@@ -453,6 +467,30 @@ class ConversationStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of one read, for the store's other tables (core.store.calibration)."""
+        return self._conn.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction for the store's other tables; `wait_s` bounds how
+        long it waits for another process's lock (default BUSY_WAIT_S)."""
+        if wait_s is None:
+            with self._write() as conn:
+                yield conn
+            return
+        self._conn.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+        try:
+            with self._write() as conn:
+                yield conn
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_WAIT_S * 1000)}")
 
     def check_writable(self) -> None:
         """Raise now, before a long job, if its answer could not be saved."""

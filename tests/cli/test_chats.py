@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def nibble(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python main.py ARGS` in a fresh process, its history in `data`."""
     env = {**os.environ, "NIBBLE_DATA_DIR": str(data)}
     return subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *args],
@@ -29,6 +31,30 @@ def nibble(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         env=env,
     )
+
+
+@pytest.fixture
+def chats(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The same command run in this process (a fresh one costs a second or more
+    each); `test_chats_list_show_search` runs one in a fresh process."""
+    from cli import main as cli
+    from core.store import conversations
+
+    def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(
+            conversations, "database_path", lambda: data / conversations.FILE_NAME
+        )
+        capsys.readouterr()
+        try:
+            code = cli.run(list(args))
+        except SystemExit as exc:  # argparse's own refusals
+            code = exc.code if isinstance(exc.code, int) else 2
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["nibble", *args], code, out, err)
+
+    return run
 
 
 def provenance(name: str) -> Provenance:
@@ -58,37 +84,39 @@ def history(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_chats_list_show_search(history: Path) -> None:
-    listed = nibble(history, "chats", "list")
+def test_chats_list_show_search(history: Path, chats) -> None:
+    listed = nibble(history, "chats", "list")  # a fresh process, as a user runs it
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].split()[0] == "2" and lines[0].endswith("Name a colour")
     assert lines[1].endswith("What is the capital of France?")
-    data = json.loads(nibble(history, "chats", "list", "--json").stdout)
+    data = json.loads(chats(history, "chats", "list", "--json").stdout)
     assert [c["id"] for c in data] == [2, 1]
 
-    shown = nibble(history, "chats", "show", "1")
+    shown = chats(history, "chats", "show", "1")
     assert shown.returncode == 0, shown.stderr
     assert (
         "Nibble [int8 · SmolLM2-135M] (variant 2 of 2):\nIt is Paris." in shown.stdout
     )
     assert "20.0 tok/s · 5 tokens · eos" in shown.stdout
 
-    found = nibble(history, "chats", "search", "colour")
+    found = chats(history, "chats", "search", "colour")
     assert found.stdout.split()[0] == "2"
 
 
-def test_chats_export_markdown_json_and_all(history: Path, tmp_path: Path) -> None:
-    md = nibble(history, "chats", "export", "1", "--md")
+def test_chats_export_markdown_json_and_all(
+    history: Path, tmp_path: Path, chats
+) -> None:
+    md = chats(history, "chats", "export", "1", "--md")
     assert md.returncode == 0, md.stderr
     assert "## Answer · `nf4 · SmolLM2-135M` · variant 1 of 2" in md.stdout
     assert "`int8 · SmolLM2-135M` · variant 2 of 2 (shown)" in md.stdout
     out = tmp_path / "one.json"
-    done = nibble(history, "chats", "export", "1", "--json", "-o", str(out))
+    done = chats(history, "chats", "export", "1", "--json", "-o", str(out))
     assert done.returncode == 0, done.stderr
     one = json.loads(out.read_text())
     assert one["conversation"]["messages"][1]["active_variant"] == 1
-    every = json.loads(nibble(history, "chats", "export", "all", "--json").stdout)
+    every = json.loads(chats(history, "chats", "export", "all", "--json").stdout)
     assert [c["title"] for c in every["conversations"]] == [
         "What is the capital of France?",
         "Name a colour",
@@ -104,8 +132,10 @@ def test_chats_export_markdown_json_and_all(history: Path, tmp_path: Path) -> No
         (["chats", "export", "all", "--md"], "export as one JSON file"),
     ],
 )
-def test_chats_bad_input_says_why(history: Path, args: list[str], message: str) -> None:
-    result = nibble(history, *args)
+def test_chats_bad_input_says_why(
+    history: Path, args: list[str], message: str, chats
+) -> None:
+    result = chats(history, *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -25,6 +25,19 @@ def nibble(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def run_here(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`nibble(*args)` in this process: the same parser, command and exit code."""
+    capsys.readouterr()
+    try:
+        code = cli.run(list(args))
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code if isinstance(exc.code, int) else 2
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["nibble", *args], code, out, err)
+
+
 def test_generate_json(tiny_dir: Path) -> None:
     result = nibble(
         "generate", str(tiny_dir), "--quant", "nf4", "--greedy", "--device-map",
@@ -89,10 +102,20 @@ def test_generate_default_answers_paris() -> None:
         (["generate", "default", "--device-map", "gpu", "--prompt", "hi"], "device map"),
     ],
 )  # fmt: skip
-def test_bad_input_exits_2_with_message_and_hint(args: list[str], message: str) -> None:
-    result = nibble(*args)
+def test_bad_input_exits_2_with_message_and_hint(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_here(capsys, *args)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "hint: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_input_in_a_fresh_process_exits_2() -> None:
+    result = nibble("generate", "/no/such/folder", "--prompt", "hi")
+    assert result.returncode == 2
+    assert "error: folder not found" in result.stderr
     assert "hint: " in result.stderr
     assert "Traceback" not in result.stderr
 

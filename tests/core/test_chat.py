@@ -206,7 +206,15 @@ def test_model_builds_run_one_at_a_time() -> None:
     assert app.may_start(answer_job)
     app.end_job(load.handle)
     assert app.may_start(estimate)
-    assert {JobKind.LOAD, JobKind.ESTIMATE, JobKind.MODULES} == EXCLUSIVE
+    # Everything that builds a model: loads, meta-device builds, and the ladder's
+    # estimates and the divergence's two loads.
+    assert {
+        JobKind.LOAD,
+        JobKind.ESTIMATE,
+        JobKind.LADDER,
+        JobKind.MODULES,
+        JobKind.DIVERGENCE,
+    } == EXCLUSIVE
     app.ready = False
     assert not app.may_start(estimate)  # it needs the stack imported first
 

@@ -390,6 +390,23 @@ def test_cli_prints_the_rows_as_json_and_writes_csv(
     assert out.read_text().startswith("model,name,status,error,load_s")
 
 
+def test_cli_runs_each_row_in_each_decode_mode(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.run(
+        [
+            *("compare", str(tiny_dir), "--quant", "fp32", "--decode", "plain,lookup"),
+            *("--tokens", "6", "--eval-tokens", "40", "--json"),
+        ]
+    )
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["name"] for r in rows] == ["fp32", "fp32+decode=lookup"]
+    assert [r["decode_mode"] for r in rows] == ["plain", "prompt lookup"]
+    assert rows[1]["answer"] == rows[0]["answer"]  # greedy: the same text
+    assert rows[1]["new_tokens"] == rows[0]["new_tokens"] == 6
+
+
 @pytest.mark.parametrize(
     ("quant", "message"),
     [("", "error: no settings to compare"), ("fp32,q5", "error: unknown preset")],

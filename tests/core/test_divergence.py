@@ -79,3 +79,58 @@ def test_json_and_html_exports_follow_the_values(diverged: Divergence) -> None:
     alphas = [a for _, a in pairs]
     assert alphas == sorted(alphas)  # a higher KL is never lighter
     assert shade(0.0).endswith("0.000)") and shade(5.0).endswith("1.000)")
+
+
+def test_the_compare_labs_share_above_the_threshold_is_the_divergences(
+    tiny_dir: Path,
+) -> None:
+    """The Compare lab's 'tokens above KL' counts what the divergence view shades:
+    on a text that fits one window, with the whole vocabulary kept, both see the
+    same per-token KLs of the same two models."""
+    from core.lab import compare, measure
+
+    ref = catalog.resolve(str(tiny_dir))
+    cpu = LoadOptions(device_map="cpu")
+    base = loader.load(ref, options=cpu)
+    nf4 = loader.load(ref, preset("nf4").quant, cpu)
+    config = compare.CompareConfig(
+        new_tokens=2, eval_tokens=64, window=128, stride=64, top_k=49152
+    )
+    try:
+        ids = compare.tokenize_eval(nf4.tokenizer, config)
+        # On AVX512-BF16 CPUs the first forward of a 4-bit model repacks its weights
+        # and later forwards compute in another kernel: compare those.
+        import torch
+
+        with torch.inference_mode():
+            nf4.model(ids)
+        per_token = divergence(base, nf4, ids[0, :1].tolist(), ids[0, 1:].tolist())
+        kls = sorted(t.kl for t in per_token.tokens)
+        # A threshold in the widest gap between two KLs of the middle third, so
+        # that about half are above it and float rounding cannot move one across.
+        third = len(kls) // 3
+        gap = max(range(third, 2 * third), key=lambda i: kls[i + 1] - kls[i])
+        threshold = (kls[gap] + kls[gap + 1]) / 2
+        window = (config.window, config.stride, config.top_k)
+        reference = measure.evaluation(base.model, ids, None, *window).reference
+        lab = measure.evaluation(
+            nf4.model, ids, reference, *window, threshold=threshold
+        )
+    finally:
+        loader.unload(nf4)
+        loader.unload(base)
+    per_token.threshold = threshold
+    assert lab.share_above == per_token.share_above
+    assert 0.3 < lab.share_above < 0.7
+    assert lab.mean_kl == pytest.approx(per_token.mean_kl, rel=1e-3)
+    assert lab.top1_agreement == pytest.approx(per_token.top1_agreement)
+
+    # The lab's rows carry it, at the comparison's threshold.
+    config.kl_threshold = 0.0
+    result = compare.run(ref, "baseline,nf4", config)
+    baseline_row, nf4_row = result.rows
+    assert nf4_row.ok, nf4_row.error
+    assert baseline_row.kl_share_above == 0.0  # the baseline against itself
+    assert nf4_row.kl_share_above > 0.5  # nf4 moved (almost) every token a little
+    assert result.to_dict()["rows"][1]["kl_share_above"] == nf4_row.kl_share_above
+    assert result.config["kl_threshold"] == 0.0

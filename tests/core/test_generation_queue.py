@@ -137,3 +137,53 @@ def test_bad_input_reaches_the_consumer_as_an_error(tiny) -> None:
     # the queue goes on after a failed job
     assert collect(queue.submit(GenerationRequest("Hi", GREEDY)))[1].new_tokens == 8
     assert queue.close()
+
+
+# -- decode modes in the queue (docs/facts.md, "what combines") --
+
+
+def test_fast_decode_answers_one_at_a_time_and_says_why(tiny) -> None:
+    import dataclasses
+
+    from core.model.fast_decode import FastDecode
+
+    compiled = dataclasses.replace(tiny, fast_decode=FastDecode(active=True))
+    why = (
+        "one at a time: fast decode is on (its compiled step is shaped for one "
+        "answer; load without it to decode answers together)"
+    )
+    for queue in (GenerationQueue(compiled), GenerationQueue(compiled, max_batch=4)):
+        try:
+            assert (queue.max_batch, queue.batch_reason) == (1, why)
+            status = queue.status()
+            assert status["batching"] is False
+            assert status["batching_note"] == why.removeprefix("one at a time: ")
+        finally:
+            assert queue.close()
+    plain = GenerationQueue(tiny, max_batch=4)
+    try:
+        assert plain.max_batch == 4 and plain.status()["batching"] is True
+    finally:
+        assert plain.close()
+
+
+def test_prompt_lookup_decodes_alone_and_plain_inside_a_batch(tiny) -> None:
+    lookup = GenerationSettings(greedy=True, max_new_tokens=8, prompt_lookup=True)
+    long = GenerationSettings(greedy=True, max_new_tokens=48)
+    queue = GenerationQueue(tiny, max_batch=4)
+    try:
+        text, stats = collect(queue.submit(GenerationRequest("Hello there", lookup)))
+        assert (stats.decode_mode, stats.decode_note) == ("prompt lookup", "")
+        queue.pause()  # both start at the same step: the second joins the first
+        running = queue.submit(GenerationRequest("Once upon a time", long))
+        joined = queue.submit(GenerationRequest("Hello there", lookup))
+        queue.resume()
+        joined_text, joined_stats = collect(joined)
+        collect(running)
+        assert joined_stats.decode_mode == "plain"
+        assert joined_stats.decode_note == (
+            "prompt lookup is off while other answers decode in the same batch"
+        )
+        assert joined_text == text  # greedy: the same answer either way
+    finally:
+        assert queue.close()

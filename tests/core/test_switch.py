@@ -48,3 +48,35 @@ def test_names_presets_and_idle_unload(tiny_dir: Path) -> None:
         switcher.close()
         loader.unload(queue.loaded)
         assert queue.close()
+
+
+def test_the_app_follows_a_switch_a_client_makes(tiny_dir: Path) -> None:
+    from core.app import App
+
+    app = App()
+    app.take_loaded(loader.load(catalog.resolve(str(tiny_dir)), preset("nf4").quant))
+    steps: list[tuple[str, str, str | None]] = []
+    app.model_switched.connect(
+        lambda state, name: steps.append((state, name, app.switching))
+    )
+    switcher = app.model_switcher(
+        directory=lambda: {"tiny-llama": catalog.folder_ref(tiny_dir)}
+    )
+    try:
+        assert switcher.resolve("tiny-llama").quant == preset("nf4").quant
+        switcher.ensure(switcher.resolve("tiny-llama:int8"))
+        int8 = preset("int8")
+        assert app.loaded is app.generation_queue.loaded
+        assert app.loaded.quant == int8.quant
+        assert app.selected_ref.path == tiny_dir
+        assert (app.quant, app.session.quant) == (int8.quant, int8.quant)
+        assert not app.differs_from_loaded()
+        assert steps == [
+            ("loading", "tiny-llama", "tiny-llama"),
+            ("loaded", "tiny-llama", None),
+        ]
+        assert app.load_blocker() == ""
+    finally:
+        switcher.close()
+        app.unload()
+        assert app.generation_queue.close()

@@ -85,16 +85,33 @@ class FakeController(QObject):
         self.turn: Turn | None = None
 
     def ask(
-        self, question: str, settings: GenerationSettings, *, raw=False, system=""
+        self,
+        question: str,
+        settings: GenerationSettings,
+        *,
+        raw=False,
+        system="",
+        constraint=None,
     ) -> Turn:
         turn = self.chat.ask(
-            question, settings, raw=raw, system=system, loaded=self.loaded
+            question,
+            settings,
+            raw=raw,
+            system=system,
+            loaded=self.loaded,
+            constraint=constraint,
         )
         return self._start(turn)
 
-    def ask_again(self, settings, *, raw=False, answer_id=None) -> Turn | None:
+    def ask_again(
+        self, settings, *, raw=False, answer_id=None, constraint=None
+    ) -> Turn | None:
         turn = self.chat.again(
-            settings, raw=raw, loaded=self.loaded, answer_id=answer_id
+            settings,
+            raw=raw,
+            loaded=self.loaded,
+            answer_id=answer_id,
+            constraint=constraint,
         )
         return self._start(turn) if turn is not None else None
 

@@ -142,3 +142,48 @@ def test_estimate_shown_during_the_start_up_load_equals_the_cli(
     ] == expected
     assert "(exact)" in window.estimate_view.actual_label.text()
     window.close()
+
+
+def test_cancel_while_compiling_keeps_the_loaded_model(
+    qtbot, controller, tiny_ref, tmp_path: Path, monkeypatch
+) -> None:
+    """Cancel during the "Compiling the decode step" stage of a Fast decode load:
+    the load ends cancelled without waiting for the compile, and the model loaded
+    before stays loaded and answers."""
+    import dataclasses
+    import threading
+
+    from core.generation.decode import GenerationStats
+    from core.generation.queue import GenerationRequest
+    from core.model import fast_decode
+
+    monkeypatch.setenv("NIBBLE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fast_decode, "blocker", lambda model: None)
+    release = threading.Event()
+    monkeypatch.setattr(fast_decode, "_warm", lambda *args: release.wait(300))
+    before = _load(qtbot, controller, tiny_ref)
+    stages: list[str] = []
+
+    def on_progress(done: int, total: int, message: str) -> None:
+        stages.append(message)
+        if message.startswith("Compiling the decode step ("):
+            controller.cancel_load()
+
+    controller.load_progressed.connect(on_progress)
+    fast = dataclasses.replace(controller.options, fast_decode=True)
+    controller.set_settings(controller.quant, fast)
+    try:
+        with qtbot.waitSignal(controller.load_cancelled, timeout=LONG):
+            controller.load(tiny_ref)
+        assert any(m.startswith("Compiling the decode step (") for m in stages)
+        assert fast_decode.abandoned(), "the load waited for the compile to end"
+        assert controller.loaded is before
+        assert controller.generation_queue.loaded is before
+        settings = GenerationSettings(greedy=True, max_new_tokens=4)
+        job = controller.generation_queue.submit(GenerationRequest("Hi", settings))
+        stats = [item for item in job if isinstance(item, GenerationStats)]
+        assert stats[-1].error is None and stats[-1].new_tokens > 0
+        assert stats[-1].decode_mode == "plain"
+    finally:
+        release.set()
+        assert fast_decode.wait_for_abandoned(60)

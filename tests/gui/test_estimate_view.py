@@ -184,3 +184,31 @@ def test_in_the_window_it_follows_the_controller(
     _wait_table(qtbot, view, lambda: c.select(catalog.folder_ref(tiny_dir)))
     assert view.table.model == "tiny-llama"
     window.close()
+
+
+def test_a_small_line_says_whether_the_estimate_is_calibrated(
+    controller, qtbot, tmp_path: Path
+) -> None:
+    from core.model import calibration
+    from core.store import calibration as store
+    from tests.load_records import records
+
+    journal = store.LoadJournal(tmp_path / "history.db")
+    previous = calibration.use_journal(journal)
+    try:
+        view = _view(qtbot, controller)
+        view.set_settings(preset("nf4").quant, LoadOptions(device_map="cpu"))
+        _wait_table(qtbot, view, lambda: view.set_model(TINY))
+        assert view.calibration.text() == (
+            "Overhead and peak: not calibrated yet (0 of 3 loads on cpu)"
+        )
+        assert "after 3 loads" in view.calibration.toolTip()
+        for record in records(3):
+            journal.add(record)
+        _wait_table(qtbot, view, view.refresh)
+        assert view.calibration.text().startswith(
+            "Overhead and peak: calibrated on this machine from 3 loads (±"
+        )
+        assert "over the formulas" in view.calibration.toolTip()
+    finally:
+        calibration.use_journal(previous)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import time
 from pathlib import Path
@@ -76,15 +78,30 @@ def test_start_a_request_in_the_log_then_stop(qtbot, tiny) -> None:
     assert cell(view, 0, "Status") == "200 OK"
     assert cell(view, 0, "Client").startswith("127.0.0.1:")
 
-    # Unloading answers 503 until a model loads; the log shows it.
+    # Unloaded, a request that names no model is 503 until a model loads, and one
+    # that names a model the server cannot load is 404 with those it can; the log
+    # shows both.
     view.set_model(None)
     queue.set_model(None)
     assert "no model is loaded" in view.status_label.text()
+    assert view.model_label.text() == "Model: none loaded"
+    connection = http.client.HTTPConnection("127.0.0.1", view.port_spin.value())
     with qtbot.waitSignal(view.request_logged, timeout=10_000):
-        with pytest.raises(openai.InternalServerError) as err:
-            client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2)
-    assert err.value.status_code == 503
+        connection.request(
+            "POST",
+            "/v1/completions",
+            json.dumps({"prompt": "Hi", "max_tokens": 2}),
+            {"Content-Type": "application/json"},
+        )
+        status = connection.getresponse().status
+    connection.close()
+    assert status == 503
     assert cell(view, 1, "Status") == "503"
+    with qtbot.waitSignal(view.request_logged, timeout=60_000):
+        with pytest.raises(openai.NotFoundError) as err:
+            client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2)
+    assert "the model 'tiny-llama' is not known here" in err.value.body["message"]
+    assert cell(view, 2, "Status") == "404"
 
     with qtbot.waitSignal(view.serving_changed, timeout=20_000) as stopped:
         view.stop()
@@ -280,3 +297,59 @@ def test_the_tab_shows_and_applies_the_default_max_tokens(qtbot, tiny) -> None:
         view.stop()
     assert view.max_tokens_spin.isEnabled()
     assert view.queue.close()
+
+
+def test_a_client_switch_moves_the_window_and_the_chat_says_so(
+    qtbot, config_dir, tiny_dir: Path
+) -> None:
+    """A client names another model through the window's server: the Server tab
+    shows the load as it runs, then the model serving; the window selects and loads
+    it (settings included) and the chat says so in a notice line."""
+    from core.store import session as session_mod
+    from gui.main_window import MainWindow
+
+    own = loader.load(catalog.resolve(str(tiny_dir)), preset("nf4").quant)
+    window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    c = window.controller
+    c.session.add_recent(str(tiny_dir))  # servable by its folder name
+    c.app.take_loaded(own)
+    c.model_loaded.emit(own)
+    window.build_tabs()
+    view = window.server_view
+    assert view.model_label.text() == "Model: tiny-llama (nf4)"
+    shown: list[tuple[str, str]] = []
+    c.model_switched.connect(
+        lambda state, _name: shown.append((state, view.model_label.text()))
+    )
+    view.port_spin.setValue(free_port())
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000):
+        view.start()
+    client = openai.OpenAI(base_url=view.url(), api_key="none", max_retries=0)
+    listed = {m.id: m.model_dump().get("loaded") for m in client.models.list().data}
+    assert listed["tiny-llama"] is True
+
+    answer = client.chat.completions.create(
+        model="tiny-llama:int8",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+    )
+    assert answer.model == "tiny-llama:int8"
+    qtbot.waitUntil(lambda: len(shown) == 2, timeout=20_000)
+    assert shown == [
+        ("loading", "Model: tiny-llama (nf4) · loading tiny-llama for a client…"),
+        ("loaded", "Model: tiny-llama (int8)"),
+    ]
+    int8 = preset("int8").quant
+    assert c.loaded is c.generation_queue.loaded and c.loaded.quant == int8
+    assert c.selected_ref.path == tiny_dir
+    assert window.settings_panel.settings()[0] == int8
+    assert window.model_status.text().startswith("tiny-llama · int8")
+    notice = "A server client switched the model to tiny-llama (int8)."
+    assert [label.text() for label in window.chat.notices] == [notice]
+    assert window.chat.notices[0].isVisibleTo(window.chat)
+    assert "Serving tiny-llama at" in view.status_label.text()
+
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000):
+        view.stop()
+    window.close()

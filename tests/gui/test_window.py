@@ -497,3 +497,42 @@ def test_the_process_exits_at_once_when_closed_during_the_import(tmp_path) -> No
     took = float(lines[0].split()[-1])
     assert took < 1.2, lines  # it waited 1.9 s for the import before
     assert exited - hidden < 1.0, lines
+
+
+def test_the_status_bar_names_the_decode_mode(qtbot, config_dir, tiny_dir):
+    """The loaded model's decode mode (and why fast decode is off), then each
+    answer's mode, and its note (a recompile, a mode not used) as a message."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from core.generation.decode import GenerationStats
+    from core.model import catalog, loader
+    from core.model.fast_decode import FastDecode
+
+    win = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(win)
+    plain = loader.load(catalog.resolve(str(tiny_dir)))
+    try:
+        win._on_loaded(plain)
+        assert win.model_status.text().endswith("· plain decode")
+        compiled = dataclasses.replace(plain, fast_decode=FastDecode(active=True))
+        win._on_loaded(compiled)
+        assert win.model_status.text().endswith("· compiled decode")
+        why = "fast decode is off: compile failed (no backend)"
+        win._on_loaded(dataclasses.replace(plain, fast_decode=FastDecode(note=why)))
+        assert win.model_status.text().endswith("· plain decode")
+        assert win.model_status.toolTip().endswith(f"Decode mode: plain ({why})")
+        win.chat.begin_answer()
+        stats = GenerationStats(
+            new_tokens=5,
+            tokens_per_s=12.5,
+            decode_mode="compiled",
+            decode_note="recompiled the decode step for a 1,024-token cache",
+        )
+        win._on_answer(SimpleNamespace(stats=stats))
+        assert win.speed_status.text() == "12.5 tok/s · compiled"
+        assert win.statusBar().currentMessage() == (
+            "Recompiled the decode step for a 1,024-token cache."
+        )
+    finally:
+        loader.unload(plain)
