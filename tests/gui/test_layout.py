@@ -8,19 +8,10 @@ import pytest
 from PySide6.QtGui import QFontMetrics
 
 from core.settings import LoadOptions, preset
+from tests.gui.test_estimate_view import TINY
 
 SIZES = [(1024, 700), (1366, 768), (1920, 1080)]
 IDS = [f"{w}x{h}" for w, h in SIZES]
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 128,
-    "_name_or_path": "tiny-llama",
-}
 
 
 @pytest.fixture(scope="module")
