@@ -156,25 +156,45 @@ def test_the_fit_check_reads_the_process_memory_limit(tmp_path: Path) -> None:
         assert name == "RLIMIT_DATA" and available == room
 
 
-# What the process may still charge to its memory cgroup at the fit check (it
-# imports what `generate` imports before that check), and what the estimate says
-# full precision and nf4 + double quant need.
+# What the process may still charge to its memory cgroup at the fit check, taken
+# where `generate` takes it (the command runs as it would, and stops before the
+# load), and what the estimate says full precision and nf4 + double quant need.
 CGROUP_PROBE = """
 import json
-from core.generation import decode
+import main
+import core.model.fit as fit
 from core.model import catalog, loader
 from core.model.estimate import estimate
-from core.model.fit import cgroup_headroom, probe_device
 from core.settings import PRESETS, LoadOptions
 
-ref = catalog.resolve("default")
-cpu = LoadOptions(device_map="cpu")
-device = probe_device()
-room = cgroup_headroom()
-full = estimate(ref, None, cpu, device=device).judged_bytes
-dq = PRESETS["nf4-dq"]
-small = estimate(ref, dq.quant, dq.load_options(cpu), device=device).judged_bytes
-print(json.dumps({"full": full, "small": small, "room": room and room[0]}))
+seen = {}
+probe_device = fit.probe_device
+
+
+def probe():
+    device = probe_device()
+    room = fit.cgroup_headroom()
+    seen["room"] = room and room[0]
+    seen["device"] = device
+    return device
+
+
+def stop(*args, **kwargs):
+    ref = catalog.resolve("default")
+    cpu = LoadOptions(device_map="cpu")
+    device = seen.pop("device")
+    seen["full"] = estimate(ref, None, cpu, device=device).judged_bytes
+    dq = PRESETS["nf4-dq"]
+    seen["small"] = estimate(
+        ref, dq.quant, dq.load_options(cpu), device=device
+    ).judged_bytes
+    print(json.dumps(seen))
+    raise SystemExit(0)
+
+
+fit.probe_device = probe
+loader.load = stop
+main.main(["generate", "default", "--fit", "check", "--device-map", "cpu", "-p", "Hi"])
 """
 
 
