@@ -129,3 +129,20 @@ def test_the_estimate_shows_every_row_and_only_whole_columns(
     assert "+ KV cache " in tip and "+ overhead " in tip and "load peak " in tip
     recommended = view.recommended
     assert recommended.geometry().top() >= grid.geometry().bottom()
+
+
+def test_the_monitor_status_line_wraps_in_a_narrow_tab(qtbot) -> None:
+    """ "Every 1 s · 277 samples · last 10 mi" was cut at the tab's right edge."""
+    from gui.monitor_view import MonitorView
+
+    view = MonitorView(autostart=False)
+    qtbot.addWidget(view)
+    view.resize(460, 600)
+    view.show()
+    qtbot.waitExposed(view)
+    view.status_label.setText("Every 1 s · 277 samples · last 10 min")
+    qtbot.wait(50)
+    label = view.status_label
+    assert label.wordWrap()
+    assert label.geometry().right() <= view.width()
+    assert label.height() >= label.heightForWidth(label.width())
