@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--window-smoke"]:  # the self-test's window check, in a bundle
         from gui import smoke
 
-        return smoke.main(argv[1:])
+        smoke.run(argv[1:])  # leaves the process, as the app does
     if not argv or argv[0] in ("--gui",):
         from core import desktop
 

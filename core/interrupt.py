@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def signals_set(event: threading.Event) -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def exit_now(code: int = EXIT_INTERRUPTED) -> None:
+def exit_now(code: int = EXIT_INTERRUPTED) -> NoReturn:
     """Remove temporary folders, flush the output and leave at once with `code`."""
     remove_temporary()
     for stream in (sys.stdout, sys.stderr):

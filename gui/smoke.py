@@ -1,10 +1,19 @@
-"""Open the window, wait for its first paint, optionally save what is on screen, close.
+"""Open the window, wait for its first paint and its import of the model libraries,
+optionally save what is on screen, close.
 
 ``python -m gui.smoke [--screenshot FILE] [--timeout S]`` on whatever platform
-QT_QPA_PLATFORM names (the real display when unset). The self-test and the Xvfb test
-run it in a child process, so that a platform plugin that aborts the process (Qt's
-answer to a missing xcb library) is reported, not suffered. It loads no model and
-uses a private config dir, so the user's session is left alone.
+QT_QPA_PLATFORM names (the real display when unset); in the bundle,
+``nibble --window-smoke``. The self-test and the Xvfb test run it in a child process,
+so that a platform plugin that aborts the process (Qt's answer to a missing xcb
+library) is reported, not suffered. It loads no model and uses a private config dir,
+so the user's session is left alone.
+
+After its first paint the window imports the ML stack on a worker
+(`core.stack.import_stack`) while it builds its tabs. The check closes the window only
+once that import has ended, and says whether it worked: a window closed mid-import
+left the import's thread running into the interpreter's shutdown, where Qt aborts the
+process ("QThread: Destroyed while thread 'nibble-import' is still running"). `run`
+ends the process the way the app does, without that shutdown, whatever still runs.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import argparse
 import os
 import sys
 import tempfile
+from typing import NoReturn
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -20,7 +30,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gui.smoke")
     parser.add_argument("--screenshot", default=None, metavar="FILE")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=100.0)
     args = parser.parse_args(argv)
     scratch = tempfile.mkdtemp(prefix="nibble-smoke-")
     os.environ["NIBBLE_CONFIG_DIR"] = scratch
@@ -37,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtGui import QGuiApplication
 
+    from core.app import JobKind
     from core.store.session import Session
     from gui.app import make_app
     from gui.main_window import MainWindow
@@ -46,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     outcome = {"code": EXIT_FAILED}
 
     def painted() -> None:
+        controller = window.controller
+        if not controller.ready and controller.running(JobKind.IMPORT) is not None:
+            # The window's own import of the libraries still runs: close after it.
+            controller.libraries_ready.connect(lambda _device: painted())
+            controller.libraries_failed.connect(import_failed)
+            return
         platform = QGuiApplication.platformName()
         size = window.size()
         if args.screenshot:
@@ -59,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: could not save {args.screenshot}", file=sys.stderr)
                 window.close()
                 return
-        print(f"window opened on {platform} ({size.width()}x{size.height()})")
+        imported = ", model libraries imported" if controller.ready else ""
+        print(f"window opened on {platform} ({size.width()}x{size.height()}){imported}")
         outcome["code"] = EXIT_OK
         window.close()
 
+    def import_failed(exc: Exception) -> None:
+        print(f"error: the window could not import the model libraries: {exc}",
+              file=sys.stderr)  # fmt: skip
+        window.close()
+
     def timed_out() -> None:
-        print(f"error: the window did not paint in {args.timeout:g} s", file=sys.stderr)
+        print(f"error: the window did not open in {args.timeout:g} s", file=sys.stderr)
         window.close()
         app.quit()
 
@@ -76,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     return outcome["code"]
 
 
+def run(argv: list[str] | None = None) -> NoReturn:
+    """`main`, then leave at once, as the app does (gui.app.run_app): a worker still
+    winding down neither holds the check up nor meets the interpreter's shutdown."""
+    from core import interrupt
+
+    interrupt.exit_now(main(argv))
+
+
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # any worker still winding down must not hold the check up
+    run()

@@ -13,6 +13,11 @@ import subprocess
 import sys
 import time
 
+# What it asks of the bundle (tests/faults/test_bundle.py parses them with the CLI's parser).
+GENERATE = ["generate", "default", "--quant", "nf4", "--greedy",
+            "--max-new-tokens", "16", "--prompt", "What is the capital of France?"]  # fmt: skip
+SERVE = ["serve", "default", "--quant", "nf4"]  # and --port, a free one
+
 
 def step(name: str, command: list[str], timeout: float = 900) -> str:
     print(f"== {name}: {' '.join(command)}", flush=True)
@@ -29,7 +34,7 @@ def served_request(binary: str) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [binary, "serve", "default", "--quant", "nf4", "--port", str(port)]
+    command = [binary, *SERVE, "--port", str(port)]
     print(f"== serve: {' '.join(command)}", flush=True)
     started = time.monotonic()
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -67,11 +72,7 @@ def served_request(binary: str) -> None:
 def main() -> None:
     binary = sys.argv[1] if len(sys.argv) > 1 else "dist/nibble/nibble"
     step("self-test", [binary, "--self-test"])
-    out = step(
-        "generate",
-        [binary, "generate", "default", "--quant", "nf4", "--greedy",
-         "--max-new-tokens", "16", "--prompt", "What is the capital of France?"],
-    )  # fmt: skip
+    out = step("generate", [binary, *GENERATE])
     if "paris" not in out.lower():
         sys.exit("bundle check failed at generate: no Paris in the answer")
     served_request(binary)

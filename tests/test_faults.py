@@ -196,7 +196,7 @@ def test_self_test_failure_offers_the_rebuild(
 ) -> None:
     from cli import selftest
 
-    monkeypatch.setattr(selftest, "run", lambda: False)
+    monkeypatch.setattr(selftest, "check", lambda: "loading the default model in nf4")
     assert cli.run(["self-test"]) == 1
     assert "python main.py --self-test --rebuild" in capsys.readouterr().err
 
