@@ -485,16 +485,30 @@ def test_monitor_negative_pid_is_refused() -> None:
 
 
 def test_monitor_of_a_process_that_ends() -> None:
-    sleeper = subprocess.Popen(["sleep", "1.5"])
+    sleeper = subprocess.Popen(["sleep", "600"])
     reaper = threading.Thread(target=sleeper.wait)  # as its parent would, at once
     reaper.start()
-    done = nibble(
-        "monitor", "--pid", str(sleeper.pid), "--seconds", "30", "--interval", "0.25"
+    monitor = subprocess.Popen(
+        [
+            *(sys.executable, "main.py", "monitor", "--pid", str(sleeper.pid)),
+            *("--seconds", "120", "--interval", "0.25"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    reaper.join()
-    assert done.returncode == 0, done.stderr.decode()
-    assert f"process {sleeper.pid} has ended".encode() in done.stderr
-    assert b"unexpected" not in done.stderr
+    try:
+        assert monitor.stdout is not None
+        monitor.stdout.readline()  # it watches the process now ...
+        sleeper.kill()  # ... which ends under its eyes
+        _, err = monitor.communicate(timeout=120)
+    finally:
+        sleeper.kill()
+        monitor.kill()
+        reaper.join()
+    assert monitor.returncode == 0, err.decode()
+    assert f"process {sleeper.pid} has ended".encode() in err
+    assert b"unexpected" not in err
 
 
 # -- rough edges --
