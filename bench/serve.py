@@ -31,6 +31,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,28 +82,20 @@ def in_process(loaded: Any, tokens: int) -> dict[str, float | None]:
 
 
 def through_server(client: Any, model: str, tokens: int) -> dict[str, float | None]:
+    row = stream_one(client, model, PROMPT, tokens)
+    assert row["ttft_s"] is not None
+    return {key: row[key] for key in ("ttft_s", "tok_s", "tokens")}
+
+
+def at_once(ask: Callable[[int], None], clients: int) -> float:
+    """Run ask(0) .. ask(clients - 1) on threads at once; the wall seconds."""
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
-    first = last = None
-    used = 0
-    for chunk in client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": PROMPT}],
-        temperature=0,
-        max_tokens=tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-    ):
-        if chunk.usage is not None:
-            used = chunk.usage.completion_tokens
-        if chunk.choices and chunk.choices[0].delta.content:
-            last = time.perf_counter()
-            first = first or last
-    assert first is not None and last is not None
-    return {
-        "ttft_s": first - started,
-        "tok_s": decode_rate(used, first, last),
-        "tokens": used,
-    }
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def concurrent(
@@ -125,13 +118,7 @@ def concurrent(
         used.append(answer.usage.completion_tokens)
         texts[i] = answer.choices[0].message.content
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = at_once(ask, clients)
     waits = [r.wait_s or 0.0 for r in records[before:] if r.status == 200]
     return {
         "clients": clients,
@@ -224,13 +211,7 @@ def clients_round(client: Any, model: str, n: int, tokens: int) -> dict[str, Any
     def ask(i: int) -> None:
         rows.append(stream_one(client, model, QUESTIONS[i % len(QUESTIONS)], tokens))
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = at_once(ask, n)
     rates = [r["tok_s"] for r in rows if r["tok_s"]]
     ttfts = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
     return {

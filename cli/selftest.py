@@ -51,9 +51,10 @@ def cmd_self_test(args: argparse.Namespace) -> int:
     if args.rebuild:
         print("rebuilding the default model", file=sys.stderr)
         default_model.convert(default_model.model_dir(), stderr_progress(False))
-    if run():
+    failed = check()
+    if failed is None:
         return EXIT_OK
-    if not args.rebuild:
+    if not args.rebuild and failed in MODEL_STEPS:
         print(
             "hint: if the default model is damaged, rebuild it: "
             "python main.py --self-test --rebuild",
@@ -136,15 +137,29 @@ def step(name: str, say: Callable[[str], None]) -> Iterator[None]:
         raise StepFailed(name) from exc
 
 
+# The steps a damaged copy of the default model can fail (--rebuild may help).
+MODEL_STEPS = (
+    "preparing the default model",
+    "loading the default model in nf4",
+    "answering",
+)
+
+
 def run(say: Callable[[str], None] = print) -> bool:
     """Run the check, reporting each step through `say`; True when it passed."""
+    return check(say) is None
+
+
+def check(say: Callable[[str], None] = print) -> str | None:
+    """Run the check, reporting each step through `say`; the failed step's name, or
+    None when it passed."""
     try:
         return _run(say)
-    except StepFailed:
-        return False
+    except StepFailed as failed:
+        return str(failed)
 
 
-def _run(say: Callable[[str], None]) -> bool:
+def _run(say: Callable[[str], None]) -> str | None:
     with step("reading the versions", say):
         from core import machine
 
@@ -176,7 +191,7 @@ def _run(say: Callable[[str], None]) -> bool:
         )
         if report.quantized_count == 0:
             say("FAIL at loading the default model in nf4: no layer is 4-bit")
-            return False
+            return "loading the default model in nf4"
         with step("answering", say):
             text, stats = decode.generate_text(
                 loaded, QUESTION, GenerationSettings(max_new_tokens=32, greedy=True)
@@ -188,9 +203,9 @@ def _run(say: Callable[[str], None]) -> bool:
     say(stats.summary())
     if EXPECTED.lower() not in text.lower():
         say(f"FAIL at answering: the answer does not contain {EXPECTED!r}")
-        return False
+        return "answering"
     with step("opening the window", say):
         if not window_check(say):
-            return False
+            return "opening the window"
     say(f"PASS in {time.perf_counter() - started:.1f} s")
-    return True
+    return None

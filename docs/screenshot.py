@@ -6,8 +6,9 @@ window exactly as ``python main.py`` does, with a private config dir, at its def
 size for that screen.
 
 ``--sizes 1024x700,1366x768,1920x1080 --prefix DIR/light`` instead saves, for each
-size, the Chat, Monitor and Compare tabs as DIR/light-1024x700-chat.png and so on,
-to check that nothing clips.
+size, the Chat, Monitor, Compare and Server tabs as DIR/light-1024x700-chat.png and so
+on, and the Chat tab with the load strip as it shows mid-load (-loading.png), to check
+that nothing clips.
 
 ``--view divergence [out.png]`` (default docs/divergence.png) instead waits for the
 answer, opens "Show divergence" on it (nf4 against fp32) and saves that window with
@@ -78,6 +79,10 @@ def main() -> None:
             return
         QTimer.singleShot(1500, grab)  # let the monitor and status bar catch up
 
+    def save(path: str) -> None:
+        window.grab().save(path)
+        print(f"saved {path} ({window.width()}x{window.height()})")
+
     def show_divergence(turn: Any) -> None:
         print("answered; comparing the answer with fp32", flush=True)
         message = turn.answer
@@ -130,16 +135,21 @@ def main() -> None:
             window.grab().save(args.out)
             print(f"saved {args.out}")
         else:
+            tabs = ("chat", "monitor", "compare", "server")
             for width, height in sizes:
                 window.resize(width, height)
-                for tab in ("chat", "monitor", "compare"):
-                    window.tabs.setCurrentIndex(
-                        {"chat": 0, "monitor": 1, "compare": 2}[tab]
-                    )
+                for index, tab in enumerate(tabs):
+                    window.tabs.setCurrentIndex(index)
                     pause(700)
-                    path = f"{args.prefix}-{width}x{height}-{tab}.png"
-                    window.grab().save(path)
-                    print(f"saved {path} ({window.width()}x{window.height()})")
+                    save(f"{args.prefix}-{width}x{height}-{tab}.png")
+                window.tabs.setCurrentIndex(0)
+                bar = window.load_bar
+                shown = bar.label.text()
+                bar.begin("Loading", "Loading SmolLM2-135M-Instruct (4-bit nf4)…")
+                bar.report(128, 272, "Loading weights")
+                pause(300)
+                save(f"{args.prefix}-{width}x{height}-loading.png")
+                bar.end(shown)
         window.close()
         app.quit()
 

@@ -12,6 +12,10 @@ controller) stores the question and streams the answer into `append_chunk`. Chun
 buffered and painted at most every FLUSH_MS so a fast model never floods the event loop.
 While the user is at the bottom, the view follows new messages and the answer as it
 grows; scrolled up, it stays where the user left it.
+
+Prose wraps to the pane. A fenced code block is a widget of its own whose lines never
+wrap: a line wider than the pane scrolls inside its block, as in other chat apps, and
+never widens the chat.
 """
 
 from __future__ import annotations
@@ -78,6 +82,19 @@ def code_blocks(text: str) -> list[str]:
     return [m.group(2).rstrip("\n") for m in _FENCE.finditer(text)]
 
 
+def segments(text: str) -> list[tuple[str, str, str]]:
+    """A message as its parts in order: ("prose", text, "") and ("code", code,
+    language), starting and ending with prose (either may be empty)."""
+    out: list[tuple[str, str, str]] = []
+    pos = 0
+    for match in _FENCE.finditer(text):
+        out.append(("prose", text[pos : match.start()].strip("\n"), ""))
+        out.append(("code", match.group(2).rstrip("\n"), match.group(1).strip()))
+        pos = match.end()
+    out.append(("prose", text[pos:].strip("\n") if out else text[pos:], ""))
+    return out
+
+
 def render_html(text: str, copied: int | None = None) -> str:
     """Chat text as rich text: fenced code coloured by Pygments with a Copy link,
     `inline code` in monospace. Block `copied` says "Copied" instead of "Copy"."""
@@ -137,6 +154,100 @@ def _render_prose(text: str) -> str:
     return escaped.replace("\n", "<br>")
 
 
+def _prose_label() -> QLabel:
+    """A label for prose: rich text that wraps to the pane and never widens it."""
+    label = QLabel()
+    label.setTextFormat(Qt.TextFormat.RichText)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(
+        Qt.TextInteractionFlag.TextSelectableByMouse
+        | Qt.TextInteractionFlag.LinksAccessibleByMouse
+    )
+    # The pane's width decides the message's, never the longest line of its text.
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+    label.setMinimumWidth(120)
+    return label
+
+
+class CodeBlock(QFrame):
+    """One fenced code block: its language, a Copy button, and the code, coloured,
+    in lines that never wrap; a line wider than the block scrolls inside it."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("code_block")
+        self.code = ""
+        self.language = ""
+        self._shown: tuple[str, str, str] | None = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 2, 4, 6)
+        layout.setSpacing(0)
+        head = QHBoxLayout()
+        self.language_label = QLabel()
+        self.language_label.setObjectName("hint")
+        head.addWidget(self.language_label)
+        head.addStretch(1)
+        self.copy_button = QToolButton(text="Copy")
+        self.copy_button.setAutoRaise(True)
+        self.copy_button.setToolTip("Copy this code")
+        head.addWidget(self.copy_button)
+        layout.addLayout(head)
+        self.label = QLabel()
+        self.label.setTextFormat(Qt.TextFormat.RichText)
+        self.label.setWordWrap(False)  # a code line stays one line
+        self.label.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.scroll = QScrollArea()
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(self.label)
+        self.scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.scroll.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.scroll.setMinimumWidth(100)
+        # A click lets the arrows scroll the code; Tab does not stop at every block.
+        self.scroll.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.scroll.viewport().setAutoFillBackground(False)
+        self.label.setAutoFillBackground(False)
+        self.scroll.horizontalScrollBar().rangeChanged.connect(self._fit)
+        layout.addWidget(self.scroll)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.setMinimumWidth(120)
+
+    @property
+    def scrolls(self) -> bool:
+        """Whether a line is wider than the block (its scroll bar shows)."""
+        return self.scroll.horizontalScrollBar().maximum() > 0
+
+    def set_code(self, code: str, language: str) -> None:
+        """Show `code`, coloured as `language` (repaints only when it changed)."""
+        background = _code_background()
+        if (code, language, background) == self._shown:
+            return
+        if self._shown is None or self._shown[2] != background:
+            self.setStyleSheet(
+                f"QFrame#code_block {{ background: {background}; border-radius: 6px; }}"
+            )
+        self._shown = (code, language, background)
+        self.code, self.language = code, language
+        self.language_label.setText(language)
+        self.label.setText(
+            f"<pre style='margin: 0'>{highlight_code(code, language)}</pre>"
+        )
+        self._fit()
+
+    def set_copied(self, copied: bool) -> None:
+        self.copy_button.setText("Copied" if copied else "Copy")
+
+    def _fit(self, *_range: int) -> None:
+        """As tall as the code, plus the scroll bar when a line is wider."""
+        height = self.label.sizeHint().height() + 2 * self.scroll.frameWidth()
+        if self.scrolls:
+            height += self.scroll.horizontalScrollBar().sizeHint().height()
+        self.scroll.setFixedHeight(height)
+
+
 class MessageWidget(QFrame):
     """One message: role, text, and for answers the stats line."""
 
@@ -167,19 +278,12 @@ class MessageWidget(QFrame):
         head.addWidget(self.copy_button)
         self._head = head
         layout.addLayout(head)
-        self.body = QLabel()
-        self.body.setTextFormat(Qt.TextFormat.RichText)
-        self.body.setWordWrap(True)
-        self.body.setTextInteractionFlags(
-            Qt.TextInteractionFlag.TextSelectableByMouse
-            | Qt.TextInteractionFlag.LinksAccessibleByMouse
-        )
-        self.body.linkActivated.connect(self._on_link)
+        self.body = _prose_label()
+        """The text before the first code block (or what an empty answer waits for)."""
         self._copied: int | None = None
-        # The pane's width decides the message's, never the longest line of its text:
-        # prose and code wrap (code keeps its indentation) instead of widening the chat.
-        self.body.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
-        self.body.setMinimumWidth(120)
+        self.parts: list[QWidget] = []
+        """After `body`: a CodeBlock, then the prose after it, and so on."""
+        self._layout = layout
         layout.addWidget(self.body)
         self.stats_label = QLabel()
         self.stats_label.setObjectName("hint")
@@ -196,11 +300,51 @@ class MessageWidget(QFrame):
         self._text += chunk
         self._render()
 
+    @property
+    def code_widgets(self) -> list[CodeBlock]:
+        """The message's code blocks, in order."""
+        return [part for part in self.parts if isinstance(part, CodeBlock)]
+
     def _render(self) -> None:
-        if self._text:
-            self.body.setText(render_html(self._text, self._copied))
-        else:
+        if not self._text:
+            self._set_parts([])
+            self.body.show()
             self.body.setText(html.escape(self._waiting) if self._waiting else "…")
+            return
+        first, *rest = segments(self._text)
+        self.body.setText(_render_prose(first[1]))
+        self.body.setVisible(bool(first[1]) or not rest)
+        self._set_parts(rest)
+
+    def _set_parts(self, rest: list[tuple[str, str, str]]) -> None:
+        """Make `parts` show `rest`, reusing the widgets an answer already has."""
+        code_index = 0
+        for i, (kind, content, language) in enumerate(rest):
+            want = CodeBlock if kind == "code" else QLabel
+            part = self.parts[i] if i < len(self.parts) else None
+            if part is None or type(part) is not want:
+                for old in self.parts[i:]:
+                    old.setParent(None)
+                    old.deleteLater()
+                del self.parts[i:]
+                part = CodeBlock() if kind == "code" else _prose_label()
+                if isinstance(part, CodeBlock):
+                    part.copy_button.clicked.connect(
+                        lambda _=False, n=code_index: self.copy_code(n)
+                    )
+                self._layout.insertWidget(self._layout.indexOf(self.stats_label), part)
+                self.parts.append(part)
+            if isinstance(part, CodeBlock):
+                part.set_code(content, language)
+                part.set_copied(code_index == self._copied)
+                code_index += 1
+            else:
+                part.setText(_render_prose(content))
+                part.setVisible(bool(content))
+        for old in self.parts[len(rest) :]:
+            old.setParent(None)
+            old.deleteLater()
+        del self.parts[len(rest) :]
 
     def set_waiting(self, text: str) -> None:
         """What an answer with no text yet waits for ('' shows "…")."""
@@ -255,10 +399,6 @@ class MessageWidget(QFrame):
     def _end_copied(self) -> None:
         self._copied = None
         self._render()
-
-    def _on_link(self, link: str) -> None:
-        if link.startswith("copy:"):
-            self.copy_code(int(link.partition(":")[2]))
 
 
 class ChatView(QWidget):

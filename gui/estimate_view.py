@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -61,6 +62,9 @@ HEADER_TIPS = {
     "(+ the CUDA context on a GPU)",
 }
 VERDICT = COLUMNS.index("Verdict")
+# Where the panel is narrower than the whole table, these columns hide, in this order,
+# rather than show cut; each row's tooltip keeps every number.
+HIDE_FIRST = ("Overhead", "KV cache", "Quant state", "Weights", "Load peak")
 VERDICT_COLORS = {
     "fits": "#2e7d32",
     "fits with CPU offload": "#b26a00",
@@ -126,6 +130,13 @@ class EstimateView(QWidget):
             header.setToolTip(HEADER_TIPS.get(name, ""))
             self.grid.setHorizontalHeaderItem(column, header)
         self.grid.verticalHeader().hide()
+        # Compact rows: every preset shows without taking the settings' room.
+        self.grid.verticalHeader().setMinimumSectionSize(
+            self.fontMetrics().height() + 4
+        )
+        self.grid.verticalHeader().setDefaultSectionSize(
+            self.fontMetrics().height() + 8
+        )
         self.grid.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.grid.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.grid.horizontalHeader().setSectionResizeMode(
@@ -133,6 +144,7 @@ class EstimateView(QWidget):
         )
         self.grid.horizontalHeader().setStretchLastSection(True)
         self.grid.setMinimumHeight(120)
+        self.grid.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         # One Tab stop: Tab leaves the table, the arrows move inside it.
         self.grid.setTabKeyNavigation(False)
         self.status = QLabel("Pick a model to see what it needs.")
@@ -172,6 +184,7 @@ class EstimateView(QWidget):
         layout.addWidget(self.actual_label)
         layout.addWidget(self.status)
         layout.addWidget(self.notes)
+        layout.addStretch(1)
 
         self.quant, self.options = controller.quant, controller.options
         controller.model_selected.connect(self.set_model)
@@ -239,6 +252,7 @@ class EstimateView(QWidget):
         else:
             text = f"The estimate failed: {exc}".splitlines()[0]
         self.grid.setRowCount(0)
+        self.fit_columns()
         self.table = None
         self.recommended.clear()
         self.status.setText(text)
@@ -268,6 +282,49 @@ class EstimateView(QWidget):
         self.estimated.emit(table)
         if self._computing is not None:
             self.model_bytes_known.emit(*self._computing, table.current.model_bytes)
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        self.fit_columns()
+
+    def full_width(self) -> int:
+        """The width the table needs to show every column whole."""
+        grid = self.grid
+        widths = sum(self._column_width(c) for c in range(grid.columnCount()))
+        return (
+            widths + 2 * grid.frameWidth() + grid.verticalScrollBar().sizeHint().width()
+        )
+
+    def _column_width(self, column: int) -> int:
+        grid = self.grid
+        return max(
+            grid.horizontalHeader().sectionSizeHint(column),
+            grid.sizeHintForColumn(column),
+        )
+
+    def fit_columns(self) -> None:
+        """Show every row, and the columns that fit whole (the others hide)."""
+        grid = self.grid
+        room = grid.width() - 2 * grid.frameWidth()
+        shown = list(range(grid.columnCount()))
+        widths = {c: self._column_width(c) for c in shown}
+        for name in HIDE_FIRST:
+            if sum(widths[c] for c in shown) <= room:
+                break
+            shown.remove(COLUMNS.index(name))
+        for column in range(grid.columnCount()):
+            grid.setColumnHidden(column, column not in shown)
+        top = grid.horizontalHeader()
+        header = max(top.sizeHint().height(), top.height() if top.isVisible() else 0)
+        rows = sum(grid.rowHeight(r) for r in range(grid.rowCount()))
+        height = header + rows + 2 * grid.frameWidth()
+        if sum(widths[c] for c in shown) > room:  # even the first three do not fit
+            height += grid.horizontalScrollBar().sizeHint().height()
+        grid.setFixedHeight(max(height, 120))
+
+    @property
+    def hidden_columns(self) -> list[str]:
+        return [n for c, n in enumerate(COLUMNS) if self.grid.isColumnHidden(c)]
 
     def _fill(self, table: Any) -> None:
         matching = preset_name_for(self.quant, self.options.dtype)
@@ -311,6 +368,7 @@ class EstimateView(QWidget):
                 self.grid.setItem(i, column, item)
             verdict = self.grid.item(i, VERDICT)
             verdict.setForeground(QBrush(QColor(VERDICT_COLORS[row.verdict])))
+        self.fit_columns()
 
     # -- after a load --
 
@@ -373,7 +431,15 @@ def _calibration_tip(cal: Any) -> str:
 
 
 def _tooltip(row: Any) -> str:
-    lines = [row.verdict_text]
+    lines = [
+        row.verdict_text,
+        f"Total {format_bytes(row.total_bytes)} = weights "
+        f"{format_bytes(row.weights_bytes)} + quant state "
+        f"{format_bytes(row.quant_state_bytes)} + KV cache "
+        f"{format_bytes(row.kv_cache_bytes)} + overhead "
+        f"{format_bytes(row.overhead_bytes)}; load peak "
+        f"{format_bytes(row.load_peak_bytes)}",
+    ]
     if row.offload is not None:
         lines.append(f"max_memory = {row.offload.max_memory}")
     if row.breakdown:

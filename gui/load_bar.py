@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 class LoadBar(QWidget):
-    """Load / Cancel buttons and a progress bar showing weights n/N and elapsed time."""
+    """Load / Cancel buttons, a progress bar, and above it the step in words (weights
+    n/N and the elapsed time), which wraps in a narrow column instead of being cut."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -30,8 +31,11 @@ class LoadBar(QWidget):
         self.label = QLabel()
         self.label.setObjectName("hint")
         self.label.setWordWrap(True)
+        self.step_label = QLabel()
+        self.step_label.setWordWrap(True)
+        self.step_label.hide()
         self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
+        self.progress.setTextVisible(False)  # the step label says it, whole
         self.progress.hide()
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop loading; the current model stays")
@@ -45,6 +49,7 @@ class LoadBar(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.label)
+        layout.addWidget(self.step_label)
         layout.addLayout(row)
         # Elapsed time keeps counting while a step reports nothing.
         self._timer = QTimer(self)
@@ -55,7 +60,7 @@ class LoadBar(QWidget):
         self._started = time.perf_counter()
         self._message = title
         self.progress.setRange(0, 0)
-        self.progress.setFormat(title)
+        self._show_step(title)
         self.progress.show()
         self.cancel_button.show()
         self.label.setText(text)
@@ -68,14 +73,24 @@ class LoadBar(QWidget):
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(done)
-            self.progress.setFormat(f"{message}: {done}/{total} · {elapsed}")
+            self._show_step(f"{message}: {done}/{total} · {elapsed}")
         else:
             self.progress.setRange(0, 0)
-            self.progress.setFormat(f"{message} · {elapsed}")
+            self._show_step(f"{message} · {elapsed}")
+
+    @property
+    def step_text(self) -> str:
+        """The step shown while loading, e.g. 'Loading weights: 128/272 · 3.2 s'."""
+        return self.step_label.text()
+
+    def _show_step(self, text: str) -> None:
+        self.step_label.setText(text)
+        self.step_label.show()
 
     def end(self, text: str | None = None) -> None:
         self._timer.stop()
         self.progress.hide()
+        self.step_label.hide()
         self.cancel_button.hide()
         if text is not None:
             self.label.setText(text)
@@ -85,4 +100,4 @@ class LoadBar(QWidget):
 
     def _tick(self) -> None:
         if not self.progress.maximum():
-            self.progress.setFormat(f"{self._message} · {self.elapsed_text()}")
+            self._show_step(f"{self._message} · {self.elapsed_text()}")

@@ -113,7 +113,8 @@ class MainWindow(QMainWindow):
 
     def fit_middle_column(self) -> None:
         """Widen the settings column to what its fields need, taking it from the tabs,
-        so no button or field is cut at the right (the tabs keep their minimum)."""
+        so no button or field is cut at the right (the tabs keep their minimum); and
+        to the whole estimate table where the tabs keep half the window."""
         sizes = self.splitter.sizes()
         if len(sizes) != 3 or sum(sizes) == 0:
             return
@@ -121,8 +122,35 @@ class MainWindow(QMainWindow):
         wanted = self.settings_panel.sizeHint().width() + scrollbar + 4
         spare = sizes[2] - self.tabs.minimumSizeHint().width()
         grow = max(0, min(wanted - sizes[1], spare))
-        if grow:
+        keep = max(self.tabs.minimumSizeHint().width(), sum(sizes) // 2)
+        table = self.estimate_view.full_width() - sizes[1]
+        grow = max(grow, min(table, sizes[2] - keep))
+        if grow > 0:
             self.splitter.setSizes([sizes[0], sizes[1] + grow, sizes[2] - grow])
+
+    def fit_estimate(self) -> None:
+        """Give the estimate the height it needs to show every row and line (the
+        settings above it scroll), as far as the column allows."""
+        sizes = self.middle_splitter.sizes()
+        view = self.estimate_view
+        # Wrapped lines need more height in a narrow column than the size hint says.
+        need = max(view.minimumSizeHint().height(), view.heightForWidth(view.width()))
+        if len(sizes) == 2 and 0 < sizes[1] < need:
+            total = sum(sizes)
+            settings = self.settings_scroll.minimumSizeHint().height()
+            below = min(need, total - settings)
+            self.middle_splitter.setSizes([total - below, below])
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        if event.size().width() > event.oldSize().width():
+            # Once the splitter has shared out the new width.
+            QTimer.singleShot(0, self, self.fit_middle_column)
+        QTimer.singleShot(0, self, self.fit_estimate)
+
+    def _on_first_estimate(self, _table: Any) -> None:
+        self.estimate_view.estimated.disconnect(self._on_first_estimate)
+        QTimer.singleShot(0, self, self.fit_middle_column)
 
     # -- building --
     def _build(self) -> None:
@@ -311,6 +339,12 @@ class MainWindow(QMainWindow):
         c.modules_found.connect(self.settings_panel.set_module_names)
         self.estimate_view.model_bytes_known.connect(
             self.settings_panel.set_model_bytes
+        )
+        # The first table says how wide the estimate wants to be; each one (and a
+        # load's "estimated vs actual") how tall.
+        self.estimate_view.estimated.connect(self._on_first_estimate)
+        self.estimate_view.estimated.connect(
+            lambda _t: QTimer.singleShot(0, self, self.fit_estimate)
         )
         c.settings_changed.connect(lambda *_s: self._update_actions())
         c.load_started.connect(self._on_load_started)

@@ -53,6 +53,8 @@ class ModelPicker(QWidget):
         self.tree.setRootIsDecorated(False)
         self.tree.setIndentation(8)
         self.tree.setUniformRowHeights(True)
+        # A long name loses its middle, not its end (the tooltip has it whole).
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.tree.itemActivated.connect(self._on_activated)
         self.tree.currentItemChanged.connect(self._on_current)
         layout.addWidget(self.tree, 1)
@@ -68,6 +70,7 @@ class ModelPicker(QWidget):
             font.setBold(True)
             item.setFont(0, font)
             self.tree.addTopLevelItem(item)
+            item.setFirstColumnSpanned(True)  # the title may use the Size column too
             item.setExpanded(True)
             self.sections[key] = item
         self._placeholder(self.sections["cache"], "Scanning…")
@@ -100,10 +103,12 @@ class ModelPicker(QWidget):
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
 
     # -- content --
-    def _placeholder(self, section: QTreeWidgetItem, text: str) -> None:
+    def _placeholder(self, section: QTreeWidgetItem, text: str, tip: str = "") -> None:
         item = QTreeWidgetItem([text])
         item.setFlags(Qt.ItemFlag.NoItemFlags)
+        item.setToolTip(0, tip)
         section.addChild(item)
+        item.setFirstColumnSpanned(True)
 
     def _clear(self, section: QTreeWidgetItem) -> None:
         section.takeChildren()
@@ -118,7 +123,7 @@ class ModelPicker(QWidget):
         item.setTextAlignment(
             1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         )
-        tip = [str(ref.path or ref.repo_id or ref.name)]
+        tip = [name, str(ref.path or ref.repo_id or ref.name)]
         if ref.quantized:
             tip.append(f"Already quantized: {ref.quantized}. Load it with mode none.")
         if ref.kind == "default" and not ref.size_bytes:
@@ -147,7 +152,12 @@ class ModelPicker(QWidget):
         for ref in refs:
             self._add(section, ref)
         if not refs:
-            self._placeholder(section, "No causal LMs in the cache")
+            self._placeholder(
+                section,
+                "No causal LMs found",
+                "The Hugging Face cache holds no causal language model "
+                "(Get a model… downloads one)",
+            )
 
     def refs(self) -> list[ModelRef]:
         """Every model listed, in order."""

@@ -292,10 +292,11 @@ class MonitorView(QWidget):
         self.clear_button = QPushButton("Clear markers")
         self.clear_button.clicked.connect(self.clear_markers)
         self.status_label = QLabel("Waiting for the first sample…")
-        # Long status text must not widen the tab beyond the window.
+        # Long status text must not widen the tab beyond the window: it wraps.
         self.status_label.setSizePolicy(
             QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred
         )
+        self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(
             Qt.TextInteractionFlag.TextSelectableByMouse
         )

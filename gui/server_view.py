@@ -4,8 +4,9 @@ The server submits to the same generation queue as the chat, so the chat keeps
 working while it serves; loading another model switches what is served and no
 model answers 503. A client that names another servable model switches the window's
 model to it: the tab shows which model serves and the load in progress. Each request
-is logged here and announced with `request_logged`, which the window turns into a
-Monitor marker.
+shows in the log while it waits and decodes (with its tokens so far), and is filled
+in when it ends; the ended request is announced with `request_logged`, which the
+window turns into a Monitor marker.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -35,12 +37,14 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import NibbleError
+from core.generation.queue import JOB_RUNNING, Job
 from gui import workers
 
 if TYPE_CHECKING:
     from gui.controller import Controller
 from server.handlers import RequestRecord
 from server.runner import (
+    DEFAULT_MAX_TOKENS,
     DEFAULT_PORT,
     ServerConfig,
     curl_line,
@@ -63,6 +67,8 @@ LOG_COLUMNS = (
 )
 MAX_LOG_ROWS = 500
 STATUS_TEXT = {200: "200 OK", 499: "499 client left"}
+MAX_TOKENS_LIMIT = 1_048_576
+JOB_ROLE = Qt.ItemDataRole.UserRole  # a running request's job id, on its first cell
 
 
 def model_name(loaded: Any) -> str | None:
@@ -200,6 +206,18 @@ class ServerView(QWidget):
         self.name_edit.setPlaceholderText("optional: another name clients may use")
         self.name_edit.textChanged.connect(self._refresh)
         form.addRow("Also serve as", self.name_edit)
+        self.max_tokens_spin = QSpinBox()
+        self.max_tokens_spin.setRange(1, MAX_TOKENS_LIMIT)
+        self.max_tokens_spin.setValue(DEFAULT_MAX_TOKENS)
+        self.max_tokens_spin.setGroupSeparatorShown(True)
+        self.max_tokens_spin.setSuffix(" tokens")
+        self.max_tokens_spin.setToolTip(
+            "How long a chat answer may grow when the request sets no max_tokens "
+            "(text completions keep OpenAI's 16): without a bound, one request "
+            "could ramble through the whole context while the chat waits."
+        )
+        self.max_tokens_spin.valueChanged.connect(self._refresh)
+        form.addRow("Default max tokens", self.max_tokens_spin)
         layout.addLayout(form)
 
         buttons = QHBoxLayout()
@@ -244,6 +262,9 @@ class ServerView(QWidget):
         )
         self.log_table.horizontalHeader().setStretchLastSection(True)
         layout.addWidget(self.log_table, 1)
+        self._live: dict[int, QTableWidgetItem] = {}
+        """Requests shown while they wait or decode: job id -> their row's first cell."""
+        self._ended: deque[int] = deque(maxlen=256)  # jobs whose record arrived
 
     # -- state --
 
@@ -258,6 +279,7 @@ class ServerView(QWidget):
             port=self.port_spin.value(),
             api_key=self.key_edit.text().strip() or None,
             served_model_name=self.name_edit.text().strip() or None,
+            default_max_tokens=self.max_tokens_spin.value(),
         )
 
     def url(self) -> str:
@@ -284,6 +306,7 @@ class ServerView(QWidget):
             self.new_key_button,
             self.remote_check,
             self.name_edit,
+            self.max_tokens_spin,
         ):
             widget.setEnabled(not self.serving and not busy)
         self.start_button.setEnabled(not self.serving and not busy)
@@ -301,6 +324,12 @@ class ServerView(QWidget):
             text = f"Serving at {url}; no model is loaded, so requests get 503."
         else:
             text = f"Serving {name} at {url}; the chat shares the model."
+        if self.serving and not busy:
+            limit = self.server_thread.server.config.default_max_tokens
+            text += (
+                f" Chat answers stop at {limit:,} tokens unless a request sets "
+                "max_tokens."
+            )
         remote = self.serving and self.server_thread.server.config.host == "0.0.0.0"
         if remote and not busy:
             address = lan_address()
@@ -317,7 +346,9 @@ class ServerView(QWidget):
         self.snippet_edits["Environment"].setPlainText(env_snippet(url, key))
 
     def refresh_batch(self) -> None:
-        """Show the queue's batch size now; emits batch_changed when it moved."""
+        """Show the queue's batch size and the server's requests now; emits
+        batch_changed when the batch size moved."""
+        self.refresh_running()
         queue = self.queue
         shown = (queue.batch_size, queue.waiting, queue.max_batch, queue.batching_note)
         if shown == self._batch_shown:
@@ -392,6 +423,7 @@ class ServerView(QWidget):
     def _on_stopped(self) -> None:
         self.server_thread = None
         self.worker = None
+        self._end_live("stopped")
         self._refresh()
         self.serving_changed.emit(False)
 
@@ -409,12 +441,80 @@ class ServerView(QWidget):
 
     # -- the log --
 
-    def _add_record(self, record: RequestRecord) -> None:
+    def refresh_running(self) -> None:
+        """Show the server's requests that wait or decode now, with their tokens so
+        far; each one's row is filled in when its record arrives."""
+        now_wall, now = time.time(), time.perf_counter()
+        for job in self.queue.jobs():
+            if job.request.source != "server" or job.id in self._ended:
+                continue
+            first = self._live.get(job.id)
+            if first is None:
+                first = self._add_row(
+                    self._live_cells(job, now_wall - (now - job.submitted_at))
+                )
+                first.setData(JOB_ROLE, job.id)
+                self._live[job.id] = first
+            else:
+                self._set_row(self.log_table.row(first), self._live_cells(job))
+
+    @staticmethod
+    def _live_cells(job: Job, at: float | None = None) -> tuple[str | None, ...]:
+        """A running or waiting request's cells (None: leave the cell as it is)."""
+        running = job.state == JOB_RUNNING and job.started_at is not None
+        speed = ""
+        if running and job.tokens:
+            elapsed = time.perf_counter() - (job.started_at or 0.0)
+            speed = f"{job.tokens / elapsed:.1f}" if elapsed > 0 else ""
+        return (
+            time.strftime("%H:%M:%S", time.localtime(at)) if at is not None else None,
+            job.request.client,
+            job.request.endpoint,
+            "",
+            str(job.tokens) if job.tokens else "",
+            "",
+            speed,
+            "running" if running else "waiting",
+        )
+
+    def _end_live(self, status: str) -> None:
+        """Rows of requests that will get no record (the server stopped) say so."""
+        for first in self._live.values():
+            row = self.log_table.row(first)
+            if row >= 0:
+                column = LOG_COLUMNS.index("Status")
+                self.log_table.item(row, column).setText(status)
+        self._live.clear()
+
+    def _add_row(
+        self, cells: tuple[str | None, ...], tip: str | None = None
+    ) -> QTableWidgetItem:
+        """Append a row (the oldest goes past MAX_LOG_ROWS); its first cell."""
         table = self.log_table
         if table.rowCount() >= MAX_LOG_ROWS:
+            self._live.pop(table.item(0, 0).data(JOB_ROLE), None)
             table.removeRow(0)
         row = table.rowCount()
         table.insertRow(row)
+        self._set_row(row, cells, tip)
+        table.scrollToBottom()
+        return table.item(row, 0)
+
+    def _set_row(
+        self, row: int, cells: tuple[str | None, ...], tip: str | None = None
+    ) -> None:
+        table = self.log_table
+        for column, text in enumerate(cells):
+            item = table.item(row, column)
+            if item is None:
+                item = QTableWidgetItem()
+                table.setItem(row, column, item)
+            if text is not None and item.text() != text:
+                item.setText(text)
+            if tip is not None:
+                item.setToolTip(tip)
+
+    def _add_record(self, record: RequestRecord) -> None:
         cells = (
             time.strftime("%H:%M:%S", time.localtime(record.time)),
             record.client,
@@ -425,10 +525,14 @@ class ServerView(QWidget):
             f"{record.tokens_per_s:.1f}" if record.tokens_per_s else "",
             STATUS_TEXT.get(record.status, str(record.status)),
         )
-        for column, text in enumerate(cells):
-            item = QTableWidgetItem(text)
-            if record.error:
-                item.setToolTip(record.error)
-            table.setItem(row, column, item)
-        table.scrollToBottom()
+        first = None
+        if record.job_id is not None:
+            first = self._live.pop(record.job_id, None)
+            self._ended.append(record.job_id)
+        row = self.log_table.row(first) if first is not None else -1
+        if row >= 0:
+            # The row it had while running keeps its place and its start time.
+            self._set_row(row, (None, *cells[1:]), record.error or "")
+        else:
+            self._add_row(cells, record.error)
         self.request_logged.emit(record)

@@ -83,6 +83,8 @@ class RequestRecord:
     total_s: float = 0.0
     finish_reason: str | None = None
     error: str | None = None
+    job_id: int | None = None
+    """The generation job that answered (None when it was refused before one)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -339,6 +341,7 @@ class Serving:
                 raw=raw,
                 source="server",
                 client=client_of(request.scope),
+                endpoint=request.url.path,
                 stop=stop,
                 presence_penalty=float(body.presence_penalty or 0),
                 frequency_penalty=float(body.frequency_penalty or 0),
@@ -722,6 +725,7 @@ class _Answer:
             tokens_per_s=stats.tokens_per_s,
             wait_s=self.job.wait_s,
             finish_reason=finish or (_finish_reason(stats) if self.stats else None),
+            job_id=self.job.id,
         )
 
     def _record_when_done(self, status: int, error: str | None) -> None:

@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,9 +124,54 @@ def private_chat_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         yield
 
 
+# The test files that take longest, roughly longest first (`pytest --durations=0`,
+# summed by file; add a file that loads models for minutes). `make test` runs two
+# workers with `--dist loadfile`: a file runs whole on one worker, and the files are
+# handed out in collection order. The long ones go out first and the short ones fill
+# in at the end, so both workers finish together instead of one waiting minutes on a
+# long file it got last. A file missing here goes after these, those with more tests
+# first (xdist's own order).
+LONGEST_FIRST = (
+    "server/test_server.py",
+    "faults/test_interrupts.py",
+    "faults/test_conversion.py",
+    "test_faults.py",
+    "core/test_compare.py",
+    "core/test_export.py",
+    "core/test_estimate.py",
+    "core/test_memory.py",
+    "core/test_estimate_concurrent.py",
+    "core/test_decode_modes.py",
+    "test_install.py",
+    "cli/test_commands.py",
+    "cli/test_hub.py",
+    "cli/test_chats.py",
+    "core/test_loader.py",
+    "core/test_conversations.py",
+    "gui/test_window.py",
+    "gui/test_controller.py",
+    "core/test_default_model.py",
+    "cli/test_fit_limit.py",
+    "core/test_hub.py",
+    "gui/test_chat_history.py",
+    "core/test_generation.py",
+    "faults/test_hub.py",
+    "core/test_desktop.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `--dist loadfile`, xdist hands out the files in the order collected."""
+    if getattr(config.option, "dist", "no") in ("loadfile", "loadscope"):
+        # Instead of its own order, by number of tests: see LONGEST_FIRST.
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that drives the window lives in tests/gui, under its thread check."""
-    gui = Path(__file__).parent / "gui"
+    """A test that drives the window lives in tests/gui, under its thread check; the
+    longest files run first (LONGEST_FIRST)."""
+    tests = Path(__file__).parent
+    gui = tests / "gui"
     for item in items:
         if (
             "qtbot" in getattr(item, "fixturenames", ())
@@ -135,3 +181,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 f"{item.nodeid} drives the window: move it to tests/gui, where "
                 "no test may leave a worker thread running"
             )
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    counts = Counter(item.path for item in items)
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        try:
+            name = item.path.relative_to(tests).as_posix()
+        except ValueError:
+            name = ""
+        return rank.get(name, len(rank)), -counts[item.path]
+
+    items.sort(key=order)  # stable: a file's tests keep their order

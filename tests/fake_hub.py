@@ -5,7 +5,8 @@ It serves what the real client calls: `GET /api/models` (search), `GET
 safetensors parameter counts), and `HEAD`/`GET /{repo}/resolve/{rev}/{file}` with
 X-Repo-Commit, ETag, X-Linked-Etag, X-Linked-Size and range requests. Errors carry the
 hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo).
-It counts the bytes it sends and can cut a response off mid-file, or go silent.
+It counts the bytes it sends and can cut a response off mid-file, or go silent: mid-file,
+on search, or on every request (a hub that accepts connections and never answers).
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class FakeHub:
         self.delay_s = 0.0  # sleep per 64 KiB block, to slow a download down
         self.delay_from = 0  # ... once a response has sent this many bytes
         self.search_stalls = False  # search answers only once `released` is set
+        self.silent = False  # no request gets a byte of answer until `released`
         self.granted_tokens: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
 
@@ -197,6 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
         self.fake.requests.append(("HEAD" if head else "GET", path, headers))
+        if self.fake.silent:
+            self.fake.released.wait(120)  # the request read, the connection held open
+            self.close_connection = True
+            return
         try:
             if path == "/api/models":
                 self._search(parse_qs(url.query))

@@ -67,6 +67,8 @@ class GenerationRequest:
     """Who asked: "chat", "server", "cli"; shown in logs, never interpreted."""
     client: str = ""
     """Free text about the caller, e.g. the remote address of a server request."""
+    endpoint: str = ""
+    """The API path a server request came to, for the logs that show it running."""
     stop: tuple[str, ...] = ()
     """End the answer before the first of these strings (see `stream`)."""
     presence_penalty: float = 0.0

@@ -41,7 +41,8 @@ class DeviceInfo:
     ram_available_bytes: int
     cuda: bool  # whether torch can use the GPUs (the loader's choice)
     ram_limit: str = ""
-    """The process limit that caps `ram_available_bytes` (e.g. 'RLIMIT_DATA'), if any."""
+    """The limit that caps `ram_available_bytes` ('RLIMIT_DATA', 'RLIMIT_AS' or
+    'memory cgroup'), if any."""
 
     @property
     def gpu_free_bytes(self) -> int:
@@ -49,7 +50,9 @@ class DeviceInfo:
 
     def describe(self) -> str:
         ram = f"{format_bytes(self.ram_available_bytes)} RAM available"
-        if self.ram_limit:
+        if self.ram_limit == CGROUP:
+            ram += " (under the memory cgroup's limit)"
+        elif self.ram_limit:
             ram += f" (under this process's {self.ram_limit})"
         if not self.gpus:
             return f"No GPU · {ram}"
@@ -74,16 +77,99 @@ class DeviceInfo:
 
 def probe_device() -> DeviceInfo:
     """Free VRAM per GPU from NVML and available host RAM from psutil, capped by
-    what this process may still allocate under its own limits (`ulimit -d`/`-v`)."""
+    what this process may still allocate under its own limits (`ulimit -d`/`-v`)
+    and under its memory cgroup's limit (a container's, which psutil ignores)."""
     import psutil
 
     memory = psutil.virtual_memory()
     gpus = _nvml_gpus()
     available, limit = int(memory.available), ""
-    room = limit_headroom()
-    if room is not None and room[0] < available:
-        available, limit = room
+    for room in (limit_headroom(), cgroup_headroom()):
+        if room is not None and room[0] < available:
+            available, limit = room
     return DeviceInfo(gpus, int(memory.total), available, _cuda(gpus), limit)
+
+
+CGROUP = "memory cgroup"
+# A v1 group without a limit reports PAGE_COUNTER_MAX pages (9223372036854771712
+# bytes with 4 KiB pages); anything this large is no limit.
+_NO_LIMIT = 2**60
+
+
+def cgroup_headroom(
+    root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")
+) -> tuple[int, str] | None:
+    """The bytes this process's memory cgroup (and every group above it) may still
+    charge before its limit, and 'memory cgroup'; None without a limit, or where
+    the files cannot be read.
+
+    cgroup v1: `memory.limit_in_bytes` - `memory.usage_in_bytes` under
+    `root/memory`; v2: `memory.max` - `memory.current` under `root`. The group's
+    inactive file pages (page cache the kernel reclaims first) count as free, as
+    a container's working set does. `root` and `own` are parameters for tests.
+    """
+    try:
+        lines = own.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    v1 = v2 = None
+    for line in lines:
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if "memory" in controllers.split(","):
+            v1 = path
+        elif controllers == "" and line.startswith("0::"):
+            v2 = path
+    if v1 is not None:
+        rooms = _rooms(root / "memory", v1, _V1)
+    elif v2 is not None:
+        rooms = _rooms(root, v2, _V2)
+    else:
+        return None
+    return (min(rooms), CGROUP) if rooms else None
+
+
+# (limit file, usage file, the memory.stat key of inactive file pages)
+_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+_V2 = ("memory.max", "memory.current", "inactive_file")
+
+
+def _rooms(base: Path, path: str, files: tuple[str, str, str]) -> list[int]:
+    """The room left under each limited group from the process's own up to `base`.
+
+    Inside a container the mount shows only its own group, whose path the
+    process's /proc/self/cgroup may not name: then the mount's top is the group.
+    """
+    group = base / path.strip("/")
+    if not group.is_dir():
+        group = base
+    rooms = []
+    while True:
+        room = _room(group, files)
+        if room is not None:
+            rooms.append(room)
+        if group == base or base not in group.parents:
+            return rooms
+        group = group.parent
+
+
+def _room(group: Path, files: tuple[str, str, str]) -> int | None:
+    limit_file, usage_file, inactive_key = files
+    try:
+        limit_text = (group / limit_file).read_text(encoding="ascii").strip()
+        if limit_text == "max" or int(limit_text) >= _NO_LIMIT:
+            return None
+        usage = int((group / usage_file).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    try:
+        for line in (group / "memory.stat").read_text(encoding="ascii").splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+    except (OSError, ValueError):
+        inactive = 0
+    return max(int(limit_text) - usage + min(inactive, usage), 0)
 
 
 # What each limit counts, as /proc/self/status names it: RLIMIT_DATA the private

@@ -171,3 +171,20 @@ def test_the_bundle_check_runs_commands_the_cli_knows() -> None:
     assert (generate.quant, generate.greedy) == ("nf4", True)
     serve = parser.parse_args([*check.SERVE, "--port", "8123"])
     assert (serve.quant, serve.port) == ("nf4", 8123)
+
+
+@pytest.mark.parametrize(
+    ("failed", "suggests_rebuild"),
+    [("loading the default model in nf4", True), ("opening the window", False)],
+)
+def test_the_self_test_suggests_a_rebuild_only_for_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failed: str,
+    suggests_rebuild: bool,
+) -> None:
+    import argparse
+
+    monkeypatch.setattr(selftest, "check", lambda: failed)
+    assert selftest.cmd_self_test(argparse.Namespace(rebuild=False)) != 0
+    assert ("--self-test --rebuild" in capsys.readouterr().err) is suggests_rebuild

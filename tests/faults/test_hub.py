@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -37,44 +36,6 @@ from core.hub import download as hub_download
 from tests.fake_hub import REPO, FakeHub
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class SilentHub:
-    """Accepts connections and reads requests, never answers a byte."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.held: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.done = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                if self.done:
-                    conn.close()
-                    return
-                self.held.append(conn)
-
-    def close(self) -> None:
-        with self.lock:
-            self.done = True
-            for conn in self.held:
-                conn.close()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
 
 
 class OddHub:
@@ -156,18 +117,25 @@ COMMANDS = {
 # -- a hub that never answers --
 
 
+def silent_hub() -> tuple[FakeHub, str]:
+    """A hub that accepts connections and reads requests, never answers a byte."""
+    hub_ = FakeHub()
+    hub_.silent = True
+    return hub_, hub_.start()
+
+
 @pytest.fixture
-def silent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[SilentHub]:
-    hub_ = SilentHub()
-    point_at(monkeypatch, tmp_path, hub_.url)
+def silent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
+    hub_, url = silent_hub()
+    point_at(monkeypatch, tmp_path, url)
     monkeypatch.setattr(hubclient, "READ_S", 2.0)
     yield hub_
-    hub_.close()
+    hub_.stop()
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_silent_hub_ends_with_one_line(
-    silent: SilentHub, command: str, capsys: pytest.CaptureFixture[str]
+    silent: FakeHub, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, err, took = timed(COMMANDS[command], capsys)
     assert code == 2
@@ -183,10 +151,10 @@ def test_a_silent_hub_ends_with_one_line(
 
 
 def test_a_silent_hub_with_the_real_limits_ends_within_30_s(tmp_path: Path) -> None:
-    hub_ = SilentHub()
+    hub_, url = silent_hub()
     env = {
         **os.environ,
-        "HF_ENDPOINT": hub_.url,
+        "HF_ENDPOINT": url,
         "HF_HUB_CACHE": str(tmp_path / "cache"),
         "HF_HOME": str(tmp_path / "home"),
     }
@@ -198,7 +166,7 @@ def test_a_silent_hub_with_the_real_limits_ends_within_30_s(tmp_path: Path) -> N
         )  # fmt: skip
         took = time.monotonic() - start
     finally:
-        hub_.close()
+        hub_.stop()
     assert done.returncode == 2
     assert took < 30
     assert done.stderr.startswith("error: the hub (")

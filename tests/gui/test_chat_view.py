@@ -43,10 +43,15 @@ def test_code_is_coloured_and_each_block_has_copy(qtbot) -> None:
     assert code_blocks(CODE) == ["def square(x):\n    return x * x"]
     chat = make(qtbot)
     message = chat.add_message("assistant", CODE)
-    message.body.linkActivated.emit("copy:0")
+    assert message.body.text() == "Here:"
+    [block] = message.code_widgets
+    assert block.language_label.text() == "python"
+    assert "<span style=" in block.label.text()
+    block.copy_button.click()
     assert QGuiApplication.clipboard().text() == "def square(x):\n    return x * x"
-    assert "Copied" in message.body.text() and "copy:0" not in message.body.text()
-    qtbot.waitUntil(lambda: "copy:0" in message.body.text(), timeout=5000)
+    assert block.copy_button.text() == "Copied"
+    qtbot.waitUntil(lambda: block.copy_button.text() == "Copy", timeout=5000)
+    assert message.parts[-1].text() == "Done."
     message.copy()
     assert message.copy_button.text() == "Copied"
     assert QGuiApplication.clipboard().text() == CODE
@@ -180,3 +185,53 @@ def test_long_code_and_stats_wrap_to_the_pane(qtbot) -> None:
     )
     assert copy_right.x() <= viewport
     assert answer.stats_label.width() <= viewport
+
+
+LONG_CODE = (
+    "Look:\n```python\nvalues = ["
+    + ", ".join(str(n) for n in range(120))
+    + "]\nprint(values)\n```\nThat is all."
+)
+
+
+def test_a_long_code_line_scrolls_in_its_block_and_never_widens_the_chat(
+    qtbot,
+) -> None:
+    """Long code lines wrapped, or pushed the whole chat wider than its pane."""
+    chat = make(qtbot)
+    chat.resize(480, 600)
+    chat.show()
+    qtbot.waitExposed(chat)
+    message = chat.add_message("assistant", LONG_CODE)
+    [block] = message.code_widgets
+    qtbot.waitUntil(lambda: block.scrolls)  # the line scrolls inside its block
+    assert not block.label.wordWrap()
+    lines = block.label.fontMetrics().lineSpacing()
+    assert block.label.height() < 3 * lines  # two lines of code, each kept whole
+    bar = block.scroll.horizontalScrollBar()
+    assert bar.isVisible()
+    # The block is tall enough for its code and the bar under it: nothing hidden.
+    assert block.scroll.viewport().height() >= block.label.sizeHint().height()
+    holder = chat.scroll.widget()
+    assert holder.width() <= chat.scroll.viewport().width()
+    assert message.geometry().right() < holder.width()
+    assert block.geometry().right() <= message.width()
+    copy = message.copy_button
+    assert copy.mapTo(message, copy.rect().topRight()).x() < message.width()
+    assert message.parts[-1].text() == "That is all."
+
+
+def test_a_streamed_code_block_is_built_once_and_grows(qtbot) -> None:
+    chat = make(qtbot)
+    chat.begin_answer()
+    chat.append_chunk("Sure:\n```py")
+    chat.flush()
+    answer = chat.answer_widget
+    [block] = answer.code_widgets
+    for chunk in ("thon\ndef f():\n", "    return 1\n", "```\nDone"):
+        chat.append_chunk(chunk)
+        chat.flush()
+    assert answer.code_widgets == [block]
+    assert (block.language, block.code) == ("python", "def f():\n    return 1")
+    assert answer.parts[-1].text() == "Done"
+    chat.end_answer("3 tokens")

@@ -207,6 +207,98 @@ def test_the_batch_size_shows_live(qtbot, tiny) -> None:
     assert queue.close()
 
 
+def test_a_request_shows_in_the_log_while_it_waits_and_runs(qtbot, tiny) -> None:
+    """The log showed a request only once it ended: one that ran 13 minutes left
+    it empty all that time."""
+    import threading
+
+    from server.handlers import RequestRecord
+
+    queue = GenerationQueue(tiny)
+    view = serving_view(qtbot, tiny, queue)
+    release = threading.Event()
+    calls = []
+
+    eos = tiny.tokenizer.eos_token_id
+
+    def hold_after_three(input_ids, scores):
+        calls.append(1)
+        if len(calls) > 3:
+            release.wait(30)
+        if eos is not None:
+            scores[:, eos] = float("-inf")  # no early end
+        return scores
+
+    queue.pause()
+    job = queue.submit(
+        GenerationRequest(
+            "Tell me a story",
+            GenerationSettings(greedy=True, max_new_tokens=6),
+            source="server",
+            client="127.0.0.1:5000",
+            endpoint="/v1/chat/completions",
+            logits_processor=hold_after_three,
+        )
+    )
+    chat = queue.submit(GenerationRequest("Hi", GenerationSettings(max_new_tokens=2)))
+    view.refresh_running()
+    assert view.log_table.rowCount() == 1  # the chat's own answer is not a request
+    assert cell(view, 0, "Status") == "waiting"
+    assert cell(view, 0, "Endpoint") == "/v1/chat/completions"
+    assert cell(view, 0, "Client") == "127.0.0.1:5000"
+    chat.cancel()
+    queue.resume()
+    qtbot.waitUntil(
+        lambda: (
+            cell(view, 0, "Status") == "running" and cell(view, 0, "Completion") == "3"
+        ),
+        timeout=30_000,
+    )
+    release.set()
+    assert queue.wait_idle(30)
+    record = RequestRecord(
+        time.time(), "127.0.0.1:5000", "/v1/chat/completions", 200,
+        prompt_tokens=9, completion_tokens=6, job_id=job.id,
+    )  # fmt: skip
+    with qtbot.waitSignal(view.request_logged):
+        view._record_arrived.emit(record)
+    view.refresh_running()
+    assert view.log_table.rowCount() == 1  # the same row, filled in
+    assert cell(view, 0, "Status") == "200 OK"
+    assert (cell(view, 0, "Prompt"), cell(view, 0, "Completion")) == ("9", "6")
+    assert queue.close()
+
+
+def test_the_tab_shows_and_applies_the_default_max_tokens(qtbot, tiny) -> None:
+    """A request without max_tokens once decoded the whole context; the tab says
+    the bound the server applies, and it can be changed before starting."""
+    view = serving_view(qtbot, tiny)
+    assert view.max_tokens_spin.value() == 1024
+    assert view.max_tokens_spin.text() == "1,024 tokens"
+    view.max_tokens_spin.setValue(5)
+    assert view.config().default_max_tokens == 5
+    view.port_spin.setValue(free_port())
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000):
+        view.start()
+    assert "Chat answers stop at 5 tokens" in view.status_label.text()
+    assert not view.max_tokens_spin.isEnabled()
+    url = f"http://127.0.0.1:{view.port_spin.value()}/v1"
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    with qtbot.waitSignal(view.request_logged, timeout=60_000) as logged:
+        answer = client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert answer.usage.completion_tokens <= 5
+    client.close()
+    assert logged.args[0].job_id is not None
+    assert view.log_table.rowCount() == 1
+    assert cell(view, 0, "Status") == "200 OK"
+    with qtbot.waitSignal(view.serving_changed, timeout=20_000):
+        view.stop()
+    assert view.max_tokens_spin.isEnabled()
+    assert view.queue.close()
+
+
 def test_a_client_switch_moves_the_window_and_the_chat_says_so(
     qtbot, config_dir, tiny_dir: Path
 ) -> None:

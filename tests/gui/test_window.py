@@ -371,7 +371,10 @@ def test_chat_view_appends_streamed_chunks(qtbot):
     chat.end_answer("12.0 tok/s · 3 tokens · eos")
     answer = chat.messages_widgets[-1]
     assert answer.text == "Here is ```python\nprint(1)\n```"
-    assert "<pre style='font-family: monospace" in answer.body.text()
+    assert answer.body.text() == "Here is "
+    assert [(b.language, b.code) for b in answer.code_widgets] == [
+        ("python", "print(1)")
+    ]
     assert answer.stats_label.text() == "12.0 tok/s · 3 tokens · eos"
     chat.regenerate()
     assert [m.role for m in chat.messages_widgets] == ["user"]
