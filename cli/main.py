@@ -74,7 +74,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")
     from core.store import calibration
 
-    calibration.install()  # every load is recorded beside its estimate
+    if getattr(args, "records_loads", True):
+        calibration.install()  # every load is recorded beside its estimate
     try:
         with interrupt.sigterm_as_ctrl_c():
             return args.func(args)

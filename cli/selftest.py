@@ -41,7 +41,8 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="convert the default model again first (a damaged copy)",
     )
-    p.set_defaults(func=cmd_self_test)
+    # A check of the install, not a load of the user's: it leaves no history behind.
+    p.set_defaults(func=cmd_self_test, records_loads=False)
 
 
 def cmd_self_test(args: argparse.Namespace) -> int:

@@ -130,6 +130,8 @@ def test_main_self_test_flag_runs_the_command(monkeypatch: pytest.MonkeyPatch) -
     from cli import selftest
 
     calls: list[bool] = []
-    monkeypatch.setattr(selftest, "run", lambda: calls.append(True) or False)
+    monkeypatch.setattr(
+        selftest, "check", lambda: calls.append(True) or "the window check"
+    )
     assert main.main(["--self-test"]) == 1
     assert calls == [True]
