@@ -204,14 +204,17 @@ def test_a_long_code_line_scrolls_in_its_block_and_never_widens_the_chat(
     qtbot.waitExposed(chat)
     message = chat.add_message("assistant", LONG_CODE)
     [block] = message.code_widgets
-    qtbot.waitUntil(lambda: block.scrolls)  # the line scrolls inside its block
+    bar = block.scroll.horizontalScrollBar()
+    # The bar's range is set at once; the scroll area shows the bar at its next
+    # layout pass, which a busy machine can delay.
+    qtbot.waitUntil(lambda: block.scrolls and bar.isVisible())
     assert not block.label.wordWrap()
     lines = block.label.fontMetrics().lineSpacing()
     assert block.label.height() < 3 * lines  # two lines of code, each kept whole
-    bar = block.scroll.horizontalScrollBar()
-    assert bar.isVisible()
-    # The block is tall enough for its code and the bar under it: nothing hidden.
-    assert block.scroll.viewport().height() >= block.label.sizeHint().height()
+    # The block grows to hold its code and the bar under it: nothing hidden.
+    qtbot.waitUntil(
+        lambda: block.scroll.viewport().height() >= block.label.sizeHint().height()
+    )
     holder = chat.scroll.widget()
     assert holder.width() <= chat.scroll.viewport().width()
     assert message.geometry().right() < holder.width()
