@@ -97,9 +97,10 @@ def check_kl(tokens: int) -> None:
         with torch.inference_mode():
             logits = loaded.model(ids).logits[0, :-1].float()
         logps[name] = torch.log_softmax(logits, dim=-1)
-        _, reference, kls[name], _ = measure.evaluate(
+        done = measure.evaluation(
             loaded.model, ids, reference, window=tokens, stride=tokens
         )
+        reference, kls[name] = done.reference, done.mean_kl
         loader.unload(loaded)
     p, q = logps["fp32"], logps["nf4"]
     full = float((p.exp() * (p - q)).sum(-1).mean())

@@ -149,29 +149,6 @@ class Evaluation:
     threshold: float
 
 
-def evaluate(
-    model: Any,
-    input_ids: Any,
-    reference: Reference | None = None,
-    window: int = 512,
-    stride: int = 256,
-    top_k: int = 4096,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> tuple[float, Reference, float, float]:
-    """Perplexity over strided windows, and KL / top-1 agreement against `reference`.
-
-    Returns
-    -------
-    perplexity, the reference, mean KL(reference || this), top-1 agreement
-    (see `evaluation`, which also counts the tokens above a KL threshold)
-    """
-    done = evaluation(
-        model, input_ids, reference, window, stride, top_k, progress, cancel
-    )
-    return done.perplexity, done.reference, done.mean_kl, done.top1_agreement
-
-
 def evaluation(
     model: Any,
     input_ids: Any,

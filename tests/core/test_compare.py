@@ -131,17 +131,16 @@ def test_strided_perplexity_scores_every_token_once(tiny_ref: catalog.ModelRef) 
     try:
         ids = compare.tokenize_eval(loaded.tokenizer, FAST)
         assert ids.shape[1] == 96
-        ppl, ref, kl, agree = measure.evaluate(
-            loaded.model, ids, window=128, stride=128
-        )
+        done = measure.evaluation(loaded.model, ids, window=128, stride=128)
+        ppl, ref = done.perplexity, done.reference
         logp = _log_probs(loaded.model, ids)
         nll = -logp[:-1].gather(1, ids[0, 1:, None]).mean()
         assert ppl == pytest.approx(math.exp(float(nll)), rel=1e-5)
         assert ref.argmax.shape[0] == 95
-        assert kl == 0.0 and agree == 1.0
-        strided, ref2, _, _ = measure.evaluate(loaded.model, ids, window=64, stride=32)
-        assert ref2.argmax.shape[0] == 95
-        assert math.isfinite(strided) and strided > 1
+        assert done.mean_kl == 0.0 and done.top1_agreement == 1.0
+        strided = measure.evaluation(loaded.model, ids, window=64, stride=32)
+        assert strided.reference.argmax.shape[0] == 95
+        assert math.isfinite(strided.perplexity) and strided.perplexity > 1
     finally:
         loader.unload(loaded)
 
@@ -155,8 +154,8 @@ def test_kl_matches_the_full_vocabulary_kl_and_bounds_it_from_below(
         ids = compare.tokenize_eval(loaded.tokenizer, FAST)
         top = {"window": 128, "stride": 128, "top_k": 256}
         every = {"window": 128, "stride": 128, "top_k": 49152}
-        _, ref_top, _, _ = measure.evaluate(model, ids, **top)
-        _, ref_all, _, _ = measure.evaluate(model, ids, **every)
+        ref_top = measure.evaluation(model, ids, **top).reference
+        ref_all = measure.evaluation(model, ids, **every).reference
         p = _log_probs(model, ids)[:-1]
         with torch.no_grad():
             for param in model.parameters():
@@ -164,8 +163,10 @@ def test_kl_matches_the_full_vocabulary_kl_and_bounds_it_from_below(
         q = _log_probs(model, ids)[:-1]
         full_kl = float((p.exp() * (p - q)).sum(-1).mean())
         agree = float((p.argmax(-1) == q.argmax(-1)).float().mean())
-        _, _, kl_all, agree_all = measure.evaluate(model, ids, ref_all, **every)
-        _, _, kl_top, agree_top = measure.evaluate(model, ids, ref_top, **top)
+        against_all = measure.evaluation(model, ids, ref_all, **every)
+        against_top = measure.evaluation(model, ids, ref_top, **top)
+        kl_all, agree_all = against_all.mean_kl, against_all.top1_agreement
+        kl_top, agree_top = against_top.mean_kl, against_top.top1_agreement
         assert kl_all == pytest.approx(full_kl, rel=1e-3)
         assert 0 < kl_top <= kl_all * (1 + 1e-6)
         assert agree_all == pytest.approx(agree) and agree_top == pytest.approx(agree)
