@@ -388,7 +388,7 @@ class MainWindow(QMainWindow):
         # The server answers through the chat's queue; a model change switches it.
         self.server_view = ServerView(c)
         self.server_view.request_logged.connect(
-            lambda r: self.monitor_view.add_marker(marker_label(r), r.time)
+            lambda r: self.monitor_view.add_marker_soon(marker_label(r), r.time, "api")
         )
         self.server_view.batch_changed.connect(self.monitor_view.mark_batch)
         self.tabs.addTab(self.server_view, "Server")

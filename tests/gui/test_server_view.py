@@ -169,14 +169,33 @@ def test_the_window_has_a_server_tab_on_the_chat_queue(qtbot, config_dir, tiny) 
         time.time(), "127.0.0.1:5000", "/v1/chat/completions", 200,
         prompt_tokens=12, completion_tokens=64,
     )  # fmt: skip
+    monitor = window.monitor_view
     view._record_arrived.emit(record)
-    assert len(window.monitor_view.markers) == before + 1
-    assert window.monitor_view.markers[-1].marker.label == "API chat 12+64 tok"
+    qtbot.waitUntil(lambda: len(monitor.markers) == before + 1)
+    assert monitor.markers[-1].marker.label == "API chat 12+64 tok"
     view.batch_changed.emit(3, 1)  # three answers decode together, one waits
     view.batch_changed.emit(3, 0)  # only the waiting count moved: no new marker
-    assert [e.marker.label for e in window.monitor_view.markers[before + 1 :]] == [
+    qtbot.waitUntil(lambda: len(monitor.markers) == before + 2)
+    assert [e.marker.label for e in monitor.markers[before + 1 :]] == [
         "Batch 3 +1 waiting"
     ]
+    # Eight clients ending together: one marker on each chart, all eight in its
+    # tooltip; the batch, shrinking to 0 in the same burst, gets one marker too.
+    for i in range(8):
+        view._record_arrived.emit(
+            RequestRecord(
+                time.time(), "127.0.0.1:5000", "/v1/chat/completions", 200,
+                prompt_tokens=12, completion_tokens=60 + i,
+            )
+        )  # fmt: skip
+    for running in (2, 1, 0):
+        view.batch_changed.emit(running, 0)
+    qtbot.waitUntil(lambda: len(monitor.markers) == before + 4)
+    api, batch = monitor.markers[before + 2 :]
+    assert api.marker.label == "API chat 12+60 tok +7 more"
+    assert "8 events:" in api.tooltip and "API chat 12+67 tok" in api.tooltip
+    assert batch.marker.label == "Batch 0"
+    assert len(monitor.ram_chart.marker_lines) == len(monitor.markers)
     window.close()
 
 
