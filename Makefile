@@ -42,7 +42,7 @@ run: $(STAMP)
 # Two pytest workers (pytest-xdist), a test file each at a time: while one waits on a
 # subprocess, a timer or a socket, the other computes. `make test-fast` leaves out the
 # tests marked slow (those that load the real default model): the inner loop.
-PYTEST := QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n 2 --dist loadfile
+PYTEST := QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test: $(STAMP)
 	$(BIN)/ruff check .

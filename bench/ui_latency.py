@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,7 +70,11 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["NIBBLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="nibble-bench-")
+    scratch = Path(tempfile.mkdtemp(prefix="nibble-bench-"))
+    os.environ["NIBBLE_CONFIG_DIR"] = str(scratch)
+    # A history of its own: the window reopens the last conversation, and a chat
+    # grown over earlier runs would make each run's prompt longer.
+    os.environ["NIBBLE_CONVERSATIONS_DB"] = str(scratch / "conversations.db")
     from PySide6.QtCore import QTimer
 
     from core.settings import GenerationSettings
@@ -120,6 +125,7 @@ def main() -> None:
     controller.model_loaded.connect(ask)
     results: dict[str, object] = {}
     served: list[int] = []
+    window.build_tabs()  # the window builds its tabs after the first paint
     server_view = window.server_view
     assert server_view is not None
     server_view.port_spin.setValue(free_port())
@@ -138,7 +144,8 @@ def main() -> None:
         window.chat.input.setPlainText("Name three rivers of Europe.")
         window.chat.send()
 
-    def done(stats: object) -> None:
+    def done(turn: Any) -> None:
+        stats = turn.stats
         if state["phase"] == "generate":
             results["stats"] = stats
             phase("")
@@ -181,7 +188,7 @@ def main() -> None:
             print(f"  {name} gap over 50 ms: {gap:.0f} ms ({where or 'no step'})")
     stats = results.get("stats")
     if stats is not None:
-        print(f"answer: {stats.summary()}")
+        print(f"answer: {stats.summary()} · {stats.prompt_tokens} prompt tokens")
     stats = results.get("serve_stats")
     if stats is not None:
         print(f"chat answer while {args.clients} clients streamed: {stats.summary()}")
