@@ -381,41 +381,9 @@ def _load(
             "the model runs in full precision"
         )
     report.warnings[:0] = ref.warnings
-    if fast is None and _repacks_on_first_forward(model):
-        reporter.emit(0, 0, "Preparing the 4-bit weights for this CPU")
-        _first_forward(model)
-        memory.heap_for_decoding()
     reporter.emit(1, 1, "Loaded")
     logger.info("loaded %s (%s) in %.1f s", ref.name, quant.label(), elapsed)
     return LoadedModel(model, tokenizer, report, ref, quant, options, fast)
-
-
-def _repacks_on_first_forward(model: Any) -> bool:
-    """Whether bitsandbytes will repack this model's 4-bit weights at its first
-    forward: on a CPU with AVX512-BF16 it converts each layer to its own layout
-    then, which took about a second on the default model, inside the first answer's
-    time to first token (docs/facts.md, "The first 4-bit forward on a CPU")."""
-    if model.device.type != "cpu":
-        return False
-    return any(
-        getattr(module, "support_avx512bf16_for_cpu", False)
-        and not getattr(
-            getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False
-        )
-        for module in model.modules()
-    )
-
-
-def _first_forward(model: Any) -> None:
-    """One token through the model, as a stage of the load: what the first forward
-    does once (bitsandbytes' repacking, the CPU kernels' set-up) is done here."""
-    import torch
-
-    token = model.config.bos_token_id
-    token = token if isinstance(token, int) else 0
-    # no_grad, not inference_mode: the repacked weights stay ordinary tensors
-    with torch.no_grad():
-        model(input_ids=torch.tensor([[token]], device=model.device), use_cache=False)
 
 
 def _fast_decode(

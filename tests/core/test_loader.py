@@ -82,46 +82,6 @@ def test_progress_reports_weights(tiny_dir: Path) -> None:
     loader.unload(loaded)
 
 
-def test_a_4bit_load_on_a_cpu_that_repacks_does_it_before_the_first_answer(
-    tiny_dir: Path,
-) -> None:
-    """bitsandbytes repacks 4-bit weights for AVX512-BF16 at the first forward: the
-    first answer waited about a second for it. The load does it, as a stage."""
-    from bitsandbytes.nn import Linear4bit
-
-    from core.generation import decode
-    from core.settings import GenerationSettings
-
-    seen: list[str] = []
-    chosen = preset("nf4")
-    loaded = loader.load(
-        catalog.resolve(str(tiny_dir)),
-        chosen.quant,
-        chosen.load_options(LoadOptions(device_map="cpu")),
-        progress=lambda d, t, m: seen.append(m),
-    )
-    try:
-        layers = [m for m in loaded.model.modules() if isinstance(m, Linear4bit)]
-        assert len(layers) == 14
-        repacks = any(m.support_avx512bf16_for_cpu for m in layers)
-        stage = "Preparing the 4-bit weights for this CPU"
-        packed = [
-            bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False))
-            for m in layers
-        ]
-        if repacks:
-            assert seen[-2:] == [stage, "Loaded"]
-            assert all(packed)
-        else:  # a CPU without AVX512-BF16 keeps the layout: nothing to prepare
-            assert stage not in seen and not any(packed)
-        settings = GenerationSettings(greedy=True, max_new_tokens=8)
-        first, _ = decode.generate_text(loaded, "Hello", settings)
-        again, _ = decode.generate_text(loaded, "Hello", settings)
-        assert first == again
-    finally:
-        loader.unload(loaded)
-
-
 def test_cancel_during_weights(tiny_dir: Path) -> None:
     cancel = threading.Event()
 
