@@ -38,14 +38,21 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def estimate_explain(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str]:
+    """`estimate TINY --quant nf4 --device-map cpu --explain` (and `extra`)."""
+    return run(
+        ["estimate", str(tiny_dir), "--quant", "nf4", "--device-map", "cpu",
+         *extra, "--explain"],
+        capsys,
+    )  # fmt: skip
+
+
 def test_explain_before_any_load(
     history: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out = run(
-        ["estimate", str(tiny_dir), "--quant", "nf4", "--device-map", "cpu",
-         "--explain"],
-        capsys,
-    )  # fmt: skip
+    code, out = estimate_explain(tiny_dir, capsys)
     assert code == 0
     assert "Overhead and peak: not calibrated yet (0 of 3 loads on cpu)" in out
     assert "How the current row (nf4) is worked out, on cpu:" in out
@@ -57,11 +64,7 @@ def test_explain_names_each_term_its_source_and_the_records(
     history: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with_loads(history, 3)
-    code, out = run(
-        ["estimate", str(tiny_dir), "--quant", "nf4", "--device-map", "cpu",
-         "--explain"],
-        capsys,
-    )  # fmt: skip
+    code, out = estimate_explain(tiny_dir, capsys)
     assert code == 0
     assert "Overhead and peak: calibrated on this machine from 3 loads (±" in out
     lines = out.splitlines()
@@ -89,11 +92,7 @@ def test_explain_as_json(
     history: Path, tiny_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with_loads(history, 3)
-    code, out = run(
-        ["estimate", str(tiny_dir), "--quant", "nf4", "--device-map", "cpu",
-         "--json", "--explain"],
-        capsys,
-    )  # fmt: skip
+    code, out = estimate_explain(tiny_dir, capsys, "--json")
     assert code == 0
     data = json.loads(out)
     assert data["calibration"]["calibrated"] is True

@@ -29,7 +29,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,44 +78,57 @@ def _limited(limit: int):
     return apply
 
 
+def _run(
+    args: list[str],
+    tmp_path: Path,
+    before: Callable[[], None] | None,
+    timeout: int,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """A child process in the repository, with a config of its own; `before` runs
+    in the child between fork and exec (a memory limit, a cgroup to join)."""
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=before,
+        check=check,
+    )
+
+
+def _generate_auto(prompt_flag: str, *extra: str) -> list[str]:
+    """`main.py generate default --fit auto` on the CPU: 8 greedy tokens."""
+    return [
+        sys.executable, "main.py", "generate", "default", "--fit", "auto",
+        "--device-map", "cpu", "--greedy", "--max-new-tokens", "8",
+        prompt_flag, "What is the capital of France?", *extra,
+    ]  # fmt: skip
+
+
+def _report(limit: int, held: int, small: int, full: int, stderr: str) -> str:
+    return (
+        f"limit {limit / MiB:.0f} MiB (held {held / MiB:.0f}, nf4-dq "
+        f"{small / MiB:.0f}, fp32 {full / MiB:.0f}); stderr:\n{stderr[-3000:]}"
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA and /proc are Linux")
 def test_under_a_memory_limit_fit_auto_names_the_rung_and_an_out_of_memory(
     default_dir: Path, tmp_path: Path
 ) -> None:
-    probe = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    probe = _run([sys.executable, "-c", PROBE], tmp_path, None, 300, check=True)
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
     full, small, held = seen["full"], seen["small"], seen["VmData"]
     assert small < full
     # The limit leaves room for nf4 + double quant and not for full precision,
     # half way between the two.
     limit = held + (small + full) // 2
-    command = [
-        sys.executable, "main.py", "generate", "default", "--fit", "auto",
-        "--device-map", "cpu", "--greedy", "--max-new-tokens", "8",
-        "-p", "What is the capital of France?", "--json",
-    ]  # fmt: skip
-    run = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=_limited(limit),
-    )
-    report = (
-        f"limit {limit / MiB:.0f} MiB (held {held / MiB:.0f}, nf4-dq "
-        f"{small / MiB:.0f}, fp32 {full / MiB:.0f}); stderr:\n{run.stderr[-3000:]}"
-    )
+    run = _run(_generate_auto("-p", "--json"), tmp_path, _limited(limit), 600)
+    report = _report(limit, held, small, full, run.stderr)
     assert "under this process's RLIMIT_DATA" in run.stderr, report
     assert "applying nf4 + double quant" in run.stderr, report
     if run.returncode == 0:  # a stack that maps the checkpoint read-only
@@ -138,16 +151,7 @@ def test_the_fit_check_reads_the_process_memory_limit(tmp_path: Path) -> None:
         "print(json.dumps([d.ram_available_bytes, d.ram_limit, limit_headroom()]))"
     )
     limit = 3 * 2**30
-    run = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_limited(limit),
-        check=True,
-    )
+    run = _run([sys.executable, "-c", code], tmp_path, _limited(limit), 120, True)
     available, name, (room, which) = json.loads(run.stdout)
     assert which == "RLIMIT_DATA"
     assert 0 < room < limit
@@ -263,15 +267,8 @@ def test_in_a_memory_cgroup_fit_auto_applies_a_rung_that_loads_and_answers(
     probe_limit = 4 * 2**30
     with _cgroup("nibble-test-probe") as group:
         group.limit(probe_limit)
-        probe = subprocess.run(
-            [sys.executable, "-c", CGROUP_PROBE],
-            cwd=ROOT,
-            env=_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            preexec_fn=group.enter,
-            check=True,
+        probe = _run(
+            [sys.executable, "-c", CGROUP_PROBE], tmp_path, group.enter, 300, True
         )
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
     full, small = seen["full"], seen["small"]
@@ -284,26 +281,10 @@ def test_in_a_memory_cgroup_fit_auto_applies_a_rung_that_loads_and_answers(
     limit = held + (small + full) // 2
     if psutil.virtual_memory().available < limit + 256 * MiB:
         pytest.skip(f"this machine has less than {(limit / MiB):.0f} MiB free")
-    command = [
-        sys.executable, "main.py", "generate", "default", "--fit", "auto",
-        "--device-map", "cpu", "--greedy", "--max-new-tokens", "8",
-        "--prompt", "What is the capital of France?",
-    ]  # fmt: skip
     with _cgroup("nibble-test-run") as group:
         group.limit(limit)
-        run = subprocess.run(
-            command,
-            cwd=ROOT,
-            env=_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            preexec_fn=group.enter,
-        )
-    report = (
-        f"limit {limit / MiB:.0f} MiB (held {held / MiB:.0f}, nf4-dq "
-        f"{small / MiB:.0f}, fp32 {full / MiB:.0f}); stderr:\n{run.stderr[-3000:]}"
-    )
+        run = _run(_generate_auto("--prompt"), tmp_path, group.enter, 600)
+    report = _report(limit, held, small, full, run.stderr)
     assert run.returncode == 0, report
     assert "Paris" in run.stdout, report
     assert "RAM available (under the memory cgroup's limit)" in run.stderr, report

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from core.settings import LoadOptions, preset
 from core.store import calibration as store
 from core.store import conversations as conv
 from tests.load_records import DEFAULT_MODEL_LOADS, records
+from tests.unwritable import read_only
 
 GiB = 2**30
 NO_GPU = DeviceInfo([], 64 * GiB, 32 * GiB, cuda=False)
@@ -41,25 +39,6 @@ def load_tiny(folder: Path, name: str = "nf4") -> loader.LoadedModel:
     return loader.load(
         catalog.resolve(str(folder)), chosen.quant, chosen.load_options(ON_CPU)
     )
-
-
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[None]:
-    """Make `path` unwritable for this process: immutable as root, else chmod 444."""
-    if os.geteuid() == 0:
-        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip("chattr +i is not allowed here")
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-    else:
-        path.chmod(0o444)
-        try:
-            yield
-        finally:
-            path.chmod(0o644)
 
 
 # -- the history database --

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
@@ -30,6 +29,7 @@ import pytest
 from cli import main as cli
 from core.store import conversations as conv
 from core.store.conversations import ConversationStore
+from tests.unwritable import read_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,25 +92,6 @@ def test_a_locked_history_is_read_and_a_write_says_busy(
 
 
 # -- read-only, a folder, a read-only disk --
-
-
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[None]:
-    """Make `path` unwritable for this process: immutable as root, else chmod 444."""
-    if os.geteuid() == 0:
-        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip("chattr +i is not allowed here")
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-    else:
-        path.chmod(0o444)
-        try:
-            yield
-        finally:
-            path.chmod(0o644)
 
 
 def test_a_read_only_history_is_opened_read_only(
