@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.args import number
-from cli.output import EXIT_OK, end_progress, stderr_progress
+from cli.output import EXIT_OK, end_progress, output_folder, stderr_progress
 from core.errors import NibbleError
 from core.settings import LoadOptions, preset
 
@@ -47,11 +47,13 @@ def add_commands(sub: Any) -> None:
 def cmd_divergence(args: argparse.Namespace) -> int:
     import torch
 
+    from core.generation.decode import build_prompt, has_chat_template
     from core.lab.divergence import DEFAULT_THRESHOLD, divergence
     from core.model import catalog, loader
     from core.model.estimate import table
     from core.model.fit import probe_device
 
+    output_folder(args.html, "--html")
     quantized, baseline = preset(args.quant), preset(args.baseline)
     options = LoadOptions(device_map=args.device_map)
     ref = catalog.resolve(args.model)
@@ -76,7 +78,10 @@ def cmd_divergence(args: argparse.Namespace) -> int:
         )
         end_progress(show)
         tok = quant_model.tokenizer
-        prompt_ids = tok(args.prompt)["input_ids"]
+        # The question as the chat and `generate` ask it: in the model's template.
+        text = build_prompt(tok, args.prompt)
+        add_special = not has_chat_template(tok)
+        prompt_ids = tok(text, add_special_tokens=add_special)["input_ids"]
         with torch.inference_mode():
             out = quant_model.model.generate(
                 torch.tensor([prompt_ids], device=quant_model.model.device),

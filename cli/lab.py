@@ -24,6 +24,7 @@ from cli.output import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     end_progress,
+    output_folder,
     stderr_progress,
     tally,
     warn,
@@ -218,6 +219,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the reproducibility report, loading the model when one is named."""
     from core.lab import report
 
+    output_folder(args.save, "--save")
     quant, options = settings_from_args(args)
     load_report = stats = gen = estimate = None
     name = args.model
@@ -271,6 +273,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from core.lab import compare
     from core.model import catalog
 
+    output_folder(args.csv, "--csv")
+    output_folder(args.save_json, "--save-json")
     common = set_values(args.set)
     base = load_options_from_args(args)
     rows = args.quant if args.quant is not None else ",".join(compare.DEFAULT_ROWS)

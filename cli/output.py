@@ -112,3 +112,36 @@ def os_problem(exc: OSError) -> str:
     detail = exc.strerror if exc.errno is not None else str(exc)
     where = f" ({exc.filename})" if exc.filename else ""
     return f"{what}: {detail}{where}" if detail else f"{what}{where}"
+
+
+def output_folder(path: str | None, flag: str) -> None:
+    """Refuse `flag PATH` before any work when PATH cannot be written: its folder is
+    missing, is a file, or cannot be written to (a model would load for minutes
+    first, then fail on a temporary file's name)."""
+    import os
+    from pathlib import Path
+
+    from core.errors import NibbleError
+
+    if not path:
+        return
+    target = Path(path).expanduser()
+    folder = target.parent
+    if target.is_dir():
+        raise NibbleError(
+            f"{flag} {path} is a folder", f"give a file name, e.g. {target / 'out'}"
+        )
+    if not folder.exists():
+        raise NibbleError(
+            f"the folder {folder} for {flag} does not exist",
+            "create it first, or pick another path",
+        )
+    if not folder.is_dir():
+        raise NibbleError(
+            f"{folder} (for {flag}) is a file, not a folder", "pick another path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise NibbleError(
+            f"cannot write to {folder} (for {flag}): permission denied",
+            "choose a folder you can write to",
+        )

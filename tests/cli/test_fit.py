@@ -76,6 +76,51 @@ def test_divergence_exports_json_and_a_page(
     assert page.read_text(encoding="utf-8").count("data-kl=") == 4
 
 
+def test_divergence_shades_the_answer_generate_gives(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The question went to the model without its chat template, so the shaded
+    answer was a plain-text continuation, not the answer a user had seen."""
+    common = [str(tiny_dir), "--device-map", "cpu", "-p", "What is the capital?"]
+    code = cli.run(
+        ["generate", *common, "--quant", "nf4", "--greedy", "--max-new-tokens", "6",
+         "--json"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    answer = json.loads(out)["text"]
+    code = cli.run(["divergence", *common, "--max-new-tokens", "6", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    tokens = json.loads(out)["tokens"]
+    assert len(tokens) == 6
+    assert "".join(t["text"] for t in tokens) == answer
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["divergence", "MODEL", "-p", "Hi", "--html", "MISSING/page.html"],
+        ["report", "MODEL", "-p", "Hi", "--save", "MISSING/report"],
+        ["compare", "MODEL", "--save-json", "MISSING/rows.json"],
+    ],
+    ids=["divergence", "report", "compare"],
+)
+def test_an_output_in_a_missing_folder_is_refused_before_any_load(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    missing = tmp_path / "nodir"
+    argv = [
+        a.replace("MODEL", str(tiny_dir)).replace("MISSING", str(missing)) for a in args
+    ]
+    code = cli.run(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"error: the folder {missing} for --" in err
+    assert "hint: create it first, or pick another path" in err
+    assert "Loading" not in err
+
+
 def test_divergence_refuses_a_baseline_that_does_not_fit(
     tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
