@@ -22,6 +22,7 @@ from cli.fit import add_fit_arg, fit_before_load
 from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
 from core import interrupt
 from core.errors import NibbleError, SettingsError
+from core.settings import settings_label
 from core.units import format_bytes
 
 
@@ -187,7 +188,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         warn([*warnings, *report.warnings])
         if stats:
             print(
-                f"[{report.model} · {quant.label()} · {format_bytes(report.true_bytes)} · "
+                f"[{report.model} · {settings_label(quant, options.dtype)} · "
+                f"{format_bytes(report.true_bytes)} · "
                 f"loaded in {report.load_s:.1f} s] {stats.summary()}",
                 file=sys.stderr,
             )

@@ -11,6 +11,7 @@ from cli.args import add_quant_args, check_before_load, number, settings_from_ar
 from cli.fit import add_fit_arg, fit_before_load
 from cli.output import EXIT_OK, end_progress, stderr_progress, warn
 from core.errors import SettingsError
+from core.settings import settings_label
 
 
 def add_commands(sub: Any) -> None:
@@ -130,7 +131,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         name = api.model_names()[0]
-        print(f"Serving {name} ({quant.label()}) at {url}", flush=True)
+        print(
+            f"Serving {name} ({settings_label(quant, options.dtype)}) at {url}",
+            flush=True,
+        )
         print(runner.curl_line(url, name, config.api_key), flush=True)
         print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
 

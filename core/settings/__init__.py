@@ -17,7 +17,13 @@ from core.settings.load import (
     memory_amount,
     parse_max_memory,
 )
-from core.settings.presets import PRESETS, Preset, preset, preset_name_for
+from core.settings.presets import (
+    PRESETS,
+    Preset,
+    preset,
+    preset_name_for,
+    settings_label,
+)
 from core.settings.quant import (
     BNB_FIELDS,
     FLOAT_DTYPES,
@@ -64,5 +70,6 @@ __all__ = [
     "preset_name_for",
     "py_literal",
     "reason_disabled",
+    "settings_label",
     "spec_of",
 ]

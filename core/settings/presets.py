@@ -111,3 +111,18 @@ def preset_name_for(quant: QuantSettings, dtype: str = "auto") -> str | None:
         if p.quant.effective() == mine and p.dtype == dtype:
             return p.name
     return None
+
+
+_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def settings_label(quant: QuantSettings, dtype: str = "auto") -> str:
+    """What a load runs as, in a word: its preset's name ('fp32', 'nf4-dq'), else the
+    quantization ('nf4', 'int8') or, unquantized, the dtype ('bf16', 'unquantized'
+    when the checkpoint's own dtype is kept)."""
+    named = preset_name_for(quant, dtype)
+    if named is not None:
+        return named
+    if quant.quantized:
+        return quant.label()
+    return _DTYPE_NAMES.get(dtype, "unquantized")

@@ -281,3 +281,18 @@ def test_session_json_numbers_get_the_same_check(tmp_path, generation, words) ->
     assert session == session_mod.Session()
     assert notice is not None and words in notice
     assert (tmp_path / "session.json.bak").exists()
+
+
+def test_a_load_is_named_by_its_preset_quantization_or_dtype() -> None:
+    """`generate --quant fp32` said "· none ·" in its stats line."""
+    from core.settings import settings_label
+
+    assert settings_label(preset("fp32").quant, "float32") == "fp32"
+    assert settings_label(QuantSettings(), "bfloat16") == "bf16"
+    assert settings_label(QuantSettings(), "auto") == "unquantized"
+    assert settings_label(preset("nf4-dq").quant, preset("nf4-dq").dtype) == "nf4-dq"
+    int8 = preset("int8")
+    assert settings_label(int8.quant, int8.dtype) == "int8"
+    assert (
+        settings_label(QuantSettings(mode="4bit", bnb_4bit_quant_type="fp4")) == "fp4"
+    )
