@@ -98,6 +98,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     quant, options = settings_from_args(args)
     gen = generation_from_args(args)
     constraint = constraint_from_args(args)
+    if constraint is not None and gen.prompt_lookup:
+        # Said before the load, not after the answer: the two never combine.
+        print(f"note: {decode.LOOKUP_OFF_FOR_GRAMMAR}", file=sys.stderr)
+        gen = dataclasses.replace(gen, prompt_lookup=False)
     prompt = textio.read_prompt(args.prompt, sys.stdin)
     if not prompt.strip():
         raise NibbleError("the prompt is empty", 'pass --prompt "..." or pipe text in')
@@ -195,6 +199,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             )
             if stats.decode_note:  # why the mode asked for was not used, a recompile
                 print(f"note: {stats.decode_note}", file=sys.stderr)
+            if constraint is not None and stats.stop_reason == decode.STOP_MAX:
+                print(
+                    f"note: the answer was cut at {stats.new_tokens} tokens, before "
+                    f"the {constraint.label()} was complete: raise --max-new-tokens, "
+                    "or bound the answer with a schema (maxLength, maximum, "
+                    '"additionalProperties": false)',
+                    file=sys.stderr,
+                )
     return EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
 
 

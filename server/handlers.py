@@ -358,14 +358,21 @@ class Serving:
 
 
 def sampling(body: Any, max_new: int) -> GenerationSettings:
-    """GenerationSettings from OpenAI's fields (temperature 0 is greedy)."""
-    temperature = 1.0 if body.temperature is None else body.temperature
-    top_p = 1.0 if body.top_p is None else body.top_p
+    """GenerationSettings from OpenAI's fields (temperature 0 is greedy).
+
+    A field the request leaves out takes the default the window and `generate` use
+    (temperature 0.7, top-p 0.9, top-k 50), not OpenAI's 1.0 / 1.0 / all: a small
+    model sampled from its whole distribution answered "Say hi" with
+    "SODIARIA-LIMINA".
+    """
+    usual = GenerationSettings()
+    temperature = usual.temperature if body.temperature is None else body.temperature
+    top_p = usual.top_p if body.top_p is None else body.top_p
     return GenerationSettings(
         max_new_tokens=max_new,
         temperature=float(temperature),
         top_p=float(top_p),
-        top_k=body.top_k or 0,
+        top_k=usual.top_k if body.top_k is None else body.top_k,
         repetition_penalty=float(body.repetition_penalty or 1.0),
         seed=body.seed,
         greedy=temperature == 0,

@@ -341,6 +341,9 @@ def stream(
     yield stats
 
 
+LOOKUP_OFF_FOR_GRAMMAR = "prompt lookup is off for answers held to a grammar"
+
+
 def decode_mode(
     loaded: LoadedModel,
     settings: GenerationSettings,
@@ -357,7 +360,7 @@ def decode_mode(
     if settings.prompt_lookup:
         if constraint is not None:
             mode = MODE_COMPILED if compiled else MODE_PLAIN
-            return mode, "prompt lookup is off for answers held to a grammar"
+            return mode, LOOKUP_OFF_FOR_GRAMMAR
         if compiled:
             return MODE_COMPILED, "prompt lookup is off while fast decode is on"
         return MODE_LOOKUP, ""

@@ -178,6 +178,27 @@ def test_generate_json_schema_answer_matches_and_is_recorded(
     )
 
 
+def test_a_json_answer_cut_by_max_tokens_is_said_and_lookup_off_before_the_load(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cut JSON answer exited 0 with no word; prompt lookup under a grammar was
+    only said after the answer."""
+    code = cli.run([
+        "generate", str(tiny_dir), "--quant", "nf4", "--greedy", "--json-object",
+        "--prompt-lookup", "--max-new-tokens", "3", "--prompt", "Hi",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lookup = "note: prompt lookup is off for answers held to a grammar"
+    assert err.count(lookup) == 1
+    assert err.index(lookup) < err.index("Loading")
+    assert out.startswith("{")
+    assert (
+        "note: the answer was cut at 3 tokens, before the JSON object was complete: "
+        "raise --max-new-tokens" in err
+    )
+
+
 def test_generate_refuses_a_schema_it_cannot_enforce_before_loading(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
