@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
@@ -121,6 +124,50 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     return app
 
 
+def close_on_signals(window: Any) -> Callable[[], None]:
+    """Let Ctrl+C and SIGTERM close `window` as its close button does.
+
+    Python runs a signal's handler only when the interpreter gets control, which
+    Qt's event loop never gives it: Ctrl+C did nothing, and SIGTERM killed the
+    process before the session was saved. The signal now also writes to a socket
+    that Qt watches, which brings the interpreter in. Returns how to undo it.
+    """
+    import signal
+    import socket
+
+    from PySide6.QtCore import QSocketNotifier, QTimer
+
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read)
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            reader.recv(64)
+
+    notifier.activated.connect(drain)
+
+    def handle(signum: int, _frame: Any) -> None:
+        QTimer.singleShot(0, lambda: window.close_for_signal(signum))
+
+    names = [signal.SIGINT, signal.SIGTERM]
+    previous = {n: signal.signal(n, handle) for n in names}
+    old_fd = signal.set_wakeup_fd(writer.fileno())
+
+    def undo() -> None:
+        signal.set_wakeup_fd(old_fd)
+        for n, handler in previous.items():
+            signal.signal(n, handler)
+        notifier.setEnabled(False)
+        reader.close()
+        writer.close()
+
+    # Kept with the window: a collected socket would free its descriptor for reuse.
+    window._signal_wakeup = (reader, writer, notifier, undo)
+    return undo
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Open the window on the last session (or the default model) and run."""
     logging.basicConfig(
@@ -137,8 +184,11 @@ def run_app(argv: list[str] | None = None) -> int:
 
     session, notice = load_session()
     window = MainWindow(session, notice)
+    close_on_signals(window)
     window.show()
     code = app.exec()
+    if window.closed_by_signal:  # as a shell reports a process a signal ended
+        code = 128 + window.closed_by_signal
     # Everything is saved by now (session, geometry, the history, a stopped answer).
     # Leave without the interpreter's shutdown: tearing down torch and the threads
     # told to stop (the library import, a load) took seconds after the window went.

@@ -98,6 +98,8 @@ class MainWindow(QMainWindow):
         self.memory_gauge: MemoryGauge | None = None
         self.compare_view: CompareView | None = None
         self.server_view: ServerView | None = None
+        self.closed_by_signal = 0
+        """The signal that closed the window (close_for_signal), else 0."""
         self.history: chat_history.ChatHistory | None = None  # after the first paint
         self._switch_failed = ""  # the model a client's switch could not load
         self._picker_made_room = False
@@ -928,6 +930,13 @@ class MainWindow(QMainWindow):
         """Workers of jobs that have not finished yet."""
         return [worker for _, worker in self.controller.jobs()]
 
+    def close_for_signal(self, signum: int) -> None:
+        """Ctrl+C in the terminal or SIGTERM (a logout, `kill`): close as the close
+        button does, keeping the session, the history and a stopped answer, without
+        asking about a running download (it resumes next time)."""
+        self.closed_by_signal = signum
+        self.close()
+
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save, keep the answer being written (marked stopped), stop every job, close.
 
@@ -937,7 +946,8 @@ class MainWindow(QMainWindow):
         a meta-device build, a call to the hub) are left to end with it, so the
         window never lingers for them.
         """
-        if not self.hub_dialog.confirm_close():  # a download runs: the user may stay
+        # A download runs: the user may stay (not asked when a signal closes us).
+        if not self.closed_by_signal and not self.hub_dialog.confirm_close():
             event.ignore()
             return
         qs = self._qsettings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -536,3 +537,28 @@ def test_the_status_bar_names_the_decode_mode(qtbot, config_dir, tiny_dir):
         )
     finally:
         loader.unload(plain)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM") or os.name != "posix",
+                    reason="POSIX signals")  # fmt: skip
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_closes_the_window_and_keeps_the_session(qtbot, config_dir, name):
+    """Ctrl+C in the terminal did nothing; SIGTERM ended the process unsaved."""
+    import signal
+
+    from gui.app import close_on_signals
+
+    window = MainWindow(session_mod.Session(), auto_start=False, auto_load=False)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    window.chat.system_edit.setPlainText("Answer briefly.")  # typed, not saved yet
+    undo = close_on_signals(window)
+    try:
+        os.kill(os.getpid(), getattr(signal, name))
+        qtbot.waitUntil(lambda: not window.isVisible(), timeout=10_000)
+    finally:
+        undo()
+    assert window.closed_by_signal == getattr(signal, name)
+    saved = json.loads((config_dir / session_mod.FILE_NAME).read_text())
+    assert saved["system_prompt"] == "Answer briefly."
