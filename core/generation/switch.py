@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import ModelNotFoundError, NibbleError
+from core.errors import ModelNotFoundError, NibbleError, SettingsError
 from core.generation.queue import GenerationQueue
 from core.model.catalog import ModelRef
 from core.settings import PRESETS, LoadOptions, QuantSettings, preset
@@ -131,15 +131,22 @@ class ModelSwitcher:
         SettingsError
             The preset suffix is unknown.
         """
-        name, _, suffix = text.strip().rpartition(":")
-        if not name or suffix.lower() not in PRESETS:
-            name, suffix = text.strip(), ""
+        whole = text.strip()
+        name, _, suffix = whole.rpartition(":")
         models = self.directory()
+        if name and suffix.lower() not in PRESETS and whole not in models:
+            if (models.get(name) or self._by_alias(name, models)) is not None:
+                raise SettingsError(
+                    f"unknown preset '{suffix}' in '{whole}'",
+                    f"name one of {', '.join(PRESETS)} after the colon",
+                )
+        if not name or suffix.lower() not in PRESETS:
+            name, suffix = whole, ""
         ref = models.get(name) or self._by_alias(name, models)
         if ref is None:
             known = ", ".join(sorted(models)) or "none"
             raise ModelNotFoundError(
-                f"the model '{name}' is not known here",
+                f"the model '{name}' is not served here",
                 f"servable: {known}",
             )
         if suffix:

@@ -100,7 +100,7 @@ def test_start_a_request_in_the_log_then_stop(qtbot, tiny) -> None:
     with qtbot.waitSignal(view.request_logged, timeout=60_000):
         with pytest.raises(openai.NotFoundError) as err:
             client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2)
-    assert "the model 'tiny-llama' is not known here" in err.value.body["message"]
+    assert "the model 'tiny-llama' is not served here" in err.value.body["message"]
     assert cell(view, 2, "Status") == "404"
 
     with qtbot.waitSignal(view.serving_changed, timeout=20_000) as stopped:

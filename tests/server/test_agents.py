@@ -215,12 +215,17 @@ def test_a_model_is_switched_by_name_and_listed(served: Any) -> None:
     assert queue.loaded.ref.name == "tiny-qwen-tools"
 
 
-def test_unknown_models_and_presets_are_404(served: Any) -> None:
+def test_an_unknown_model_is_404_and_an_unknown_preset_400(served: Any) -> None:
     client, _, _ = served
     with pytest.raises(openai.NotFoundError) as err:
         client.chat.completions.create(model="gpt-4o", messages=ASK)
-    assert "the model 'gpt-4o' is not known here" in err.value.body["message"]
+    assert "the model 'gpt-4o' is not served here" in err.value.body["message"]
     assert "tiny-llama" in err.value.body["message"]
     assert err.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.NotFoundError):
+    # A known model with a preset that does not exist: said as such, not "unknown
+    # model 'tiny-llama:q3'".
+    with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="tiny-llama:q3", messages=ASK)
+    message = err.value.body["message"]
+    assert "unknown preset 'q3' in 'tiny-llama:q3'" in message
+    assert "fp32" in message and "nf4-dq" in message
