@@ -125,9 +125,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     queue = GenerationQueue(loaded, limit=args.queue, max_batch=args.max_batch)
     print(f"answers decoded together: {queue.batch_reason}", file=sys.stderr)
     switcher = ModelSwitcher(
-        queue, directory=_servable_models, idle_unload_s=args.idle_unload
+        queue,
+        directory=_servable_models,
+        idle_unload_s=args.idle_unload,
+        on_change=_say_switch,
     )
-    api = Server(queue, config, switcher=switcher)
+    api = Server(queue, config, on_request=_say_request, switcher=switcher)
 
     def ready(url: str) -> None:
         name = api.model_names()[0]
@@ -146,6 +149,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loader.unload(queue.loaded)
     print("stopped; the model is unloaded", file=sys.stderr)
     return EXIT_OK
+
+
+def _say_request(record: Any) -> None:
+    """One line on stderr per request, as a web server's access log:
+    `12:01:03 127.0.0.1:5123 /v1/chat/completions 200 37+64 tokens 2.1 s`."""
+    import time
+
+    when = time.strftime("%H:%M:%S", time.localtime(record.time))
+    what = record.error or (
+        f"{record.prompt_tokens}+{record.completion_tokens} tokens"
+        + (f", {record.finish_reason}" if record.finish_reason else "")
+    )
+    print(
+        f"{when} {record.client} {record.endpoint} {record.status} {what} "
+        f"{record.total_s:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+_SWITCH_WORDS = {
+    "loading": "loading {} for a client…",
+    "loaded": "now serving {}",
+    "failed": "could not load {}; the previous model stays",
+    "unloaded": "unloaded {} (idle)",
+}
+
+
+def _say_switch(state: str, name: str) -> None:
+    """A client's switch of the model, said where the operator looks."""
+    words = _SWITCH_WORDS.get(state, state + " {}")
+    print(words.format(name), file=sys.stderr, flush=True)
 
 
 def _servable_models() -> dict[str, Any]:

@@ -580,6 +580,9 @@ def test_serve_command_prints_url_and_curl_then_stops_on_ctrl_c(
         _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "the model is unloaded" in err
+    # One line per request, as an access log: client, endpoint, status, tokens.
+    [line] = [x for x in err.splitlines() if "/v1/chat/completions 200" in x]
+    assert line.endswith(" s") and "+16 tokens, length" in line, line
 
 
 def test_cors_is_opt_in(queue: GenerationQueue, served: Served) -> None:
