@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,3 +82,31 @@ def fit_before_load(
         f"{now.model} does not fit with these settings",
         f"rerun with --fit auto to apply '{first.title}', or --fit off to load anyway",
     )
+
+
+def load_after_fit(mode: str, load: Callable[[], Any]) -> Any:
+    """Run `load`; an out-of-memory after `--fit auto` judged the load to fit gets a
+    hint that does not send the user back to `--fit auto`."""
+    from core.errors import OutOfMemoryError
+    from core.model.fit import limit_headroom
+
+    try:
+        return load()
+    except OutOfMemoryError as exc:
+        if mode != "auto":
+            raise
+        limit = None if exc.on_gpu else limit_headroom()
+        if limit is not None:
+            hint = (
+                f"the fit check judged this to fit under {limit[1]}, which also "
+                "counts the mapped checkpoint (all of it, whatever the preset): "
+                "raise the limit (ulimit -v / -d)"
+            )
+        else:
+            hint = (
+                "the fit check judged this to fit, and the load needed more: free "
+                "some memory, or pick a smaller preset with --quant"
+            )
+        raise OutOfMemoryError(
+            exc.message, hint, exc.needed, exc.free, exc.on_gpu
+        ) from None

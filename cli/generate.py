@@ -18,7 +18,7 @@ from cli.args import (
     generation_from_args,
     settings_from_args,
 )
-from cli.fit import add_fit_arg, fit_before_load
+from cli.fit import add_fit_arg, fit_before_load, load_after_fit
 from cli.output import EXIT_INTERRUPTED, EXIT_OK, end_progress, stderr_progress, warn
 from core import interrupt
 from core.errors import NibbleError, SettingsError
@@ -126,7 +126,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         chat = save_to_chat(args.save_to_chat, args.system)
     show = stderr_progress(args.json)
     try:
-        loaded = loader.load(ref, quant, options, progress=show)
+        loaded = load_after_fit(
+            args.fit, lambda: loader.load(ref, quant, options, progress=show)
+        )
     except BaseException:
         if chat is not None and chat.store is not None:
             chat.store.close()

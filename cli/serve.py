@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from cli.args import add_quant_args, check_before_load, number, settings_from_args
-from cli.fit import add_fit_arg, fit_before_load
+from cli.fit import add_fit_arg, fit_before_load, load_after_fit
 from cli.output import EXIT_OK, end_progress, stderr_progress, warn
 from core.errors import SettingsError
 from core.settings import settings_label
@@ -120,7 +120,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     fitted = fit_before_load(args.fit, ref, quant, options)
     ref, quant, options = fitted.ref, fitted.quant, fitted.options
     show = stderr_progress(False)
-    loaded = loader.load(ref, quant, options, progress=show)
+    loaded = load_after_fit(
+        args.fit, lambda: loader.load(ref, quant, options, progress=show)
+    )
     end_progress(show)
     queue = GenerationQueue(loaded, limit=args.queue, max_batch=args.max_batch)
     print(f"answers decoded together: {queue.batch_reason}", file=sys.stderr)

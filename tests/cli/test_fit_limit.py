@@ -140,6 +140,8 @@ def test_under_a_memory_limit_fit_auto_names_the_rung_and_an_out_of_memory(
     assert run.returncode == 2, report
     assert "ran out of CPU memory: needs" in run.stderr, report
     assert "was free" in run.stderr, report
+    # Not "use --fit auto", which it did: the limit counts the mapped checkpoint.
+    assert "hint: the fit check judged this to fit under RLIMIT_DATA" in run.stderr
     assert "Traceback" not in run.stderr, report
 
 
