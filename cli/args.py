@@ -82,15 +82,14 @@ def number(
     above: bool = False,
 ) -> Callable[[str], Any]:
     """An argparse type for a numeric flag that is no setting (--seconds, --port):
-    core.settings.check_number's rule, refused by argparse with exit 2."""
+    core.settings.check_number's rule. Its SettingsError passes through argparse
+    (which catches only its own, TypeError and ValueError) to `cli.main.run`, which
+    says it as every other bad value: `error:` and `hint:`, exit 2, no usage dump."""
 
     def parse(text: str) -> Any:
-        try:
-            return check_number(
-                flag, text, integer=integer, low=low, high=high, above=above
-            )
-        except SettingsError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        return check_number(
+            flag, text, integer=integer, low=low, high=high, above=above
+        )
 
     parse.__name__ = "whole number" if integer else "number"
     return parse

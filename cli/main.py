@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, map errors to exit codes."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except NibbleError as exc:  # a numeric flag out of range (cli.args.number)
+        print_error(exc.message, cli_hint(exc.hint))
+        return EXIT_BAD_INPUT
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
