@@ -12,7 +12,7 @@ from core.units import format_bytes
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("models", help="list the default model and your HF cache")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the models as a JSON list")
     p.set_defaults(func=cmd_models)
 
 
