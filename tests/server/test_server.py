@@ -674,7 +674,7 @@ def test_json_object_answers_are_json_objects(
         response_format={"type": "json_object"},
         temperature=0.8,
         seed=2,
-        max_tokens=120,
+        max_tokens=64,
     )
     text = answer.choices[0].message.content
     assert text.startswith("{"), text
