@@ -152,13 +152,12 @@ class EstimateView(QWidget):
         self.recommended = QLabel()
         # Whether the overhead and peak are learnt from this machine's loads.
         self.calibration = QLabel()
-        self.calibration.setObjectName("calibration")
+        self.calibration.setObjectName("hint")  # the app's dim text, legible in dark
         self.calibration.setWordWrap(True)
         small = QFont(self.calibration.font())
         if small.pointSizeF() > 0:
             small.setPointSizeF(small.pointSizeF() * 0.9)
         self.calibration.setFont(small)
-        self.calibration.setStyleSheet("QLabel { color: palette(mid); }")
         self.actual_label = QLabel()
         self.actual_label.setWordWrap(True)
         self.actual_label.hide()
@@ -171,7 +170,7 @@ class EstimateView(QWidget):
         self.warning.hide()
         self.notes = QLabel()
         self.notes.setWordWrap(True)
-        self.notes.setStyleSheet("QLabel { color: palette(mid); }")
+        self.notes.setObjectName("hint")
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 6, 0, 0)
