@@ -13,18 +13,20 @@ import pytest
 
 @contextlib.contextmanager
 def read_only(path: Path) -> Iterator[None]:
-    """Make `path` unwritable for this process: immutable as root, else chmod 444."""
+    """Make a file or folder unwritable for this process: immutable as root (where
+    chattr is allowed), else chmod 444 (a file) or 555 (a folder)."""
     if os.geteuid() == 0:
         done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
         if done.returncode != 0:
-            pytest.skip("chattr +i is not allowed here")
+            pytest.skip(f"chattr +i is not allowed here: {done.stderr!r}")
         try:
             yield
         finally:
             subprocess.run(["chattr", "-i", str(path)], check=True)
     else:
-        path.chmod(0o444)
+        folder = path.is_dir()
+        path.chmod(0o555 if folder else 0o444)
         try:
             yield
         finally:
-            path.chmod(0o644)
+            path.chmod(0o755 if folder else 0o644)

@@ -113,16 +113,11 @@ def preset_name_for(quant: QuantSettings, dtype: str = "auto") -> str | None:
     return None
 
 
-_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
 def settings_label(quant: QuantSettings, dtype: str = "auto") -> str:
-    """What a load runs as, in a word: its preset's name ('fp32', 'nf4-dq'), else the
-    quantization ('nf4', 'int8') or, unquantized, the dtype ('bf16', 'unquantized'
-    when the checkpoint's own dtype is kept)."""
+    """What a load runs as, in a word: its preset's name ('fp32', 'bf16', 'nf4-dq'),
+    else the quantization ('nf4', 'int8'), else 'unquantized' (the checkpoint's own
+    dtype kept)."""
     named = preset_name_for(quant, dtype)
     if named is not None:
         return named
-    if quant.quantized:
-        return quant.label()
-    return _DTYPE_NAMES.get(dtype, "unquantized")
+    return quant.label() if quant.quantized else "unquantized"

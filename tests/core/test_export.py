@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from core.lab import export
 from core.model import catalog, loader
 from core.settings import preset
 from core.units import format_bytes
+from tests.unwritable import read_only
 
 
 def _export(ref: catalog.ModelRef, name: str, out: Path, **kw: object):
@@ -227,25 +227,6 @@ def test_non_empty_target_needs_force(
     assert (target / "notes.txt").read_text() == "mine"
 
 
-@contextlib.contextmanager
-def _read_only(folder: Path):
-    """Make `folder` unwritable, for root too (immutable flag) where possible."""
-    if os.geteuid() == 0:
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot make a folder read-only as root: {done.stderr!r}")
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-
-
 def test_read_only_target_is_refused_before_loading(
     tiny_ref: catalog.ModelRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,7 +235,7 @@ def test_read_only_target_is_refused_before_loading(
     monkeypatch.setattr(
         loader, "load", lambda *a, **k: pytest.fail("loaded despite read-only")
     )
-    with _read_only(locked), pytest.raises(ExportError, match="read-only") as info:
+    with read_only(locked), pytest.raises(ExportError, match="read-only") as info:
         _export(tiny_ref, "nf4", locked / "out")
     assert "write" in info.value.hint
     assert list(locked.iterdir()) == []

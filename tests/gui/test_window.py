@@ -539,8 +539,7 @@ def test_the_status_bar_names_the_decode_mode(qtbot, config_dir, tiny_dir):
         loader.unload(plain)
 
 
-@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM") or os.name != "posix",
-                    reason="POSIX signals")  # fmt: skip
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_closes_the_window_and_keeps_the_session(qtbot, config_dir, name):
     """Ctrl+C in the terminal did nothing; SIGTERM ended the process unsaved."""
